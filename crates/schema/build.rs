@@ -1,0 +1,30 @@
+//! Compiles proto/ with protox (pure Rust, no system protoc), generates prost types and
+//! their proto3 JSON mapping with pbjson.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [
+        proto_root.join("fanout/v1/events.proto"),
+        proto_root.join("fanout/v1/internal.proto"),
+    ];
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let descriptors = protox::compile(&files, [&proto_root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let descriptor_path = out_dir.join("fanout_descriptor.bin");
+    std::fs::write(
+        &descriptor_path,
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+
+    prost_build::Config::new().compile_fds(descriptors)?;
+
+    let descriptor_bytes = std::fs::read(&descriptor_path)?;
+    pbjson_build::Builder::new()
+        .register_descriptors(&descriptor_bytes)?
+        .build(&[".fanout.v1"])?;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! fanout's wire schema, generated from `proto/` at build time.
+//!
+//! `v1` holds the public input ([`v1::MessageEvent`]) and the records the stages
+//! exchange ([`v1::UserEvent`], [`v1::UserState`], [`v1::UnreadCount`]). Every message
+//! also implements serde's `Serialize`/`Deserialize` in the proto3 JSON mapping.
+//!
+//! The helpers here are the one place that knows how records are keyed.
+
+pub mod v1 {
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+    include!(concat!(env!("OUT_DIR"), "/fanout.v1.rs"));
+    include!(concat!(env!("OUT_DIR"), "/fanout.v1.serde.rs"));
+}
+
+/// The separator between partner and user in record keys.
+pub const KEY_SEPARATOR: char = '/';
+
+/// The record key of a user's records on user-events, router-state and unread-counts.
+///
+/// Partner codes never contain [`KEY_SEPARATOR`] (ingest refuses such events), so the
+/// key splits unambiguously at its first separator even if the user id contains one.
+pub fn user_key(partner: &str, user: &str) -> String {
+    let mut key = String::with_capacity(partner.len() + 1 + user.len());
+    key.push_str(partner);
+    key.push(KEY_SEPARATOR);
+    key.push_str(user);
+    key
+}
+
+/// Splits a record key made by [`user_key`] into `(partner, user)`.
+pub fn split_user_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once(KEY_SEPARATOR)
+}
+
+/// The `content-type` header value that marks a record as proto3 JSON.
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+/// The `content-type` header value for protobuf (also assumed when the header is absent).
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/x-protobuf";
+/// The header that names the content type of a record's value.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn user_key_round_trips_even_with_separator_in_user() {
+        let key = user_key("acme", "team/alice");
+        assert_eq!(key, "acme/team/alice");
+        assert_eq!(split_user_key(&key), Some(("acme", "team/alice")));
+        assert_eq!(split_user_key("nokey"), None);
+    }
+
+    #[test]
+    fn message_event_json_is_the_proto3_mapping() {
+        let event = v1::MessageEvent {
+            event_id: "e1".into(),
+            partner: "acme".into(),
+            occurred_at_ms: 1_700_000_000_000,
+            event: Some(v1::message_event::Event::MessageCreated(
+                v1::MessageCreated {
+                    conversation_id: "c1".into(),
+                    seq: 7,
+                    message_id: "m7".into(),
+                    sender: "alice".into(),
+                    recipients: vec!["bob".into()],
+                },
+            )),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        // proto3 JSON: lowerCamelCase names, 64-bit integers as strings.
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "eventId": "e1",
+                "partner": "acme",
+                "occurredAtMs": "1700000000000",
+                "messageCreated": {
+                    "conversationId": "c1",
+                    "seq": "7",
+                    "messageId": "m7",
+                    "sender": "alice",
+                    "recipients": ["bob"]
+                }
+            })
+        );
+        let parsed: v1::MessageEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(parsed, event);
+        // And the protobuf form round-trips as well.
+        let decoded = v1::MessageEvent::decode(event.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn json_accepts_numbers_for_64_bit_fields_and_original_field_names() {
+        let parsed: v1::MessageEvent = serde_json::from_str(
+            r#"{"event_id":"e2","partner":"acme","occurred_at_ms":5,
+                "conversation_read":{"conversation_id":"c1","seq":3,"user":"bob"}}"#,
+        )
+        .unwrap();
+        assert_eq!(parsed.occurred_at_ms, 5);
+        assert_eq!(
+            parsed.event,
+            Some(v1::message_event::Event::ConversationRead(
+                v1::ConversationRead {
+                    conversation_id: "c1".into(),
+                    seq: 3,
+                    user: "bob".into(),
+                }
+            ))
+        );
+    }
+}
