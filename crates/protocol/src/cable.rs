@@ -1,0 +1,207 @@
+//! ActionCable's JSON protocol (`actioncable-v1-json`), as Rails' server speaks it.
+//!
+//! Server frames are built here byte for byte as Rails builds them (key order and
+//! ActiveSupport's escaping included). Client commands are decoded without trusting
+//! anything: every malformed input is a [`CommandError`], never a panic.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::json::push_string;
+
+/// The subprotocol fanout speaks on `/cable`; the official client closes for good if
+/// the server does not echo it.
+pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+
+/// Why the server disconnects a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisconnectReason {
+    Unauthorized,
+    InvalidRequest,
+    ServerRestart,
+    RemoteDisconnect,
+}
+
+impl DisconnectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::InvalidRequest => "invalid_request",
+            Self::ServerRestart => "server_restart",
+            Self::RemoteDisconnect => "remote",
+        }
+    }
+}
+
+/// `{"type":"welcome"}`, sent once the connection is authenticated.
+pub fn welcome() -> String {
+    r#"{"type":"welcome"}"#.to_owned()
+}
+
+/// `{"type":"ping","message":<unix seconds>}`, sent every 3 seconds.
+pub fn ping(unix_seconds: u64) -> String {
+    format!(r#"{{"type":"ping","message":{unix_seconds}}}"#)
+}
+
+/// `{"type":"disconnect","reason":..,"reconnect":..}`.
+pub fn disconnect(reason: DisconnectReason, reconnect: bool) -> String {
+    format!(
+        r#"{{"type":"disconnect","reason":"{}","reconnect":{reconnect}}}"#,
+        reason.as_str()
+    )
+}
+
+/// `{"identifier":..,"type":"confirm_subscription"}`.
+pub fn confirm_subscription(identifier: &str) -> String {
+    subscription_reply(identifier, "confirm_subscription")
+}
+
+/// `{"identifier":..,"type":"reject_subscription"}`.
+pub fn reject_subscription(identifier: &str) -> String {
+    subscription_reply(identifier, "reject_subscription")
+}
+
+fn subscription_reply(identifier: &str, reply_type: &str) -> String {
+    let mut frame = String::with_capacity(identifier.len() + 48);
+    frame.push_str(r#"{"identifier":"#);
+    push_string(&mut frame, identifier);
+    frame.push_str(r#","type":""#);
+    frame.push_str(reply_type);
+    frame.push_str(r#""}"#);
+    frame
+}
+
+/// `{"identifier":..,"message":{"type":"unread_count","count":N}}`, a channel message.
+pub fn unread_count(identifier: &str, count: u64) -> String {
+    let mut frame = String::with_capacity(identifier.len() + 64);
+    frame.push_str(r#"{"identifier":"#);
+    push_string(&mut frame, identifier);
+    frame.push_str(r#","message":{"type":"unread_count","count":"#);
+    frame.push_str(&count.to_string());
+    frame.push_str("}}");
+    frame
+}
+
+/// A command a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Subscribe {
+        identifier: String,
+    },
+    Unsubscribe {
+        identifier: String,
+    },
+    /// `perform` from the client: `data` is the JSON string of the action's payload.
+    Message {
+        identifier: String,
+        data: String,
+    },
+}
+
+impl Command {
+    pub fn identifier(&self) -> &str {
+        match self {
+            Self::Subscribe { identifier }
+            | Self::Unsubscribe { identifier }
+            | Self::Message { identifier, .. } => identifier,
+        }
+    }
+}
+
+/// Why a client frame is not a command; each is ignored (and counted), never fatal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    /// Not a JSON object.
+    Malformed,
+    /// No `command`, or one fanout does not know.
+    UnknownCommand,
+    /// `identifier` missing or not a string.
+    BadIdentifier,
+    /// A `message` command without a string `data`.
+    BadData,
+}
+
+impl CommandError {
+    /// A short, bounded label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownCommand => "unknown_command",
+            Self::BadIdentifier => "bad_identifier",
+            Self::BadData => "bad_data",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawCommand<'a> {
+    #[serde(borrow, default)]
+    command: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    identifier: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+fn raw_string(raw: Option<&RawValue>) -> Option<String> {
+    raw.and_then(|value| serde_json::from_str::<String>(value.get()).ok())
+}
+
+/// Decodes one client text frame.
+pub fn decode_command(frame: &[u8]) -> Result<Command, CommandError> {
+    // serde would also read a struct from a JSON array; a command is only ever an object.
+    let starts_as_object = frame
+        .iter()
+        .find(|byte| !byte.is_ascii_whitespace())
+        .is_some_and(|byte| *byte == b'{');
+    if !starts_as_object {
+        return Err(CommandError::Malformed);
+    }
+    let raw: RawCommand<'_> = serde_json::from_slice(frame).map_err(|_| CommandError::Malformed)?;
+    let command = raw_string(raw.command).ok_or(CommandError::UnknownCommand)?;
+    if !matches!(command.as_str(), "subscribe" | "unsubscribe" | "message") {
+        return Err(CommandError::UnknownCommand);
+    }
+    let identifier = raw_string(raw.identifier).ok_or(CommandError::BadIdentifier)?;
+    match command.as_str() {
+        "subscribe" => Ok(Command::Subscribe { identifier }),
+        "unsubscribe" => Ok(Command::Unsubscribe { identifier }),
+        _ => {
+            let data = raw_string(raw.data).ok_or(CommandError::BadData)?;
+            Ok(Command::Message { identifier, data })
+        }
+    }
+}
+
+/// The parsed `identifier` of a subscription: a JSON object naming the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelIdentifier {
+    pub channel: String,
+}
+
+/// Parses an identifier string (itself JSON, e.g. `{"channel":"PartnerChannel"}`).
+/// `None` when it is not a JSON object with a string `channel`.
+pub fn parse_identifier(identifier: &str) -> Option<ChannelIdentifier> {
+    #[derive(Deserialize)]
+    struct Identifier {
+        channel: String,
+    }
+    serde_json::from_str::<Identifier>(identifier)
+        .ok()
+        .map(|parsed| ChannelIdentifier {
+            channel: parsed.channel,
+        })
+}
+
+/// Picks the subprotocol to echo from the client's `Sec-WebSocket-Protocol` offers
+/// (comma-separated, possibly over several headers).
+pub fn negotiate_subprotocol<'a>(
+    offers: impl IntoIterator<Item = &'a str>,
+) -> Option<&'static str> {
+    offers
+        .into_iter()
+        .flat_map(|header| header.split(','))
+        .map(str::trim)
+        .any(|offer| offer == SUBPROTOCOL)
+        .then_some(SUBPROTOCOL)
+}

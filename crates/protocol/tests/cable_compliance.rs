@@ -1,0 +1,171 @@
+//! One test per ActionCable frame kind: the exact bytes Rails sends, and the client
+//! commands the official `@rails/actioncable` client sends.
+#![allow(clippy::unwrap_used)]
+
+use fanout_protocol::cable::{self, Command, CommandError, DisconnectReason};
+
+const IDENTIFIER: &str = r#"{"channel":"PartnerChannel"}"#;
+
+#[test]
+fn welcome_frame() {
+    assert_eq!(cable::welcome(), r#"{"type":"welcome"}"#);
+}
+
+#[test]
+fn ping_frame() {
+    assert_eq!(
+        cable::ping(1_700_000_000),
+        r#"{"type":"ping","message":1700000000}"#
+    );
+}
+
+#[test]
+fn confirm_subscription_frame_echoes_identifier() {
+    assert_eq!(
+        cable::confirm_subscription(IDENTIFIER),
+        r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"confirm_subscription"}"#
+    );
+}
+
+#[test]
+fn reject_subscription_frame_echoes_identifier() {
+    assert_eq!(
+        cable::reject_subscription(r#"{"channel":"Nope"}"#),
+        r#"{"identifier":"{\"channel\":\"Nope\"}","type":"reject_subscription"}"#
+    );
+}
+
+#[test]
+fn unread_count_message_frame() {
+    assert_eq!(
+        cable::unread_count(IDENTIFIER, 42),
+        r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","message":{"type":"unread_count","count":42}}"#
+    );
+}
+
+#[test]
+fn disconnect_frames() {
+    assert_eq!(
+        cable::disconnect(DisconnectReason::Unauthorized, false),
+        r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#
+    );
+    assert_eq!(
+        cable::disconnect(DisconnectReason::ServerRestart, true),
+        r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+    );
+}
+
+#[test]
+fn identifier_is_echoed_byte_for_byte_whatever_its_key_order_or_extra_keys() {
+    // The client compares identifiers as strings, so key order, spacing and extra keys
+    // must survive untouched.
+    let identifier = r#"{ "partner":"acme", "channel" : "PartnerChannel","x":[1,2]}"#;
+    let frame = cable::confirm_subscription(identifier);
+    let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(parsed["identifier"].as_str().unwrap(), identifier);
+    assert_eq!(
+        cable::parse_identifier(identifier).unwrap().channel,
+        "PartnerChannel"
+    );
+}
+
+#[test]
+fn subscribe_command_as_the_official_client_sends_it() {
+    let frame = br#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+    assert_eq!(
+        cable::decode_command(frame).unwrap(),
+        Command::Subscribe {
+            identifier: IDENTIFIER.to_owned()
+        }
+    );
+}
+
+#[test]
+fn unsubscribe_command() {
+    let frame = br#"{"command":"unsubscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+    assert_eq!(
+        cable::decode_command(frame).unwrap(),
+        Command::Unsubscribe {
+            identifier: IDENTIFIER.to_owned()
+        }
+    );
+}
+
+#[test]
+fn message_command() {
+    let frame = br#"{"command":"message","identifier":"{\"channel\":\"PartnerChannel\"}","data":"{\"action\":\"x\"}"}"#;
+    assert_eq!(
+        cable::decode_command(frame).unwrap(),
+        Command::Message {
+            identifier: IDENTIFIER.to_owned(),
+            data: r#"{"action":"x"}"#.to_owned()
+        }
+    );
+}
+
+#[test]
+fn malformed_commands_are_errors_not_panics() {
+    let cases: [(&[u8], CommandError); 8] = [
+        (b"not json", CommandError::Malformed),
+        (b"[1,2]", CommandError::Malformed),
+        (b"\xff\xfe", CommandError::Malformed),
+        (br#"{"identifier":"{}"}"#, CommandError::UnknownCommand),
+        (
+            br#"{"command":"dance","identifier":"{}"}"#,
+            CommandError::UnknownCommand,
+        ),
+        (
+            br#"{"command":"subscribe","identifier":{"channel":"PartnerChannel"}}"#,
+            CommandError::BadIdentifier,
+        ),
+        (br#"{"command":"subscribe"}"#, CommandError::BadIdentifier),
+        (
+            br#"{"command":"message","identifier":"{}","data":{"a":1}}"#,
+            CommandError::BadData,
+        ),
+    ];
+    for (frame, expected) in cases {
+        assert_eq!(
+            cable::decode_command(frame),
+            Err(expected),
+            "{:?}",
+            String::from_utf8_lossy(frame)
+        );
+    }
+}
+
+#[test]
+fn identifier_without_channel_is_not_a_channel() {
+    assert_eq!(cable::parse_identifier("{}"), None);
+    assert_eq!(cable::parse_identifier("garbage"), None);
+    assert_eq!(cable::parse_identifier(r#"{"channel":7}"#), None);
+}
+
+#[test]
+fn subprotocol_negotiation_picks_actioncable_v1_json() {
+    assert_eq!(
+        cable::negotiate_subprotocol(["actioncable-v1-json, actioncable-unsupported"]),
+        Some("actioncable-v1-json")
+    );
+    assert_eq!(
+        cable::negotiate_subprotocol(["actioncable-unsupported", "actioncable-v1-json"]),
+        Some("actioncable-v1-json")
+    );
+    assert_eq!(cable::negotiate_subprotocol(["graphql-ws"]), None);
+    assert_eq!(cable::negotiate_subprotocol([]), None);
+}
+
+proptest::proptest! {
+    #[test]
+    fn decode_never_panics(frame in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+        let _ = cable::decode_command(&frame);
+    }
+
+    #[test]
+    fn any_identifier_round_trips_through_frames(identifier in "\\PC*") {
+        let frame = cable::unread_count(&identifier, 3);
+        let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        proptest::prop_assert_eq!(parsed["identifier"].as_str().unwrap(), identifier.as_str());
+        proptest::prop_assert_eq!(parsed["message"]["count"].as_u64(), Some(3));
+    }
+}
