@@ -1,0 +1,11 @@
+//! fanout's ingest stage: consumes message events, turns each into one user event per
+//! affected user (keyed `partner/user`) and sends records it cannot use to dead-letter
+//! with a `fanout-error` header. Stateless: scale it by adding group members.
+
+pub mod events;
+mod metrics;
+mod service;
+
+pub use events::{IngestLimits, Rejection, decode_event, fan_out, validate};
+pub use metrics::IngestMetrics;
+pub use service::{IngestConfig, IngestError, run};

@@ -1,0 +1,81 @@
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::events::Rejection;
+
+/// Ingest's metrics. Each method is the one place that both logs and counts its event.
+#[derive(Clone)]
+pub struct IngestMetrics {
+    events: IntCounterVec,
+    dead_letters: IntCounterVec,
+    user_events: IntCounter,
+    kafka_errors: IntCounter,
+}
+
+impl IngestMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "fanout_ingest_events_total",
+                "Message events consumed, by result",
+            ),
+            &["result"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "fanout_ingest_dead_letters_total",
+                "Records sent to dead-letter, by reason",
+            ),
+            &["reason"],
+        )?;
+        let user_events =
+            IntCounter::new("fanout_ingest_user_events_total", "User events produced")?;
+        let kafka_errors = IntCounter::new(
+            "fanout_ingest_kafka_errors_total",
+            "Errors reported by the Kafka consumer (the stage retries)",
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(user_events.clone()))?;
+        registry.register(Box::new(kafka_errors.clone()))?;
+        for result in ["accepted", "dead_lettered"] {
+            events.with_label_values(&[result]);
+        }
+        for reason in Rejection::REASONS {
+            dead_letters.with_label_values(&[reason]);
+        }
+        Ok(Self {
+            events,
+            dead_letters,
+            user_events,
+            kafka_errors,
+        })
+    }
+
+    pub(crate) fn accepted(&self, user_events: usize) {
+        self.events.with_label_values(&["accepted"]).inc();
+        self.user_events.inc_by(user_events as u64);
+    }
+
+    pub(crate) fn dead_lettered(&self, rejection: &Rejection, partition: i32, offset: i64) {
+        tracing::warn!(reason = rejection.reason(), detail = %rejection, partition, offset, "record sent to dead-letter");
+        self.events.with_label_values(&["dead_lettered"]).inc();
+        self.dead_letters
+            .with_label_values(&[rejection.reason()])
+            .inc();
+    }
+
+    pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
+        tracing::warn!(%error, "kafka consumer error; retrying");
+        self.kafka_errors.inc();
+    }
+
+    /// Records sent to dead-letter for `reason` so far.
+    pub fn dead_letter_count(&self, reason: &str) -> u64 {
+        self.dead_letters.with_label_values(&[reason]).get()
+    }
+
+    /// Events accepted so far.
+    pub fn accepted_count(&self) -> u64 {
+        self.events.with_label_values(&["accepted"]).get()
+    }
+}

@@ -1,0 +1,202 @@
+use std::time::Duration;
+
+use fanout_kafka::{AckPipeline, KafkaSettings, Topics, enqueue, store_offset};
+use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
+use prost::Message as _;
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{IngestLimits, Rejection, decode_event, fan_out, validate};
+use crate::metrics::IngestMetrics;
+
+/// Ingest's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Consumer group of all ingest instances.
+    pub group_id: String,
+    /// Input records whose outputs may be awaiting acknowledgement at once.
+    pub max_in_flight: usize,
+    pub limits: IngestLimits,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            group_id: "fanout-ingest".to_owned(),
+            max_in_flight: 10_000,
+            limits: IngestLimits::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("an output record was not acknowledged by Kafka: {0}")]
+    Delivery(#[source] KafkaError),
+}
+
+/// Headers on a dead-letter record.
+pub mod dead_letter_headers {
+    /// The [`Rejection::reason`](crate::Rejection::reason) label.
+    pub const ERROR: &str = "fanout-error";
+    /// A human-readable description of the rejection.
+    pub const DETAIL: &str = "fanout-error-detail";
+    /// `topic/partition/offset` of the original record.
+    pub const SOURCE: &str = "fanout-source";
+}
+
+/// Runs ingest until `shutdown` is cancelled, then finishes what is in flight and
+/// commits. Returns an error only for failures it cannot retry.
+pub async fn run(
+    kafka: &KafkaSettings,
+    topics: &Topics,
+    config: &IngestConfig,
+    metrics: IngestMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), IngestError> {
+    let consumer: StreamConsumer = kafka
+        .group_consumer_config(&config.group_id)
+        .create()
+        .map_err(IngestError::Client)?;
+    let producer: FutureProducer = kafka
+        .producer_config()
+        .create()
+        .map_err(IngestError::Client)?;
+    consumer
+        .subscribe(&[&topics.message_events])
+        .map_err(IngestError::Client)?;
+    tracing::info!(topic = %topics.message_events, group = %config.group_id, "ingest started");
+
+    let mut pipeline = AckPipeline::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(acked) = pipeline.next(), if !pipeline.is_empty() => {
+                let acked = acked.map_err(IngestError::Delivery)?;
+                store_offset(&consumer, &acked);
+            }
+            received = consumer.recv(), if pipeline.len() < config.max_in_flight => {
+                match received {
+                    Ok(message) => {
+                        let deliveries = handle(&message, &producer, topics, config, &metrics).await?;
+                        pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
+                    }
+                    Err(error) => {
+                        metrics.kafka_error(&error);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    // Drain: everything consumed so far is delivered, its offsets stored and committed.
+    while let Some(acked) = pipeline.next().await {
+        let acked = acked.map_err(IngestError::Delivery)?;
+        store_offset(&consumer, &acked);
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            tracing::warn!(%error, "final commit failed; the next owner replays from the last commit")
+        }
+    }
+    tracing::info!("ingest stopped");
+    Ok(())
+}
+
+async fn handle(
+    message: &BorrowedMessage<'_>,
+    producer: &FutureProducer,
+    topics: &Topics,
+    config: &IngestConfig,
+    metrics: &IngestMetrics,
+) -> Result<Vec<DeliveryFuture>, IngestError> {
+    let value = message.payload().unwrap_or_default();
+    let content_type = header(message, CONTENT_TYPE_HEADER);
+    let decoded = decode_event(value, content_type, &config.limits)
+        .and_then(|event| validate(&event, &config.limits).map(|()| event));
+    match decoded {
+        Ok(event) => {
+            let user_events = fan_out(&event);
+            let mut deliveries = Vec::with_capacity(user_events.len());
+            for user_event in &user_events {
+                let key = user_key(&user_event.partner, &user_event.user);
+                let payload = user_event.encode_to_vec();
+                let record = FutureRecord::to(&topics.user_events)
+                    .key(key.as_str())
+                    .payload(payload.as_slice());
+                deliveries.push(
+                    enqueue(producer, record)
+                        .await
+                        .map_err(IngestError::Client)?,
+                );
+            }
+            metrics.accepted(user_events.len());
+            Ok(deliveries)
+        }
+        Err(rejection) => {
+            metrics.dead_lettered(&rejection, message.partition(), message.offset());
+            let delivery = dead_letter(message, &rejection, producer, &topics.dead_letter).await?;
+            Ok(vec![delivery])
+        }
+    }
+}
+
+/// Sends the original key, value and headers to dead-letter, with headers naming why.
+async fn dead_letter(
+    message: &BorrowedMessage<'_>,
+    rejection: &Rejection,
+    producer: &FutureProducer,
+    dead_letter_topic: &str,
+) -> Result<DeliveryFuture, IngestError> {
+    let detail = rejection.to_string();
+    let source = format!(
+        "{}/{}/{}",
+        message.topic(),
+        message.partition(),
+        message.offset()
+    );
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: dead_letter_headers::ERROR,
+            value: Some(rejection.reason()),
+        })
+        .insert(Header {
+            key: dead_letter_headers::DETAIL,
+            value: Some(detail.as_str()),
+        })
+        .insert(Header {
+            key: dead_letter_headers::SOURCE,
+            value: Some(source.as_str()),
+        });
+    if let Some(original) = message.headers() {
+        for header in original.iter() {
+            headers = headers.insert(header);
+        }
+    }
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dead_letter_topic)
+        .payload(message.payload().unwrap_or_default())
+        .headers(headers);
+    if let Some(key) = message.key() {
+        record = record.key(key);
+    }
+    enqueue(producer, record).await.map_err(IngestError::Client)
+}
+
+fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    message
+        .headers()?
+        .iter()
+        .find(|header| header.key.eq_ignore_ascii_case(name))
+        .and_then(|header| header.value)
+}

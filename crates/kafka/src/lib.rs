@@ -1,0 +1,18 @@
+//! Kafka plumbing shared by fanout's stages: client settings, topic names, the embedded
+//! cluster of `fanout dev` and the tests, and the in-order acknowledgement pipeline that
+//! lets a stage commit an input offset only once everything derived from it is in Kafka.
+
+mod embedded;
+mod pipeline;
+mod settings;
+
+pub use embedded::{EmbeddedKafka, EmbeddedKafkaError};
+pub use pipeline::{AckPipeline, Acked, enqueue, flush, store_offset};
+pub use settings::{KafkaSettings, Topics};
+
+/// Errors of this crate's helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
