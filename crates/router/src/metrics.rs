@@ -1,0 +1,102 @@
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+
+/// The router's metrics. Each method is the one place that both logs and counts.
+#[derive(Clone)]
+pub struct RouterMetrics {
+    events: IntCounterVec,
+    restore_seconds: Histogram,
+    restored_users: IntCounter,
+    users: IntGauge,
+    evicted_ranges: IntCounter,
+    kafka_errors: IntCounter,
+}
+
+impl RouterMetrics {
+    pub const RESULTS: [&'static str; 4] = ["applied", "unchanged", "replayed", "invalid"];
+
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let events = IntCounterVec::new(
+            Opts::new(
+                "fanout_router_events_total",
+                "User events consumed, by result",
+            ),
+            &["result"],
+        )?;
+        let restore_seconds = Histogram::with_opts(HistogramOpts::new(
+            "fanout_router_restore_duration_seconds",
+            "Time to restore one partition's state from router-state",
+        ))?;
+        let restored_users = IntCounter::new(
+            "fanout_router_restored_users_total",
+            "User states restored from router-state",
+        )?;
+        let users = IntGauge::new("fanout_router_users", "Users whose state this router holds")?;
+        let evicted_ranges = IntCounter::new(
+            "fanout_router_evicted_ranges_total",
+            "Settled seq ranges evicted at the per-user cap",
+        )?;
+        let kafka_errors = IntCounter::new(
+            "fanout_router_kafka_errors_total",
+            "Errors reported by the Kafka consumer (the stage retries)",
+        )?;
+        registry.register(Box::new(events.clone()))?;
+        registry.register(Box::new(restore_seconds.clone()))?;
+        registry.register(Box::new(restored_users.clone()))?;
+        registry.register(Box::new(users.clone()))?;
+        registry.register(Box::new(evicted_ranges.clone()))?;
+        registry.register(Box::new(kafka_errors.clone()))?;
+        for result in Self::RESULTS {
+            events.with_label_values(&[result]);
+        }
+        Ok(Self {
+            events,
+            restore_seconds,
+            restored_users,
+            users,
+            evicted_ranges,
+            kafka_errors,
+        })
+    }
+
+    pub(crate) fn event(&self, result: &'static str) {
+        self.events.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn invalid_event(&self, partition: i32, offset: i64, why: &str) {
+        tracing::warn!(partition, offset, why, "skipping an invalid user event");
+        self.event("invalid");
+    }
+
+    pub(crate) fn restored(&self, partition: i32, users: usize, records: u64, seconds: f64) {
+        tracing::info!(
+            partition,
+            users,
+            records,
+            seconds,
+            "partition state restored"
+        );
+        self.restore_seconds.observe(seconds);
+        self.restored_users.inc_by(users as u64);
+    }
+
+    pub(crate) fn set_users(&self, users: usize) {
+        self.users.set(i64::try_from(users).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn evicted(&self, ranges: usize) {
+        if ranges == 0 {
+            return;
+        }
+        self.evicted_ranges.inc_by(ranges as u64);
+    }
+
+    pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
+        tracing::warn!(%error, "kafka consumer error; retrying");
+        self.kafka_errors.inc();
+    }
+
+    /// Events consumed with `result` so far (one of [`Self::RESULTS`]).
+    pub fn event_count(&self, result: &str) -> u64 {
+        self.events.with_label_values(&[result]).get()
+    }
+}
