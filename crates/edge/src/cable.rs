@@ -1,0 +1,396 @@
+//! The ActionCable session of one connection (`/cable`), generic over the socket's
+//! `Sink`/`Stream` so it can be driven without a network in tests.
+
+use std::time::Duration;
+
+use fanout_protocol::cable::{self, Command, DisconnectReason};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Identity;
+use crate::metrics::EdgeMetrics;
+use crate::table::{CountTable, CountValue};
+
+/// The one channel fanout serves.
+pub const PARTNER_CHANNEL: &str = "PartnerChannel";
+
+fn text(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+/// Refuses a connection the way Rails does: the `unauthorized` disconnect frame, with
+/// `reconnect: false` so the official client stops trying, then a close. No welcome.
+pub async fn refuse<S>(socket: &mut S) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    socket
+        .send(text(cable::disconnect(
+            DisconnectReason::Unauthorized,
+            false,
+        )))
+        .await?;
+    socket.close().await
+}
+
+/// Runs an authenticated session until the client leaves or `shutdown` is cancelled.
+pub async fn run<S>(
+    socket: &mut S,
+    identity: &Identity,
+    table: &CountTable,
+    ping_interval: Duration,
+    metrics: &EdgeMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let mut counts = table.subscribe(&identity.key());
+    let mut subscriptions: Vec<String> = Vec::new();
+    socket.send(text(cable::welcome())).await?;
+    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
+    ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                socket.send(text(cable::disconnect(DisconnectReason::ServerRestart, true))).await?;
+                return socket.close().await;
+            }
+            incoming = socket.next() => {
+                let Some(incoming) = incoming else {
+                    return Ok(());
+                };
+                match incoming? {
+                    Message::Text(frame) => {
+                        handle_command(socket, frame.as_bytes(), &mut subscriptions, &mut counts, metrics).await?;
+                    }
+                    Message::Binary(_) => metrics.ignored_frame("binary"),
+                    // Close replies, pings and pongs are answered by the WebSocket layer.
+                    Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+                }
+            }
+            changed = counts.changed(), if !subscriptions.is_empty() => {
+                if changed.is_err() {
+                    // The table is gone: the edge is shutting down.
+                    return socket.close().await;
+                }
+                let value = *counts.borrow_and_update();
+                push(socket, &subscriptions, value, metrics).await?;
+            }
+            _ = ping.tick() => {
+                socket.send(text(cable::ping(unix_seconds()))).await?;
+            }
+        }
+    }
+}
+
+async fn handle_command<S>(
+    socket: &mut S,
+    frame: &[u8],
+    subscriptions: &mut Vec<String>,
+    counts: &mut tokio::sync::watch::Receiver<CountValue>,
+    metrics: &EdgeMetrics,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let command = match cable::decode_command(frame) {
+        Ok(command) => command,
+        Err(error) => {
+            // Rails logs and ignores what it cannot execute; so do we.
+            metrics.ignored_frame(error.as_str());
+            return Ok(());
+        }
+    };
+    match command {
+        Command::Subscribe { identifier } => {
+            let Some(channel) = cable::parse_identifier(&identifier) else {
+                metrics.ignored_frame("bad_identifier");
+                return Ok(());
+            };
+            if channel.channel != PARTNER_CHANNEL {
+                return socket
+                    .send(text(cable::reject_subscription(&identifier)))
+                    .await;
+            }
+            if subscriptions.contains(&identifier) {
+                // Rails ignores a subscribe to an identifier already subscribed.
+                metrics.ignored_frame("duplicate_subscribe");
+                return Ok(());
+            }
+            // A change not yet pushed to the existing subscriptions goes to them too,
+            // since reading the value below marks it seen.
+            let others_missed_a_change = counts.has_changed().unwrap_or(false);
+            let value = *counts.borrow_and_update();
+            socket
+                .feed(text(cable::confirm_subscription(&identifier)))
+                .await?;
+            socket
+                .feed(text(cable::unread_count(&identifier, value.count)))
+                .await?;
+            metrics.pushed(0);
+            if others_missed_a_change {
+                push(socket, subscriptions, value, metrics).await?;
+            }
+            subscriptions.push(identifier);
+            socket.flush().await
+        }
+        Command::Unsubscribe { identifier } => {
+            subscriptions.retain(|subscribed| *subscribed != identifier);
+            Ok(())
+        }
+        // PartnerChannel has no actions: like Rails for an unknown action, no reply.
+        Command::Message { .. } => {
+            metrics.ignored_frame("unknown_action");
+            Ok(())
+        }
+    }
+}
+
+async fn push<S>(
+    socket: &mut S,
+    subscriptions: &[String],
+    value: CountValue,
+    metrics: &EdgeMetrics,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    for identifier in subscriptions {
+        socket
+            .feed(text(cable::unread_count(identifier, value.count)))
+            .await?;
+    }
+    socket.flush().await?;
+    for _ in subscriptions {
+        metrics.pushed(value.occurred_at_ms);
+    }
+    Ok(())
+}
+
+fn unix_seconds() -> u64 {
+    u64::try_from(crate::server::unix_millis() / 1000).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use futures::channel::mpsc;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// A socket made of two channels: what the test sends in, what the session writes.
+    struct ChannelSocket {
+        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
+        outgoing: mpsc::UnboundedSender<Message>,
+    }
+
+    impl Stream for ChannelSocket {
+        type Item = Result<Message, WsError>;
+        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            Pin::new(&mut self.incoming).poll_next(cx)
+        }
+    }
+
+    impl Sink<Message> for ChannelSocket {
+        type Error = WsError;
+        fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
+            self.outgoing
+                .unbounded_send(item)
+                .map_err(|_| WsError::ConnectionClosed)
+        }
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
+            self.outgoing.close_channel();
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    struct Harness {
+        to_session: mpsc::UnboundedSender<Result<Message, WsError>>,
+        from_session: mpsc::UnboundedReceiver<Message>,
+        table: std::sync::Arc<CountTable>,
+        shutdown: CancellationToken,
+        metrics: EdgeMetrics,
+        session: tokio::task::JoinHandle<Result<(), WsError>>,
+    }
+
+    fn start() -> Harness {
+        let (to_session, incoming) = mpsc::unbounded();
+        let (outgoing, from_session) = mpsc::unbounded();
+        let table = std::sync::Arc::new(CountTable::new());
+        let shutdown = CancellationToken::new();
+        let metrics = EdgeMetrics::new(&prometheus::Registry::new()).unwrap();
+        let session = {
+            let table = table.clone();
+            let shutdown = shutdown.clone();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let mut socket = ChannelSocket { incoming, outgoing };
+                let identity = Identity {
+                    partner: "acme".into(),
+                    user: "bob".into(),
+                };
+                run(
+                    &mut socket,
+                    &identity,
+                    &table,
+                    Duration::from_secs(3),
+                    &metrics,
+                    &shutdown,
+                )
+                .await
+            })
+        };
+        Harness {
+            to_session,
+            from_session,
+            table,
+            shutdown,
+            metrics,
+            session,
+        }
+    }
+
+    impl Harness {
+        fn send(&self, frame: &str) {
+            self.to_session
+                .unbounded_send(Ok(Message::Text(frame.to_owned().into())))
+                .unwrap();
+        }
+
+        async fn next(&mut self) -> String {
+            match self.from_session.next().await.unwrap() {
+                Message::Text(text) => text.as_str().to_owned(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        fn set_count(&self, count: u64, version: u64) {
+            self.table.apply(
+                "acme/bob",
+                CountValue {
+                    count,
+                    version,
+                    occurred_at_ms: 0,
+                },
+            );
+        }
+    }
+
+    const SUBSCRIBE: &str =
+        r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+    const CONFIRM: &str =
+        r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"confirm_subscription"}"#;
+
+    fn count_frame(count: u64) -> String {
+        cable::unread_count(r#"{"channel":"PartnerChannel"}"#, count)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn welcome_subscribe_count_and_changes() {
+        let mut harness = start();
+        assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);
+        harness.set_count(4, 1);
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.next().await, count_frame(4));
+        harness.set_count(5, 2);
+        assert_eq!(harness.next().await, count_frame(5));
+        // An older version never reaches the client.
+        harness.set_count(99, 1);
+        harness.set_count(6, 3);
+        assert_eq!(harness.next().await, count_frame(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_three_seconds() {
+        let mut harness = start();
+        assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);
+        let ping = harness.next().await;
+        let parsed: serde_json::Value = serde_json::from_str(&ping).unwrap();
+        assert_eq!(parsed["type"], "ping");
+        assert!(parsed["message"].as_u64().unwrap() > 1_600_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplicate_subscribe_is_ignored_and_unknown_channel_rejected() {
+        let mut harness = start();
+        harness.next().await;
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.next().await, count_frame(0));
+        harness.send(SUBSCRIBE);
+        harness.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"AdminChannel\"}"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"identifier":"{\"channel\":\"AdminChannel\"}","type":"reject_subscription"}"#
+        );
+        assert_eq!(
+            harness.metrics.ignored_frame_count("duplicate_subscribe"),
+            1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_frames_are_ignored_without_closing() {
+        let mut harness = start();
+        harness.next().await;
+        for frame in [
+            "garbage",
+            "{}",
+            r#"{"command":"subscribe","identifier":7}"#,
+            r#"{"command":"dance"}"#,
+        ] {
+            harness.send(frame);
+        }
+        harness
+            .to_session
+            .unbounded_send(Ok(Message::Binary(vec![1, 2, 3].into())))
+            .unwrap();
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.metrics.ignored_frame_count("malformed"), 1);
+        assert_eq!(harness.metrics.ignored_frame_count("unknown_command"), 2);
+        assert_eq!(harness.metrics.ignored_frame_count("bad_identifier"), 1);
+        assert_eq!(harness.metrics.ignored_frame_count("binary"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsubscribe_stops_pushes() {
+        let mut harness = start();
+        harness.next().await;
+        harness.send(SUBSCRIBE);
+        harness.next().await;
+        harness.next().await;
+        harness
+            .send(r#"{"command":"unsubscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#);
+        tokio::task::yield_now().await;
+        harness.set_count(3, 1);
+        // The next frame is the ping 3 s after the start, not a count.
+        let frame = harness.next().await;
+        assert!(frame.starts_with(r#"{"type":"ping""#), "{frame}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_server_restart_with_reconnect() {
+        let mut harness = start();
+        harness.next().await;
+        harness.shutdown.cancel();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+        );
+        assert!(harness.from_session.next().await.is_none());
+        harness.session.await.unwrap().unwrap();
+    }
+}

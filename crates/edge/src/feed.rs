@@ -1,0 +1,169 @@
+//! Feeds the count table from unread-counts: every partition (or the configured
+//! subset) by `assign`, from the beginning, outside any consumer group.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout_kafka::KafkaSettings;
+use fanout_schema::v1;
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::EdgeMetrics;
+use crate::table::{CountTable, CountValue};
+
+/// Low and high-water mark of each partition.
+type Watermarks = HashMap<i32, (i64, i64)>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("the feed's setup task failed: {0}")]
+    Setup(String),
+}
+
+/// Reads `topic` into `table` until `shutdown` is cancelled. Sets `ready` once every
+/// partition has been read up to the high-water mark it had when the feed started.
+pub async fn run(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partitions: &[i32],
+    table: Arc<CountTable>,
+    metrics: EdgeMetrics,
+    ready: watch::Sender<bool>,
+    shutdown: CancellationToken,
+) -> Result<(), FeedError> {
+    let targets = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        targets = starting_positions(kafka, topic, partitions) => targets?,
+    };
+    let consumer: StreamConsumer = kafka
+        .assign_consumer_config()
+        .create()
+        .map_err(FeedError::Client)?;
+    let mut assignment = TopicPartitionList::new();
+    for partition in targets.keys() {
+        assignment
+            .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(FeedError::Client)?;
+    }
+    consumer.assign(&assignment).map_err(FeedError::Client)?;
+    // Partitions still to be read up to their starting high-water mark.
+    let mut behind: HashMap<i32, i64> = targets
+        .into_iter()
+        .filter(|(_, (low, high))| high > low)
+        .map(|(partition, (_, high))| (partition, high))
+        .collect();
+    if behind.is_empty() {
+        ready.send_replace(true);
+    }
+    tracing::info!(topic, partitions = assignment.count(), "edge feed started");
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => break,
+            received = consumer.recv() => received,
+        };
+        let message = match received {
+            Ok(message) => message,
+            Err(error) => {
+                metrics.kafka_error(&error);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        apply(&table, &message, &metrics);
+        if !behind.is_empty() {
+            let partition = message.partition();
+            if behind
+                .get(&partition)
+                .is_some_and(|high| message.offset() + 1 >= *high)
+            {
+                behind.remove(&partition);
+                if behind.is_empty() {
+                    metrics.set_table_keys(table.len());
+                    tracing::info!(users = table.len(), "edge count table caught up");
+                    ready.send_replace(true);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply(
+    table: &CountTable,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    metrics: &EdgeMetrics,
+) {
+    let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+        metrics.count_record("invalid");
+        return;
+    };
+    let Ok(record) = v1::UnreadCount::decode(message.payload().unwrap_or_default()) else {
+        metrics.count_record("invalid");
+        return;
+    };
+    let value = CountValue {
+        count: record.count,
+        version: record.version,
+        occurred_at_ms: record.occurred_at_ms,
+    };
+    if table.apply(key, value) {
+        metrics.count_record("applied");
+    } else {
+        metrics.count_record("stale");
+    }
+}
+
+/// The partitions to read and each one's low and high-water marks now. Retries until the topic
+/// exists (an edge may start before the topics are created).
+async fn starting_positions(
+    kafka: &KafkaSettings,
+    topic: &str,
+    wanted: &[i32],
+) -> Result<Watermarks, FeedError> {
+    loop {
+        let kafka = kafka.clone();
+        let topic_name = topic.to_owned();
+        let wanted = wanted.to_vec();
+        let found =
+            tokio::task::spawn_blocking(move || -> Result<Option<Watermarks>, KafkaError> {
+                let consumer: BaseConsumer = kafka.assign_consumer_config().create()?;
+                let timeout = Duration::from_secs(10);
+                let metadata = consumer.fetch_metadata(Some(&topic_name), timeout)?;
+                let Some(topic_metadata) =
+                    metadata.topics().iter().find(|t| t.name() == topic_name)
+                else {
+                    return Ok(None);
+                };
+                if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
+                    return Ok(None);
+                }
+                let mut positions = HashMap::new();
+                for partition in topic_metadata.partitions() {
+                    let id = partition.id();
+                    if !wanted.is_empty() && !wanted.contains(&id) {
+                        continue;
+                    }
+                    positions.insert(id, consumer.fetch_watermarks(&topic_name, id, timeout)?);
+                }
+                Ok(Some(positions))
+            })
+            .await
+            .map_err(|error| FeedError::Setup(error.to_string()))?;
+        match found {
+            Ok(Some(positions)) => return Ok(positions),
+            Ok(None) => tracing::warn!(topic, "topic not found yet; retrying"),
+            Err(error) => {
+                tracing::warn!(%error, topic, "could not read the topic's partitions; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -1,0 +1,22 @@
+//! fanout's edge: an in-memory table of unread counts fed from the unread-counts topic,
+//! and WebSocket sessions that get the current count on subscribe and every change
+//! after it.
+//!
+//! - [`table`]: the count table; a count is state, so each subscriber sees only the
+//!   newest value (a slow client costs one pending count, never a queue).
+//! - [`feed`]: reads unread-counts by `assign` (no group) and reports when caught up.
+//! - [`auth`]: HS256 JWT verification against per-partner secrets.
+//! - [`cable`]: the ActionCable session (`/cable`).
+//! - [`server`]: the accept loop and WebSocket handshake.
+
+pub mod auth;
+pub mod cable;
+mod config;
+pub mod feed;
+mod metrics;
+pub mod server;
+pub mod table;
+
+pub use config::{EdgeConfig, PartnerConfig, SecretConfig};
+pub use metrics::EdgeMetrics;
+pub use server::{Edge, serve};

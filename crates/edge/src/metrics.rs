@@ -1,0 +1,149 @@
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// The edge's metrics. Each method is the one place that both logs and counts.
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    connections: IntGaugeVec,
+    handshakes: IntCounterVec,
+    auth_failures: IntCounterVec,
+    ignored_frames: IntCounterVec,
+    pushes: IntCounter,
+    count_records: IntCounterVec,
+    table_keys: IntGauge,
+    delivery_seconds: Histogram,
+    kafka_errors: IntCounter,
+}
+
+impl EdgeMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let connections = IntGaugeVec::new(
+            Opts::new(
+                "fanout_edge_connections",
+                "Open client connections, by protocol",
+            ),
+            &["protocol"],
+        )?;
+        let handshakes = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_handshakes_total",
+                "WebSocket handshakes, by result",
+            ),
+            &["result"],
+        )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_auth_failures_total",
+                "Refused tokens, by reason",
+            ),
+            &["reason"],
+        )?;
+        let ignored_frames = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_ignored_frames_total",
+                "Client frames ignored, by reason",
+            ),
+            &["reason"],
+        )?;
+        let pushes = IntCounter::new(
+            "fanout_edge_pushes_total",
+            "Count frames written to clients",
+        )?;
+        let count_records = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_count_records_total",
+                "unread-counts records read, by result",
+            ),
+            &["result"],
+        )?;
+        let table_keys = IntGauge::new("fanout_edge_table_keys", "Users in the count table")?;
+        let delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fanout_edge_delivery_latency_seconds",
+                "Source event time to the count frame's socket write",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
+        )?;
+        let kafka_errors = IntCounter::new(
+            "fanout_edge_kafka_errors_total",
+            "Errors reported by the Kafka consumer (the edge retries)",
+        )?;
+        registry.register(Box::new(connections.clone()))?;
+        registry.register(Box::new(handshakes.clone()))?;
+        registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(ignored_frames.clone()))?;
+        registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(count_records.clone()))?;
+        registry.register(Box::new(table_keys.clone()))?;
+        registry.register(Box::new(delivery_seconds.clone()))?;
+        registry.register(Box::new(kafka_errors.clone()))?;
+        Ok(Self {
+            connections,
+            handshakes,
+            auth_failures,
+            ignored_frames,
+            pushes,
+            count_records,
+            table_keys,
+            delivery_seconds,
+            kafka_errors,
+        })
+    }
+
+    pub(crate) fn connection_opened(&self, protocol: &'static str) {
+        self.connections.with_label_values(&[protocol]).inc();
+    }
+
+    pub(crate) fn connection_closed(&self, protocol: &'static str) {
+        self.connections.with_label_values(&[protocol]).dec();
+    }
+
+    pub(crate) fn handshake(&self, result: &'static str) {
+        self.handshakes.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn auth_failed(&self, partner_known: bool, reason: &'static str) {
+        // Neither the token nor the user appears here: only the bounded reason.
+        tracing::info!(reason, partner_known, "connection refused: unauthorized");
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    pub(crate) fn ignored_frame(&self, reason: &'static str) {
+        self.ignored_frames.with_label_values(&[reason]).inc();
+    }
+
+    pub(crate) fn pushed(&self, occurred_at_ms: i64) {
+        self.pushes.inc();
+        if occurred_at_ms > 0 {
+            let now_ms = crate::server::unix_millis();
+            let latency_ms = (now_ms - occurred_at_ms).max(0);
+            self.delivery_seconds.observe(latency_ms as f64 / 1000.0);
+        }
+    }
+
+    pub(crate) fn count_record(&self, result: &'static str) {
+        self.count_records.with_label_values(&[result]).inc();
+    }
+
+    pub(crate) fn set_table_keys(&self, keys: usize) {
+        self.table_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
+        tracing::warn!(%error, "kafka consumer error; retrying");
+        self.kafka_errors.inc();
+    }
+
+    /// Client frames ignored for `reason` so far.
+    pub fn ignored_frame_count(&self, reason: &str) -> u64 {
+        self.ignored_frames.with_label_values(&[reason]).get()
+    }
+
+    /// Refused tokens for `reason` so far.
+    pub fn auth_failure_count(&self, reason: &str) -> u64 {
+        self.auth_failures.with_label_values(&[reason]).get()
+    }
+}

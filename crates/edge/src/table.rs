@@ -1,0 +1,135 @@
+//! The edge's count table: the newest count per `partner/user` key.
+
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+
+use tokio::sync::watch;
+
+/// A user's count as the edge holds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CountValue {
+    pub count: u64,
+    /// The router's per-user version; 0 means "no record seen yet".
+    pub version: u64,
+    /// Source time of the event that produced this count, Unix milliseconds.
+    pub occurred_at_ms: i64,
+}
+
+/// Counts by key, each behind a `watch` channel: subscribers see only the newest value,
+/// so memory per subscriber is bounded however fast counts change.
+#[derive(Default)]
+pub struct CountTable {
+    slots: RwLock<HashMap<Box<str>, watch::Sender<CountValue>>>,
+}
+
+impl CountTable {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stores `value` for `key` if it is newer than the one held; returns whether it was.
+    pub fn apply(&self, key: &str, value: CountValue) -> bool {
+        let update = |held: &mut CountValue| {
+            if value.version > held.version {
+                *held = value;
+                true
+            } else {
+                false
+            }
+        };
+        {
+            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = slots.get(key) {
+                return slot.send_if_modified(update);
+            }
+        }
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .entry(Box::from(key))
+            .or_insert_with(|| watch::Sender::new(CountValue::default()))
+            .send_if_modified(update)
+    }
+
+    /// A receiver of `key`'s count: its current value now, and every later change.
+    pub fn subscribe(&self, key: &str) -> watch::Receiver<CountValue> {
+        {
+            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = slots.get(key) {
+                return slot.subscribe();
+            }
+        }
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .entry(Box::from(key))
+            .or_insert_with(|| watch::Sender::new(CountValue::default()))
+            .subscribe()
+    }
+
+    /// The count held for `key`, if any record was seen for it.
+    pub fn get(&self, key: &str) -> Option<CountValue> {
+        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .get(key)
+            .map(|slot| *slot.borrow())
+            .filter(|value| value.version > 0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(count: u64, version: u64) -> CountValue {
+        CountValue {
+            count,
+            version,
+            occurred_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn older_and_equal_versions_are_ignored() {
+        let table = CountTable::new();
+        assert!(table.apply("acme/bob", value(3, 2)));
+        assert!(!table.apply("acme/bob", value(9, 1)));
+        assert!(!table.apply("acme/bob", value(9, 2)));
+        assert_eq!(table.get("acme/bob"), Some(value(3, 2)));
+        assert!(table.apply("acme/bob", value(1, 3)));
+        assert_eq!(table.get("acme/bob").map(|v| v.count), Some(1));
+    }
+
+    #[test]
+    fn subscribers_see_the_current_value_then_only_the_newest() {
+        let table = CountTable::new();
+        let mut receiver = table.subscribe("acme/bob");
+        assert_eq!(receiver.borrow_and_update().count, 0);
+        assert_eq!(table.get("acme/bob"), None);
+        for version in 1..=1000 {
+            table.apply("acme/bob", value(version, version));
+        }
+        assert!(receiver.has_changed().unwrap_or(false));
+        assert_eq!(receiver.borrow_and_update().count, 1000);
+        assert!(!receiver.has_changed().unwrap_or(true));
+    }
+
+    #[test]
+    fn keys_of_different_partners_are_separate() {
+        let table = CountTable::new();
+        table.apply("a/u1", value(5, 1));
+        table.apply("b/u1", value(7, 1));
+        assert_eq!(table.get("a/u1").map(|v| v.count), Some(5));
+        assert_eq!(table.get("b/u1").map(|v| v.count), Some(7));
+        assert_eq!(table.len(), 2);
+    }
+}
