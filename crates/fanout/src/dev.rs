@@ -1,0 +1,145 @@
+//! `fanout dev`: everything in one process on an embedded Kafka, for a first look.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use fanout_edge::{PartnerConfig, SecretConfig};
+use fanout_kafka::{EmbeddedKafka, KafkaSettings};
+use prometheus::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::stages::{self, Stage};
+
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Address for the WebSocket listener; port 0 picks a free one.
+    pub listen: String,
+    pub partitions: i32,
+    pub partner: String,
+    /// The demo partner's secret; random when not given.
+    pub secret: Option<String>,
+    pub user: String,
+    pub info_file: Option<PathBuf>,
+}
+
+/// What `fanout dev` prints on start, and writes as JSON with `--info-file`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DevInfo {
+    pub websocket_url: String,
+    pub cable_url: String,
+    pub partner: String,
+    pub secret: String,
+    pub user: String,
+    pub token: String,
+    pub kafka_bootstrap: String,
+    pub topics: fanout_kafka::Topics,
+}
+
+/// Runs dev mode until `shutdown` is cancelled. `on_ready` is called once the edge is
+/// ready, with the facts a client needs.
+pub async fn run(
+    options: DevOptions,
+    shutdown: CancellationToken,
+    on_ready: impl FnOnce(&DevInfo),
+) -> anyhow::Result<()> {
+    let mut config = Config::default();
+    let kafka = EmbeddedKafka::start(
+        1,
+        &config
+            .topics
+            .with_partitions(options.partitions, options.partitions),
+    )
+    .context("starting the embedded Kafka")?;
+    config.kafka = KafkaSettings::new(kafka.bootstrap_servers());
+    let secret = options
+        .secret
+        .clone()
+        .unwrap_or_else(|| crate::tools::random_hex(32));
+    config.edge.partners.insert(
+        options.partner.clone(),
+        PartnerConfig {
+            secrets: vec![SecretConfig {
+                kid: None,
+                secret: secret.clone(),
+            }],
+        },
+    );
+    config.validate().map_err(anyhow::Error::msg)?;
+
+    let listener = TcpListener::bind(&options.listen)
+        .await
+        .with_context(|| format!("binding {}", options.listen))?;
+    let registry = Registry::new();
+    let (ingest, _) = stages::spawn_ingest(&config, &registry, shutdown.clone())?;
+    let (router, _) = stages::spawn_router(&config, &registry, shutdown.clone())?;
+    let edge = stages::spawn_edge(&config, listener, &registry, shutdown.clone())?;
+
+    let token = crate::tools::mint_token(
+        &secret,
+        &options.user,
+        Duration::from_secs(24 * 3600),
+        None,
+        None,
+    )?;
+    let host = match edge.address.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+        ip => ip.to_string(),
+    };
+    let websocket_url = format!("ws://{host}:{}", edge.address.port());
+    let info = DevInfo {
+        cable_url: format!(
+            "{websocket_url}/cable?jwt={token}&partner={}",
+            options.partner
+        ),
+        websocket_url,
+        partner: options.partner.clone(),
+        secret,
+        user: options.user.clone(),
+        token,
+        kafka_bootstrap: kafka.bootstrap_servers().to_owned(),
+        topics: config.topics.clone(),
+    };
+
+    let mut ready = edge.edge.ready.clone();
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        _ = ready.wait_for(|ready| *ready) => {
+            if let Some(path) = &options.info_file {
+                let json = serde_json::to_vec_pretty(&info)?;
+                std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
+            }
+            on_ready(&info);
+        }
+    }
+    let all: Vec<Stage> = vec![ingest, router, edge.feed, edge.server];
+    let result = stages::supervise(all, shutdown).await;
+    drop(kafka);
+    result
+}
+
+/// The banner `fanout dev` prints.
+pub fn banner(info: &DevInfo) -> String {
+    format!(
+        "\nfanout dev is running (embedded Kafka, ingest, router, edge).\n\n\
+         ActionCable URL (demo user {user}):\n  {cable_url}\n\n\
+         partner:          {partner}\n\
+         partner secret:   {secret}\n\
+         demo token (24h): {token}\n\
+         Kafka bootstrap:  {bootstrap}\n\n\
+         Make {user} an unread message:\n  \
+         fanout produce --brokers {bootstrap} created --partner {partner} --conversation c1 --seq 1 --from alice --to {user}\n\
+         Mint a token for another user:\n  \
+         fanout token --secret {secret} --user alice\n\n\
+         Ctrl-C stops everything.\n",
+        user = info.user,
+        cable_url = info.cable_url,
+        partner = info.partner,
+        secret = info.secret,
+        token = info.token,
+        bootstrap = info.kafka_bootstrap,
+    )
+}

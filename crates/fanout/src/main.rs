@@ -1,0 +1,355 @@
+//! The `fanout` binary: parse the command line, start logging, run one role until
+//! SIGTERM/SIGINT. Everything else lives in the library and the stage crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use fanout::config::Config;
+use fanout::dev::{DevOptions, banner};
+use fanout::stages;
+use fanout::tools::{EventSpec, mint_token, produce};
+use fanout_kafka::KafkaSettings;
+use prometheus::Registry;
+use tokio_util::sync::CancellationToken;
+
+/// Kafka message events in, live per-user unread counts out over WebSockets.
+#[derive(Parser)]
+#[command(name = "fanout", version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FANOUT_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything in one process with an embedded Kafka: prints a demo token and URL.
+    Dev(DevArgs),
+    /// Run the ingest stage.
+    Ingest(RoleArgs),
+    /// Run the router stage.
+    Router(RoleArgs),
+    /// Run an edge node.
+    Edge(RoleArgs),
+    /// Validate a config file (and FANOUT_* overrides) and exit.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+    /// Produce one message event to Kafka.
+    Produce(ProduceArgs),
+    /// Mint a JWT for a user, signed with a partner secret.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Address of the WebSocket listener (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: String,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// The demo partner's code.
+    #[arg(long, default_value = "demo")]
+    partner: String,
+    /// The demo partner's secret (random if not given).
+    #[arg(long)]
+    secret: Option<String>,
+    /// The user the printed token is for.
+    #[arg(long, default_value = "demo-user")]
+    user: String,
+    /// Also write the printed facts as JSON to this file.
+    #[arg(long)]
+    info_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// The TOML config file.
+    #[arg(long, short, env = "FANOUT_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    brokers: String,
+    /// The message-events topic.
+    #[arg(long, default_value = "message-events")]
+    topic: String,
+    /// Send the proto3 JSON form (with `content-type: application/json`).
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    event: EventArgs,
+}
+
+#[derive(Subcommand)]
+enum EventArgs {
+    /// A message was posted.
+    Created {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        conversation: String,
+        #[arg(long)]
+        seq: u64,
+        /// The sender.
+        #[arg(long)]
+        from: String,
+        /// A recipient (repeat for several).
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        #[arg(long)]
+        message_id: Option<String>,
+    },
+    /// A user read one message.
+    Read {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        conversation: String,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        user: String,
+    },
+    /// A user read a conversation up to a seq.
+    ConversationRead {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        conversation: String,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long)]
+        user: String,
+    },
+    /// A message was deleted for its recipients.
+    Deleted {
+        #[arg(long)]
+        partner: String,
+        #[arg(long)]
+        conversation: String,
+        #[arg(long)]
+        seq: u64,
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+    },
+}
+
+impl EventArgs {
+    fn into_spec(self) -> (String, EventSpec) {
+        match self {
+            Self::Created {
+                partner,
+                conversation,
+                seq,
+                from,
+                to,
+                message_id,
+            } => (
+                partner,
+                EventSpec::Created {
+                    conversation,
+                    seq,
+                    from,
+                    to,
+                    message_id,
+                },
+            ),
+            Self::Read {
+                partner,
+                conversation,
+                seq,
+                user,
+            } => (
+                partner,
+                EventSpec::Read {
+                    conversation,
+                    seq,
+                    user,
+                },
+            ),
+            Self::ConversationRead {
+                partner,
+                conversation,
+                seq,
+                user,
+            } => (
+                partner,
+                EventSpec::ConversationRead {
+                    conversation,
+                    seq,
+                    user,
+                },
+            ),
+            Self::Deleted {
+                partner,
+                conversation,
+                seq,
+                to,
+            } => (
+                partner,
+                EventSpec::Deleted {
+                    conversation,
+                    seq,
+                    to,
+                },
+            ),
+        }
+    }
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The partner secret to sign with.
+    #[arg(long, env = "FANOUT_TOKEN_SECRET")]
+    secret: String,
+    /// The user (`uniqueId` claim).
+    #[arg(long)]
+    user: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl_seconds: u64,
+    /// Key id to put in the header (for partners with several secrets).
+    #[arg(long)]
+    kid: Option<String>,
+    /// Add a `partner` claim.
+    #[arg(long)]
+    partner: Option<String>,
+}
+
+/// sysexits' EX_CONFIG-style code for bad configuration, before anything binds.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fanout: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("fanout: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+    Config::load(file).map_err(|error| {
+        eprintln!("fanout: invalid configuration: {error}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    match command {
+        Command::Dev(args) => {
+            stages::cancel_on_signal(shutdown.clone());
+            let options = DevOptions {
+                listen: args.listen,
+                partitions: args.partitions,
+                partner: args.partner,
+                secret: args.secret,
+                user: args.user,
+                info_file: args.info_file,
+            };
+            fanout::dev::run(options, shutdown, |info| println!("{}", banner(info))).await?;
+        }
+        Command::Ingest(args) => {
+            let config = match load_config(args.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            stages::cancel_on_signal(shutdown.clone());
+            let (stage, _) = stages::spawn_ingest(&config, &Registry::new(), shutdown.clone())?;
+            stages::supervise(vec![stage], shutdown).await?;
+        }
+        Command::Router(args) => {
+            let config = match load_config(args.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            stages::cancel_on_signal(shutdown.clone());
+            let (stage, _) = stages::spawn_router(&config, &Registry::new(), shutdown.clone())?;
+            stages::supervise(vec![stage], shutdown).await?;
+        }
+        Command::Edge(args) => {
+            let config = match load_config(args.config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            let listener = tokio::net::TcpListener::bind(&config.listen.edge)
+                .await
+                .with_context(|| format!("binding {}", config.listen.edge))?;
+            stages::cancel_on_signal(shutdown.clone());
+            let edge = stages::spawn_edge(&config, listener, &Registry::new(), shutdown.clone())?;
+            stages::supervise(vec![edge.feed, edge.server], shutdown).await?;
+        }
+        Command::CheckConfig { file } => {
+            if let Err(code) = load_config(Some(&file)) {
+                return Ok(code);
+            }
+            println!("{}: ok", file.display());
+        }
+        Command::Produce(args) => {
+            let (partner, spec) = args.event.into_spec();
+            let event = produce(
+                &KafkaSettings::new(args.brokers),
+                &args.topic,
+                &partner,
+                &spec,
+                args.json,
+            )
+            .await?;
+            println!("produced event {} to {}", event.event_id, args.topic);
+        }
+        Command::Token(args) => {
+            let token = mint_token(
+                &args.secret,
+                &args.user,
+                Duration::from_secs(args.ttl_seconds),
+                args.kid.as_deref(),
+                args.partner.as_deref(),
+            )?;
+            println!("{token}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
