@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Kafka message events in, live per-user unread counts out over WebSockets.
 #[derive(Parser)]
-#[command(name = "fanout", version, about)]
+#[command(name = "fanout", version)]
 struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FANOUT_LOG_FORMAT")]

@@ -1,0 +1,47 @@
+// Drives the official @rails/actioncable client (the npm package, unmodified) against a
+// fanout edge and reports what the application would see, one JSON object per line on
+// stdout. It runs until its stdin closes.
+//
+// usage: node cable_client.mjs <ws://host:port/cable?jwt=...&partner=...> [channel]
+import { createConsumer, adapters, logger } from "@rails/actioncable";
+import WebSocket from "ws";
+
+// Node has no browser globals; the client needs a WebSocket constructor and the bits
+// of `document` its connection monitor reads on page visibility changes.
+adapters.WebSocket = WebSocket;
+globalThis.addEventListener ??= () => {};
+globalThis.removeEventListener ??= () => {};
+globalThis.document ??= { visibilityState: "visible" };
+logger.enabled = process.env.ACTIONCABLE_DEBUG === "1";
+
+const [url, channel = "PartnerChannel"] = process.argv.slice(2);
+if (!url) {
+  console.error("usage: node cable_client.mjs <url> [channel]");
+  process.exit(2);
+}
+
+const emit = (event) => process.stdout.write(JSON.stringify(event) + "\n");
+const consumer = createConsumer(url);
+consumer.subscriptions.create(
+  { channel },
+  {
+    connected() {
+      emit({ event: "connected", protocol: consumer.connection.getProtocol() });
+    },
+    disconnected(details) {
+      emit({ event: "disconnected", ...details });
+    },
+    rejected() {
+      emit({ event: "rejected" });
+    },
+    received(data) {
+      emit({ event: "received", data });
+    },
+  },
+);
+
+process.stdin.on("end", () => {
+  consumer.disconnect();
+  process.exit(0);
+});
+process.stdin.resume();

@@ -1,0 +1,284 @@
+//! The whole path, thin but real: message events on Kafka → ingest → router → edge →
+//! ActionCable frames on real WebSocket clients, for two partners whose users share ids.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use fanout_tests::*;
+use rdkafka::Message as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_reach_each_partners_client_exactly_and_never_cross_partners() {
+    let alpha = TestPartner::new("alpha");
+    let beta = TestPartner::new("beta");
+    let cluster = TestCluster::start(4, &[alpha.clone(), beta.clone()]);
+    let config = &cluster.config;
+    let (ingest, _) = start_ingest(config);
+    let (router, _) = start_router(config);
+    let edge = start_edge(config).await;
+    let producer = cluster.producer();
+
+    // The same uniqueId under two partners: two different users.
+    let mut alpha_client = CableClient::connect(edge.address, "alpha", &alpha.token("u1")).await;
+    let mut beta_client = CableClient::connect(edge.address, "beta", &beta.token("u1")).await;
+    assert_eq!(
+        alpha_client.protocol.as_deref(),
+        Some("actioncable-v1-json")
+    );
+    assert_eq!(alpha_client.welcome_and_subscribe().await, count_frame(0));
+    assert_eq!(beta_client.welcome_and_subscribe().await, count_frame(0));
+
+    let mut alpha_frames = Vec::new();
+    let mut beta_frames = Vec::new();
+
+    // Each step: an event, then the frame it must cause (None: no frame; the next
+    // step's frame then proves nothing was sent in between, since one user's events are
+    // processed in order).
+    let steps: Vec<(fanout_schema::v1::MessageEvent, Option<u64>)> = vec![
+        (event::created("alpha", "c1", 1, "sam", &["u1"]), Some(1)),
+        // A duplicate changes nothing.
+        (event::created("alpha", "c1", 1, "sam", &["u1"]), None),
+        (
+            event::created("alpha", "c1", 2, "sam", &["u1", "sam"]),
+            Some(2),
+        ),
+        (event::created("alpha", "c2", 1, "sam", &["u1"]), Some(3)),
+        // Sent by u1: never unread for u1.
+        (event::created("alpha", "c2", 2, "u1", &["sam", "u1"]), None),
+        (event::conversation_read("alpha", "c1", 1, "u1"), Some(2)),
+        (event::message_read("alpha", "c1", 2, "u1"), Some(1)),
+        // A read that arrives before its message still covers it.
+        (event::message_read("alpha", "c2", 5, "u1"), None),
+        (event::created("alpha", "c2", 5, "sam", &["u1"]), None),
+        (event::deleted("alpha", "c2", 1, &["u1"]), Some(0)),
+        (event::created("alpha", "c3", 1, "sam", &["u1"]), Some(1)),
+    ];
+    for (event, expected) in steps {
+        produce_event(&producer, config, &event).await;
+        if let Some(count) = expected {
+            let frame = alpha_client.next_frame().await.unwrap();
+            assert_eq!(frame, count_frame(count), "after {event:?}");
+            alpha_frames.push(frame);
+        }
+    }
+
+    // beta's u1 gets beta's events only.
+    produce_event(
+        &producer,
+        config,
+        &event::created("beta", "c1", 1, "sam", &["u1"]),
+    )
+    .await;
+    beta_frames.push(beta_client.next_frame().await.unwrap());
+    produce_event(
+        &producer,
+        config,
+        &event::created("beta", "c1", 2, "sam", &["u1"]),
+    )
+    .await;
+    beta_frames.push(beta_client.next_frame().await.unwrap());
+    produce_event(
+        &producer,
+        config,
+        &event::conversation_read("beta", "c1", 2, "u1"),
+    )
+    .await;
+    beta_frames.push(beta_client.next_frame().await.unwrap());
+    assert_eq!(
+        beta_frames,
+        vec![count_frame(1), count_frame(2), count_frame(0)]
+    );
+
+    // A last alpha change: the very next alpha frame is it, so no beta count ever
+    // reached alpha's client while beta's counts changed.
+    produce_event(
+        &producer,
+        config,
+        &event::conversation_read("alpha", "c3", 1, "u1"),
+    )
+    .await;
+    let last = alpha_client.next_frame().await.unwrap();
+    assert_eq!(last, count_frame(0));
+    alpha_frames.push(last);
+    assert_eq!(
+        alpha_frames,
+        [1, 2, 3, 2, 1, 0, 1, 0].map(count_frame).to_vec(),
+        "alpha's u1 saw exactly its own changes"
+    );
+    // And beta's u1 saw nothing of alpha's: one more beta change arrives next.
+    produce_event(
+        &producer,
+        config,
+        &event::created("beta", "c9", 1, "sam", &["u1"]),
+    )
+    .await;
+    assert_eq!(beta_client.next_frame().await.unwrap(), count_frame(1));
+
+    // The table holds both users apart.
+    assert_eq!(edge.edge.table.get("alpha/u1").map(|v| v.count), Some(0));
+    assert_eq!(edge.edge.table.get("beta/u1").map(|v| v.count), Some(1));
+
+    ingest.stop().await;
+    router.stop().await;
+    edge.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_record_goes_to_dead_letter_and_ingest_goes_on() {
+    let alpha = TestPartner::new("alpha");
+    let cluster = TestCluster::start(2, std::slice::from_ref(&alpha));
+    let config = &cluster.config;
+    let (ingest, ingest_metrics) = start_ingest(config);
+    let (router, _) = start_router(config);
+    let edge = start_edge(config).await;
+    let producer = cluster.producer();
+
+    produce_raw(
+        &producer,
+        &config.topics.message_events,
+        "poison",
+        b"\xff\x00 not protobuf",
+        &[],
+    )
+    .await;
+    produce_raw(
+        &producer,
+        &config.topics.message_events,
+        "poison-json",
+        b"{\"partner\":",
+        &[("content-type", "application/json")],
+    )
+    .await;
+    // A good event after the poison still goes through.
+    produce_event(
+        &producer,
+        config,
+        &event::created("alpha", "c1", 1, "sam", &["u1"]),
+    )
+    .await;
+    wait_until("the good event to reach the edge", || {
+        edge.edge.table.get("alpha/u1").map(|v| v.count) == Some(1)
+    })
+    .await;
+    assert_eq!(ingest_metrics.dead_letter_count("undecodable"), 2);
+    assert_eq!(ingest_metrics.accepted_count(), 1);
+
+    // Both poison records are on dead-letter, unchanged, with the reason in a header.
+    let consumer: StreamConsumer = config.kafka.assign_consumer_config().create().unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&config.topics.dead_letter, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(DEADLINE, consumer.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let headers = message.headers().unwrap();
+        let error = headers
+            .iter()
+            .find(|header| header.key == "fanout-error")
+            .and_then(|header| header.value)
+            .map(|value| String::from_utf8_lossy(value).into_owned());
+        let source = headers
+            .iter()
+            .find(|header| header.key == "fanout-source")
+            .and_then(|header| header.value)
+            .map(|value| String::from_utf8_lossy(value).into_owned())
+            .unwrap();
+        assert!(
+            source.starts_with(&config.topics.message_events),
+            "{source}"
+        );
+        seen.push((
+            String::from_utf8_lossy(message.key().unwrap()).into_owned(),
+            message.payload().unwrap().to_vec(),
+            error,
+        ));
+    }
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "poison".to_owned(),
+                b"\xff\x00 not protobuf".to_vec(),
+                Some("undecodable".to_owned())
+            ),
+            (
+                "poison-json".to_owned(),
+                b"{\"partner\":".to_vec(),
+                Some("undecodable".to_owned())
+            ),
+        ]
+    );
+
+    ingest.stop().await;
+    router.stop().await;
+    edge.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_or_missing_token_gets_the_unauthorized_disconnect_and_no_welcome() {
+    let alpha = TestPartner::new("alpha");
+    let beta = TestPartner::new("beta");
+    let cluster = TestCluster::start(1, &[alpha.clone(), beta.clone()]);
+    let edge = start_edge(&cluster.config).await;
+    let unauthorized = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
+    let cases = [
+        ("alpha", String::new()),
+        ("alpha", "garbage".to_owned()),
+        // beta's valid token does not open alpha.
+        ("alpha", beta.token("u1")),
+        ("nobody", alpha.token("u1")),
+        ("", alpha.token("u1")),
+    ];
+    for (partner, token) in cases {
+        let mut client = CableClient::connect(edge.address, partner, &token).await;
+        assert_eq!(
+            client.next_frame().await.as_deref(),
+            Some(unauthorized),
+            "{partner} {token}"
+        );
+        assert_eq!(
+            client.next_frame().await,
+            None,
+            "closed after the disconnect"
+        );
+    }
+    edge.running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_client_frames_do_not_close_the_connection() {
+    let alpha = TestPartner::new("alpha");
+    let cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
+    let edge = start_edge(&cluster.config).await;
+    let mut client = CableClient::connect(edge.address, "alpha", &alpha.token("u1")).await;
+    assert_eq!(
+        client.next_frame().await.as_deref(),
+        Some(r#"{"type":"welcome"}"#)
+    );
+    for frame in [
+        "{",
+        "[]",
+        "null",
+        r#"{"command":"subscribe","identifier":{"channel":"PartnerChannel"}}"#,
+        "\u{0}",
+    ] {
+        client.send_text(frame).await;
+    }
+    client
+        .send_text(r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#)
+        .await;
+    assert_eq!(
+        client.next_frame().await.as_deref(),
+        Some(r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"confirm_subscription"}"#)
+    );
+    assert_eq!(client.next_frame().await.unwrap(), count_frame(0));
+    assert_eq!(edge.edge.metrics.ignored_frame_count("malformed"), 4);
+    assert_eq!(edge.edge.metrics.ignored_frame_count("bad_identifier"), 1);
+    edge.running.stop().await;
+}

@@ -1,0 +1,418 @@
+//! Harness for the cross-stage tests: a real Kafka protocol implementation (librdkafka's
+//! mock cluster, in process) with topics of their own, the stages wired exactly as
+//! `fanout dev` wires them, and real WebSocket clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fanout::config::Config;
+use fanout::stages::{self, EdgeStages, Stage};
+use fanout_edge::{PartnerConfig, SecretConfig};
+use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics};
+use fanout_schema::v1::{self, message_event::Event};
+use futures::{SinkExt, StreamExt};
+use prost::Message as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single wait in a test may take before the test fails (a deadline, not
+/// a timing assertion: on a healthy run every wait ends in milliseconds).
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// A partner of the test, with its secret.
+#[derive(Clone)]
+pub struct TestPartner {
+    pub code: String,
+    pub secret: String,
+}
+
+impl TestPartner {
+    pub fn new(code: &str) -> Self {
+        Self {
+            code: code.to_owned(),
+            secret: format!("{code}-secret-{}", fanout::tools::random_hex(8)),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        fanout::tools::mint_token(&self.secret, user, Duration::from_secs(3600), None, None)
+            .unwrap()
+    }
+}
+
+/// An embedded Kafka with this test's own topics and groups, and a config for it.
+pub struct TestCluster {
+    pub kafka: EmbeddedKafka,
+    pub config: Config,
+}
+
+impl TestCluster {
+    pub fn start(partitions: i32, partners: &[TestPartner]) -> Self {
+        init_logging();
+        let prefix = format!("t{}-", fanout::tools::random_hex(4));
+        let topics = Topics::with_prefix(&prefix);
+        let kafka =
+            EmbeddedKafka::start(1, &topics.with_partitions(partitions, partitions)).unwrap();
+        let mut config = Config {
+            kafka: KafkaSettings::new(kafka.bootstrap_servers()),
+            topics,
+            ..Config::default()
+        };
+        config.ingest.group_id = format!("{prefix}ingest");
+        config.router.group_id = format!("{prefix}router");
+        config.edge.partners = partners
+            .iter()
+            .map(|partner| {
+                (
+                    partner.code.clone(),
+                    PartnerConfig {
+                        secrets: vec![SecretConfig {
+                            kid: None,
+                            secret: partner.secret.clone(),
+                        }],
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>();
+        config.validate().unwrap();
+        Self { kafka, config }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        self.config
+            .kafka
+            .client_config(&[("message.timeout.ms", "30000"), ("linger.ms", "0")])
+            .create()
+            .unwrap()
+    }
+}
+
+/// Stages running in this process, each under its own token so a test can stop one.
+pub struct RunningStages {
+    pub shutdown: CancellationToken,
+    pub stages: Vec<Stage>,
+}
+
+impl RunningStages {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        stages::supervise(self.stages, self.shutdown).await.unwrap();
+    }
+}
+
+pub fn start_ingest(config: &Config) -> (RunningStages, fanout_ingest::IngestMetrics) {
+    let shutdown = CancellationToken::new();
+    let (stage, metrics) =
+        stages::spawn_ingest(config, &prometheus::Registry::new(), shutdown.clone()).unwrap();
+    (
+        RunningStages {
+            shutdown,
+            stages: vec![stage],
+        },
+        metrics,
+    )
+}
+
+pub fn start_router(config: &Config) -> (RunningStages, fanout_router::RouterMetrics) {
+    let shutdown = CancellationToken::new();
+    let (stage, metrics) =
+        stages::spawn_router(config, &prometheus::Registry::new(), shutdown.clone()).unwrap();
+    (
+        RunningStages {
+            shutdown,
+            stages: vec![stage],
+        },
+        metrics,
+    )
+}
+
+pub struct RunningEdge {
+    pub edge: Arc<fanout_edge::Edge>,
+    pub address: SocketAddr,
+    pub running: RunningStages,
+}
+
+/// Starts an edge on a free loopback port and waits until its table is caught up.
+pub async fn start_edge(config: &Config) -> RunningEdge {
+    let shutdown = CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let EdgeStages {
+        edge,
+        address,
+        feed,
+        server,
+    } = stages::spawn_edge(
+        config,
+        listener,
+        &prometheus::Registry::new(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let mut ready = edge.ready.clone();
+    tokio::time::timeout(DEADLINE, ready.wait_for(|ready| *ready))
+        .await
+        .expect("edge never became ready")
+        .unwrap();
+    RunningEdge {
+        edge,
+        address,
+        running: RunningStages {
+            shutdown,
+            stages: vec![feed, server],
+        },
+    }
+}
+
+/// Produces raw bytes to `topic`, keyed by `key`, with optional headers.
+pub async fn produce_raw(
+    producer: &FutureProducer,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+    headers: &[(&str, &str)],
+) {
+    let mut owned = OwnedHeaders::new();
+    for (name, value) in headers {
+        owned = owned.insert(Header {
+            key: name,
+            value: Some(*value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(topic)
+                .key(key)
+                .payload(payload)
+                .headers(owned),
+            DEADLINE,
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .unwrap();
+}
+
+/// Produces a message event as protobuf, keyed by its conversation.
+pub async fn produce_event(producer: &FutureProducer, config: &Config, event: &v1::MessageEvent) {
+    let key = match &event.event {
+        Some(Event::MessageCreated(e)) => e.conversation_id.clone(),
+        Some(Event::MessageRead(e)) => e.conversation_id.clone(),
+        Some(Event::ConversationRead(e)) => e.conversation_id.clone(),
+        Some(Event::MessageDeleted(e)) => e.conversation_id.clone(),
+        None => String::new(),
+    };
+    produce_raw(
+        producer,
+        &config.topics.message_events,
+        &key,
+        &event.encode_to_vec(),
+        &[],
+    )
+    .await;
+}
+
+/// Builders for message events.
+pub mod event {
+    use super::*;
+
+    fn wrap(partner: &str, id: String, event: Event) -> v1::MessageEvent {
+        v1::MessageEvent {
+            event_id: id,
+            partner: partner.to_owned(),
+            occurred_at_ms: fanout_edge::server::unix_millis(),
+            event: Some(event),
+        }
+    }
+
+    pub fn created(
+        partner: &str,
+        conversation: &str,
+        seq: u64,
+        from: &str,
+        to: &[&str],
+    ) -> v1::MessageEvent {
+        wrap(
+            partner,
+            format!("{partner}-{conversation}-{seq}-created"),
+            Event::MessageCreated(v1::MessageCreated {
+                conversation_id: conversation.to_owned(),
+                seq,
+                message_id: format!("m{seq}"),
+                sender: from.to_owned(),
+                recipients: to.iter().map(|user| (*user).to_owned()).collect(),
+            }),
+        )
+    }
+
+    pub fn message_read(
+        partner: &str,
+        conversation: &str,
+        seq: u64,
+        user: &str,
+    ) -> v1::MessageEvent {
+        wrap(
+            partner,
+            format!("{partner}-{conversation}-{seq}-read-{user}"),
+            Event::MessageRead(v1::MessageRead {
+                conversation_id: conversation.to_owned(),
+                seq,
+                user: user.to_owned(),
+                message_id: format!("m{seq}"),
+            }),
+        )
+    }
+
+    pub fn conversation_read(
+        partner: &str,
+        conversation: &str,
+        seq: u64,
+        user: &str,
+    ) -> v1::MessageEvent {
+        wrap(
+            partner,
+            format!("{partner}-{conversation}-{seq}-convread-{user}"),
+            Event::ConversationRead(v1::ConversationRead {
+                conversation_id: conversation.to_owned(),
+                seq,
+                user: user.to_owned(),
+            }),
+        )
+    }
+
+    pub fn deleted(partner: &str, conversation: &str, seq: u64, to: &[&str]) -> v1::MessageEvent {
+        wrap(
+            partner,
+            format!("{partner}-{conversation}-{seq}-deleted"),
+            Event::MessageDeleted(v1::MessageDeleted {
+                conversation_id: conversation.to_owned(),
+                seq,
+                message_id: format!("m{seq}"),
+                recipients: to.iter().map(|user| (*user).to_owned()).collect(),
+            }),
+        )
+    }
+}
+
+/// The identifier the official client sends for `{channel: "PartnerChannel"}`.
+pub const PARTNER_CHANNEL_IDENTIFIER: &str = r#"{"channel":"PartnerChannel"}"#;
+
+/// The frame the edge sends for a count on the PartnerChannel subscription.
+pub fn count_frame(count: u64) -> String {
+    fanout_protocol_frames::unread_count(PARTNER_CHANNEL_IDENTIFIER, count)
+}
+
+mod fanout_protocol_frames {
+    /// Built by hand here rather than with the codec under test.
+    pub fn unread_count(identifier: &str, count: u64) -> String {
+        let identifier_json = serde_json::to_string(identifier).unwrap();
+        format!(
+            r#"{{"identifier":{identifier_json},"message":{{"type":"unread_count","count":{count}}}}}"#
+        )
+    }
+}
+
+/// A real WebSocket client speaking ActionCable's wire format.
+pub struct CableClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub protocol: Option<String>,
+}
+
+impl CableClient {
+    pub async fn connect(address: SocketAddr, partner: &str, token: &str) -> Self {
+        let url = format!("ws://{address}/cable?jwt={token}&partner={partner}");
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static("actioncable-v1-json, actioncable-unsupported"),
+        );
+        let (socket, response) =
+            tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
+                .await
+                .expect("connect timed out")
+                .unwrap();
+        let protocol = response
+            .headers()
+            .get(http::header::SEC_WEBSOCKET_PROTOCOL)
+            .map(|value| value.to_str().unwrap().to_owned());
+        Self { socket, protocol }
+    }
+
+    /// The next text frame that is not a ping; `None` once the server has closed.
+    pub async fn next_frame(&mut self) -> Option<String> {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.socket.next())
+                .await
+                .expect("no frame before the deadline");
+            match message {
+                None => return None,
+                Some(Err(error)) => panic!("socket error: {error}"),
+                Some(Ok(Message::Text(text))) => {
+                    let text = text.as_str().to_owned();
+                    if text.starts_with(r#"{"type":"ping""#) {
+                        continue;
+                    }
+                    return Some(text);
+                }
+                Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Expects the welcome, subscribes to PartnerChannel and expects the confirmation;
+    /// returns the first count frame.
+    pub async fn welcome_and_subscribe(&mut self) -> String {
+        assert_eq!(
+            self.next_frame().await.as_deref(),
+            Some(r#"{"type":"welcome"}"#)
+        );
+        self.send_text(
+            r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#,
+        )
+        .await;
+        assert_eq!(
+            self.next_frame().await.as_deref(),
+            Some(
+                r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"confirm_subscription"}"#
+            )
+        );
+        self.next_frame()
+            .await
+            .expect("a count after the confirmation")
+    }
+}
+
+/// Waits until `condition` holds, polling; fails the test at the deadline.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
