@@ -18,7 +18,11 @@ fn js_dir() -> PathBuf {
 /// Installs the npm packages the client needs unless they are there already.
 fn ensure_node_modules() {
     let dir = js_dir();
-    if dir.join("node_modules/@rails/actioncable/package.json").exists() && dir.join("node_modules/ws/package.json").exists() {
+    if dir
+        .join("node_modules/@rails/actioncable/package.json")
+        .exists()
+        && dir.join("node_modules/ws/package.json").exists()
+    {
         return;
     }
     let status = std::process::Command::new("npm")
@@ -40,7 +44,11 @@ async fn official_actioncable_client_sees_the_count_change() {
     let edge = start_edge(config).await;
     let producer = cluster.producer();
 
-    let url = format!("ws://{}/cable?jwt={}&partner=acme", edge.address, partner.token("jane"));
+    let url = format!(
+        "ws://{}/cable?jwt={}&partner=acme",
+        edge.address,
+        partner.token("jane")
+    );
     let mut child = Command::new("node")
         .arg(js_dir().join("cable_client.mjs"))
         .arg(&url)
@@ -65,16 +73,34 @@ async fn official_actioncable_client_sees_the_count_change() {
         serde_json::json!({"event": "connected", "protocol": "actioncable-v1-json"})
     );
     assert_eq!(next_event().await, count(0));
-    produce_event(&producer, config, &event::created("acme", "c1", 1, "sam", &["jane"])).await;
+    produce_event(
+        &producer,
+        config,
+        &event::created("acme", "c1", 1, "sam", &["jane"]),
+    )
+    .await;
     assert_eq!(next_event().await, count(1));
-    produce_event(&producer, config, &event::created("acme", "c1", 2, "sam", &["jane"])).await;
+    produce_event(
+        &producer,
+        config,
+        &event::created("acme", "c1", 2, "sam", &["jane"]),
+    )
+    .await;
     assert_eq!(next_event().await, count(2));
-    produce_event(&producer, config, &event::conversation_read("acme", "c1", 2, "jane")).await;
+    produce_event(
+        &producer,
+        config,
+        &event::conversation_read("acme", "c1", 2, "jane"),
+    )
+    .await;
     assert_eq!(next_event().await, count(0));
 
     // Closing stdin makes the client disconnect and exit cleanly.
     drop(child.stdin.take());
-    let status = tokio::time::timeout(DEADLINE, child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success());
 
     ingest.stop().await;

@@ -33,7 +33,11 @@ fn random_stream(seed: u64, length: usize) -> Vec<v1::MessageEvent> {
         } else if roll < 60 {
             let seq = *seq_counter;
             *seq_counter += 1;
-            let recipients: Vec<&str> = USERS.iter().copied().filter(|_| rng.random_bool(0.4)).collect();
+            let recipients: Vec<&str> = USERS
+                .iter()
+                .copied()
+                .filter(|_| rng.random_bool(0.4))
+                .collect();
             if recipients.iter().all(|recipient| *recipient == user) {
                 continue;
             }
@@ -67,7 +71,11 @@ fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
             Event::MessageCreated(e) => {
                 for recipient in &e.recipients {
                     if *recipient != e.sender {
-                        created.insert(((partner.clone(), recipient.clone()), e.conversation_id.clone(), e.seq));
+                        created.insert((
+                            (partner.clone(), recipient.clone()),
+                            e.conversation_id.clone(),
+                            e.seq,
+                        ));
                     }
                 }
             }
@@ -76,11 +84,17 @@ fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
             }
             Event::MessageDeleted(e) => {
                 for recipient in &e.recipients {
-                    removed.insert(((partner.clone(), recipient.clone()), e.conversation_id.clone(), e.seq));
+                    removed.insert((
+                        (partner.clone(), recipient.clone()),
+                        e.conversation_id.clone(),
+                        e.seq,
+                    ));
                 }
             }
             Event::ConversationRead(e) => {
-                let mark = marks.entry(((partner, e.user.clone()), e.conversation_id.clone())).or_insert(0);
+                let mark = marks
+                    .entry(((partner, e.user.clone()), e.conversation_id.clone()))
+                    .or_insert(0);
                 *mark = (*mark).max(e.seq);
             }
         }
@@ -124,7 +138,10 @@ async fn counts_are_exact_after_a_router_crash_and_a_graceful_restart() {
         .unwrap_or(20_261_121);
     let stream = random_stream(seed, 3000);
     let expected = recount(&stream);
-    assert!(expected.values().any(|count| *count > 0), "the stream leaves something unread");
+    assert!(
+        expected.values().any(|count| *count > 0),
+        "the stream leaves something unread"
+    );
 
     let partners: Vec<TestPartner> = PARTNERS.iter().map(|code| TestPartner::new(code)).collect();
     let cluster = TestCluster::start(4, &partners);
@@ -135,7 +152,10 @@ async fn counts_are_exact_after_a_router_crash_and_a_graceful_restart() {
 
     // The stream goes out in three phases, one per router, each phase produced while
     // that router runs so every router is stopped with events in flight.
-    let phases: Vec<Vec<v1::MessageEvent>> = stream.chunks(stream.len() / 3 + 1).map(<[_]>::to_vec).collect();
+    let phases: Vec<Vec<v1::MessageEvent>> = stream
+        .chunks(stream.len() / 3 + 1)
+        .map(<[_]>::to_vec)
+        .collect();
     let spawn_phase = |events: Vec<v1::MessageEvent>| {
         let producer = cluster.producer();
         let config = config.clone();
@@ -146,12 +166,18 @@ async fn counts_are_exact_after_a_router_crash_and_a_graceful_restart() {
         })
     };
     let processed = |metrics: &fanout_router::RouterMetrics| {
-        ["applied", "unchanged", "replayed"].iter().map(|result| metrics.event_count(result)).sum::<u64>()
+        ["applied", "unchanged", "replayed"]
+            .iter()
+            .map(|result| metrics.event_count(result))
+            .sum::<u64>()
     };
 
     // Crash the first router mid-stream.
     let first_phase = spawn_phase(phases[0].clone());
-    wait_until("the first router to process events", || processed(&first_metrics) >= 300).await;
+    wait_until("the first router to process events", || {
+        processed(&first_metrics) >= 300
+    })
+    .await;
     for stage in first_router.stages {
         stage.task.abort();
         let _ = stage.task.await;
@@ -163,7 +189,10 @@ async fn counts_are_exact_after_a_router_crash_and_a_graceful_restart() {
     // while its phase still flows.
     let (second_router, second_metrics) = start_router(&config);
     let second_phase = spawn_phase(phases[1].clone());
-    wait_until("the second router to process events", || processed(&second_metrics) >= 300).await;
+    wait_until("the second router to process events", || {
+        processed(&second_metrics) >= 300
+    })
+    .await;
     second_router.stop().await;
     second_phase.await.unwrap();
 
