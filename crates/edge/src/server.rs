@@ -166,6 +166,17 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationTo
         }
     };
     edge.metrics.handshake("accepted");
+    // No welcome, and so no count, before the table has caught up: a count read from a
+    // table still loading could be older than one the client has already shown.
+    let mut ready = edge.ready.clone();
+    tokio::select! {
+        () = shutdown.cancelled() => return,
+        caught_up = ready.wait_for(|ready| *ready) => {
+            if caught_up.is_err() {
+                return;
+            }
+        }
+    }
     edge.metrics.connection_opened("cable");
     let ping_interval = Duration::from_millis(edge.config.ping_interval_ms);
     let _ = crate::cable::run(

@@ -11,6 +11,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// `FANOUT_*` variables that are command-line options, not config keys.
+const NOT_CONFIG_KEYS: [&str; 4] = ["config", "log_format", "token_secret", "test_seed"];
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -51,7 +54,11 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("FANOUT_").split("__"));
+        figment = figment.merge(
+            Env::prefixed("FANOUT_")
+                .ignore(&NOT_CONFIG_KEYS)
+                .split("__"),
+        );
         let config: Config = figment.extract().map_err(Box::new)?;
         config
             .validate()
@@ -92,38 +99,55 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    // figment's Jail runs each test with its own environment and working directory, one
+    // at a time; its closures return figment's (large) error type.
+    #![allow(clippy::unwrap_used, clippy::result_large_err)]
     use super::*;
 
     #[test]
     fn file_values_override_defaults_and_unknown_keys_are_refused() {
-        let dir = std::env::temp_dir().join(format!("fanout-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let good = dir.join("good.toml");
-        std::fs::write(
-            &good,
-            "[kafka]\nbrokers = \"k1:9092\"\n[edge.partners.acme]\nsecrets = [{ secret = \"0123456789abcdef\" }]\n",
-        )
-        .unwrap();
-        let config = Config::load(Some(&good)).unwrap();
-        assert_eq!(config.kafka.brokers, "k1:9092");
-        assert_eq!(config.topics, Topics::default());
-        assert_eq!(config.edge.partners["acme"].secrets.len(), 1);
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "good.toml",
+                "[kafka]\nbrokers = \"k1:9092\"\n[edge.partners.acme]\nsecrets = [{ secret = \"0123456789abcdef\" }]\n",
+            )?;
+            let config = Config::load(Some(Path::new("good.toml"))).unwrap();
+            assert_eq!(config.kafka.brokers, "k1:9092");
+            assert_eq!(config.topics, Topics::default());
+            assert_eq!(config.edge.partners["acme"].secrets.len(), 1);
 
-        let bad = dir.join("bad.toml");
-        std::fs::write(&bad, "[kafka]\nbrokers = \"k1:9092\"\nbrokerz = 1\n").unwrap();
-        let error = Config::load(Some(&bad)).unwrap_err().to_string();
-        assert!(error.contains("brokerz"), "{error}");
+            jail.create_file("bad.toml", "[kafka]\nbrokers = \"k1:9092\"\nbrokerz = 1\n")?;
+            let error = Config::load(Some(Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("brokerz"), "{error}");
 
-        let weak = dir.join("weak.toml");
-        std::fs::write(
-            &weak,
-            "[edge.partners.acme]\nsecrets = [{ secret = \"short\" }]\n",
-        )
-        .unwrap();
-        let error = Config::load(Some(&weak)).unwrap_err().to_string();
-        assert!(error.contains("edge.partners.acme.secrets"), "{error}");
+            jail.create_file(
+                "weak.toml",
+                "[edge.partners.acme]\nsecrets = [{ secret = \"short\" }]\n",
+            )?;
+            let error = Config::load(Some(Path::new("weak.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("edge.partners.acme.secrets"), "{error}");
 
-        assert!(Config::load(Some(&dir.join("missing.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_and_ignores_command_line_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FANOUT_KAFKA__BROKERS", "from-env:9092");
+            jail.set_env("FANOUT_CONFIG", "/etc/fanout.toml");
+            jail.set_env("FANOUT_LOG_FORMAT", "json");
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.kafka.brokers, "from-env:9092");
+            jail.set_env("FANOUT_KAFKA__BROKERZ", "typo");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("brokerz"), "{error}");
+            Ok(())
+        });
     }
 }

@@ -1,0 +1,214 @@
+//! The quick start as a newcomer runs it: the real `fanout` binary's `dev` mode, its
+//! `--info-file`, `fanout produce` (protobuf and JSON) and `fanout token`, seen through
+//! a real WebSocket client; SIGTERM stops dev mode with exit code 0.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::process::Command;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{Message, http};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
+const DEADLINE: Duration = Duration::from_secs(60);
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+async fn connect(url: &str) -> Socket {
+    let mut request = url.into_client_request().unwrap();
+    request.headers_mut().insert(
+        http::header::SEC_WEBSOCKET_PROTOCOL,
+        http::HeaderValue::from_static("actioncable-v1-json"),
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+}
+
+/// The next text frame other than a ping.
+async fn next_frame(socket: &mut Socket) -> String {
+    loop {
+        let message = tokio::time::timeout(DEADLINE, socket.next())
+            .await
+            .expect("no frame before the deadline")
+            .expect("socket closed")
+            .unwrap();
+        if let Message::Text(text) = message
+            && !text.as_str().starts_with(r#"{"type":"ping""#)
+        {
+            return text.as_str().to_owned();
+        }
+    }
+}
+
+async fn subscribe(socket: &mut Socket) -> String {
+    assert_eq!(next_frame(socket).await, r#"{"type":"welcome"}"#);
+    socket
+        .send(Message::Text(
+            r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#.into(),
+        ))
+        .await
+        .unwrap();
+    assert!(next_frame(socket).await.contains("confirm_subscription"));
+    next_frame(socket).await
+}
+
+fn count_frame(count: u64) -> String {
+    format!(
+        r#"{{"identifier":"{{\"channel\":\"PartnerChannel\"}}","message":{{"type":"unread_count","count":{count}}}}}"#
+    )
+}
+
+async fn fanout(args: &[&str]) -> String {
+    let output = tokio::time::timeout(DEADLINE, Command::new(FANOUT).args(args).output())
+        .await
+        .expect("fanout did not finish before the deadline")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fanout {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_produce_and_token_work_end_to_end() {
+    let dir = std::env::temp_dir().join(format!("fanout-dev-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let info_path = dir.join("info.json");
+    let _ = std::fs::remove_file(&info_path);
+    let mut dev = Command::new(FANOUT)
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--partitions",
+            "2",
+            "--info-file",
+        ])
+        .arg(&info_path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !info_path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "dev mode never wrote its info file"
+        );
+        assert!(dev.try_wait().unwrap().is_none(), "dev mode exited early");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    let cable_url = info["cable_url"].as_str().unwrap();
+    let bootstrap = info["kafka_bootstrap"].as_str().unwrap();
+    let secret = info["secret"].as_str().unwrap();
+    assert_eq!(info["partner"], "demo");
+    assert_eq!(info["user"], "demo-user");
+    assert!(cable_url.contains(info["token"].as_str().unwrap()));
+
+    let mut demo_user = connect(cable_url).await;
+    assert_eq!(subscribe(&mut demo_user).await, count_frame(0));
+
+    let created = [
+        "produce",
+        "--brokers",
+        bootstrap,
+        "created",
+        "--partner",
+        "demo",
+        "--conversation",
+        "c1",
+        "--seq",
+        "1",
+        "--from",
+        "alice",
+        "--to",
+        "demo-user",
+    ];
+    assert!(fanout(&created).await.contains("produced event"));
+    assert_eq!(next_frame(&mut demo_user).await, count_frame(1));
+    let created_json = [
+        "produce",
+        "--brokers",
+        bootstrap,
+        "--json",
+        "created",
+        "--partner",
+        "demo",
+        "--conversation",
+        "c1",
+        "--seq",
+        "2",
+        "--from",
+        "alice",
+        "--to",
+        "demo-user",
+    ];
+    fanout(&created_json).await;
+    assert_eq!(next_frame(&mut demo_user).await, count_frame(2));
+    let read = [
+        "produce",
+        "--brokers",
+        bootstrap,
+        "conversation-read",
+        "--partner",
+        "demo",
+        "--conversation",
+        "c1",
+        "--seq",
+        "2",
+        "--user",
+        "demo-user",
+    ];
+    fanout(&read).await;
+    assert_eq!(next_frame(&mut demo_user).await, count_frame(0));
+
+    // A token minted by `fanout token` for another user opens that user's count.
+    let token = fanout(&["token", "--secret", secret, "--user", "alice"]).await;
+    let websocket_url = info["websocket_url"].as_str().unwrap();
+    let mut alice = connect(&format!(
+        "{websocket_url}/cable?jwt={}&partner=demo",
+        token.trim()
+    ))
+    .await;
+    assert_eq!(subscribe(&mut alice).await, count_frame(0));
+
+    // SIGTERM: clients are told to come back later, and dev mode exits cleanly.
+    let pid = dev.id().unwrap().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert_eq!(
+        next_frame(&mut alice).await,
+        r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+    );
+    let status = tokio::time::timeout(DEADLINE, dev.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "dev mode exited with {status}");
+    let banner = {
+        let mut stdout = dev.stdout.take().unwrap();
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
+            .await
+            .unwrap();
+        text
+    };
+    assert!(
+        banner.contains(cable_url),
+        "the banner prints the URL: {banner}"
+    );
+    assert!(banner.contains(bootstrap));
+}
