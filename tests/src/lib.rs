@@ -111,6 +111,19 @@ pub struct RunningStages {
 }
 
 impl RunningStages {
+    /// The health of the (first) stage that has one.
+    pub fn health(&self) -> fanout_kafka::StageHealth {
+        self.stages
+            .iter()
+            .find_map(|stage| stage.health.clone())
+            .expect("a stage with a readiness condition")
+    }
+
+    /// Whether any stage has stopped (by error or otherwise).
+    pub fn any_stopped(&self) -> bool {
+        self.stages.iter().any(|stage| stage.task.is_finished())
+    }
+
     pub async fn stop(self) {
         self.shutdown.cancel();
         stages::supervise(self.stages, self.shutdown).await.unwrap();

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_kafka::KafkaSettings;
+use fanout_kafka::{KafkaSettings, StageContext, StageHealth};
 use fanout_schema::v1;
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
@@ -28,25 +28,46 @@ pub enum FeedError {
     Setup(String),
 }
 
-/// Reads `topic` into `table` until `shutdown` is cancelled. Sets `ready` once every
+/// What the feed reads and where it reports.
+pub struct Feed {
+    pub kafka: KafkaSettings,
+    /// The unread-counts topic.
+    pub topic: String,
+    /// Partitions to read; empty means all.
+    pub partitions: Vec<i32>,
+    pub table: Arc<CountTable>,
+    pub metrics: EdgeMetrics,
+    /// Set to true once the table has caught up; sessions wait for it.
+    pub ready: watch::Sender<bool>,
+    pub health: StageHealth,
+}
+
+/// Reads the topic into the table until `shutdown` is cancelled. Sets `ready` once every
 /// partition has been read up to the high-water mark it had when the feed started.
-pub async fn run(
-    kafka: &KafkaSettings,
-    topic: &str,
-    partitions: &[i32],
-    table: Arc<CountTable>,
-    metrics: EdgeMetrics,
-    ready: watch::Sender<bool>,
-    shutdown: CancellationToken,
-) -> Result<(), FeedError> {
+pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedError> {
+    let Feed {
+        kafka,
+        topic,
+        partitions,
+        table,
+        metrics,
+        ready,
+        health,
+    } = feed;
+    let kafka = &kafka;
+    let topic = topic.as_str();
+    let partitions = partitions.as_slice();
     let targets = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         targets = starting_positions(kafka, topic, partitions) => targets?,
     };
-    let consumer: StreamConsumer = kafka
-        .assign_consumer_config()
-        .create()
-        .map_err(FeedError::Client)?;
+    let context = StageContext::new(health.clone())
+        .with_lag(metrics.lag_gauge())
+        .with_errors(metrics.kafka_error_counter());
+    let consumer: StreamConsumer<StageContext> =
+        KafkaSettings::with_statistics(kafka.assign_consumer_config())
+            .create_with_context(context)
+            .map_err(FeedError::Client)?;
     let mut assignment = TopicPartitionList::new();
     for partition in targets.keys() {
         assignment
@@ -62,6 +83,7 @@ pub async fn run(
         .collect();
     if behind.is_empty() {
         ready.send_replace(true);
+        health.set_ready(true);
     }
     tracing::info!(topic, partitions = assignment.count(), "edge feed started");
     loop {
@@ -70,7 +92,10 @@ pub async fn run(
             received = consumer.recv() => received,
         };
         let message = match received {
-            Ok(message) => message,
+            Ok(message) => {
+                health.set_brokers_down(false);
+                message
+            }
             Err(error) => {
                 metrics.kafka_error(&error);
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -89,6 +114,7 @@ pub async fn run(
                     metrics.set_table_keys(table.len());
                     tracing::info!(users = table.len(), "edge count table caught up");
                     ready.send_replace(true);
+                    health.set_ready(true);
                 }
             }
         }

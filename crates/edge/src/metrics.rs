@@ -14,6 +14,7 @@ pub struct EdgeMetrics {
     table_keys: IntGauge,
     delivery_seconds: Histogram,
     kafka_errors: IntCounter,
+    lag: IntGaugeVec,
 }
 
 impl EdgeMetrics {
@@ -71,6 +72,14 @@ impl EdgeMetrics {
             "fanout_edge_kafka_errors_total",
             "Errors reported by the Kafka consumer (the edge retries)",
         )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "fanout_edge_consumer_lag_records",
+                "Records of unread-counts not yet read into the table, by partition",
+            ),
+            &["topic", "partition"],
+        )?;
+        registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -90,6 +99,7 @@ impl EdgeMetrics {
             table_keys,
             delivery_seconds,
             kafka_errors,
+            lag,
         })
     }
 
@@ -135,6 +145,19 @@ impl EdgeMetrics {
     pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
         tracing::warn!(%error, "kafka consumer error; retrying");
         self.kafka_errors.inc();
+    }
+
+    pub(crate) fn lag_gauge(&self) -> IntGaugeVec {
+        self.lag.clone()
+    }
+
+    pub(crate) fn kafka_error_counter(&self) -> IntCounter {
+        self.kafka_errors.clone()
+    }
+
+    /// Errors reported by the Kafka clients so far.
+    pub fn kafka_error_count(&self) -> u64 {
+        self.kafka_errors.get()
     }
 
     /// Client frames ignored for `reason` so far.

@@ -31,12 +31,15 @@ pub struct Config {
 pub struct Listen {
     /// The edge's client (WebSocket) address.
     pub edge: String,
+    /// The admin address (`/metrics`, `/healthz`, `/readyz`), for every role.
+    pub admin: String,
 }
 
 impl Default for Listen {
     fn default() -> Self {
         Self {
             edge: "0.0.0.0:8080".to_owned(),
+            admin: "0.0.0.0:9090".to_owned(),
         }
     }
 }

@@ -6,18 +6,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use fanout_edge::{PartnerConfig, SecretConfig};
 use fanout_kafka::{EmbeddedKafka, KafkaSettings};
-use prometheus::Registry;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::stages::{self, Stage};
+use crate::stages::{self, Role};
 
 #[derive(Debug, Clone)]
 pub struct DevOptions {
     /// Address for the WebSocket listener; port 0 picks a free one.
     pub listen: String,
+    /// Address for the admin port (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_listen: String,
     pub partitions: i32,
     pub partner: String,
     /// The demo partner's secret; random when not given.
@@ -36,6 +37,7 @@ pub struct DevInfo {
     pub user: String,
     pub token: String,
     pub kafka_bootstrap: String,
+    pub admin_url: String,
     pub topics: fanout_kafka::Topics,
 }
 
@@ -73,10 +75,19 @@ pub async fn run(
     let listener = TcpListener::bind(&options.listen)
         .await
         .with_context(|| format!("binding {}", options.listen))?;
-    let registry = Registry::new();
-    let (ingest, _) = stages::spawn_ingest(&config, &registry, shutdown.clone())?;
-    let (router, _) = stages::spawn_router(&config, &registry, shutdown.clone())?;
-    let edge = stages::spawn_edge(&config, listener, &registry, shutdown.clone())?;
+    let admin_listener = TcpListener::bind(&options.admin_listen)
+        .await
+        .with_context(|| format!("binding {}", options.admin_listen))?;
+    let started = stages::start_roles(
+        &config,
+        &[Role::Ingest, Role::Router, Role::Edge],
+        Some(listener),
+        admin_listener,
+        shutdown.clone(),
+    )?;
+    let (Some(edge), Some(edge_address)) = (started.edge.clone(), started.edge_address) else {
+        anyhow::bail!("the edge did not start");
+    };
 
     let token = crate::tools::mint_token(
         &secret,
@@ -85,11 +96,16 @@ pub async fn run(
         None,
         None,
     )?;
-    let host = match edge.address.ip() {
+    let host = |address: std::net::SocketAddr| match address.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         ip => ip.to_string(),
     };
-    let websocket_url = format!("ws://{host}:{}", edge.address.port());
+    let websocket_url = format!("ws://{}:{}", host(edge_address), edge_address.port());
+    let admin_url = format!(
+        "http://{}:{}",
+        host(started.admin_address),
+        started.admin_address.port()
+    );
     let info = DevInfo {
         cable_url: format!(
             "{websocket_url}/cable?jwt={token}&partner={}",
@@ -101,10 +117,11 @@ pub async fn run(
         user: options.user.clone(),
         token,
         kafka_bootstrap: kafka.bootstrap_servers().to_owned(),
+        admin_url,
         topics: config.topics.clone(),
     };
 
-    let mut ready = edge.edge.ready.clone();
+    let mut ready = edge.ready.clone();
     tokio::select! {
         () = shutdown.cancelled() => {}
         _ = ready.wait_for(|ready| *ready) => {
@@ -115,8 +132,7 @@ pub async fn run(
             on_ready(&info);
         }
     }
-    let all: Vec<Stage> = vec![ingest, router, edge.feed, edge.server];
-    let result = stages::supervise(all, shutdown).await;
+    let result = stages::supervise(started.stages, shutdown).await;
     drop(kafka);
     result
 }
@@ -129,7 +145,8 @@ pub fn banner(info: &DevInfo) -> String {
          partner:          {partner}\n\
          partner secret:   {secret}\n\
          demo token (24h): {token}\n\
-         Kafka bootstrap:  {bootstrap}\n\n\
+         Kafka bootstrap:  {bootstrap}\n\
+         admin:            {admin}/metrics, /healthz, /readyz\n\n\
          Make {user} an unread message:\n  \
          fanout produce --brokers {bootstrap} created --partner {partner} --conversation c1 --seq 1 --from alice --to {user}\n\
          Mint a token for another user:\n  \
@@ -141,5 +158,6 @@ pub fn banner(info: &DevInfo) -> String {
         secret = info.secret,
         token = info.token,
         bootstrap = info.kafka_bootstrap,
+        admin = info.admin_url,
     )
 }

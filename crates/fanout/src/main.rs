@@ -9,10 +9,9 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fanout::config::Config;
 use fanout::dev::{DevOptions, banner};
-use fanout::stages;
+use fanout::stages::{self, Role};
 use fanout::tools::{EventSpec, mint_token, produce};
 use fanout_kafka::KafkaSettings;
-use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 
 /// Kafka message events in, live per-user unread counts out over WebSockets.
@@ -58,6 +57,9 @@ struct DevArgs {
     /// Address of the WebSocket listener (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: String,
+    /// Address of the admin port: /metrics, /healthz, /readyz (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: String,
     /// Partitions of every topic.
     #[arg(long, default_value_t = 4)]
     partitions: i32,
@@ -277,6 +279,40 @@ fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
     })
 }
 
+/// Runs one role: validate the whole config before binding anything, bind, run until
+/// a signal, drain.
+async fn run_role(
+    role: Role,
+    config_file: Option<&std::path::Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config_file) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let edge_listener = match role {
+        Role::Edge => Some(
+            tokio::net::TcpListener::bind(&config.listen.edge)
+                .await
+                .with_context(|| format!("binding {}", config.listen.edge))?,
+        ),
+        Role::Ingest | Role::Router => None,
+    };
+    let admin_listener = tokio::net::TcpListener::bind(&config.listen.admin)
+        .await
+        .with_context(|| format!("binding {}", config.listen.admin))?;
+    stages::cancel_on_signal(shutdown.clone());
+    let started = stages::start_roles(
+        &config,
+        &[role],
+        edge_listener,
+        admin_listener,
+        shutdown.clone(),
+    )?;
+    stages::supervise(started.stages, shutdown).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     match command {
@@ -284,6 +320,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             stages::cancel_on_signal(shutdown.clone());
             let options = DevOptions {
                 listen: args.listen,
+                admin_listen: args.admin_listen,
                 partitions: args.partitions,
                 partner: args.partner,
                 secret: args.secret,
@@ -293,35 +330,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             fanout::dev::run(options, shutdown, |info| println!("{}", banner(info))).await?;
         }
         Command::Ingest(args) => {
-            let config = match load_config(args.config.as_deref()) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            stages::cancel_on_signal(shutdown.clone());
-            let (stage, _) = stages::spawn_ingest(&config, &Registry::new(), shutdown.clone())?;
-            stages::supervise(vec![stage], shutdown).await?;
+            return run_role(Role::Ingest, args.config.as_deref(), shutdown).await;
         }
         Command::Router(args) => {
-            let config = match load_config(args.config.as_deref()) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            stages::cancel_on_signal(shutdown.clone());
-            let (stage, _) = stages::spawn_router(&config, &Registry::new(), shutdown.clone())?;
-            stages::supervise(vec![stage], shutdown).await?;
+            return run_role(Role::Router, args.config.as_deref(), shutdown).await;
         }
-        Command::Edge(args) => {
-            let config = match load_config(args.config.as_deref()) {
-                Ok(config) => config,
-                Err(code) => return Ok(code),
-            };
-            let listener = tokio::net::TcpListener::bind(&config.listen.edge)
-                .await
-                .with_context(|| format!("binding {}", config.listen.edge))?;
-            stages::cancel_on_signal(shutdown.clone());
-            let edge = stages::spawn_edge(&config, listener, &Registry::new(), shutdown.clone())?;
-            stages::supervise(vec![edge.feed, edge.server], shutdown).await?;
-        }
+        Command::Edge(args) => return run_role(Role::Edge, args.config.as_deref(), shutdown).await,
         Command::CheckConfig { file } => {
             if let Err(code) = load_config(Some(&file)) {
                 return Ok(code);

@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use fanout_edge::table::CountTable;
 use fanout_edge::{Edge, EdgeMetrics};
 use fanout_ingest::IngestMetrics;
+use fanout_kafka::StageHealth;
 use fanout_router::RouterMetrics;
 use prometheus::Registry;
 use tokio::net::TcpListener;
@@ -20,10 +21,12 @@ use crate::config::Config;
 
 pub type Task = JoinHandle<anyhow::Result<()>>;
 
-/// A spawned stage: its name (for errors) and its task.
+/// A spawned stage: its name (for errors and readiness), its task, and its health if
+/// it has a readiness condition of its own.
 pub struct Stage {
     pub name: &'static str,
     pub task: Task,
+    pub health: Option<StageHealth>,
 }
 
 pub fn spawn_ingest(
@@ -32,26 +35,30 @@ pub fn spawn_ingest(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Stage, IngestMetrics)> {
     let metrics = IngestMetrics::new(registry).context("registering ingest metrics")?;
-    let config = config.clone();
-    let task_metrics = metrics.clone();
-    let task = tokio::spawn(async move {
-        fanout_ingest::run(
-            &config.kafka,
-            &config.topics,
-            &config.ingest,
-            task_metrics,
-            shutdown,
-        )
-        .await
-        .context("ingest")
-    });
-    Ok((
-        Stage {
-            name: "ingest",
-            task,
-        },
-        metrics,
-    ))
+    let health = StageHealth::new();
+    let task = {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            fanout_ingest::run(
+                &config.kafka,
+                &config.topics,
+                &config.ingest,
+                metrics,
+                health,
+                shutdown,
+            )
+            .await
+            .context("ingest")
+        })
+    };
+    let stage = Stage {
+        name: "ingest",
+        task,
+        health: Some(health),
+    };
+    Ok((stage, metrics))
 }
 
 pub fn spawn_router(
@@ -60,26 +67,30 @@ pub fn spawn_router(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Stage, RouterMetrics)> {
     let metrics = RouterMetrics::new(registry).context("registering router metrics")?;
-    let config = config.clone();
-    let task_metrics = metrics.clone();
-    let task = tokio::spawn(async move {
-        fanout_router::run(
-            &config.kafka,
-            &config.topics,
-            &config.router,
-            task_metrics,
-            shutdown,
-        )
-        .await
-        .context("router")
-    });
-    Ok((
-        Stage {
-            name: "router",
-            task,
-        },
-        metrics,
-    ))
+    let health = StageHealth::new();
+    let task = {
+        let config = config.clone();
+        let metrics = metrics.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            fanout_router::run(
+                &config.kafka,
+                &config.topics,
+                &config.router,
+                metrics,
+                health,
+                shutdown,
+            )
+            .await
+            .context("router")
+        })
+    };
+    let stage = Stage {
+        name: "router",
+        task,
+        health: Some(health),
+    };
+    Ok((stage, metrics))
 }
 
 /// A running edge: its feed and its WebSocket server.
@@ -107,21 +118,24 @@ pub fn spawn_edge(
         ready_rx,
     ));
     let address = listener.local_addr().context("edge listener address")?;
+    let health = StageHealth::new();
     let feed = {
         let config = config.clone();
         let shutdown = shutdown.clone();
+        let health = health.clone();
         tokio::spawn(async move {
-            fanout_edge::feed::run(
-                &config.kafka,
-                &config.topics.unread_counts,
-                &config.edge.partitions,
+            let feed = fanout_edge::feed::Feed {
+                kafka: config.kafka.clone(),
+                topic: config.topics.unread_counts.clone(),
+                partitions: config.edge.partitions.clone(),
                 table,
                 metrics,
-                ready_tx,
-                shutdown,
-            )
-            .await
-            .context("edge feed")
+                ready: ready_tx,
+                health,
+            };
+            fanout_edge::feed::run(feed, shutdown)
+                .await
+                .context("edge feed")
         })
     };
     let server = {
@@ -135,12 +149,14 @@ pub fn spawn_edge(
         edge,
         address,
         feed: Stage {
-            name: "edge feed",
+            name: "edge",
             task: feed,
+            health: Some(health),
         },
         server: Stage {
             name: "edge server",
             task: server,
+            health: None,
         },
     })
 }
@@ -201,4 +217,72 @@ pub fn cancel_on_signal(shutdown: CancellationToken) {
         }
         shutdown.cancel();
     });
+}
+
+/// The stages a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Ingest,
+    Router,
+    Edge,
+}
+
+/// Handles on the roles [`start_roles`] started.
+pub struct StartedRoles {
+    pub stages: Vec<Stage>,
+    pub edge: Option<Arc<Edge>>,
+    pub edge_address: Option<SocketAddr>,
+    pub admin_address: SocketAddr,
+}
+
+/// Starts `roles` and the admin port, on listeners the caller bound (the edge's is
+/// needed only with [`Role::Edge`]).
+pub fn start_roles(
+    config: &Config,
+    roles: &[Role],
+    edge_listener: Option<TcpListener>,
+    admin_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<StartedRoles> {
+    let registry = Registry::new();
+    let mut stages = Vec::new();
+    for role in roles {
+        match role {
+            Role::Ingest => stages.push(spawn_ingest(config, &registry, shutdown.clone())?.0),
+            Role::Router => stages.push(spawn_router(config, &registry, shutdown.clone())?.0),
+            // Started below, once, on its listener.
+            Role::Edge => {}
+        }
+    }
+    let (edge, edge_address) = if roles.contains(&Role::Edge) {
+        let listener = edge_listener.context("the edge role needs a listener")?;
+        let started = spawn_edge(config, listener, &registry, shutdown.clone())?;
+        stages.push(started.feed);
+        stages.push(started.server);
+        (Some(started.edge), Some(started.address))
+    } else {
+        (None, None)
+    };
+    let admin_address = admin_listener
+        .local_addr()
+        .context("admin listener address")?;
+    let admin = Arc::new(crate::admin::Admin {
+        registry,
+        checks: stages
+            .iter()
+            .filter_map(|stage| stage.health.clone().map(|health| (stage.name, health)))
+            .collect(),
+    });
+    let admin_task = tokio::spawn(crate::admin::serve(admin_listener, admin, shutdown));
+    stages.push(Stage {
+        name: "admin",
+        task: admin_task,
+        health: None,
+    });
+    Ok(StartedRoles {
+        stages,
+        edge,
+        edge_address,
+        admin_address,
+    })
 }

@@ -62,6 +62,30 @@ fn count_frame(count: u64) -> String {
     )
 }
 
+/// A plain HTTP/1.1 GET; returns the status code and the body.
+async fn http_get(base_url: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
 async fn fanout(args: &[&str]) -> String {
     let output = tokio::time::timeout(DEADLINE, Command::new(FANOUT).args(args).output())
         .await
@@ -171,6 +195,34 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     ];
     fanout(&read).await;
     assert_eq!(next_frame(&mut demo_user).await, count_frame(0));
+
+    // The admin port: alive, ready, and metrics that saw the traffic above.
+    let admin_url = info["admin_url"].as_str().unwrap();
+    assert_eq!(
+        http_get(admin_url, "/healthz").await,
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(
+        http_get(admin_url, "/readyz").await,
+        (200, "ready\n".to_owned())
+    );
+    let (status, metrics) = http_get(admin_url, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "fanout_ingest_events_total{result=\"accepted\"} 3",
+        "fanout_router_events_total{result=\"applied\"} 3",
+        "fanout_edge_pushes_total",
+        "fanout_edge_delivery_latency_seconds_bucket",
+        "fanout_router_restore_duration_seconds",
+        "fanout_ingest_dead_letters_total{reason=\"undecodable\"} 0",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "/metrics lacks {expected}:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains(info["token"].as_str().unwrap()));
+    assert_eq!(http_get(admin_url, "/nope").await.0, 404);
 
     // A token minted by `fanout token` for another user opens that user's count.
     let token = fanout(&["token", "--secret", secret, "--user", "alice"]).await;

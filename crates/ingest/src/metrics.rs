@@ -1,4 +1,4 @@
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::events::Rejection;
 
@@ -9,6 +9,7 @@ pub struct IngestMetrics {
     dead_letters: IntCounterVec,
     user_events: IntCounter,
     kafka_errors: IntCounter,
+    lag: IntGaugeVec,
 }
 
 impl IngestMetrics {
@@ -36,7 +37,15 @@ impl IngestMetrics {
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(user_events.clone()))?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "fanout_ingest_consumer_lag_records",
+                "Records of message-events not yet consumed, by partition",
+            ),
+            &["topic", "partition"],
+        )?;
         registry.register(Box::new(kafka_errors.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
         for result in ["accepted", "dead_lettered"] {
             events.with_label_values(&[result]);
         }
@@ -48,6 +57,7 @@ impl IngestMetrics {
             dead_letters,
             user_events,
             kafka_errors,
+            lag,
         })
     }
 
@@ -67,6 +77,19 @@ impl IngestMetrics {
     pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
         tracing::warn!(%error, "kafka consumer error; retrying");
         self.kafka_errors.inc();
+    }
+
+    pub(crate) fn lag_gauge(&self) -> IntGaugeVec {
+        self.lag.clone()
+    }
+
+    pub(crate) fn kafka_error_counter(&self) -> IntCounter {
+        self.kafka_errors.clone()
+    }
+
+    /// Errors reported by the Kafka clients so far.
+    pub fn kafka_error_count(&self) -> u64 {
+        self.kafka_errors.get()
     }
 
     /// Records sent to dead-letter for `reason` so far.

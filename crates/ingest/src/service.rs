@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use fanout_kafka::{AckPipeline, KafkaSettings, Topics, enqueue, store_offset};
+use fanout_kafka::{
+    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, enqueue, store_offset,
+};
 use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
 use prost::Message as _;
 use rdkafka::Message;
@@ -60,20 +62,28 @@ pub async fn run(
     topics: &Topics,
     config: &IngestConfig,
     metrics: IngestMetrics,
+    health: StageHealth,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let consumer: StreamConsumer = kafka
-        .group_consumer_config(&config.group_id)
-        .create()
-        .map_err(IngestError::Client)?;
-    let producer: FutureProducer = kafka
+    let context = StageContext::new(health.clone())
+        .with_lag(metrics.lag_gauge())
+        .with_errors(metrics.kafka_error_counter());
+    let consumer: StreamConsumer<StageContext> =
+        KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
+            .create_with_context(context)
+            .map_err(IngestError::Client)?;
+    let producer: FutureProducer<StageContext> = kafka
         .producer_config()
-        .create()
+        .create_with_context(
+            StageContext::new(health.clone()).with_errors(metrics.kafka_error_counter()),
+        )
         .map_err(IngestError::Client)?;
     consumer
         .subscribe(&[&topics.message_events])
         .map_err(IngestError::Client)?;
     tracing::info!(topic = %topics.message_events, group = %config.group_id, "ingest started");
+    // Stateless: ready as soon as it is consuming. Readiness then follows the brokers.
+    health.set_ready(true);
 
     let mut pipeline = AckPipeline::new();
     loop {
@@ -82,11 +92,13 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             Some(acked) = pipeline.next(), if !pipeline.is_empty() => {
                 let acked = acked.map_err(IngestError::Delivery)?;
+                health.set_brokers_down(false);
                 store_offset(&consumer, &acked);
             }
             received = consumer.recv(), if pipeline.len() < config.max_in_flight => {
                 match received {
                     Ok(message) => {
+                        health.set_brokers_down(false);
                         let deliveries = handle(&message, &producer, topics, config, &metrics).await?;
                         pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
                     }
@@ -116,7 +128,7 @@ pub async fn run(
 
 async fn handle(
     message: &BorrowedMessage<'_>,
-    producer: &FutureProducer,
+    producer: &FutureProducer<StageContext>,
     topics: &Topics,
     config: &IngestConfig,
     metrics: &IngestMetrics,
@@ -156,7 +168,7 @@ async fn handle(
 async fn dead_letter(
     message: &BorrowedMessage<'_>,
     rejection: &Rejection,
-    producer: &FutureProducer,
+    producer: &FutureProducer<StageContext>,
     dead_letter_topic: &str,
 ) -> Result<DeliveryFuture, IngestError> {
     let detail = rejection.to_string();

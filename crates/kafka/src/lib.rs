@@ -3,10 +3,12 @@
 //! lets a stage commit an input offset only once everything derived from it is in Kafka.
 
 mod embedded;
+mod health;
 mod pipeline;
 mod settings;
 
 pub use embedded::{EmbeddedKafka, EmbeddedKafkaError};
+pub use health::{StageContext, StageHealth};
 pub use pipeline::{AckPipeline, Acked, enqueue, flush, store_offset};
 pub use settings::{KafkaSettings, Topics};
 

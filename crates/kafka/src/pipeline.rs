@@ -80,12 +80,13 @@ impl AckPipeline {
 
 /// Hands a record to the producer, waiting while its local queue is full (backpressure
 /// rather than an error), and returns the future of its acknowledgement.
-pub async fn enqueue<K>(
-    producer: &FutureProducer,
+pub async fn enqueue<K, C>(
+    producer: &FutureProducer<C>,
     mut record: FutureRecord<'_, K, [u8]>,
 ) -> Result<DeliveryFuture, KafkaError>
 where
     K: rdkafka::message::ToBytes + ?Sized,
+    C: rdkafka::ClientContext + 'static,
 {
     loop {
         match producer.send_result(record) {
@@ -100,7 +101,10 @@ where
 }
 
 /// Flushes `producer`, waiting at most `timeout`.
-pub fn flush(producer: &FutureProducer, timeout: Duration) -> Result<(), KafkaError> {
+pub fn flush<C: rdkafka::ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
     use rdkafka::producer::Producer;
     producer.flush(Timeout::After(timeout))
 }

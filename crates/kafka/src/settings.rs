@@ -59,6 +59,13 @@ impl KafkaSettings {
         ])
     }
 
+    /// Turns on librdkafka's statistics (consumer lag, among others) for a client whose
+    /// context is a [`StageContext`](crate::StageContext).
+    pub fn with_statistics(mut config: ClientConfig) -> ClientConfig {
+        config.set("statistics.interval.ms", "5000");
+        config
+    }
+
     /// Settings for a group consumer that stores offsets only when told to.
     pub fn group_consumer_config(&self, group_id: &str) -> ClientConfig {
         let mut config = self.client_config(&[

@@ -1,4 +1,6 @@
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// The router's metrics. Each method is the one place that both logs and counts.
 #[derive(Clone)]
@@ -6,9 +8,11 @@ pub struct RouterMetrics {
     events: IntCounterVec,
     restore_seconds: Histogram,
     restored_users: IntCounter,
+    restored_records: IntCounter,
     users: IntGauge,
     evicted_ranges: IntCounter,
     kafka_errors: IntCounter,
+    lag: IntGaugeVec,
 }
 
 impl RouterMetrics {
@@ -30,6 +34,17 @@ impl RouterMetrics {
             "fanout_router_restored_users_total",
             "User states restored from router-state",
         )?;
+        let restored_records = IntCounter::new(
+            "fanout_router_restored_records_total",
+            "router-state records read while restoring",
+        )?;
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                "fanout_router_consumer_lag_records",
+                "Records of user-events not yet consumed, by partition",
+            ),
+            &["topic", "partition"],
+        )?;
         let users = IntGauge::new("fanout_router_users", "Users whose state this router holds")?;
         let evicted_ranges = IntCounter::new(
             "fanout_router_evicted_ranges_total",
@@ -43,6 +58,8 @@ impl RouterMetrics {
         registry.register(Box::new(restore_seconds.clone()))?;
         registry.register(Box::new(restored_users.clone()))?;
         registry.register(Box::new(users.clone()))?;
+        registry.register(Box::new(restored_records.clone()))?;
+        registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(evicted_ranges.clone()))?;
         registry.register(Box::new(kafka_errors.clone()))?;
         for result in Self::RESULTS {
@@ -52,9 +69,11 @@ impl RouterMetrics {
             events,
             restore_seconds,
             restored_users,
+            restored_records,
             users,
             evicted_ranges,
             kafka_errors,
+            lag,
         })
     }
 
@@ -77,6 +96,7 @@ impl RouterMetrics {
         );
         self.restore_seconds.observe(seconds);
         self.restored_users.inc_by(users as u64);
+        self.restored_records.inc_by(records);
     }
 
     pub(crate) fn set_users(&self, users: usize) {
@@ -93,6 +113,19 @@ impl RouterMetrics {
     pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
         tracing::warn!(%error, "kafka consumer error; retrying");
         self.kafka_errors.inc();
+    }
+
+    pub(crate) fn lag_gauge(&self) -> IntGaugeVec {
+        self.lag.clone()
+    }
+
+    pub(crate) fn kafka_error_counter(&self) -> IntCounter {
+        self.kafka_errors.clone()
+    }
+
+    /// Errors reported by the Kafka clients so far.
+    pub fn kafka_error_count(&self) -> u64 {
+        self.kafka_errors.get()
     }
 
     /// Events consumed with `result` so far (one of [`Self::RESULTS`]).

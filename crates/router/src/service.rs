@@ -2,7 +2,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use fanout_kafka::{AckPipeline, KafkaSettings, Topics, enqueue, store_offset};
+use fanout_kafka::{
+    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, enqueue, store_offset,
+};
 use fanout_schema::{split_user_key, v1};
 use fanout_unread::Limits;
 use prost::Message as _;
@@ -70,13 +72,22 @@ enum AssignmentChange {
 }
 
 struct RouterContext {
+    stage: StageContext,
     changes: Arc<Mutex<Vec<AssignmentChange>>>,
-    producer: FutureProducer,
+    producer: FutureProducer<StageContext>,
     input_topic: String,
     revoke_flush_timeout: Duration,
 }
 
-impl ClientContext for RouterContext {}
+impl ClientContext for RouterContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.stage.on_stats(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.stage.on_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for RouterContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -138,8 +149,9 @@ struct Router<'a> {
     topics: &'a Topics,
     config: &'a RouterConfig,
     limits: Limits,
-    producer: FutureProducer,
+    producer: FutureProducer<StageContext>,
     metrics: RouterMetrics,
+    health: StageHealth,
     owned: Owned,
 }
 
@@ -150,22 +162,28 @@ pub async fn run(
     topics: &Topics,
     config: &RouterConfig,
     metrics: RouterMetrics,
+    health: StageHealth,
     shutdown: CancellationToken,
 ) -> Result<(), RouterError> {
-    let producer: FutureProducer = kafka
+    let producer: FutureProducer<StageContext> = kafka
         .producer_config()
-        .create()
+        .create_with_context(
+            StageContext::new(health.clone()).with_errors(metrics.kafka_error_counter()),
+        )
         .map_err(RouterError::Client)?;
     let context = RouterContext {
+        stage: StageContext::new(health.clone())
+            .with_lag(metrics.lag_gauge())
+            .with_errors(metrics.kafka_error_counter()),
         changes: Arc::new(Mutex::new(Vec::new())),
         producer: producer.clone(),
         input_topic: topics.user_events.clone(),
         revoke_flush_timeout: Duration::from_millis(config.revoke_flush_timeout_ms),
     };
-    let consumer: StreamConsumer<RouterContext> = kafka
-        .group_consumer_config(&config.group_id)
-        .create_with_context(context)
-        .map_err(RouterError::Client)?;
+    let consumer: StreamConsumer<RouterContext> =
+        KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
+            .create_with_context(context)
+            .map_err(RouterError::Client)?;
     consumer
         .subscribe(&[&topics.user_events])
         .map_err(RouterError::Client)?;
@@ -180,6 +198,7 @@ pub async fn run(
         },
         producer,
         metrics,
+        health: health.clone(),
         owned: Owned {
             partitions: HashMap::new(),
         },
@@ -195,6 +214,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
             Some(acked) = pipeline.next(), if !pipeline.is_empty() => {
                 let acked = acked.map_err(RouterError::Delivery)?;
+                health.set_brokers_down(false);
                 store_offset(&consumer, &acked);
             }
             _ = assignment_tick.tick() => {
@@ -204,6 +224,7 @@ pub async fn run(
                 router.apply_assignment_changes(consumer.context().take()).await?;
                 match received {
                     Ok(message) => {
+                        health.set_brokers_down(false);
                         let deliveries = router.handle(&message).await?;
                         pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
                     }
@@ -246,10 +267,13 @@ impl Router<'_> {
                     }
                 }
                 AssignmentChange::Assigned(partitions) => {
+                    // Not ready while restoring: the state would be behind.
+                    self.health.set_ready(false);
                     let unique: HashSet<i32> = partitions.into_iter().collect();
                     for partition in unique {
                         self.restore(partition).await?;
                     }
+                    self.health.set_ready(true);
                 }
             }
         }

@@ -1,0 +1,181 @@
+//! What a stage's Kafka clients tell about its health: broker outages (from
+//! librdkafka's error callback) and consumer lag (from its statistics).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus::{IntCounter, IntGaugeVec};
+use rdkafka::ClientContext;
+use rdkafka::consumer::ConsumerContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::statistics::Statistics;
+
+/// A stage's readiness: its own condition (assigned and restored, caught up, ...) and
+/// whether Kafka is reachable. Cheap to clone; all clones share one state.
+#[derive(Clone, Default, Debug)]
+pub struct StageHealth {
+    inner: Arc<HealthInner>,
+}
+
+#[derive(Default, Debug)]
+struct HealthInner {
+    ready: AtomicBool,
+    brokers_down: AtomicBool,
+}
+
+impl StageHealth {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stage's own condition for serving.
+    pub fn set_ready(&self, ready: bool) {
+        self.inner.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Set by the clients' error callback when every broker is unreachable, and cleared
+    /// by the stage when Kafka answers again (a record arrives or is acknowledged).
+    pub fn set_brokers_down(&self, down: bool) {
+        if self.inner.brokers_down.swap(down, Ordering::Relaxed) != down {
+            if down {
+                tracing::warn!("all Kafka brokers are down; not ready until they answer");
+            } else {
+                tracing::info!("Kafka answers again");
+            }
+        }
+    }
+
+    pub fn brokers_down(&self) -> bool {
+        self.inner.brokers_down.load(Ordering::Relaxed)
+    }
+
+    /// Ready to serve: the stage's own condition holds and Kafka is reachable.
+    pub fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Relaxed) && !self.brokers_down()
+    }
+
+    /// Why the stage is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.brokers_down() {
+            Some("Kafka brokers are down")
+        } else if !self.inner.ready.load(Ordering::Relaxed) {
+            Some("not assigned, restored or caught up yet")
+        } else {
+            None
+        }
+    }
+}
+
+/// The client context every stage uses: records outages in [`StageHealth`] and
+/// consumer lag per partition in a gauge, and logs librdkafka's errors as warnings
+/// (they are retried, and each becomes a metric through the stage).
+pub struct StageContext {
+    health: StageHealth,
+    /// Labels: topic, partition.
+    lag: Option<IntGaugeVec>,
+    errors: Option<IntCounter>,
+}
+
+impl StageContext {
+    pub fn new(health: StageHealth) -> Self {
+        Self {
+            health,
+            lag: None,
+            errors: None,
+        }
+    }
+
+    /// Reports consumer lag per partition into `lag` (labels: topic, partition).
+    pub fn with_lag(mut self, lag: IntGaugeVec) -> Self {
+        self.lag = Some(lag);
+        self
+    }
+
+    /// Counts every error the client reports in `errors`.
+    pub fn with_errors(mut self, errors: IntCounter) -> Self {
+        self.errors = Some(errors);
+        self
+    }
+
+    /// The error callback's handling, shared with contexts that wrap this one.
+    pub fn on_error(&self, error: &KafkaError, reason: &str) {
+        if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
+            self.health.set_brokers_down(true);
+        }
+        if let Some(errors) = &self.errors {
+            errors.inc();
+        }
+        tracing::warn!(%error, reason, "kafka client error");
+    }
+
+    /// The statistics callback's handling, shared with contexts that wrap this one.
+    pub fn on_stats(&self, statistics: &Statistics) {
+        // The outage ends when a broker is up again, traffic or not: a quiet stage must
+        // not stay unready after the brokers return.
+        if statistics
+            .brokers
+            .values()
+            .any(|broker| broker.state == "UP")
+        {
+            self.health.set_brokers_down(false);
+        }
+        let Some(lag) = &self.lag else {
+            return;
+        };
+        for (topic_name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                // librdkafka reports -1 for partitions it does not consume, and an
+                // internal partition -1 ("UA") per topic.
+                if *partition < 0 || stats.consumer_lag < 0 {
+                    continue;
+                }
+                lag.with_label_values(&[topic_name.as_str(), &partition.to_string()])
+                    .set(stats.consumer_lag);
+            }
+        }
+    }
+}
+
+impl ClientContext for StageContext {
+    fn stats(&self, statistics: Statistics) {
+        self.on_stats(&statistics);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.on_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for StageContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_needs_the_stage_and_the_brokers() {
+        let health = StageHealth::new();
+        assert!(!health.is_ready());
+        health.set_ready(true);
+        assert!(health.is_ready());
+        let errors = IntCounter::new("errors", "errors").unwrap_or_else(|_| unreachable!());
+        let context = StageContext::new(health.clone()).with_errors(errors.clone());
+        context.on_error(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "test",
+        );
+        assert!(!health.is_ready());
+        assert_eq!(health.not_ready_reason(), Some("Kafka brokers are down"));
+        context.on_error(
+            &KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure),
+            "test",
+        );
+        assert!(
+            health.brokers_down(),
+            "one transport failure does not end an outage"
+        );
+        assert_eq!(errors.get(), 2);
+        health.set_brokers_down(false);
+        assert!(health.is_ready());
+    }
+}
