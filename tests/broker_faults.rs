@@ -35,7 +35,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
 
     // The only broker goes down: every stage notices and stops being ready.
     cluster
-        .kafka
+        .embedded()
         .with_cluster(|kafka| kafka.broker_down(1))
         .unwrap()
         .unwrap();
@@ -61,7 +61,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!ingest.any_stopped() && !router.any_stopped() && !edge.running.any_stopped());
     cluster
-        .kafka
+        .embedded()
         .with_cluster(|kafka| kafka.broker_up(1))
         .unwrap()
         .unwrap();
@@ -75,7 +75,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
     // A quiet outage: nothing flows while it lasts or after it, and still every stage
     // becomes ready again once the broker is back.
     cluster
-        .kafka
+        .embedded()
         .with_cluster(|kafka| kafka.broker_down(1))
         .unwrap()
         .unwrap();
@@ -84,7 +84,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
     })
     .await;
     cluster
-        .kafka
+        .embedded()
         .with_cluster(|kafka| kafka.broker_up(1))
         .unwrap()
         .unwrap();
@@ -95,7 +95,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
 
     // Transient request errors on produce and fetch are retried.
     cluster
-        .kafka
+        .embedded()
         .with_cluster(|kafka| {
             kafka.request_errors(
                 RDKafkaApiKey::Produce,
@@ -117,7 +117,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
 
     // Latency slows things down but changes nothing.
     cluster
-        .kafka
+        .embedded()
         .with_cluster(|kafka| kafka.broker_round_trip_time(1, Duration::from_millis(100)))
         .unwrap()
         .unwrap();

@@ -57,22 +57,60 @@ impl TestPartner {
     }
 }
 
-/// An embedded Kafka with this test's own topics and groups, and a config for it.
+pub mod scenarios;
+pub mod tansu;
+
+/// The Kafka a test runs against.
+pub enum Broker {
+    /// librdkafka's mock cluster, in process (supports fault injection).
+    Embedded(EmbeddedKafka),
+    /// A tansu broker process.
+    Tansu(tansu::TansuBroker),
+}
+
+/// A Kafka with this test's own topics and groups, and a config for it.
 pub struct TestCluster {
-    pub kafka: EmbeddedKafka,
+    pub broker: Broker,
     pub config: Config,
 }
 
 impl TestCluster {
+    /// On the embedded mock cluster.
     pub fn start(partitions: i32, partners: &[TestPartner]) -> Self {
         init_logging();
         let prefix = format!("t{}-", fanout::tools::random_hex(4));
         let topics = Topics::with_prefix(&prefix);
         let kafka =
             EmbeddedKafka::start(1, &topics.with_partitions(partitions, partitions)).unwrap();
+        let bootstrap = kafka.bootstrap_servers().to_owned();
+        Self::configure(Broker::Embedded(kafka), &bootstrap, &prefix, partners)
+    }
+
+    /// On a real broker process (tansu), installed if missing.
+    pub fn start_tansu(partitions: i32, partners: &[TestPartner]) -> Self {
+        init_logging();
+        let prefix = format!("t{}-", fanout::tools::random_hex(4));
+        let topics = Topics::with_prefix(&prefix);
+        let broker = tansu::TansuBroker::start();
+        for (topic, topic_partitions) in topics.with_partitions(partitions, partitions) {
+            broker.create_topic(&topic, topic_partitions);
+        }
+        let bootstrap = broker.bootstrap_servers();
+        Self::configure(Broker::Tansu(broker), &bootstrap, &prefix, partners)
+    }
+
+    /// The embedded cluster, for fault injection.
+    pub fn embedded(&self) -> &EmbeddedKafka {
+        match &self.broker {
+            Broker::Embedded(kafka) => kafka,
+            Broker::Tansu(_) => panic!("fault injection needs the embedded cluster"),
+        }
+    }
+
+    fn configure(broker: Broker, bootstrap: &str, prefix: &str, partners: &[TestPartner]) -> Self {
         let mut config = Config {
-            kafka: KafkaSettings::new(kafka.bootstrap_servers()),
-            topics,
+            kafka: KafkaSettings::new(bootstrap),
+            topics: Topics::with_prefix(prefix),
             ..Config::default()
         };
         config.ingest.group_id = format!("{prefix}ingest");
@@ -92,7 +130,7 @@ impl TestCluster {
             })
             .collect::<BTreeMap<_, _>>();
         config.validate().unwrap();
-        Self { kafka, config }
+        Self { broker, config }
     }
 
     pub fn producer(&self) -> FutureProducer {

@@ -1,0 +1,347 @@
+//! Scenarios the cross-stage tests run against each broker (the embedded mock cluster
+//! and a real broker process).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use fanout_schema::v1::{self, message_event::Event};
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::*;
+
+const PARTNERS: [&str; 2] = ["p1", "p2"];
+const USERS: [&str; 6] = ["u1", "u2", "u3", "u4", "u5", "u6"];
+const CONVERSATIONS: [&str; 4] = ["c1", "c2", "c3", "c4"];
+
+/// A random stream with duplicates, early reads and deletes.
+fn random_stream(seed: u64, length: usize) -> Vec<v1::MessageEvent> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut next_seq: HashMap<(&str, &str), u64> = HashMap::new();
+    let mut stream: Vec<v1::MessageEvent> = Vec::with_capacity(length);
+    while stream.len() < length {
+        let partner = *PARTNERS.choose(&mut rng).unwrap();
+        let conversation = *CONVERSATIONS.choose(&mut rng).unwrap();
+        let user = *USERS.choose(&mut rng).unwrap();
+        let seq_counter = next_seq.entry((partner, conversation)).or_insert(1);
+        let roll = rng.random_range(0..100);
+        let event = if roll < 10 && !stream.is_empty() {
+            // A duplicate of an earlier event, byte for byte.
+            stream[rng.random_range(0..stream.len())].clone()
+        } else if roll < 60 {
+            let seq = *seq_counter;
+            *seq_counter += 1;
+            let recipients: Vec<&str> = USERS
+                .iter()
+                .copied()
+                .filter(|_| rng.random_bool(0.4))
+                .collect();
+            if recipients.iter().all(|recipient| *recipient == user) {
+                continue;
+            }
+            event::created(partner, conversation, seq, user, &recipients)
+        } else {
+            // Reads and deletes may name a seq not created yet (early).
+            let seq = rng.random_range(1..=*seq_counter + 2);
+            match roll {
+                60..=74 => event::message_read(partner, conversation, seq, user),
+                75..=92 => event::conversation_read(partner, conversation, seq, user),
+                _ => event::deleted(partner, conversation, seq, &[user]),
+            }
+        };
+        stream.push(event);
+    }
+    stream
+}
+
+/// An independent recount from the events themselves (DESIGN.md's unread semantics),
+/// sharing no code with ingest or the router: for each partner/user, messages addressed
+/// to the user and not sent by them, above their read mark, not read one by one, not
+/// deleted for them.
+fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
+    type Key = (String, String); // (partner, user)
+    let mut created: BTreeSet<(Key, String, u64)> = BTreeSet::new();
+    let mut removed: BTreeSet<(Key, String, u64)> = BTreeSet::new();
+    let mut marks: HashMap<(Key, String), u64> = HashMap::new();
+    for event in stream {
+        let partner = event.partner.clone();
+        match event.event.as_ref().unwrap() {
+            Event::MessageCreated(e) => {
+                for recipient in &e.recipients {
+                    if *recipient != e.sender {
+                        created.insert((
+                            (partner.clone(), recipient.clone()),
+                            e.conversation_id.clone(),
+                            e.seq,
+                        ));
+                    }
+                }
+            }
+            Event::MessageRead(e) => {
+                removed.insert(((partner, e.user.clone()), e.conversation_id.clone(), e.seq));
+            }
+            Event::MessageDeleted(e) => {
+                for recipient in &e.recipients {
+                    removed.insert((
+                        (partner.clone(), recipient.clone()),
+                        e.conversation_id.clone(),
+                        e.seq,
+                    ));
+                }
+            }
+            Event::ConversationRead(e) => {
+                let mark = marks
+                    .entry(((partner, e.user.clone()), e.conversation_id.clone()))
+                    .or_insert(0);
+                *mark = (*mark).max(e.seq);
+            }
+        }
+    }
+    let mut counts = BTreeMap::new();
+    for partner in PARTNERS {
+        for user in USERS {
+            counts.insert(format!("{partner}/{user}"), 0);
+        }
+    }
+    for message in &created {
+        let ((partner, user), conversation, seq) = message;
+        let mark = marks
+            .get(&((partner.clone(), user.clone()), conversation.clone()))
+            .copied()
+            .unwrap_or(0);
+        if *seq > mark && !removed.contains(message) {
+            *counts.entry(format!("{partner}/{user}")).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn edge_counts(edge: &RunningEdge) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for partner in PARTNERS {
+        for user in USERS {
+            let key = format!("{partner}/{user}");
+            let count = edge.edge.table.get(&key).map_or(0, |value| value.count);
+            counts.insert(key, count);
+        }
+    }
+    counts
+}
+
+/// The partners of [`crash_and_restart`]; start its cluster with them.
+pub fn restart_partners() -> Vec<TestPartner> {
+    PARTNERS.iter().map(|code| TestPartner::new(code)).collect()
+}
+
+/// A router crashed mid-stream (its task aborted: nothing flushed, nothing committed
+/// beyond what was acknowledged), its successor stopped gracefully mid-stream, a third
+/// finishing the stream: every final count equals an independent recount.
+pub async fn crash_and_restart(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
+    let partners = restart_partners();
+    let seed: u64 = std::env::var("FANOUT_TEST_SEED")
+        .ok()
+        .and_then(|seed| seed.parse().ok())
+        .unwrap_or(20_261_121);
+    let stream = random_stream(seed, 3000);
+    let expected = recount(&stream);
+    assert!(
+        expected.values().any(|count| *count > 0),
+        "the stream leaves something unread"
+    );
+
+    let cluster = start_cluster(&partners);
+    let config = cluster.config.clone();
+    let (ingest, _) = start_ingest(&config);
+    let (first_router, first_metrics) = start_router(&config);
+    let edge = start_edge(&config).await;
+
+    // The stream goes out in three phases, one per router, each phase produced while
+    // that router runs so every router is stopped with events in flight.
+    let phases: Vec<Vec<v1::MessageEvent>> = stream
+        .chunks(stream.len() / 3 + 1)
+        .map(<[_]>::to_vec)
+        .collect();
+    let spawn_phase = |events: Vec<v1::MessageEvent>| {
+        let producer = cluster.producer();
+        let config = config.clone();
+        tokio::spawn(async move {
+            for event in &events {
+                produce_event(&producer, &config, event).await;
+            }
+        })
+    };
+    let processed = |metrics: &fanout_router::RouterMetrics| {
+        ["applied", "unchanged", "replayed"]
+            .iter()
+            .map(|result| metrics.event_count(result))
+            .sum::<u64>()
+    };
+
+    // Crash the first router mid-stream.
+    let first_phase = spawn_phase(phases[0].clone());
+    wait_until("the first router to process events", || {
+        processed(&first_metrics) >= 300
+    })
+    .await;
+    for stage in first_router.stages {
+        stage.task.abort();
+        let _ = stage.task.await;
+    }
+    let crashed_after = processed(&first_metrics);
+    first_phase.await.unwrap();
+
+    // A second router takes over, restoring from router-state; stop it gracefully
+    // while its phase still flows.
+    let (second_router, second_metrics) = start_router(&config);
+    let second_phase = spawn_phase(phases[1].clone());
+    wait_until("the second router to process events", || {
+        processed(&second_metrics) >= 300
+    })
+    .await;
+    second_router.stop().await;
+    second_phase.await.unwrap();
+
+    // A third finishes the stream.
+    let (third_router, third_metrics) = start_router(&config);
+    spawn_phase(phases[2].clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let actual = edge_counts(&edge);
+        if actual == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "final counts differ from the recount (seed {seed}, first router crashed after {crashed_after} applied)\nexpected {expected:?}\nactual   {actual:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Each router did part of the work.
+    assert!(processed(&second_metrics) >= 300);
+    assert!(processed(&third_metrics) > 0);
+
+    ingest.stop().await;
+    third_router.stop().await;
+    edge.running.stop().await;
+}
+
+/// Two partners whose users share a uniqueId: each client gets exactly its own
+/// changes, frame by frame (0 on subscribe, then each change; duplicates, sends by the
+/// user, early reads change nothing), and never the other partner's.
+pub async fn exact_frames_across_partners(
+    start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster,
+) {
+    let alpha = TestPartner::new("alpha");
+    let beta = TestPartner::new("beta");
+    let cluster = start_cluster(&[alpha.clone(), beta.clone()]);
+    let config = &cluster.config;
+    let (ingest, _) = start_ingest(config);
+    let (router, _) = start_router(config);
+    let edge = start_edge(config).await;
+    let producer = cluster.producer();
+
+    // The same uniqueId under two partners: two different users.
+    let mut alpha_client = CableClient::connect(edge.address, "alpha", &alpha.token("u1")).await;
+    let mut beta_client = CableClient::connect(edge.address, "beta", &beta.token("u1")).await;
+    assert_eq!(
+        alpha_client.protocol.as_deref(),
+        Some("actioncable-v1-json")
+    );
+    assert_eq!(alpha_client.welcome_and_subscribe().await, count_frame(0));
+    assert_eq!(beta_client.welcome_and_subscribe().await, count_frame(0));
+
+    let mut alpha_frames = Vec::new();
+    let mut beta_frames = Vec::new();
+
+    // Each step: an event, then the frame it must cause (None: no frame; the next
+    // step's frame then proves nothing was sent in between, since one user's events are
+    // processed in order).
+    let steps: Vec<(fanout_schema::v1::MessageEvent, Option<u64>)> = vec![
+        (event::created("alpha", "c1", 1, "sam", &["u1"]), Some(1)),
+        // A duplicate changes nothing.
+        (event::created("alpha", "c1", 1, "sam", &["u1"]), None),
+        (
+            event::created("alpha", "c1", 2, "sam", &["u1", "sam"]),
+            Some(2),
+        ),
+        (event::created("alpha", "c2", 1, "sam", &["u1"]), Some(3)),
+        // Sent by u1: never unread for u1.
+        (event::created("alpha", "c2", 2, "u1", &["sam", "u1"]), None),
+        (event::conversation_read("alpha", "c1", 1, "u1"), Some(2)),
+        (event::message_read("alpha", "c1", 2, "u1"), Some(1)),
+        // A read that arrives before its message still covers it.
+        (event::message_read("alpha", "c2", 5, "u1"), None),
+        (event::created("alpha", "c2", 5, "sam", &["u1"]), None),
+        (event::deleted("alpha", "c2", 1, &["u1"]), Some(0)),
+        (event::created("alpha", "c3", 1, "sam", &["u1"]), Some(1)),
+    ];
+    for (event, expected) in steps {
+        produce_event(&producer, config, &event).await;
+        if let Some(count) = expected {
+            let frame = alpha_client.next_frame().await.unwrap();
+            assert_eq!(frame, count_frame(count), "after {event:?}");
+            alpha_frames.push(frame);
+        }
+    }
+
+    // beta's u1 gets beta's events only.
+    produce_event(
+        &producer,
+        config,
+        &event::created("beta", "c1", 1, "sam", &["u1"]),
+    )
+    .await;
+    beta_frames.push(beta_client.next_frame().await.unwrap());
+    produce_event(
+        &producer,
+        config,
+        &event::created("beta", "c1", 2, "sam", &["u1"]),
+    )
+    .await;
+    beta_frames.push(beta_client.next_frame().await.unwrap());
+    produce_event(
+        &producer,
+        config,
+        &event::conversation_read("beta", "c1", 2, "u1"),
+    )
+    .await;
+    beta_frames.push(beta_client.next_frame().await.unwrap());
+    assert_eq!(
+        beta_frames,
+        vec![count_frame(1), count_frame(2), count_frame(0)]
+    );
+
+    // A last alpha change: the very next alpha frame is it, so no beta count ever
+    // reached alpha's client while beta's counts changed.
+    produce_event(
+        &producer,
+        config,
+        &event::conversation_read("alpha", "c3", 1, "u1"),
+    )
+    .await;
+    let last = alpha_client.next_frame().await.unwrap();
+    assert_eq!(last, count_frame(0));
+    alpha_frames.push(last);
+    assert_eq!(
+        alpha_frames,
+        [1, 2, 3, 2, 1, 0, 1, 0].map(count_frame).to_vec(),
+        "alpha's u1 saw exactly its own changes"
+    );
+    // And beta's u1 saw nothing of alpha's: one more beta change arrives next.
+    produce_event(
+        &producer,
+        config,
+        &event::created("beta", "c9", 1, "sam", &["u1"]),
+    )
+    .await;
+    assert_eq!(beta_client.next_frame().await.unwrap(), count_frame(1));
+
+    // The table holds both users apart.
+    assert_eq!(edge.edge.table.get("alpha/u1").map(|v| v.count), Some(0));
+    assert_eq!(edge.edge.table.get("beta/u1").map(|v| v.count), Some(1));
+
+    ingest.stop().await;
+    router.stop().await;
+    edge.running.stop().await;
+}
