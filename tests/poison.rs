@@ -1,0 +1,177 @@
+//! Poison records: each kind goes to dead-letter unchanged, with a `fanout-error`
+//! header naming the reason, is counted by reason, and ingest's committed offset moves
+//! past it (no record is retried forever, none blocks the partition).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+
+use fanout_schema::v1;
+use fanout_tests::*;
+use prost::Message as _;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Headers as _;
+
+fn encoded(event: &v1::MessageEvent) -> Vec<u8> {
+    event.encode_to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn advances_offset_past_poison_messages() {
+    let partner = TestPartner::new("acme");
+    // One message-events partition, so offsets are easy to reason about.
+    let mut cluster = TestCluster::start(1, std::slice::from_ref(&partner));
+    cluster.config.ingest.limits.max_record_bytes = 64 * 1024;
+    let config = cluster.config.clone();
+    let (ingest, metrics) = start_ingest(&config);
+    let producer = cluster.producer();
+
+    let good = event::created("acme", "c1", 1, "sam", &["jane"]);
+    let mut unknown_kind = encoded(&v1::MessageEvent {
+        event_id: "e-unknown".into(),
+        partner: "acme".into(),
+        ..Default::default()
+    });
+    // Field 14, length-delimited and empty: an event kind from a newer schema.
+    unknown_kind.extend_from_slice(&[0x72, 0x00]);
+    let mut missing_partner = good.clone();
+    missing_partner.partner.clear();
+    let mut bad_partner = good.clone();
+    bad_partner.partner = "ac/me".into();
+    let missing_user = event::conversation_read("acme", "c1", 1, "");
+    let no_recipients = event::created("acme", "c1", 1, "sam", &[]);
+    let only_sender = event::created("acme", "c1", 1, "sam", &["sam"]);
+    let absurd_seq = event::created("acme", "c1", u64::MAX, "sam", &["jane"]);
+    let zero_seq = event::message_read("acme", "c1", 0, "jane");
+
+    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "undecodable",
+            b"\xff\xfe\x00 garbage".to_vec(),
+            vec![],
+            "undecodable",
+        ),
+        (
+            "bad-json",
+            b"{\"partner\":".to_vec(),
+            vec![("content-type", "application/json")],
+            "undecodable",
+        ),
+        ("unknown-kind", unknown_kind, vec![], "unknown_event"),
+        (
+            "missing-partner",
+            encoded(&missing_partner),
+            vec![],
+            "missing_partner",
+        ),
+        (
+            "bad-partner",
+            encoded(&bad_partner),
+            vec![],
+            "invalid_partner",
+        ),
+        (
+            "missing-user",
+            encoded(&missing_user),
+            vec![],
+            "missing_field",
+        ),
+        (
+            "no-recipients",
+            encoded(&no_recipients),
+            vec![],
+            "no_recipients",
+        ),
+        (
+            "only-sender",
+            encoded(&only_sender),
+            vec![],
+            "no_recipients",
+        ),
+        ("absurd-seq", encoded(&absurd_seq), vec![], "invalid_seq"),
+        ("zero-seq", encoded(&zero_seq), vec![], "invalid_seq"),
+        ("oversized", vec![0u8; 100 * 1024], vec![], "oversized"),
+        (
+            "csv",
+            b"a,b,c".to_vec(),
+            vec![("content-type", "text/csv")],
+            "unsupported_content_type",
+        ),
+    ];
+    for (key, payload, headers, _) in &cases {
+        produce_raw(
+            &producer,
+            &config.topics.message_events,
+            key,
+            payload,
+            headers,
+        )
+        .await;
+    }
+    // A good record after all the poison still goes through.
+    produce_event(&producer, &config, &good).await;
+    let produced = i64::try_from(cases.len()).unwrap() + 1;
+
+    wait_until("ingest to accept the good record", || {
+        metrics.accepted_count() == 1
+    })
+    .await;
+
+    // Every poison record is on dead-letter, unchanged, with its reason.
+    let dead_letters: StreamConsumer = config.kafka.assign_consumer_config().create().unwrap();
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&config.topics.dead_letter, 0, rdkafka::Offset::Beginning)
+        .unwrap();
+    dead_letters.assign(&assignment).unwrap();
+    let mut seen: BTreeMap<String, (Vec<u8>, String)> = BTreeMap::new();
+    while seen.len() < cases.len() {
+        let message = tokio::time::timeout(DEADLINE, dead_letters.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let reason = message
+            .headers()
+            .unwrap()
+            .iter()
+            .find(|header| header.key == "fanout-error")
+            .and_then(|header| header.value)
+            .map(|value| String::from_utf8(value.to_vec()).unwrap())
+            .unwrap();
+        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
+        seen.insert(
+            key,
+            (message.payload().unwrap_or_default().to_vec(), reason),
+        );
+    }
+    let mut expected_by_reason: BTreeMap<&str, u64> = BTreeMap::new();
+    for (key, payload, _, reason) in &cases {
+        let (dead_payload, dead_reason) = &seen[*key];
+        assert_eq!(dead_reason, reason, "{key}");
+        assert_eq!(
+            dead_payload, payload,
+            "{key}: the payload is kept as it was"
+        );
+        *expected_by_reason.entry(reason).or_default() += 1;
+    }
+    for (reason, count) in expected_by_reason {
+        assert_eq!(metrics.dead_letter_count(reason), count, "{reason}");
+    }
+
+    // Once ingest stops (committing), the group's offset is past every record.
+    ingest.stop().await;
+    let reader: BaseConsumer = config
+        .kafka
+        .client_config(&[("group.id", config.ingest.group_id.as_str())])
+        .create()
+        .unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(&config.topics.message_events, 0);
+    let committed = reader.committed_offsets(partitions, DEADLINE).unwrap();
+    let offset = committed.elements()[0].offset();
+    assert_eq!(
+        offset,
+        rdkafka::Offset::Offset(produced),
+        "committed past all {produced} records"
+    );
+}
