@@ -44,7 +44,9 @@ async fn advances_offset_past_poison_messages() {
     let absurd_seq = event::created("acme", "c1", u64::MAX, "sam", &["jane"]);
     let zero_seq = event::message_read("acme", "c1", 0, "jane");
 
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, &str)>, &str)> = vec![
+    // (key, value, headers, the reason expected on dead-letter)
+    type PoisonCase<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<PoisonCase<'_>> = vec![
         (
             "undecodable",
             b"\xff\xfe\x00 garbage".to_vec(),

@@ -15,15 +15,52 @@ const PARTNERS: [&str; 2] = ["p1", "p2"];
 const USERS: [&str; 6] = ["u1", "u2", "u3", "u4", "u5", "u6"];
 const CONVERSATIONS: [&str; 4] = ["c1", "c2", "c3", "c4"];
 
+/// Who and what a random stream is about.
+pub struct StreamShape {
+    pub partners: Vec<String>,
+    pub users: Vec<String>,
+    pub conversations: Vec<String>,
+    /// Each user is a recipient of a new message with this probability.
+    pub recipient_probability: f64,
+}
+
+impl StreamShape {
+    /// Few users and conversations: every user's state is busy.
+    pub fn small() -> Self {
+        Self {
+            partners: PARTNERS.map(str::to_owned).to_vec(),
+            users: USERS.map(str::to_owned).to_vec(),
+            conversations: CONVERSATIONS.map(str::to_owned).to_vec(),
+            recipient_probability: 0.4,
+        }
+    }
+
+    /// `users` users and `conversations` conversations per partner, a few recipients
+    /// per message.
+    pub fn wide(partners: &[&str], users: usize, conversations: usize) -> Self {
+        Self {
+            partners: partners
+                .iter()
+                .map(|partner| (*partner).to_owned())
+                .collect(),
+            users: (0..users).map(|user| format!("u{user}")).collect(),
+            conversations: (0..conversations)
+                .map(|conversation| format!("c{conversation}"))
+                .collect(),
+            recipient_probability: 3.0 / users as f64,
+        }
+    }
+}
+
 /// A random stream with duplicates, early reads and deletes.
-fn random_stream(seed: u64, length: usize) -> Vec<v1::MessageEvent> {
+pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::MessageEvent> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut next_seq: HashMap<(&str, &str), u64> = HashMap::new();
     let mut stream: Vec<v1::MessageEvent> = Vec::with_capacity(length);
     while stream.len() < length {
-        let partner = *PARTNERS.choose(&mut rng).unwrap();
-        let conversation = *CONVERSATIONS.choose(&mut rng).unwrap();
-        let user = *USERS.choose(&mut rng).unwrap();
+        let partner = shape.partners.choose(&mut rng).unwrap().as_str();
+        let conversation = shape.conversations.choose(&mut rng).unwrap().as_str();
+        let user = shape.users.choose(&mut rng).unwrap().as_str();
         let seq_counter = next_seq.entry((partner, conversation)).or_insert(1);
         let roll = rng.random_range(0..100);
         let event = if roll < 10 && !stream.is_empty() {
@@ -32,10 +69,11 @@ fn random_stream(seed: u64, length: usize) -> Vec<v1::MessageEvent> {
         } else if roll < 60 {
             let seq = *seq_counter;
             *seq_counter += 1;
-            let recipients: Vec<&str> = USERS
+            let recipients: Vec<&str> = shape
+                .users
                 .iter()
-                .copied()
-                .filter(|_| rng.random_bool(0.4))
+                .map(String::as_str)
+                .filter(|_| rng.random_bool(shape.recipient_probability))
                 .collect();
             if recipients.iter().all(|recipient| *recipient == user) {
                 continue;
@@ -58,17 +96,21 @@ fn random_stream(seed: u64, length: usize) -> Vec<v1::MessageEvent> {
 /// An independent recount from the events themselves (DESIGN.md's unread semantics),
 /// sharing no code with ingest or the router: for each partner/user, messages addressed
 /// to the user and not sent by them, above their read mark, not read one by one, not
-/// deleted for them.
-fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
+/// deleted for them. Every user named anywhere in the stream has an entry.
+pub fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
     type Key = (String, String); // (partner, user)
     let mut created: BTreeSet<(Key, String, u64)> = BTreeSet::new();
     let mut removed: BTreeSet<(Key, String, u64)> = BTreeSet::new();
     let mut marks: HashMap<(Key, String), u64> = HashMap::new();
+    let mut counts = BTreeMap::new();
     for event in stream {
         let partner = event.partner.clone();
+        let mut users: Vec<&String> = Vec::new();
         match event.event.as_ref().unwrap() {
             Event::MessageCreated(e) => {
+                users.push(&e.sender);
                 for recipient in &e.recipients {
+                    users.push(recipient);
                     if *recipient != e.sender {
                         created.insert((
                             (partner.clone(), recipient.clone()),
@@ -79,10 +121,16 @@ fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
                 }
             }
             Event::MessageRead(e) => {
-                removed.insert(((partner, e.user.clone()), e.conversation_id.clone(), e.seq));
+                users.push(&e.user);
+                removed.insert((
+                    (partner.clone(), e.user.clone()),
+                    e.conversation_id.clone(),
+                    e.seq,
+                ));
             }
             Event::MessageDeleted(e) => {
                 for recipient in &e.recipients {
+                    users.push(recipient);
                     removed.insert((
                         (partner.clone(), recipient.clone()),
                         e.conversation_id.clone(),
@@ -91,17 +139,15 @@ fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
                 }
             }
             Event::ConversationRead(e) => {
+                users.push(&e.user);
                 let mark = marks
-                    .entry(((partner, e.user.clone()), e.conversation_id.clone()))
+                    .entry(((partner.clone(), e.user.clone()), e.conversation_id.clone()))
                     .or_insert(0);
                 *mark = (*mark).max(e.seq);
             }
         }
-    }
-    let mut counts = BTreeMap::new();
-    for partner in PARTNERS {
-        for user in USERS {
-            counts.insert(format!("{partner}/{user}"), 0);
+        for user in users {
+            counts.entry(format!("{partner}/{user}")).or_insert(0);
         }
     }
     for message in &created {
@@ -117,16 +163,37 @@ fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
     counts
 }
 
-fn edge_counts(edge: &RunningEdge) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for partner in PARTNERS {
-        for user in USERS {
-            let key = format!("{partner}/{user}");
-            let count = edge.edge.table.get(&key).map_or(0, |value| value.count);
-            counts.insert(key, count);
+/// The edge's counts for the keys of `expected` (a user without a record counts 0).
+pub fn edge_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    expected
+        .keys()
+        .map(|key| {
+            (
+                key.clone(),
+                edge.edge.table.get(key).map_or(0, |value| value.count),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the edge's counts equal `expected`; fails with both at the deadline.
+pub async fn wait_for_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>, context: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE * 3;
+    loop {
+        let actual = edge_counts(edge, expected);
+        if actual == *expected {
+            return;
         }
+        if tokio::time::Instant::now() >= deadline {
+            let differing: Vec<_> = expected
+                .iter()
+                .filter(|(key, count)| actual.get(*key) != Some(*count))
+                .map(|(key, count)| format!("{key}: expected {count}, edge {:?}", actual.get(key)))
+                .collect();
+            panic!("final counts differ from the recount ({context}): {differing:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    counts
 }
 
 /// The partners of [`crash_and_restart`]; start its cluster with them.
@@ -143,7 +210,7 @@ pub async fn crash_and_restart(start_cluster: impl FnOnce(&[TestPartner]) -> Tes
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(20_261_121);
-    let stream = random_stream(seed, 3000);
+    let stream = random_stream(&StreamShape::small(), seed, 3000);
     let expected = recount(&stream);
     assert!(
         expected.values().any(|count| *count > 0),
@@ -205,18 +272,12 @@ pub async fn crash_and_restart(start_cluster: impl FnOnce(&[TestPartner]) -> Tes
     // A third finishes the stream.
     let (third_router, third_metrics) = start_router(&config);
     spawn_phase(phases[2].clone()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let actual = edge_counts(&edge);
-        if actual == expected {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "final counts differ from the recount (seed {seed}, first router crashed after {crashed_after} applied)\nexpected {expected:?}\nactual   {actual:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_counts(
+        &edge,
+        &expected,
+        &format!("seed {seed}, first router crashed after {crashed_after} processed"),
+    )
+    .await;
     // Each router did part of the work.
     assert!(processed(&second_metrics) >= 300);
     assert!(processed(&third_metrics) > 0);
