@@ -99,16 +99,21 @@ async fn fanout(args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dev_mode_produce_and_token_work_end_to_end() {
-    let dir = std::env::temp_dir().join(format!("fanout-dev-cli-{}", std::process::id()));
+/// Starts `fanout dev` on free ports and returns it with the facts it wrote.
+async fn start_dev() -> (tokio::process::Child, serde_json::Value) {
+    let dir = std::env::temp_dir().join(format!(
+        "fanout-dev-cli-{}-{}",
+        std::process::id(),
+        fanout::tools::random_hex(4)
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let info_path = dir.join("info.json");
-    let _ = std::fs::remove_file(&info_path);
     let mut dev = Command::new(FANOUT)
         .args([
             "dev",
             "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
             "127.0.0.1:0",
             "--partitions",
             "2",
@@ -120,7 +125,6 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !info_path.exists() {
         assert!(
@@ -130,8 +134,23 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
         assert!(dev.try_wait().unwrap().is_none(), "dev mode exited early");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let info: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    // The file is written in one go, but read it only once it parses.
+    let info = loop {
+        if let Ok(info) = serde_json::from_slice(&std::fs::read(&info_path).unwrap()) {
+            break info;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the info file never became valid JSON"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    (dev, info)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_produce_and_token_work_end_to_end() {
+    let (mut dev, info) = start_dev().await;
     let cable_url = info["cable_url"].as_str().unwrap();
     let bootstrap = info["kafka_bootstrap"].as_str().unwrap();
     let secret = info["secret"].as_str().unwrap();
@@ -263,4 +282,66 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
         "the banner prints the URL: {banner}"
     );
     assert!(banner.contains(bootstrap));
+}
+
+/// Debian's kcat, installed with apt-get if it is missing.
+fn ensure_kcat() {
+    let present = std::process::Command::new("kcat")
+        .arg("-V")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if present {
+        return;
+    }
+    let lock_path = std::env::temp_dir().join("fanout-kcat-install.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    let install = || {
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q", "kcat"])
+            .status()
+    };
+    if !install().is_ok_and(|status| status.success()) {
+        let updated = std::process::Command::new("apt-get")
+            .args(["update", "-q"])
+            .status()
+            .unwrap();
+        assert!(updated.success(), "apt-get update failed");
+        assert!(install().unwrap().success(), "apt-get install kcat failed");
+    }
+    lock.unlock().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_record_produced_by_kcat_goes_end_to_end() {
+    ensure_kcat();
+    let (_dev, info) = start_dev().await;
+    let bootstrap = info["kafka_bootstrap"].as_str().unwrap();
+    let mut demo_user = connect(info["cable_url"].as_str().unwrap()).await;
+    assert_eq!(subscribe(&mut demo_user).await, count_frame(0));
+
+    // Exactly the README's command.
+    let record = r#"{"eventId":"k1","partner":"demo","occurredAtMs":"1700000000000","messageCreated":{"conversationId":"c1","seq":"1","messageId":"m1","sender":"alice","recipients":["demo-user"]}}"#;
+    let mut kcat = std::process::Command::new("kcat")
+        .args([
+            "-P",
+            "-b",
+            bootstrap,
+            "-t",
+            "message-events",
+            "-k",
+            "c1",
+            "-H",
+            "content-type=application/json",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = kcat.stdin.take().unwrap();
+        writeln!(stdin, "{record}").unwrap();
+    }
+    assert!(kcat.wait().unwrap().success());
+    assert_eq!(next_frame(&mut demo_user).await, count_frame(1));
 }
