@@ -148,10 +148,10 @@ async fn counts_are_exact_after_repeated_sigkills_of_ingest_and_routers() {
         .iter()
         .map(|code| TestPartner::new(code))
         .collect();
-    // The embedded cluster, not tansu: tansu 0.6 never expires the session of a group
-    // member killed without leaving, so its partitions are never reassigned (seen here:
-    // a killed router's partition stayed unassigned for minutes). The processes, the
-    // SIGKILLs and the Kafka protocol are real either way.
+    // The embedded cluster, not tansu: on tansu 0.6, after a few SIGKILLs of group
+    // members one user-events partition stayed unassigned for minutes (seen here, not
+    // diagnosed further), so counts never converged. The processes, the SIGKILLs and
+    // the Kafka protocol are real either way.
     let cluster = TestCluster::start(4, &partners);
     let dir = std::env::temp_dir().join(format!(
         "fanout-kills-{}-{}",
