@@ -176,7 +176,8 @@ pub fn edge_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>) -> BTre
         .collect()
 }
 
-/// Waits until the edge's counts equal `expected`; fails with both at the deadline.
+/// Waits until the edge's counts equal `expected`; fails at the deadline with the
+/// differing users and, for each, what unread-counts and router-state hold for it.
 pub async fn wait_for_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>, context: &str) {
     let deadline = tokio::time::Instant::now() + DEADLINE * 3;
     loop {
@@ -185,7 +186,7 @@ pub async fn wait_for_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            let differing: Vec<_> = expected
+            let differing: Vec<String> = expected
                 .iter()
                 .filter(|(key, count)| actual.get(*key) != Some(*count))
                 .map(|(key, count)| format!("{key}: expected {count}, edge {:?}", actual.get(key)))
@@ -194,6 +195,82 @@ pub async fn wait_for_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// Every record of `key` on `topic` (all partitions), as `(partition, offset, value)`.
+pub fn records_of(
+    config: &fanout::config::Config,
+    topic: &str,
+    key: &str,
+) -> Vec<(i32, i64, Vec<u8>)> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = config.kafka.assign_consumer_config().create().unwrap();
+    let metadata = consumer.fetch_metadata(Some(topic), DEADLINE).unwrap();
+    let partitions: Vec<i32> = metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| p.id())
+        .collect();
+    let mut found = Vec::new();
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, DEADLINE)
+            .unwrap();
+        if high <= low {
+            continue;
+        }
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment
+            .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        loop {
+            let Some(message) = consumer.poll(DEADLINE) else {
+                break;
+            };
+            let message = message.unwrap();
+            if message.key() == Some(key.as_bytes()) {
+                found.push((
+                    partition,
+                    message.offset(),
+                    message.payload().unwrap_or_default().to_vec(),
+                ));
+            }
+            if message.offset() + 1 >= high {
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// What the topics hold for `key`: each count record's (offset, version, count) and
+/// each state record's (offset, version, last_offset, count).
+pub fn describe_key(config: &fanout::config::Config, key: &str) -> String {
+    use prost::Message as _;
+    let counts: Vec<(i64, u64, u64)> = records_of(config, &config.topics.unread_counts, key)
+        .into_iter()
+        .map(|(_, offset, value)| {
+            let record = v1::UnreadCount::decode(value.as_slice()).unwrap();
+            (offset, record.version, record.count)
+        })
+        .collect();
+    let states: Vec<(i64, u64, i64, u64)> = records_of(config, &config.topics.router_state, key)
+        .into_iter()
+        .map(|(_, offset, value)| {
+            let record = v1::UserState::decode(value.as_slice()).unwrap();
+            (
+                offset,
+                record.version,
+                record.last_offset,
+                record.unread_count,
+            )
+        })
+        .collect();
+    format!(
+        "{key}:\n  unread-counts (offset, version, count): {counts:?}\n  router-state (offset, version, last_offset, count): {states:?}"
+    )
 }
 
 /// The partners of [`crash_and_restart`]; start its cluster with them.
@@ -272,12 +349,28 @@ pub async fn crash_and_restart(start_cluster: impl FnOnce(&[TestPartner]) -> Tes
     // A third finishes the stream.
     let (third_router, third_metrics) = start_router(&config);
     spawn_phase(phases[2].clone()).await.unwrap();
-    wait_for_counts(
-        &edge,
-        &expected,
-        &format!("seed {seed}, first router crashed after {crashed_after} processed"),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + DEADLINE * 3;
+    while edge_counts(&edge, &expected) != expected {
+        if tokio::time::Instant::now() >= deadline {
+            let actual = edge_counts(&edge, &expected);
+            let details: Vec<String> = expected
+                .iter()
+                .filter(|(key, count)| actual.get(*key) != Some(*count))
+                .map(|(key, count)| {
+                    format!(
+                        "expected {count}, edge {:?}; {}",
+                        actual.get(key),
+                        describe_key(&config, key)
+                    )
+                })
+                .collect();
+            panic!(
+                "final counts differ from the recount (seed {seed}, first router crashed after {crashed_after} processed):\n{}",
+                details.join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Each router did part of the work.
     assert!(processed(&second_metrics) >= 300);
     assert!(processed(&third_metrics) > 0);

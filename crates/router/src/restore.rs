@@ -36,10 +36,16 @@ pub(crate) struct Restored {
     pub elapsed: Duration,
 }
 
-/// Reads `topic` partition `partition` from the beginning to its high-water mark (as
-/// seen when the restore starts) and keeps, per key, the state with the highest version.
-/// Highest version rather than last written: a record a previous owner wrote late must
-/// not roll a user back. Blocking; run it off the async runtime.
+/// Reads `topic` partition `partition` from the beginning to its end and keeps, per key,
+/// the state with the highest version. Highest version rather than last written: a
+/// record a previous owner wrote late must not roll a user back. Blocking; run it off
+/// the async runtime.
+///
+/// "Its end" is where the fetch path reports end of partition *and* a fresh
+/// high-water mark agrees. A high-water mark queried once up front is not enough: a
+/// broker may report a stale one (seen with tansu), and stopping there restores a
+/// state older than records already acknowledged, whose input offsets were committed,
+/// losing those events for good.
 pub(crate) fn restore_partition(
     kafka: &KafkaSettings,
     topic: &str,
@@ -52,56 +58,59 @@ pub(crate) fn restore_partition(
         partition,
         source,
     };
-    let consumer: BaseConsumer = kafka
-        .assign_consumer_config()
-        .create()
+    let mut config = kafka.assign_consumer_config();
+    config.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = config.create().map_err(kafka_error)?;
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Beginning)
         .map_err(kafka_error)?;
-    let (low, high) = consumer
-        .fetch_watermarks(topic, partition, timeout)
-        .map_err(kafka_error)?;
+    consumer.assign(&assignment).map_err(kafka_error)?;
     let mut users: HashMap<String, UserRecord> = HashMap::new();
     let mut records = 0_u64;
     let mut skipped = 0_u64;
-    if high > low {
-        let mut assignment = TopicPartitionList::new();
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .map_err(kafka_error)?;
-        consumer.assign(&assignment).map_err(kafka_error)?;
-        loop {
-            if started.elapsed() > timeout {
-                return Err(RestoreError::Timeout {
-                    topic: topic.to_owned(),
-                    partition,
-                    timeout,
-                });
-            }
-            let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+    // The offset after the last record read.
+    let mut next_offset = 0_i64;
+    loop {
+        if started.elapsed() > timeout {
+            return Err(RestoreError::Timeout {
+                topic: topic.to_owned(),
+                partition,
+                timeout,
+            });
+        }
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = match polled {
+            Ok(message) => message,
+            Err(KafkaError::PartitionEOF(_)) => {
+                let (_low, high) = consumer
+                    .fetch_watermarks(topic, partition, timeout)
+                    .map_err(kafka_error)?;
+                if next_offset >= high {
+                    break;
+                }
+                // Records were written (or became visible) since: keep reading.
                 continue;
-            };
-            let message = match polled {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::warn!(%error, topic, partition, "error while restoring; retrying");
-                    continue;
-                }
-            };
-            records += 1;
-            let offset = message.offset();
-            match decode(&message) {
-                Some((key, record)) => {
-                    let newer = users
-                        .get(&key)
-                        .is_none_or(|held| record.version > held.version);
-                    if newer {
-                        users.insert(key, record);
-                    }
-                }
-                None => skipped += 1,
             }
-            if offset + 1 >= high {
-                break;
+            Err(error) => {
+                tracing::warn!(%error, topic, partition, "error while restoring; retrying");
+                continue;
             }
+        };
+        records += 1;
+        next_offset = next_offset.max(message.offset() + 1);
+        match decode(&message) {
+            Some((key, record)) => {
+                let newer = users
+                    .get(&key)
+                    .is_none_or(|held| record.version > held.version);
+                if newer {
+                    users.insert(key, record);
+                }
+            }
+            None => skipped += 1,
         }
     }
     Ok(Restored {
