@@ -61,9 +61,7 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         () = shutdown.cancelled() => return Ok(()),
         targets = starting_positions(kafka, topic, partitions) => targets?,
     };
-    let context = StageContext::new(health.clone())
-        .with_lag(metrics.lag_gauge())
-        .with_errors(metrics.kafka_error_counter());
+    let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
     let consumer: StreamConsumer<StageContext> =
         KafkaSettings::with_statistics(kafka.assign_consumer_config())
             .create_with_context(context)
@@ -97,7 +95,7 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
                 message
             }
             Err(error) => {
-                metrics.kafka_error(&error);
+                metrics.kafka().consumer_error(&error);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }

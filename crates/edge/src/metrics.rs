@@ -13,8 +13,7 @@ pub struct EdgeMetrics {
     count_records: IntCounterVec,
     table_keys: IntGauge,
     delivery_seconds: Histogram,
-    kafka_errors: IntCounter,
-    lag: IntGaugeVec,
+    kafka: fanout_kafka::KafkaClientMetrics,
 }
 
 impl EdgeMetrics {
@@ -68,18 +67,6 @@ impl EdgeMetrics {
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
             ]),
         )?;
-        let kafka_errors = IntCounter::new(
-            "fanout_edge_kafka_errors_total",
-            "Errors reported by the Kafka consumer (the edge retries)",
-        )?;
-        let lag = IntGaugeVec::new(
-            Opts::new(
-                "fanout_edge_consumer_lag_records",
-                "Records of unread-counts not yet read into the table, by partition",
-            ),
-            &["topic", "partition"],
-        )?;
-        registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -88,7 +75,6 @@ impl EdgeMetrics {
         registry.register(Box::new(count_records.clone()))?;
         registry.register(Box::new(table_keys.clone()))?;
         registry.register(Box::new(delivery_seconds.clone()))?;
-        registry.register(Box::new(kafka_errors.clone()))?;
         Ok(Self {
             connections,
             handshakes,
@@ -98,8 +84,7 @@ impl EdgeMetrics {
             count_records,
             table_keys,
             delivery_seconds,
-            kafka_errors,
-            lag,
+            kafka: fanout_kafka::KafkaClientMetrics::new(registry, "edge", "unread-counts")?,
         })
     }
 
@@ -142,22 +127,14 @@ impl EdgeMetrics {
         self.table_keys.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
-    pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
-        tracing::warn!(%error, "kafka consumer error; retrying");
-        self.kafka_errors.inc();
-    }
-
-    pub(crate) fn lag_gauge(&self) -> IntGaugeVec {
-        self.lag.clone()
-    }
-
-    pub(crate) fn kafka_error_counter(&self) -> IntCounter {
-        self.kafka_errors.clone()
+    /// The stage's Kafka client metrics (lag, errors).
+    pub fn kafka(&self) -> &fanout_kafka::KafkaClientMetrics {
+        &self.kafka
     }
 
     /// Errors reported by the Kafka clients so far.
     pub fn kafka_error_count(&self) -> u64 {
-        self.kafka_errors.get()
+        self.kafka.error_count()
     }
 
     /// Client frames ignored for `reason` so far.

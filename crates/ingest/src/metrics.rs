@@ -1,4 +1,4 @@
-use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::events::Rejection;
 
@@ -8,8 +8,7 @@ pub struct IngestMetrics {
     events: IntCounterVec,
     dead_letters: IntCounterVec,
     user_events: IntCounter,
-    kafka_errors: IntCounter,
-    lag: IntGaugeVec,
+    kafka: fanout_kafka::KafkaClientMetrics,
 }
 
 impl IngestMetrics {
@@ -30,22 +29,9 @@ impl IngestMetrics {
         )?;
         let user_events =
             IntCounter::new("fanout_ingest_user_events_total", "User events produced")?;
-        let kafka_errors = IntCounter::new(
-            "fanout_ingest_kafka_errors_total",
-            "Errors reported by the Kafka consumer (the stage retries)",
-        )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(user_events.clone()))?;
-        let lag = IntGaugeVec::new(
-            Opts::new(
-                "fanout_ingest_consumer_lag_records",
-                "Records of message-events not yet consumed, by partition",
-            ),
-            &["topic", "partition"],
-        )?;
-        registry.register(Box::new(kafka_errors.clone()))?;
-        registry.register(Box::new(lag.clone()))?;
         for result in ["accepted", "dead_lettered"] {
             events.with_label_values(&[result]);
         }
@@ -56,8 +42,7 @@ impl IngestMetrics {
             events,
             dead_letters,
             user_events,
-            kafka_errors,
-            lag,
+            kafka: fanout_kafka::KafkaClientMetrics::new(registry, "ingest", "message-events")?,
         })
     }
 
@@ -74,22 +59,14 @@ impl IngestMetrics {
             .inc();
     }
 
-    pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
-        tracing::warn!(%error, "kafka consumer error; retrying");
-        self.kafka_errors.inc();
-    }
-
-    pub(crate) fn lag_gauge(&self) -> IntGaugeVec {
-        self.lag.clone()
-    }
-
-    pub(crate) fn kafka_error_counter(&self) -> IntCounter {
-        self.kafka_errors.clone()
+    /// The stage's Kafka client metrics (lag, errors).
+    pub fn kafka(&self) -> &fanout_kafka::KafkaClientMetrics {
+        &self.kafka
     }
 
     /// Errors reported by the Kafka clients so far.
     pub fn kafka_error_count(&self) -> u64 {
-        self.kafka_errors.get()
+        self.kafka.error_count()
     }
 
     /// Records sent to dead-letter for `reason` so far.

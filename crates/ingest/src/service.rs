@@ -1,12 +1,13 @@
 use std::time::Duration;
 
 use fanout_kafka::{
-    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, enqueue, store_offset,
+    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, drain_and_commit, enqueue,
+    store_offset,
 };
 use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
 use prost::Message as _;
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -65,9 +66,7 @@ pub async fn run(
     health: StageHealth,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let context = StageContext::new(health.clone())
-        .with_lag(metrics.lag_gauge())
-        .with_errors(metrics.kafka_error_counter());
+    let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
     let consumer: StreamConsumer<StageContext> =
         KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
             .create_with_context(context)
@@ -75,7 +74,7 @@ pub async fn run(
     let producer: FutureProducer<StageContext> = kafka
         .producer_config()
         .create_with_context(
-            StageContext::new(health.clone()).with_errors(metrics.kafka_error_counter()),
+            StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
         )
         .map_err(IngestError::Client)?;
     consumer
@@ -103,7 +102,7 @@ pub async fn run(
                         pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
                     }
                     Err(error) => {
-                        metrics.kafka_error(&error);
+                        metrics.kafka().consumer_error(&error);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -112,16 +111,9 @@ pub async fn run(
     }
 
     // Drain: everything consumed so far is delivered, its offsets stored and committed.
-    while let Some(acked) = pipeline.next().await {
-        let acked = acked.map_err(IngestError::Delivery)?;
-        store_offset(&consumer, &acked);
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => {
-            tracing::warn!(%error, "final commit failed; the next owner replays from the last commit")
-        }
-    }
+    drain_and_commit(&mut pipeline, &consumer)
+        .await
+        .map_err(IngestError::Delivery)?;
     tracing::info!("ingest stopped");
     Ok(())
 }

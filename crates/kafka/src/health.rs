@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use prometheus::{IntCounter, IntGaugeVec};
+use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
 use rdkafka::ClientContext;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -66,34 +66,66 @@ impl StageHealth {
     }
 }
 
-/// The client context every stage uses: records outages in [`StageHealth`] and
-/// consumer lag per partition in a gauge, and logs librdkafka's errors as warnings
-/// (they are retried, and each becomes a metric through the stage).
+/// The Kafka-client metrics every stage has: consumer lag per partition and client
+/// errors. One place logs and counts a client error.
+#[derive(Clone)]
+pub struct KafkaClientMetrics {
+    /// Labels: topic, partition.
+    lag: IntGaugeVec,
+    errors: IntCounter,
+}
+
+impl KafkaClientMetrics {
+    /// Registers `fanout_<stage>_consumer_lag_records` and
+    /// `fanout_<stage>_kafka_errors_total`; `input` names what the stage consumes.
+    pub fn new(registry: &Registry, stage: &str, input: &str) -> prometheus::Result<Self> {
+        let lag = IntGaugeVec::new(
+            Opts::new(
+                format!("fanout_{stage}_consumer_lag_records"),
+                format!("Records of {input} not yet consumed, by partition"),
+            ),
+            &["topic", "partition"],
+        )?;
+        let errors = IntCounter::new(
+            format!("fanout_{stage}_kafka_errors_total"),
+            "Errors reported by the Kafka clients (the stage retries)",
+        )?;
+        registry.register(Box::new(lag.clone()))?;
+        registry.register(Box::new(errors.clone()))?;
+        Ok(Self { lag, errors })
+    }
+
+    /// An error from a consumer poll: logged and counted; the stage retries.
+    pub fn consumer_error(&self, error: &KafkaError) {
+        tracing::warn!(%error, "kafka consumer error; retrying");
+        self.errors.inc();
+    }
+
+    /// Errors reported so far.
+    pub fn error_count(&self) -> u64 {
+        self.errors.get()
+    }
+}
+
+/// The client context every stage uses: records outages in [`StageHealth`], and
+/// consumer lag and client errors in [`KafkaClientMetrics`]; logs librdkafka's errors
+/// as warnings (they are retried).
 pub struct StageContext {
     health: StageHealth,
-    /// Labels: topic, partition.
-    lag: Option<IntGaugeVec>,
-    errors: Option<IntCounter>,
+    metrics: Option<KafkaClientMetrics>,
 }
 
 impl StageContext {
     pub fn new(health: StageHealth) -> Self {
         Self {
             health,
-            lag: None,
-            errors: None,
+            metrics: None,
         }
     }
 
-    /// Reports consumer lag per partition into `lag` (labels: topic, partition).
-    pub fn with_lag(mut self, lag: IntGaugeVec) -> Self {
-        self.lag = Some(lag);
-        self
-    }
-
-    /// Counts every error the client reports in `errors`.
-    pub fn with_errors(mut self, errors: IntCounter) -> Self {
-        self.errors = Some(errors);
+    /// Reports lag (from statistics, for consumers) and errors into `metrics`.
+    pub fn with_metrics(mut self, metrics: KafkaClientMetrics) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -102,8 +134,8 @@ impl StageContext {
         if matches!(error, KafkaError::Global(RDKafkaErrorCode::AllBrokersDown)) {
             self.health.set_brokers_down(true);
         }
-        if let Some(errors) = &self.errors {
-            errors.inc();
+        if let Some(metrics) = &self.metrics {
+            metrics.errors.inc();
         }
         tracing::warn!(%error, reason, "kafka client error");
     }
@@ -119,7 +151,7 @@ impl StageContext {
         {
             self.health.set_brokers_down(false);
         }
-        let Some(lag) = &self.lag else {
+        let Some(metrics) = &self.metrics else {
             return;
         };
         for (topic_name, topic) in &statistics.topics {
@@ -129,7 +161,9 @@ impl StageContext {
                 if *partition < 0 || stats.consumer_lag < 0 {
                     continue;
                 }
-                lag.with_label_values(&[topic_name.as_str(), &partition.to_string()])
+                metrics
+                    .lag
+                    .with_label_values(&[topic_name.as_str(), &partition.to_string()])
                     .set(stats.consumer_lag);
             }
         }
@@ -158,8 +192,9 @@ mod tests {
         assert!(!health.is_ready());
         health.set_ready(true);
         assert!(health.is_ready());
-        let errors = IntCounter::new("errors", "errors").unwrap_or_else(|_| unreachable!());
-        let context = StageContext::new(health.clone()).with_errors(errors.clone());
+        let metrics = KafkaClientMetrics::new(&Registry::new(), "test", "a topic")
+            .unwrap_or_else(|_| unreachable!());
+        let context = StageContext::new(health.clone()).with_metrics(metrics.clone());
         context.on_error(
             &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
             "test",
@@ -174,7 +209,7 @@ mod tests {
             health.brokers_down(),
             "one transport failure does not end an outage"
         );
-        assert_eq!(errors.get(), 2);
+        assert_eq!(metrics.error_count(), 2);
         health.set_brokers_down(false);
         assert!(health.is_ready());
     }

@@ -8,8 +8,8 @@ mod pipeline;
 mod settings;
 
 pub use embedded::{EmbeddedKafka, EmbeddedKafkaError};
-pub use health::{StageContext, StageHealth};
-pub use pipeline::{AckPipeline, Acked, enqueue, flush, store_offset};
+pub use health::{KafkaClientMetrics, StageContext, StageHealth};
+pub use pipeline::{AckPipeline, Acked, drain_and_commit, enqueue, flush, store_offset};
 pub use settings::{KafkaSettings, Topics};
 
 /// Errors of this crate's helpers.

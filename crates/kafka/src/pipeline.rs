@@ -121,3 +121,27 @@ where
         tracing::debug!(%error, topic = %acked.topic, partition = acked.partition, offset = acked.offset, "offset not stored");
     }
 }
+
+/// The end of a stage's run: waits for every record in flight, stores each position in
+/// order, then commits synchronously. An output that was not delivered is the error
+/// (its offset is not stored, so the next owner processes it again); a failed final
+/// commit is only logged, for the same reason.
+pub async fn drain_and_commit<Ctx>(
+    pipeline: &mut AckPipeline,
+    consumer: &rdkafka::consumer::StreamConsumer<Ctx>,
+) -> Result<(), KafkaError>
+where
+    Ctx: rdkafka::consumer::ConsumerContext + 'static,
+{
+    use rdkafka::consumer::{CommitMode, Consumer};
+    while let Some(acked) = pipeline.next().await {
+        store_offset(consumer, &acked?);
+    }
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => {
+            tracing::warn!(%error, "final commit failed; the next owner replays from the last commit");
+        }
+    }
+    Ok(())
+}

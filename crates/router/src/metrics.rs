@@ -1,6 +1,4 @@
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 /// The router's metrics. Each method is the one place that both logs and counts.
 #[derive(Clone)]
@@ -11,8 +9,7 @@ pub struct RouterMetrics {
     restored_records: IntCounter,
     users: IntGauge,
     evicted_ranges: IntCounter,
-    kafka_errors: IntCounter,
-    lag: IntGaugeVec,
+    kafka: fanout_kafka::KafkaClientMetrics,
 }
 
 impl RouterMetrics {
@@ -38,30 +35,17 @@ impl RouterMetrics {
             "fanout_router_restored_records_total",
             "router-state records read while restoring",
         )?;
-        let lag = IntGaugeVec::new(
-            Opts::new(
-                "fanout_router_consumer_lag_records",
-                "Records of user-events not yet consumed, by partition",
-            ),
-            &["topic", "partition"],
-        )?;
         let users = IntGauge::new("fanout_router_users", "Users whose state this router holds")?;
         let evicted_ranges = IntCounter::new(
             "fanout_router_evicted_ranges_total",
             "Settled seq ranges evicted at the per-user cap",
-        )?;
-        let kafka_errors = IntCounter::new(
-            "fanout_router_kafka_errors_total",
-            "Errors reported by the Kafka consumer (the stage retries)",
         )?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(restore_seconds.clone()))?;
         registry.register(Box::new(restored_users.clone()))?;
         registry.register(Box::new(users.clone()))?;
         registry.register(Box::new(restored_records.clone()))?;
-        registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(evicted_ranges.clone()))?;
-        registry.register(Box::new(kafka_errors.clone()))?;
         for result in Self::RESULTS {
             events.with_label_values(&[result]);
         }
@@ -72,8 +56,7 @@ impl RouterMetrics {
             restored_records,
             users,
             evicted_ranges,
-            kafka_errors,
-            lag,
+            kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
         })
     }
 
@@ -110,22 +93,14 @@ impl RouterMetrics {
         self.evicted_ranges.inc_by(ranges as u64);
     }
 
-    pub(crate) fn kafka_error(&self, error: &rdkafka::error::KafkaError) {
-        tracing::warn!(%error, "kafka consumer error; retrying");
-        self.kafka_errors.inc();
-    }
-
-    pub(crate) fn lag_gauge(&self) -> IntGaugeVec {
-        self.lag.clone()
-    }
-
-    pub(crate) fn kafka_error_counter(&self) -> IntCounter {
-        self.kafka_errors.clone()
+    /// The stage's Kafka client metrics (lag, errors).
+    pub fn kafka(&self) -> &fanout_kafka::KafkaClientMetrics {
+        &self.kafka
     }
 
     /// Errors reported by the Kafka clients so far.
     pub fn kafka_error_count(&self) -> u64 {
-        self.kafka_errors.get()
+        self.kafka.error_count()
     }
 
     /// Events consumed with `result` so far (one of [`Self::RESULTS`]).

@@ -3,14 +3,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fanout_kafka::{
-    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, enqueue, store_offset,
+    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, drain_and_commit, enqueue,
+    store_offset,
 };
 use fanout_schema::{split_user_key, v1};
 use fanout_unread::Limits;
 use prost::Message as _;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -168,13 +167,11 @@ pub async fn run(
     let producer: FutureProducer<StageContext> = kafka
         .producer_config()
         .create_with_context(
-            StageContext::new(health.clone()).with_errors(metrics.kafka_error_counter()),
+            StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
         )
         .map_err(RouterError::Client)?;
     let context = RouterContext {
-        stage: StageContext::new(health.clone())
-            .with_lag(metrics.lag_gauge())
-            .with_errors(metrics.kafka_error_counter()),
+        stage: StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
         changes: Arc::new(Mutex::new(Vec::new())),
         producer: producer.clone(),
         input_topic: topics.user_events.clone(),
@@ -229,7 +226,7 @@ pub async fn run(
                         pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
                     }
                     Err(error) => {
-                        router.metrics.kafka_error(&error);
+                        router.metrics.kafka().consumer_error(&error);
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
@@ -237,16 +234,9 @@ pub async fn run(
         }
     }
 
-    while let Some(acked) = pipeline.next().await {
-        let acked = acked.map_err(RouterError::Delivery)?;
-        store_offset(&consumer, &acked);
-    }
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => {
-            tracing::warn!(%error, "final commit failed; the next owner replays from the last commit")
-        }
-    }
+    drain_and_commit(&mut pipeline, &consumer)
+        .await
+        .map_err(RouterError::Delivery)?;
     tracing::info!("router stopped");
     Ok(())
 }
