@@ -45,7 +45,7 @@ pub fn tansu_binary() -> PathBuf {
                 "--root",
             ])
             .arg(&tools)
-            .env("CARGO_TARGET_DIR", tools.join("tansu-build"))
+            .env("CARGO_TARGET_DIR", tools.with_file_name("tansu-build"))
             .status()
             .expect("cargo must be on PATH to install tansu");
         assert!(status.success(), "cargo install tansu failed");
