@@ -99,16 +99,24 @@ struct ProduceArgs {
     event: EventArgs,
 }
 
+/// Which message an event is about.
+#[derive(Args)]
+struct MessageRef {
+    #[arg(long)]
+    partner: String,
+    #[arg(long)]
+    conversation: String,
+    /// The message's per-conversation sequence number.
+    #[arg(long)]
+    seq: u64,
+}
+
 #[derive(Subcommand)]
 enum EventArgs {
     /// A message was posted.
     Created {
-        #[arg(long)]
-        partner: String,
-        #[arg(long)]
-        conversation: String,
-        #[arg(long)]
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
         /// The sender.
         #[arg(long)]
         from: String,
@@ -120,34 +128,22 @@ enum EventArgs {
     },
     /// A user read one message.
     Read {
-        #[arg(long)]
-        partner: String,
-        #[arg(long)]
-        conversation: String,
-        #[arg(long)]
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
         #[arg(long)]
         user: String,
     },
     /// A user read a conversation up to a seq.
     ConversationRead {
-        #[arg(long)]
-        partner: String,
-        #[arg(long)]
-        conversation: String,
-        #[arg(long)]
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
         #[arg(long)]
         user: String,
     },
     /// A message was deleted for its recipients.
     Deleted {
-        #[arg(long)]
-        partner: String,
-        #[arg(long)]
-        conversation: String,
-        #[arg(long)]
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
         #[arg(long = "to", required = true)]
         to: Vec<String>,
     },
@@ -157,58 +153,41 @@ impl EventArgs {
     fn into_spec(self) -> (String, EventSpec) {
         match self {
             Self::Created {
-                partner,
-                conversation,
-                seq,
+                message,
                 from,
                 to,
                 message_id,
             } => (
-                partner,
+                message.partner,
                 EventSpec::Created {
-                    conversation,
-                    seq,
+                    conversation: message.conversation,
+                    seq: message.seq,
                     from,
                     to,
                     message_id,
                 },
             ),
-            Self::Read {
-                partner,
-                conversation,
-                seq,
-                user,
-            } => (
-                partner,
+            Self::Read { message, user } => (
+                message.partner,
                 EventSpec::Read {
-                    conversation,
-                    seq,
+                    conversation: message.conversation,
+                    seq: message.seq,
                     user,
                 },
             ),
-            Self::ConversationRead {
-                partner,
-                conversation,
-                seq,
-                user,
-            } => (
-                partner,
+            Self::ConversationRead { message, user } => (
+                message.partner,
                 EventSpec::ConversationRead {
-                    conversation,
-                    seq,
+                    conversation: message.conversation,
+                    seq: message.seq,
                     user,
                 },
             ),
-            Self::Deleted {
-                partner,
-                conversation,
-                seq,
-                to,
-            } => (
-                partner,
+            Self::Deleted { message, to } => (
+                message.partner,
                 EventSpec::Deleted {
-                    conversation,
-                    seq,
+                    conversation: message.conversation,
+                    seq: message.seq,
                     to,
                 },
             ),

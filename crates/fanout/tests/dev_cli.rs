@@ -215,6 +215,85 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     fanout(&read).await;
     assert_eq!(next_frame(&mut demo_user).await, count_frame(0));
 
+    // The read and delete forms.
+    let produce = |args: &[&str]| {
+        let mut all = vec!["produce", "--brokers", bootstrap];
+        all.extend_from_slice(args);
+        all.iter()
+            .map(|arg| (*arg).to_owned())
+            .collect::<Vec<String>>()
+    };
+    for (args, count) in [
+        (
+            produce(&[
+                "created",
+                "--partner",
+                "demo",
+                "--conversation",
+                "c1",
+                "--seq",
+                "3",
+                "--from",
+                "alice",
+                "--to",
+                "demo-user",
+            ]),
+            1,
+        ),
+        (
+            produce(&[
+                "read",
+                "--partner",
+                "demo",
+                "--conversation",
+                "c1",
+                "--seq",
+                "3",
+                "--user",
+                "demo-user",
+            ]),
+            0,
+        ),
+        (
+            produce(&[
+                "created",
+                "--partner",
+                "demo",
+                "--conversation",
+                "c2",
+                "--seq",
+                "1",
+                "--from",
+                "alice",
+                "--to",
+                "demo-user",
+            ]),
+            1,
+        ),
+        (
+            produce(&[
+                "deleted",
+                "--partner",
+                "demo",
+                "--conversation",
+                "c2",
+                "--seq",
+                "1",
+                "--to",
+                "demo-user",
+            ]),
+            0,
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fanout(&args).await;
+        assert_eq!(
+            next_frame(&mut demo_user).await,
+            count_frame(count),
+            "after {args:?}"
+        );
+    }
+
     // The admin port: alive, ready, and metrics that saw the traffic above.
     let admin_url = info["admin_url"].as_str().unwrap();
     assert_eq!(
@@ -228,8 +307,8 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     let (status, metrics) = http_get(admin_url, "/metrics").await;
     assert_eq!(status, 200);
     for expected in [
-        "fanout_ingest_events_total{result=\"accepted\"} 3",
-        "fanout_router_events_total{result=\"applied\"} 3",
+        "fanout_ingest_events_total{result=\"accepted\"} 7",
+        "fanout_router_events_total{result=\"applied\"} 7",
         "fanout_edge_pushes_total",
         "fanout_edge_delivery_latency_seconds_bucket",
         "fanout_router_restore_duration_seconds",
