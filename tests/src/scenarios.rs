@@ -178,7 +178,12 @@ pub fn edge_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>) -> BTre
 
 /// Waits until the edge's counts equal `expected`; fails at the deadline with the
 /// differing users and, for each, what unread-counts and router-state hold for it.
-pub async fn wait_for_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>, context: &str) {
+pub async fn wait_for_counts(
+    edge: &RunningEdge,
+    config: &fanout::config::Config,
+    expected: &BTreeMap<String, u64>,
+    context: &str,
+) {
     let deadline = tokio::time::Instant::now() + DEADLINE * 3;
     loop {
         let actual = edge_counts(edge, expected);
@@ -186,12 +191,21 @@ pub async fn wait_for_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64
             return;
         }
         if tokio::time::Instant::now() >= deadline {
-            let differing: Vec<String> = expected
+            let details: Vec<String> = expected
                 .iter()
                 .filter(|(key, count)| actual.get(*key) != Some(*count))
-                .map(|(key, count)| format!("{key}: expected {count}, edge {:?}", actual.get(key)))
+                .map(|(key, count)| {
+                    format!(
+                        "expected {count}, edge {:?}; {}",
+                        actual.get(key),
+                        describe_key(config, key)
+                    )
+                })
                 .collect();
-            panic!("final counts differ from the recount ({context}): {differing:?}");
+            panic!(
+                "final counts differ from the recount ({context}):\n{}",
+                details.join("\n")
+            );
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
@@ -349,28 +363,13 @@ pub async fn crash_and_restart(start_cluster: impl FnOnce(&[TestPartner]) -> Tes
     // A third finishes the stream.
     let (third_router, third_metrics) = start_router(&config);
     spawn_phase(phases[2].clone()).await.unwrap();
-    let deadline = tokio::time::Instant::now() + DEADLINE * 3;
-    while edge_counts(&edge, &expected) != expected {
-        if tokio::time::Instant::now() >= deadline {
-            let actual = edge_counts(&edge, &expected);
-            let details: Vec<String> = expected
-                .iter()
-                .filter(|(key, count)| actual.get(*key) != Some(*count))
-                .map(|(key, count)| {
-                    format!(
-                        "expected {count}, edge {:?}; {}",
-                        actual.get(key),
-                        describe_key(&config, key)
-                    )
-                })
-                .collect();
-            panic!(
-                "final counts differ from the recount (seed {seed}, first router crashed after {crashed_after} processed):\n{}",
-                details.join("\n")
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    wait_for_counts(
+        &edge,
+        &config,
+        &expected,
+        &format!("seed {seed}, first router crashed after {crashed_after} processed"),
+    )
+    .await;
     // Each router did part of the work.
     assert!(processed(&second_metrics) >= 300);
     assert!(processed(&third_metrics) > 0);

@@ -29,40 +29,36 @@ impl CountTable {
 
     /// Stores `value` for `key` if it is newer than the one held; returns whether it was.
     pub fn apply(&self, key: &str, value: CountValue) -> bool {
-        let update = |held: &mut CountValue| {
-            if value.version > held.version {
-                *held = value;
-                true
-            } else {
-                false
-            }
-        };
-        {
-            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = slots.get(key) {
-                return slot.send_if_modified(update);
-            }
-        }
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .entry(Box::from(key))
-            .or_insert_with(|| watch::Sender::new(CountValue::default()))
-            .send_if_modified(update)
+        self.with_slot(key, |slot| {
+            slot.send_if_modified(|held| {
+                if value.version > held.version {
+                    *held = value;
+                    true
+                } else {
+                    false
+                }
+            })
+        })
     }
 
     /// A receiver of `key`'s count: its current value now, and every later change.
     pub fn subscribe(&self, key: &str) -> watch::Receiver<CountValue> {
+        self.with_slot(key, watch::Sender::subscribe)
+    }
+
+    /// Runs `f` on `key`'s slot, creating it (count 0, version 0) if missing. The common
+    /// case, an existing key, takes only the read lock.
+    fn with_slot<T>(&self, key: &str, f: impl FnOnce(&watch::Sender<CountValue>) -> T) -> T {
         {
             let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(slot) = slots.get(key) {
-                return slot.subscribe();
+                return f(slot);
             }
         }
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        slots
+        f(slots
             .entry(Box::from(key))
-            .or_insert_with(|| watch::Sender::new(CountValue::default()))
-            .subscribe()
+            .or_insert_with(|| watch::Sender::new(CountValue::default())))
     }
 
     /// The count held for `key`, if any record was seen for it.

@@ -214,6 +214,7 @@ async fn counts_are_exact_after_repeated_sigkills_of_ingest_and_routers() {
 
     wait_for_counts(
         &edge,
+        &cluster.config,
         &expected,
         &format!("seed {seed}, kills {kills:?}, logs in {}", dir.display()),
     )
