@@ -217,6 +217,26 @@ pub fn records_of(
     topic: &str,
     key: &str,
 ) -> Vec<(i32, i64, Vec<u8>)> {
+    all_records(config, topic)
+        .into_iter()
+        .filter(|record| record.key == key.as_bytes())
+        .map(|record| (record.partition, record.offset, record.value))
+        .collect()
+}
+
+/// One record read back by [`all_records`].
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Every record on `topic`, partition by partition. Reads past the high-water mark the
+/// broker reports until nothing arrives for two seconds: a broker may report a stale
+/// one (tansu does), and a diagnostic must not hide records.
+pub fn all_records(config: &fanout::config::Config, topic: &str) -> Vec<StoredRecord> {
     use rdkafka::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = config.kafka.assign_consumer_config().create().unwrap();
@@ -228,32 +248,32 @@ pub fn records_of(
         .collect();
     let mut found = Vec::new();
     for partition in partitions {
-        let (low, high) = consumer
+        let (_low, high) = consumer
             .fetch_watermarks(topic, partition, DEADLINE)
             .unwrap();
-        if high <= low {
-            continue;
-        }
         let mut assignment = rdkafka::TopicPartitionList::new();
         assignment
             .add_partition_offset(topic, partition, rdkafka::Offset::Beginning)
             .unwrap();
         consumer.assign(&assignment).unwrap();
+        let mut next = 0;
         loop {
-            let Some(message) = consumer.poll(DEADLINE) else {
+            let wait = if next >= high {
+                std::time::Duration::from_secs(2)
+            } else {
+                DEADLINE
+            };
+            let Some(message) = consumer.poll(wait) else {
                 break;
             };
             let message = message.unwrap();
-            if message.key() == Some(key.as_bytes()) {
-                found.push((
-                    partition,
-                    message.offset(),
-                    message.payload().unwrap_or_default().to_vec(),
-                ));
-            }
-            if message.offset() + 1 >= high {
-                break;
-            }
+            next = message.offset() + 1;
+            found.push(StoredRecord {
+                partition,
+                offset: message.offset(),
+                key: message.key().unwrap_or_default().to_vec(),
+                value: message.payload().unwrap_or_default().to_vec(),
+            });
         }
     }
     found
@@ -282,8 +302,13 @@ pub fn describe_key(config: &fanout::config::Config, key: &str) -> String {
             )
         })
         .collect();
+    let inputs: Vec<(i32, i64)> = records_of(config, &config.topics.user_events, key)
+        .into_iter()
+        .map(|(partition, offset, _)| (partition, offset))
+        .collect();
     format!(
-        "{key}:\n  unread-counts (offset, version, count): {counts:?}\n  router-state (offset, version, last_offset, count): {states:?}"
+        "{key}:\n  user-events ({} records; partition, offset): {inputs:?}\n  unread-counts (offset, version, count): {counts:?}\n  router-state (offset, version, last_offset, count): {states:?}",
+        inputs.len()
     )
 }
 

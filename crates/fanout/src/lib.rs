@@ -2,6 +2,7 @@
 //! `fanout dev` runs: configuration, the wiring of each stage, dev mode and the tools.
 
 pub mod admin;
+pub mod bench;
 pub mod config;
 pub mod dev;
 pub mod stages;

@@ -50,6 +50,31 @@ enum Command {
     Produce(ProduceArgs),
     /// Mint a JWT for a user, signed with a partner secret.
     Token(TokenArgs),
+    /// Measure a stage under load; prints the result as JSON.
+    #[command(subcommand)]
+    Bench(BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum BenchArgs {
+    /// One router's throughput through a broker: a backlog of user events is produced,
+    /// then a router is timed from its first processed event to its last.
+    Router {
+        /// A running broker (default: the embedded one).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// User events in the backlog.
+        #[arg(long, default_value_t = 500_000)]
+        events: u64,
+        /// Distinct users.
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        /// Partitions of the fresh topics the run creates.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Args)]
@@ -342,6 +367,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 args.partner.as_deref(),
             )?;
             println!("{token}");
+        }
+        Command::Bench(BenchArgs::Router {
+            brokers,
+            events,
+            users,
+            partitions,
+            seed,
+        }) => {
+            let options = fanout::bench::RouterBenchOptions {
+                brokers,
+                events,
+                users,
+                partitions,
+                seed,
+            };
+            let result = fanout::bench::router(&options).await?;
+            println!("{}", serde_json::to_string_pretty(&result)?);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -69,11 +69,19 @@ impl RouterMetrics {
         self.event("invalid");
     }
 
-    pub(crate) fn restored(&self, partition: i32, users: usize, records: u64, seconds: f64) {
+    pub(crate) fn restored(
+        &self,
+        partition: i32,
+        users: usize,
+        records: u64,
+        end_offset: i64,
+        seconds: f64,
+    ) {
         tracing::info!(
             partition,
             users,
             records,
+            end_offset,
             seconds,
             "partition state restored"
         );

@@ -33,6 +33,8 @@ pub(crate) struct Restored {
     pub users: HashMap<String, UserRecord>,
     pub records: u64,
     pub skipped: u64,
+    /// The offset after the last record read: where the restore found the end.
+    pub end_offset: i64,
     pub elapsed: Duration,
 }
 
@@ -117,6 +119,7 @@ pub(crate) fn restore_partition(
         users,
         records,
         skipped,
+        end_offset: next_offset,
         elapsed: started.elapsed(),
     })
 }

@@ -291,6 +291,7 @@ impl Router<'_> {
             partition,
             restored.users.len(),
             restored.records,
+            restored.end_offset,
             restored.elapsed.as_secs_f64(),
         );
         self.owned.partitions.insert(partition, restored.users);

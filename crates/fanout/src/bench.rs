@@ -1,0 +1,253 @@
+//! `fanout bench`: load against fanout's stages, measured from outside.
+//!
+//! `router`: one router's throughput through a Kafka broker. A backlog of user events is
+//! produced to a fresh user-events topic first; then one router is started on it and
+//! timed from its first processed event to its last, so that the figure is the router's
+//! (consume, apply, produce state and count, acknowledge, commit) and not the
+//! producer's or the group join's.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fanout_kafka::{EmbeddedKafka, KafkaSettings, StageHealth, Topics, enqueue};
+use fanout_router::{RouterConfig, RouterMetrics};
+use fanout_schema::{user_key, v1};
+use futures::StreamExt as _;
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+/// What `fanout bench router` does.
+#[derive(Debug, Clone)]
+pub struct RouterBenchOptions {
+    /// A running broker; `None` starts the embedded one.
+    pub brokers: Option<String>,
+    /// User events in the backlog.
+    pub events: u64,
+    /// Distinct users (spread over two partners).
+    pub users: u64,
+    /// Partitions of the fresh topics.
+    pub partitions: i32,
+    pub seed: u64,
+}
+
+/// The measured result, printed as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct RouterBenchResult {
+    pub scenario: &'static str,
+    pub broker: String,
+    pub events: u64,
+    pub users: u64,
+    pub partitions: i32,
+    /// Seconds to produce the backlog and have it acknowledged.
+    pub produce_seconds: f64,
+    /// Seconds from the router's start to its first processed event (group join and
+    /// restore of the empty state).
+    pub startup_seconds: f64,
+    /// Seconds from the first processed event to the last.
+    pub router_seconds: f64,
+    /// User events processed per second over `router_seconds`.
+    pub router_events_per_second: f64,
+    /// State and count records the router wrote.
+    pub applied: u64,
+    pub unchanged: u64,
+}
+
+/// Runs the `router` scenario.
+pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchResult> {
+    anyhow::ensure!(options.events > 0, "--events must be at least 1");
+    anyhow::ensure!(options.users > 0, "--users must be at least 1");
+    anyhow::ensure!(options.partitions > 0, "--partitions must be at least 1");
+    let topics = Topics::with_prefix(&format!("bench-{}-", crate::tools::random_hex(4)));
+    let layout = topics.with_partitions(options.partitions, options.partitions);
+    let (kafka, _embedded, broker) = match &options.brokers {
+        Some(brokers) => {
+            let kafka = KafkaSettings::new(brokers.clone());
+            create_topics(&kafka, &layout).await?;
+            (kafka, None, brokers.clone())
+        }
+        None => {
+            let embedded = EmbeddedKafka::start(1, &layout)?;
+            let kafka = KafkaSettings::new(embedded.bootstrap_servers());
+            (
+                kafka,
+                Some(embedded),
+                "embedded (librdkafka mock)".to_owned(),
+            )
+        }
+    };
+
+    let produce_started = Instant::now();
+    produce_backlog(&kafka, &topics.user_events, options).await?;
+    let produce_seconds = produce_started.elapsed().as_secs_f64();
+    tracing::info!(
+        events = options.events,
+        seconds = produce_seconds,
+        "backlog produced"
+    );
+
+    let registry = prometheus::Registry::new();
+    let metrics = RouterMetrics::new(&registry)?;
+    let shutdown = CancellationToken::new();
+    let config = RouterConfig {
+        group_id: format!("{}router", topics.user_events),
+        ..RouterConfig::default()
+    };
+    let router = {
+        let (kafka, topics, metrics, shutdown) = (
+            kafka.clone(),
+            topics.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            fanout_router::run(
+                &kafka,
+                &topics,
+                &config,
+                metrics,
+                StageHealth::new(),
+                shutdown,
+            )
+            .await
+        })
+    };
+    let processed = || {
+        ["applied", "unchanged", "replayed", "invalid"]
+            .iter()
+            .map(|result| metrics.event_count(result))
+            .sum::<u64>()
+    };
+    let started = Instant::now();
+    let mut first = None;
+    while processed() < options.events {
+        if router.is_finished() {
+            break;
+        }
+        if first.is_none() && processed() > 0 {
+            first = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let finished = Instant::now();
+    shutdown.cancel();
+    router
+        .await
+        .context("the router task panicked")?
+        .context("the router stopped with an error")?;
+    anyhow::ensure!(
+        processed() >= options.events,
+        "the router processed {} of {} events",
+        processed(),
+        options.events
+    );
+    let first = first.unwrap_or(finished);
+    let router_seconds = finished.duration_since(first).as_secs_f64();
+    Ok(RouterBenchResult {
+        scenario: "router",
+        broker,
+        events: options.events,
+        users: options.users,
+        partitions: options.partitions,
+        produce_seconds,
+        startup_seconds: first.duration_since(started).as_secs_f64(),
+        router_seconds,
+        router_events_per_second: if router_seconds > 0.0 {
+            options.events as f64 / router_seconds
+        } else {
+            f64::INFINITY
+        },
+        applied: metrics.event_count("applied"),
+        unchanged: metrics.event_count("unchanged"),
+    })
+}
+
+/// Creates `topics` (name, partitions) on a running broker; ones that exist are kept.
+pub async fn create_topics(kafka: &KafkaSettings, topics: &[(String, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client_config(&[])
+        .create()
+        .context("creating a Kafka admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await
+        .context("creating topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// A realistic mix per user: messages arrive in a few conversations, and now and then
+/// the user reads a conversation up to its latest message.
+async fn produce_backlog(
+    kafka: &KafkaSettings,
+    topic: &str,
+    options: &RouterBenchOptions,
+) -> anyhow::Result<()> {
+    let mut config = kafka.producer_config();
+    config
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000");
+    let producer: FutureProducer = config.create().context("creating a producer")?;
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut seqs = std::collections::HashMap::<(u64, u64), u64>::new();
+    let mut deliveries = futures::stream::FuturesUnordered::new();
+    for index in 0..options.events {
+        let user = rng.random_range(0..options.users);
+        let partner = if user % 2 == 0 { "bench-a" } else { "bench-b" };
+        let conversation = rng.random_range(0..4_u64);
+        let seq = seqs.entry((user, conversation)).or_insert(0);
+        let kind = if rng.random_ratio(1, 5) {
+            v1::user_event::Kind::ConversationRead
+        } else {
+            *seq += 1;
+            v1::user_event::Kind::Created
+        };
+        let event = v1::UserEvent {
+            partner: partner.to_owned(),
+            user: format!("u{user}"),
+            event_id: format!("e{index}"),
+            occurred_at_ms: 0,
+            kind: kind.into(),
+            conversation_id: format!("c{conversation}"),
+            seq: (*seq).max(1),
+        };
+        let key = user_key(&event.partner, &event.user);
+        let payload = event.encode_to_vec();
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(payload.as_slice());
+        let delivery = enqueue(&producer, record).await?;
+        deliveries.push(async move {
+            match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(anyhow::anyhow!("producing the backlog: {error}")),
+                Err(_) => Err(anyhow::anyhow!("the producer went away")),
+            }
+        });
+        // Keep the acknowledgement futures bounded.
+        while deliveries.len() >= 100_000 {
+            if let Some(result) = deliveries.next().await {
+                result?;
+            }
+        }
+    }
+    while let Some(result) = deliveries.next().await {
+        result?;
+    }
+    Ok(())
+}
