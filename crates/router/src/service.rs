@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::RouterMetrics;
-use crate::restore::{RestoreError, restore_partition};
+use crate::restore::{RestoreError, restore_partitions};
 use crate::state::{UserRecord, op_of};
 
 /// The router's settings.
@@ -260,9 +260,7 @@ impl Router<'_> {
                     // Not ready while restoring: the state would be behind.
                     self.health.set_ready(false);
                     let unique: HashSet<i32> = partitions.into_iter().collect();
-                    for partition in unique {
-                        self.restore(partition).await?;
-                    }
+                    self.restore(unique.into_iter().collect()).await?;
                     self.health.set_ready(true);
                 }
             }
@@ -271,30 +269,32 @@ impl Router<'_> {
         Ok(())
     }
 
-    async fn restore(&mut self, partition: i32) -> Result<(), RouterError> {
+    async fn restore(&mut self, partitions: Vec<i32>) -> Result<(), RouterError> {
         let kafka = self.kafka.clone();
         let topic = self.topics.router_state.clone();
         let timeout = Duration::from_millis(self.config.restore_timeout_ms);
         let restored = tokio::task::spawn_blocking(move || {
-            restore_partition(&kafka, &topic, partition, timeout)
+            restore_partitions(&kafka, &topic, &partitions, timeout)
         })
         .await
         .map_err(|error| RouterError::RestoreTask(error.to_string()))??;
-        if restored.skipped > 0 {
-            tracing::warn!(
+        for (partition, restored) in restored {
+            if restored.skipped > 0 {
+                tracing::warn!(
+                    partition,
+                    skipped = restored.skipped,
+                    "state records skipped while restoring"
+                );
+            }
+            self.metrics.restored(
                 partition,
-                skipped = restored.skipped,
-                "state records skipped while restoring"
+                restored.users.len(),
+                restored.records,
+                restored.end_offset,
+                restored.elapsed.as_secs_f64(),
             );
+            self.owned.partitions.insert(partition, restored.users);
         }
-        self.metrics.restored(
-            partition,
-            restored.users.len(),
-            restored.records,
-            restored.end_offset,
-            restored.elapsed.as_secs_f64(),
-        );
-        self.owned.partitions.insert(partition, restored.users);
         Ok(())
     }
 
@@ -327,7 +327,7 @@ impl Router<'_> {
         if !self.owned.partitions.contains_key(&partition) {
             // Not expected (assignment changes are applied before each record), but if
             // a record ever arrives first, restoring now keeps it correct.
-            self.restore(partition).await?;
+            self.restore(vec![partition]).await?;
         }
         let (output, is_new_user) = {
             let users = self.owned.partitions.entry(partition).or_default();
