@@ -129,11 +129,11 @@ pub(crate) fn restore_partitions(
                     .fetch_watermarks(topic, partition, timeout)
                     .map_err(kafka_error(partition))?;
                 // Otherwise records were written (or became visible) since: keep reading.
-                if restored.end_offset >= high {
-                    if let Some(mut restored) = pending.remove(&partition) {
-                        restored.elapsed = started.elapsed();
-                        done.insert(partition, restored);
-                    }
+                if restored.end_offset >= high
+                    && let Some(mut restored) = pending.remove(&partition)
+                {
+                    restored.elapsed = started.elapsed();
+                    done.insert(partition, restored);
                 }
                 continue;
             }
