@@ -107,6 +107,14 @@ impl TestCluster {
         }
     }
 
+    /// The tansu broker process, to stop and restart it.
+    pub fn tansu(&mut self) -> &mut tansu::TansuBroker {
+        match &mut self.broker {
+            Broker::Tansu(broker) => broker,
+            Broker::Embedded(_) => panic!("stopping the broker process needs tansu"),
+        }
+    }
+
     fn configure(broker: Broker, bootstrap: &str, prefix: &str, partners: &[TestPartner]) -> Self {
         let mut config = Config {
             kafka: KafkaSettings::new(bootstrap),
