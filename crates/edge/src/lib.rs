@@ -16,6 +16,8 @@ pub mod feed;
 mod metrics;
 pub mod server;
 pub mod table;
+#[cfg(test)]
+mod test_socket;
 
 pub use config::{EdgeConfig, PartnerConfig, SecretConfig};
 pub use metrics::EdgeMetrics;
