@@ -167,7 +167,15 @@ async fn malformed_client_frames_do_not_close_the_connection() {
         Some(r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"confirm_subscription"}"#)
     );
     assert_eq!(client.next_frame().await.unwrap(), count_frame(0));
-    assert_eq!(edge.edge.metrics.ignored_frame_count("malformed"), 4);
-    assert_eq!(edge.edge.metrics.ignored_frame_count("bad_identifier"), 1);
+    assert_eq!(
+        edge.edge.metrics.ignored_frame_count("cable", "malformed"),
+        4
+    );
+    assert_eq!(
+        edge.edge
+            .metrics
+            .ignored_frame_count("cable", "bad_identifier"),
+        1
+    );
     edge.running.stop().await;
 }

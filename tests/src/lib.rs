@@ -464,6 +464,94 @@ impl CableClient {
     }
 }
 
+/// What a `/realtime` client read next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealtimeFrame {
+    Text(String),
+    /// The server's close frame: code and reason (1005 when it sent none).
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Ended,
+}
+
+/// A real WebSocket client of the JSON `/realtime` protocol.
+pub struct RealtimeClient {
+    socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl RealtimeClient {
+    pub async fn connect(address: SocketAddr) -> Self {
+        let url = format!("ws://{address}/realtime");
+        let (socket, _response) =
+            tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+                .await
+                .expect("connect timed out")
+                .unwrap();
+        Self { socket }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.to_owned().into()))
+            .await
+            .unwrap();
+    }
+
+    /// Sends an `authrequest` with `id` (raw JSON) and returns the reply.
+    pub async fn authenticate(&mut self, partner: &str, token: &str, id: &str) -> String {
+        let request = format!(
+            r#"{{"type":"authrequest","token":{},"partner":{},"id":{id}}}"#,
+            serde_json::to_string(token).unwrap(),
+            serde_json::to_string(partner).unwrap(),
+        );
+        self.send_text(&request).await;
+        self.next_text().await
+    }
+
+    /// The next frame; after a close frame, completes the closing handshake.
+    pub async fn next(&mut self) -> RealtimeFrame {
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.socket.next())
+                .await
+                .expect("no frame before the deadline");
+            match message {
+                None | Some(Err(_)) => return RealtimeFrame::Ended,
+                Some(Ok(Message::Text(text))) => {
+                    return RealtimeFrame::Text(text.as_str().to_owned());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    // Reading on sends our closing frame and sees the connection end.
+                    while let Ok(Some(Ok(_))) =
+                        tokio::time::timeout(DEADLINE, self.socket.next()).await
+                    {
+                    }
+                    let (code, reason) = frame.map_or((1005, String::new()), |frame| {
+                        (u16::from(frame.code), frame.reason.as_str().to_owned())
+                    });
+                    return RealtimeFrame::Close(code, reason);
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next frame, which must be a text frame.
+    pub async fn next_text(&mut self) -> String {
+        match self.next().await {
+            RealtimeFrame::Text(text) => text,
+            other => panic!("expected a text frame, got {other:?}"),
+        }
+    }
+
+    /// The next frame, which must be a close: its code and reason.
+    pub async fn next_close(&mut self) -> (u16, String) {
+        match self.next().await {
+            RealtimeFrame::Close(code, reason) => (code, reason),
+            other => panic!("expected a close, got {other:?}"),
+        }
+    }
+}
+
 /// Waits until `condition` holds, polling; fails the test at the deadline.
 pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DEADLINE;

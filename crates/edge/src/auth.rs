@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use fanout_protocol::realtime::AuthErrorCode;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -22,8 +23,9 @@ impl Identity {
     }
 }
 
-/// Why a token was refused. [`AuthError::reason`] is the metric label and the
-/// machine-readable error of the JSON protocol; it never contains the token.
+/// Why a token was refused. [`AuthError::code`] is the machine-readable error of the
+/// JSON protocol and, as [`AuthError::reason`], the metric label; it never contains the
+/// token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
     #[error("no token")]
@@ -47,18 +49,25 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    pub fn reason(self) -> &'static str {
+    /// The code clients see. Every variant maps to one, so a new variant does not
+    /// compile until it has a (documented) code.
+    pub fn code(self) -> AuthErrorCode {
         match self {
-            Self::MissingToken => "missing_token",
-            Self::UnknownPartner => "unknown_partner",
-            Self::Malformed => "malformed",
-            Self::InvalidAlgorithm => "invalid_algorithm",
-            Self::UnknownKeyId => "unknown_kid",
-            Self::InvalidSignature => "invalid_signature",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::InvalidClaims => "invalid_claims",
+            Self::MissingToken => AuthErrorCode::MissingToken,
+            Self::UnknownPartner => AuthErrorCode::UnknownPartner,
+            Self::Malformed => AuthErrorCode::MalformedToken,
+            Self::InvalidAlgorithm => AuthErrorCode::UnsupportedAlgorithm,
+            Self::UnknownKeyId => AuthErrorCode::UnknownKey,
+            Self::InvalidSignature => AuthErrorCode::InvalidSignature,
+            Self::Expired => AuthErrorCode::Expired,
+            Self::NotYetValid => AuthErrorCode::NotYetValid,
+            Self::InvalidClaims => AuthErrorCode::InvalidClaims,
         }
+    }
+
+    /// The metric label: the same string as the code clients see.
+    pub fn reason(self) -> &'static str {
+        self.code().as_str()
     }
 }
 

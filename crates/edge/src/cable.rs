@@ -13,6 +13,9 @@ use crate::auth::Identity;
 use crate::metrics::EdgeMetrics;
 use crate::table::{CountTable, CountValue};
 
+/// The protocol's label in metrics.
+pub const PROTOCOL: &str = "cable";
+
 /// The one channel fanout serves.
 pub const PARTNER_CHANNEL: &str = "PartnerChannel";
 
@@ -67,7 +70,7 @@ where
                     Message::Text(frame) => {
                         handle_command(socket, frame.as_bytes(), &mut subscriptions, &mut counts, metrics).await?;
                     }
-                    Message::Binary(_) => metrics.ignored_frame("binary"),
+                    Message::Binary(_) => metrics.ignored_frame(PROTOCOL, "binary"),
                     // Close replies, pings and pongs are answered by the WebSocket layer.
                     Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
@@ -101,14 +104,14 @@ where
         Ok(command) => command,
         Err(error) => {
             // Rails logs and ignores what it cannot execute; so do we.
-            metrics.ignored_frame(error.as_str());
+            metrics.ignored_frame(PROTOCOL, error.as_str());
             return Ok(());
         }
     };
     match command {
         Command::Subscribe { identifier } => {
             let Some(channel) = cable::parse_identifier(&identifier) else {
-                metrics.ignored_frame("bad_identifier");
+                metrics.ignored_frame(PROTOCOL, "bad_identifier");
                 return Ok(());
             };
             if channel.channel != PARTNER_CHANNEL {
@@ -118,7 +121,7 @@ where
             }
             if subscriptions.contains(&identifier) {
                 // Rails ignores a subscribe to an identifier already subscribed.
-                metrics.ignored_frame("duplicate_subscribe");
+                metrics.ignored_frame(PROTOCOL, "duplicate_subscribe");
                 return Ok(());
             }
             // A change not yet pushed to the existing subscriptions goes to them too,
@@ -144,7 +147,7 @@ where
         }
         // PartnerChannel has no actions: like Rails for an unknown action, no reply.
         Command::Message { .. } => {
-            metrics.ignored_frame("unknown_action");
+            metrics.ignored_frame(PROTOCOL, "unknown_action");
             Ok(())
         }
     }
@@ -179,41 +182,8 @@ fn unix_seconds() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::test_socket::ChannelSocket;
     use futures::channel::mpsc;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    /// A socket made of two channels: what the test sends in, what the session writes.
-    struct ChannelSocket {
-        incoming: mpsc::UnboundedReceiver<Result<Message, WsError>>,
-        outgoing: mpsc::UnboundedSender<Message>,
-    }
-
-    impl Stream for ChannelSocket {
-        type Item = Result<Message, WsError>;
-        fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-            Pin::new(&mut self.incoming).poll_next(cx)
-        }
-    }
-
-    impl Sink<Message> for ChannelSocket {
-        type Error = WsError;
-        fn poll_ready(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Ready(Ok(()))
-        }
-        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), WsError> {
-            self.outgoing
-                .unbounded_send(item)
-                .map_err(|_| WsError::ConnectionClosed)
-        }
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_close(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Result<(), WsError>> {
-            self.outgoing.close_channel();
-            Poll::Ready(Ok(()))
-        }
-    }
 
     struct Harness {
         to_session: mpsc::UnboundedSender<Result<Message, WsError>>,
@@ -336,7 +306,9 @@ mod tests {
             r#"{"identifier":"{\"channel\":\"AdminChannel\"}","type":"reject_subscription"}"#
         );
         assert_eq!(
-            harness.metrics.ignored_frame_count("duplicate_subscribe"),
+            harness
+                .metrics
+                .ignored_frame_count(PROTOCOL, "duplicate_subscribe"),
             1
         );
     }
@@ -359,10 +331,23 @@ mod tests {
             .unwrap();
         harness.send(SUBSCRIBE);
         assert_eq!(harness.next().await, CONFIRM);
-        assert_eq!(harness.metrics.ignored_frame_count("malformed"), 1);
-        assert_eq!(harness.metrics.ignored_frame_count("unknown_command"), 2);
-        assert_eq!(harness.metrics.ignored_frame_count("bad_identifier"), 1);
-        assert_eq!(harness.metrics.ignored_frame_count("binary"), 1);
+        assert_eq!(
+            harness.metrics.ignored_frame_count(PROTOCOL, "malformed"),
+            1
+        );
+        assert_eq!(
+            harness
+                .metrics
+                .ignored_frame_count(PROTOCOL, "unknown_command"),
+            2
+        );
+        assert_eq!(
+            harness
+                .metrics
+                .ignored_frame_count(PROTOCOL, "bad_identifier"),
+            1
+        );
+        assert_eq!(harness.metrics.ignored_frame_count(PROTOCOL, "binary"), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -14,6 +14,9 @@ pub struct EdgeConfig {
     pub ping_interval_ms: u64,
     /// Longest a client may take to complete the WebSocket handshake.
     pub handshake_timeout_ms: u64,
+    /// Longest a `/realtime` client may take, from the upgrade, to authenticate with a
+    /// successful `authrequest`; then the edge closes with 4408.
+    pub auth_timeout_ms: u64,
     /// Largest client frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -28,6 +31,7 @@ impl Default for EdgeConfig {
             partitions: Vec::new(),
             ping_interval_ms: 3000,
             handshake_timeout_ms: 5000,
+            auth_timeout_ms: 10_000,
             max_frame_bytes: 64 * 1024,
             jwt_leeway_seconds: 5,
             partners: BTreeMap::new(),

@@ -7,6 +7,7 @@
 //! - [`feed`]: reads unread-counts by `assign` (no group) and reports when caught up.
 //! - [`auth`]: HS256 JWT verification against per-partner secrets.
 //! - [`cable`]: the ActionCable session (`/cable`).
+//! - [`realtime`]: the JSON session (`/realtime`), authenticated in band.
 //! - [`server`]: the accept loop and WebSocket handshake.
 
 pub mod auth;
@@ -14,8 +15,11 @@ pub mod cable;
 mod config;
 pub mod feed;
 mod metrics;
+pub mod realtime;
 pub mod server;
 pub mod table;
+#[cfg(test)]
+mod test_socket;
 
 pub use config::{EdgeConfig, PartnerConfig, SecretConfig};
 pub use metrics::EdgeMetrics;

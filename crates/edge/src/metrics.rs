@@ -42,9 +42,9 @@ impl EdgeMetrics {
         let ignored_frames = IntCounterVec::new(
             Opts::new(
                 "fanout_edge_ignored_frames_total",
-                "Client frames ignored, by reason",
+                "Client frames not acted on (ignored, or answered with an error), by protocol and reason",
             ),
-            &["reason"],
+            &["protocol", "reason"],
         )?;
         let pushes = IntCounter::new(
             "fanout_edge_pushes_total",
@@ -106,8 +106,10 @@ impl EdgeMetrics {
         self.auth_failures.with_label_values(&[reason]).inc();
     }
 
-    pub(crate) fn ignored_frame(&self, reason: &'static str) {
-        self.ignored_frames.with_label_values(&[reason]).inc();
+    pub(crate) fn ignored_frame(&self, protocol: &'static str, reason: &'static str) {
+        self.ignored_frames
+            .with_label_values(&[protocol, reason])
+            .inc();
     }
 
     pub(crate) fn pushed(&self, occurred_at_ms: i64) {
@@ -137,9 +139,21 @@ impl EdgeMetrics {
         self.kafka.error_count()
     }
 
-    /// Client frames ignored for `reason` so far.
-    pub fn ignored_frame_count(&self, reason: &str) -> u64 {
-        self.ignored_frames.with_label_values(&[reason]).get()
+    /// Client frames of `protocol` not acted on for `reason` so far.
+    pub fn ignored_frame_count(&self, protocol: &str, reason: &str) -> u64 {
+        self.ignored_frames
+            .with_label_values(&[protocol, reason])
+            .get()
+    }
+
+    /// Handshakes that ended with `result` so far.
+    pub fn handshake_count(&self, result: &str) -> u64 {
+        self.handshakes.with_label_values(&[result]).get()
+    }
+
+    /// Connections of `protocol` open now.
+    pub fn open_connections(&self, protocol: &str) -> i64 {
+        self.connections.with_label_values(&[protocol]).get()
     }
 
     /// Refused tokens for `reason` so far.

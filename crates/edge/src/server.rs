@@ -1,4 +1,6 @@
-//! The edge's accept loop: WebSocket handshake, authentication, then the session.
+//! The edge's accept loop: WebSocket handshake, then the session of the path's protocol
+//! (`/cable`: ActionCable, authenticated by the query; `/realtime`: JSON, authenticated
+//! in band).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +9,7 @@ use fanout_protocol::cable as cable_codec;
 use http::{HeaderValue, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +57,8 @@ pub fn unix_millis() -> i64 {
 }
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, then waits for the
-/// open sessions, which say goodbye as ActionCable does (`server_restart`, reconnect).
+/// open sessions, which say goodbye so that clients reconnect (ActionCable's
+/// `server_restart`, close code 1012 on `/realtime`).
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
     let sessions = TaskTracker::new();
     if let Ok(address) = listener.local_addr() {
@@ -81,7 +85,10 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: Cancellatio
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
+    /// ActionCable: token in the query, subprotocol echoed.
     Cable,
+    /// The JSON protocol: authenticated in band, so the query is not read.
+    Realtime,
 }
 
 /// What the handshake learned about the request.
@@ -104,10 +111,14 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationTo
     // The error type is tungstenite's, so its size is not ours to choose.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        if request.uri().path() != "/cable" {
-            return Err(not_found());
+        match request.uri().path() {
+            "/cable" => upgrade.route = Some(Route::Cable),
+            "/realtime" => {
+                upgrade.route = Some(Route::Realtime);
+                return Ok(response);
+            }
+            _ => return Err(not_found()),
         }
-        upgrade.route = Some(Route::Cable);
         for (name, value) in
             url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
         {
@@ -149,9 +160,24 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationTo
             return;
         }
     };
-    let Some(Route::Cable) = upgrade.route else {
-        return;
-    };
+    let route = upgrade.route;
+    match route {
+        Some(Route::Cable) => cable_session(socket, upgrade, &edge, &shutdown).await,
+        Some(Route::Realtime) => {
+            edge.metrics.connection_opened(crate::realtime::PROTOCOL);
+            let _ = crate::realtime::run(&mut socket, &edge, &shutdown).await;
+            edge.metrics.connection_closed(crate::realtime::PROTOCOL);
+        }
+        None => {}
+    }
+}
+
+async fn cable_session(
+    mut socket: WebSocketStream<TcpStream>,
+    upgrade: Upgrade,
+    edge: &Edge,
+    shutdown: &CancellationToken,
+) {
     let identity = match edge
         .auth
         .authenticate(upgrade.partner.as_deref(), upgrade.token.as_deref())
@@ -177,7 +203,7 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationTo
             }
         }
     }
-    edge.metrics.connection_opened("cable");
+    edge.metrics.connection_opened(crate::cable::PROTOCOL);
     let ping_interval = Duration::from_millis(edge.config.ping_interval_ms);
     let _ = crate::cable::run(
         &mut socket,
@@ -185,8 +211,8 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationTo
         &edge.table,
         ping_interval,
         &edge.metrics,
-        &shutdown,
+        shutdown,
     )
     .await;
-    edge.metrics.connection_closed("cable");
+    edge.metrics.connection_closed(crate::cable::PROTOCOL);
 }

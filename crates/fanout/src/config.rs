@@ -96,6 +96,9 @@ impl Config {
         if self.edge.ping_interval_ms == 0 {
             return Err("edge.ping_interval_ms must be positive".to_owned());
         }
+        if self.edge.auth_timeout_ms == 0 {
+            return Err("edge.auth_timeout_ms must be positive".to_owned());
+        }
         Ok(())
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! - [`cable`]: ActionCable (`/cable`, subprotocol `actioncable-v1-json`), byte for byte
 //!   as Rails sends it.
+//! - [`realtime`]: the JSON "RealTime API" (`/realtime`), authenticated in band.
 
 pub mod cable;
 mod json;
+pub mod realtime;

@@ -1,0 +1,703 @@
+//! The JSON "RealTime API" session of one connection (`/realtime`), generic over the
+//! socket's `Sink`/`Stream` so it can be driven without a network in tests.
+//!
+//! The client authenticates in band: until an `authrequest` succeeds it gets `pong`s
+//! and errors, never data. After [`MAX_AUTH_FAILURES`] refused tokens the connection
+//! closes with 4401; with no success within `auth_timeout_ms`, with 4408. Once
+//! authenticated it gets its count right after the `authresponse` and every change
+//! after it. On shutdown every client gets 1012 (service restart) and reconnects.
+
+use std::time::Duration;
+
+use fanout_protocol::realtime::{
+    self, CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_MESSAGE_TOO_BIG, CLOSE_SERVICE_RESTART,
+    ClientFrame, ErrorCode, FrameError, RequestId,
+};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Identity;
+use crate::server::Edge;
+use crate::table::CountValue;
+
+/// The protocol's label in metrics.
+pub const PROTOCOL: &str = "realtime";
+
+/// Refused `authrequest`s one connection may make before it is closed with 4401: a
+/// client with a stale token gets its answer, a token guesser gets little.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+/// How long a close waits for the client's closing frame. Waiting lets the client read
+/// our close code before the TCP connection ends; not waiting forever bounds a drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+fn text(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+/// Runs one `/realtime` connection, from just after the upgrade until the client leaves
+/// or the edge closes it.
+pub async fn run<S>(
+    socket: &mut S,
+    edge: &Edge,
+    shutdown: &CancellationToken,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let auth_timeout = Duration::from_millis(edge.config.auth_timeout_ms);
+    let Some((identity, auth_id)) = authenticate(socket, edge, auth_timeout, shutdown).await?
+    else {
+        return Ok(());
+    };
+    edge.metrics.handshake("accepted");
+    // No authresponse, and so no count, before the table has caught up: a count read
+    // from a table still loading could be older than one the client has already shown.
+    let mut ready = edge.ready.clone();
+    let caught_up = tokio::select! {
+        biased;
+        () = shutdown.cancelled() => false,
+        // An error means the feed is gone: the edge is stopping.
+        caught_up = ready.wait_for(|ready| *ready) => caught_up.is_ok(),
+    };
+    if !caught_up {
+        return close(socket, CLOSE_SERVICE_RESTART, "server restart").await;
+    }
+    serve(socket, edge, &identity, auth_id.as_ref(), shutdown).await
+}
+
+/// Before auth: answers pings, refuses everything else, and tries each `authrequest`.
+/// `None` when the connection ended or was closed before a token was accepted.
+async fn authenticate<S>(
+    socket: &mut S,
+    edge: &Edge,
+    auth_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<(Identity, Option<RequestId>)>, WsError>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let metrics = &edge.metrics;
+    let deadline = tokio::time::sleep_until(Instant::now() + auth_timeout);
+    tokio::pin!(deadline);
+    let mut failures = 0;
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                close(socket, CLOSE_SERVICE_RESTART, "server restart").await?;
+                return Ok(None);
+            }
+            () = &mut deadline => {
+                metrics.handshake("auth_timeout");
+                close(socket, CLOSE_AUTH_TIMEOUT, "auth timeout").await?;
+                return Ok(None);
+            }
+            incoming = socket.next() => match read_request(socket, incoming, edge).await? {
+                Incoming::Request(frame) => frame,
+                Incoming::Answered => continue,
+                Incoming::Ended => return Ok(None),
+            },
+        };
+        match frame {
+            ClientFrame::Ping { id } => socket.send(text(realtime::pong(id.as_ref()))).await?,
+            ClientFrame::GetUnreadCount { id } => {
+                metrics.ignored_frame(PROTOCOL, ErrorCode::NotAuthenticated.as_str());
+                socket
+                    .send(text(realtime::error(
+                        ErrorCode::NotAuthenticated,
+                        id.as_ref(),
+                    )))
+                    .await?;
+            }
+            ClientFrame::AuthRequest { token, partner, id } => {
+                match edge.auth.authenticate(Some(&partner), Some(&token)) {
+                    Ok(identity) => return Ok(Some((identity, id))),
+                    Err(error) => {
+                        metrics.auth_failed(!partner.is_empty(), error.reason());
+                        failures += 1;
+                        socket
+                            .send(text(realtime::auth_failure(error.code(), id.as_ref())))
+                            .await?;
+                        if failures >= MAX_AUTH_FAILURES {
+                            metrics.handshake("unauthorized");
+                            close(socket, CLOSE_AUTH_FAILED, "authentication failed").await?;
+                            return Ok(None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// After auth: the count right away, every change after it, and replies to requests.
+async fn serve<S>(
+    socket: &mut S,
+    edge: &Edge,
+    identity: &Identity,
+    auth_id: Option<&RequestId>,
+    shutdown: &CancellationToken,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let metrics = &edge.metrics;
+    let mut counts = edge.table.subscribe(&identity.key());
+    let value = *counts.borrow_and_update();
+    socket.feed(text(realtime::auth_success(auth_id))).await?;
+    socket
+        .feed(text(realtime::unread_count(value.count, None)))
+        .await?;
+    socket.flush().await?;
+    metrics.pushed(0);
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => {
+                return close(socket, CLOSE_SERVICE_RESTART, "server restart").await;
+            }
+            incoming = socket.next() => {
+                let frame = match read_request(socket, incoming, edge).await? {
+                    Incoming::Request(frame) => frame,
+                    Incoming::Answered => continue,
+                    Incoming::Ended => return Ok(()),
+                };
+                match frame {
+                    ClientFrame::Ping { id } => {
+                        socket.send(text(realtime::pong(id.as_ref()))).await?;
+                    }
+                    ClientFrame::GetUnreadCount { id } => {
+                        reply_count(socket, &mut counts, id.as_ref(), edge).await?;
+                    }
+                    ClientFrame::AuthRequest { id, .. } => {
+                        metrics.ignored_frame(PROTOCOL, ErrorCode::AlreadyAuthenticated.as_str());
+                        socket
+                            .send(text(realtime::error(ErrorCode::AlreadyAuthenticated, id.as_ref())))
+                            .await?;
+                    }
+                }
+            }
+            changed = counts.changed() => {
+                if changed.is_err() {
+                    // The table is gone: the edge is stopping.
+                    return close(socket, CLOSE_SERVICE_RESTART, "server restart").await;
+                }
+                let value = *counts.borrow_and_update();
+                socket.send(text(realtime::unread_count(value.count, None))).await?;
+                metrics.pushed(value.occurred_at_ms);
+            }
+        }
+    }
+}
+
+/// Replies to `get_unread_count` with the newest count. A change not yet pushed is
+/// delivered by this reply (it carries the same count), so it is not pushed again.
+async fn reply_count<S>(
+    socket: &mut S,
+    counts: &mut watch::Receiver<CountValue>,
+    id: Option<&RequestId>,
+    edge: &Edge,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let unseen_change = counts.has_changed().unwrap_or(false);
+    let value = *counts.borrow_and_update();
+    socket
+        .send(text(realtime::unread_count(value.count, id)))
+        .await?;
+    edge.metrics.pushed(if unseen_change {
+        value.occurred_at_ms
+    } else {
+        0
+    });
+    Ok(())
+}
+
+/// What a socket read came to.
+enum Incoming {
+    /// A request for the caller to handle.
+    Request(ClientFrame),
+    /// Nothing to do, or already answered (an error reply).
+    Answered,
+    /// The connection is over.
+    Ended,
+}
+
+/// Decodes one socket read, answering what is not a request: a frame that does not
+/// decode gets an `error` reply (its `id` echoed when it had a readable one).
+async fn read_request<S>(
+    socket: &mut S,
+    incoming: Option<Result<Message, WsError>>,
+    edge: &Edge,
+) -> Result<Incoming, WsError>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let metrics = &edge.metrics;
+    let message = match incoming {
+        None => return Ok(Incoming::Ended),
+        Some(Ok(message)) => message,
+        Some(Err(WsError::Capacity(_))) => {
+            // The WebSocket layer refuses a frame over `max_frame_bytes` and cannot read
+            // on; say why instead of just dropping the connection.
+            metrics.ignored_frame(PROTOCOL, "too_large");
+            let frame = CloseFrame {
+                code: CLOSE_MESSAGE_TOO_BIG.into(),
+                reason: "frame too large".into(),
+            };
+            let _ = socket.send(Message::Close(Some(frame))).await;
+            return Ok(Incoming::Ended);
+        }
+        Some(Err(error)) => return Err(error),
+    };
+    match message {
+        Message::Text(frame) => match realtime::decode(frame.as_bytes()) {
+            Ok(request) => Ok(Incoming::Request(request)),
+            Err(FrameError { kind, id }) => {
+                metrics.ignored_frame(PROTOCOL, kind.as_str());
+                socket
+                    .send(text(realtime::error(kind.reply_code(), id.as_ref())))
+                    .await?;
+                Ok(Incoming::Answered)
+            }
+        },
+        Message::Binary(_) => {
+            metrics.ignored_frame(PROTOCOL, "binary");
+            socket
+                .send(text(realtime::error(ErrorCode::Malformed, None)))
+                .await?;
+            Ok(Incoming::Answered)
+        }
+        // Close replies, pings and pongs are answered by the WebSocket layer.
+        Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+            Ok(Incoming::Answered)
+        }
+    }
+}
+
+/// Closes with `code`, then waits a moment for the client's closing frame.
+async fn close<S>(socket: &mut S, code: u16, reason: &'static str) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+{
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    socket.send(Message::Close(Some(frame))).await?;
+    let client_closed = async {
+        while let Some(Ok(message)) = socket.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, client_closed).await;
+    socket.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::{EdgeConfig, PartnerConfig, SecretConfig};
+    use crate::metrics::EdgeMetrics;
+    use crate::table::CountTable;
+    use crate::test_socket::ChannelSocket;
+    use futures::channel::mpsc;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    use std::sync::Arc;
+
+    const SECRET: &str = "acme-secret-0123456789";
+
+    struct Harness {
+        to_session: mpsc::UnboundedSender<Result<Message, WsError>>,
+        from_session: mpsc::UnboundedReceiver<Message>,
+        edge: Arc<Edge>,
+        ready: watch::Sender<bool>,
+        shutdown: CancellationToken,
+        session: tokio::task::JoinHandle<Result<(), WsError>>,
+    }
+
+    fn start() -> Harness {
+        start_with(true)
+    }
+
+    fn start_with(ready: bool) -> Harness {
+        let (to_session, incoming) = mpsc::unbounded();
+        let (outgoing, from_session) = mpsc::unbounded();
+        let mut config = EdgeConfig::default();
+        config.partners.insert(
+            "acme".to_owned(),
+            PartnerConfig {
+                secrets: vec![SecretConfig {
+                    kid: None,
+                    secret: SECRET.to_owned(),
+                }],
+            },
+        );
+        let (ready_tx, ready_rx) = watch::channel(ready);
+        let metrics = EdgeMetrics::new(&prometheus::Registry::new()).unwrap();
+        let edge = Arc::new(Edge::new(
+            config,
+            Arc::new(CountTable::new()),
+            metrics,
+            ready_rx,
+        ));
+        let shutdown = CancellationToken::new();
+        let session = {
+            let edge = edge.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut socket = ChannelSocket { incoming, outgoing };
+                run(&mut socket, &edge, &shutdown).await
+            })
+        };
+        Harness {
+            to_session,
+            from_session,
+            edge,
+            ready: ready_tx,
+            shutdown,
+            session,
+        }
+    }
+
+    fn token(secret: &str, user: &str, expires_in_seconds: i64) -> String {
+        let now = crate::server::unix_millis() / 1000;
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"uniqueId": user, "exp": now + expires_in_seconds}),
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn auth_request(token: &str, partner: &str, id: &str) -> String {
+        format!(r#"{{"type":"authrequest","token":"{token}","partner":"{partner}","id":{id}}}"#)
+    }
+
+    impl Harness {
+        fn send(&self, frame: &str) {
+            self.to_session
+                .unbounded_send(Ok(Message::Text(frame.to_owned().into())))
+                .unwrap();
+        }
+
+        async fn next(&mut self) -> String {
+            match self.from_session.next().await.unwrap() {
+                Message::Text(text) => text.as_str().to_owned(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+
+        /// The close frame's code and reason; then the session ends.
+        async fn next_close(&mut self) -> (u16, String) {
+            let close = match self.from_session.next().await.unwrap() {
+                Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
+                other => panic!("expected a close, got {other:?}"),
+            };
+            assert!(self.from_session.next().await.is_none());
+            close
+        }
+
+        fn set_count(&self, count: u64, version: u64) {
+            self.edge.table.apply(
+                "acme/bob",
+                CountValue {
+                    count,
+                    version,
+                    occurred_at_ms: 0,
+                },
+            );
+        }
+
+        async fn authenticate(&mut self) {
+            self.send(&auth_request(
+                &token(SECRET, "bob", 60),
+                "acme",
+                r#""auth""#,
+            ));
+            assert_eq!(
+                self.next().await,
+                r#"{"type":"authresponse","success":true,"id":"auth"}"#
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_then_the_count_then_every_change() {
+        let mut harness = start();
+        harness.set_count(4, 1);
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":4}"#);
+        harness.set_count(5, 2);
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":5}"#);
+        // An older version never reaches the client.
+        harness.set_count(99, 1);
+        harness.set_count(6, 3);
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":6}"#);
+        harness.send(r#"{"type":"get_unread_count","id":"q1"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"unread_count","count":6,"id":"q1"}"#
+        );
+        harness.send(r#"{"type":"get_unread_count","id":12}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"unread_count","count":6,"id":12}"#
+        );
+        assert_eq!(harness.edge.metrics.handshake_count("accepted"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_delivers_a_change_is_not_followed_by_the_same_push() {
+        let mut harness = start();
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+        // Both are pending when the session next runs; the request is served first
+        // and its reply carries the new count.
+        harness.set_count(8, 1);
+        harness.send(r#"{"type":"get_unread_count","id":1}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"unread_count","count":8,"id":1}"#
+        );
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_auth_pings_are_answered_and_everything_else_refused() {
+        let mut harness = start();
+        harness.set_count(3, 1);
+        harness.send(r#"{"type":"ping","id":"p"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong","id":"p"}"#);
+        harness.send(r#"{"type":"get_unread_count","id":"x"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"not_authenticated","id":"x"}"#
+        );
+        harness.send(r#"{"type":"subscribe","id":2}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"unknown_type","id":2}"#
+        );
+        harness.send("garbage");
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed"}"#
+        );
+        harness.send(r#"{"type":"authrequest","partner":"acme","id":3}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed","id":3}"#
+        );
+        harness
+            .to_session
+            .unbounded_send(Ok(Message::Binary(vec![1, 2].into())))
+            .unwrap();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed"}"#
+        );
+        // A count change reaches no one before auth.
+        harness.set_count(4, 2);
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+        let metrics = &harness.edge.metrics;
+        assert_eq!(
+            metrics.ignored_frame_count(PROTOCOL, "not_authenticated"),
+            1
+        );
+        assert_eq!(metrics.ignored_frame_count(PROTOCOL, "unknown_type"), 1);
+        assert_eq!(metrics.ignored_frame_count(PROTOCOL, "not_json"), 1);
+        assert_eq!(metrics.ignored_frame_count(PROTOCOL, "missing_field"), 1);
+        assert_eq!(metrics.ignored_frame_count(PROTOCOL, "binary"), 1);
+        // Malformed requests are not failed auth attempts.
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":4}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_auth_requests_are_served_and_a_second_auth_refused() {
+        let mut harness = start();
+        harness.authenticate().await;
+        harness.next().await;
+        harness.send(r#"{"type":"ping","id":-1.5}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong","id":-1.5}"#);
+        harness.send(&auth_request(&token(SECRET, "eve", 60), "acme", "9"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"already_authenticated","id":9}"#
+        );
+        harness.send(r#"{"type":"get_unread_count","id":"z","id":"y"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed"}"#
+        );
+        harness.send(r#"{"id":"t"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed","id":"t"}"#
+        );
+        // Still bob's count: the second token changed nothing.
+        harness.edge.table.apply(
+            "acme/eve",
+            CountValue {
+                count: 50,
+                version: 1,
+                occurred_at_ms: 0,
+            },
+        );
+        harness.send(r#"{"type":"get_unread_count"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+        let metrics = &harness.edge.metrics;
+        assert_eq!(
+            metrics.ignored_frame_count(PROTOCOL, "already_authenticated"),
+            1
+        );
+        assert_eq!(metrics.ignored_frame_count(PROTOCOL, "duplicate_key"), 1);
+        assert_eq!(metrics.ignored_frame_count(PROTOCOL, "missing_type"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_refused_tokens_close_with_4401() {
+        let mut harness = start();
+        harness.send(&auth_request(
+            &token("wrong-secret", "bob", 60),
+            "acme",
+            "1",
+        ));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"invalid_signature","id":1}"#
+        );
+        harness.send(&auth_request(&token(SECRET, "bob", -600), "acme", "2"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"expired","id":2}"#
+        );
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "initech", "3"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"unknown_partner","id":3}"#
+        );
+        assert_eq!(
+            harness.next_close().await,
+            (4401, "authentication failed".to_owned())
+        );
+        harness.session.await.unwrap().unwrap();
+        let metrics = &harness.edge.metrics;
+        assert_eq!(metrics.auth_failure_count("invalid_signature"), 1);
+        assert_eq!(metrics.auth_failure_count("expired"), 1);
+        assert_eq!(metrics.auth_failure_count("unknown_partner"), 1);
+        assert_eq!(metrics.handshake_count("unauthorized"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_good_token_after_two_refused_ones_is_accepted() {
+        let mut harness = start();
+        for id in ["1", "2"] {
+            harness.send(&auth_request("not-a-jwt", "acme", id));
+            assert_eq!(
+                harness.next().await,
+                format!(
+                    r#"{{"type":"authresponse","success":false,"error":"malformed_token","id":{id}}}"#
+                )
+            );
+        }
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auth_in_time_closes_with_4408() {
+        let mut harness = start();
+        let started = Instant::now();
+        // Requests do not extend the deadline.
+        tokio::time::sleep(Duration::from_millis(9_000)).await;
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+        assert_eq!(
+            harness.next_close().await,
+            (4408, "auth timeout".to_owned())
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(10_000) && waited < Duration::from_millis(12_000),
+            "{waited:?}"
+        );
+        assert_eq!(harness.edge.metrics.handshake_count("auth_timeout"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_authresponse_waits_for_a_caught_up_table() {
+        let mut harness = start_with(false);
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "acme", "1"));
+        let early = tokio::time::timeout(Duration::from_secs(30), harness.next()).await;
+        assert!(early.is_err(), "replied before ready: {early:?}");
+        harness.set_count(2, 1);
+        harness.ready.send(true).unwrap();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":true,"id":1}"#
+        );
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":2}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_with_1012_before_and_after_auth() {
+        let mut before = start();
+        before.shutdown.cancel();
+        assert_eq!(
+            before.next_close().await,
+            (1012, "server restart".to_owned())
+        );
+        before.session.await.unwrap().unwrap();
+
+        let mut after = start();
+        after.authenticate().await;
+        after.next().await;
+        after.shutdown.cancel();
+        assert_eq!(
+            after.next_close().await,
+            (1012, "server restart".to_owned())
+        );
+        after.session.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_closes_with_1009() {
+        let mut harness = start();
+        harness
+            .to_session
+            .unbounded_send(Err(WsError::Capacity(
+                tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
+                    size: 100_000,
+                    max_size: 65_536,
+                },
+            )))
+            .unwrap();
+        match harness.from_session.next().await.unwrap() {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        harness.session.await.unwrap().unwrap();
+        assert_eq!(
+            harness
+                .edge
+                .metrics
+                .ignored_frame_count(PROTOCOL, "too_large"),
+            1
+        );
+    }
+}
