@@ -193,8 +193,17 @@ pub fn parse_identifier(identifier: &str) -> Option<ChannelIdentifier> {
         })
 }
 
+/// The subprotocols a Rails ActionCable server lists (`ActionCable::INTERNAL[:protocols]`):
+/// the one it speaks, and the marker the official client also offers so that a server
+/// that does not speak its version still completes the handshake and the client can
+/// tell (it then closes for good).
+pub const SERVER_SUBPROTOCOLS: [&str; 2] = [SUBPROTOCOL, "actioncable-unsupported"];
+
 /// Picks the subprotocol to echo from the client's `Sec-WebSocket-Protocol` offers
-/// (comma-separated, possibly over several headers).
+/// (comma-separated, possibly over several headers) as Rails does (websocket-driver:
+/// the client's offers intersected with the server's list, in the client's order,
+/// first one wins). `None` when the client offers nothing in the list: then, like
+/// Rails, no `Sec-WebSocket-Protocol` is sent and the connection proceeds.
 pub fn negotiate_subprotocol<'a>(
     offers: impl IntoIterator<Item = &'a str>,
 ) -> Option<&'static str> {
@@ -202,6 +211,10 @@ pub fn negotiate_subprotocol<'a>(
         .into_iter()
         .flat_map(|header| header.split(','))
         .map(str::trim)
-        .any(|offer| offer == SUBPROTOCOL)
-        .then_some(SUBPROTOCOL)
+        .find_map(|offer| {
+            SERVER_SUBPROTOCOLS
+                .iter()
+                .find(|supported| **supported == offer)
+                .copied()
+        })
 }

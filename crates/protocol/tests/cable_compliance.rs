@@ -142,15 +142,28 @@ fn identifier_without_channel_is_not_a_channel() {
 }
 
 #[test]
-fn subprotocol_negotiation_picks_actioncable_v1_json() {
+fn subprotocol_negotiation_follows_rails() {
+    // What the official client offers.
     assert_eq!(
         cable::negotiate_subprotocol(["actioncable-v1-json, actioncable-unsupported"]),
         Some("actioncable-v1-json")
     );
+    // websocket-driver keeps the client's order: the first offer Rails lists wins.
     assert_eq!(
         cable::negotiate_subprotocol(["actioncable-unsupported", "actioncable-v1-json"]),
+        Some("actioncable-unsupported")
+    );
+    assert_eq!(
+        cable::negotiate_subprotocol(["graphql-ws, actioncable-v1-json"]),
         Some("actioncable-v1-json")
     );
+    // A client from a protocol version we do not speak still gets a handshake naming
+    // the marker, so it knows to give up rather than retry.
+    assert_eq!(
+        cable::negotiate_subprotocol(["actioncable-v2-json, actioncable-unsupported"]),
+        Some("actioncable-unsupported")
+    );
+    // Nothing in common, or no offer: no header, and the connection proceeds.
     assert_eq!(cable::negotiate_subprotocol(["graphql-ws"]), None);
     assert_eq!(cable::negotiate_subprotocol([]), None);
 }
