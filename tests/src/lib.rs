@@ -123,6 +123,8 @@ impl TestCluster {
         };
         config.ingest.group_id = format!("{prefix}ingest");
         config.router.group_id = format!("{prefix}router");
+        // Everyone told at once when an edge stops; the drain test sets a window.
+        config.edge.drain_window_ms = 0;
         config.edge.partners = partners
             .iter()
             .map(|partner| {
@@ -393,13 +395,32 @@ pub struct CableClient {
 }
 
 impl CableClient {
+    /// Connects offering what the official client offers.
     pub async fn connect(address: SocketAddr, partner: &str, token: &str) -> Self {
+        Self::connect_offering(
+            address,
+            partner,
+            token,
+            Some("actioncable-v1-json, actioncable-unsupported"),
+        )
+        .await
+    }
+
+    /// Connects offering `subprotocols` (the `Sec-WebSocket-Protocol` value), if any.
+    pub async fn connect_offering(
+        address: SocketAddr,
+        partner: &str,
+        token: &str,
+        subprotocols: Option<&str>,
+    ) -> Self {
         let url = format!("ws://{address}/cable?jwt={token}&partner={partner}");
         let mut request = url.into_client_request().unwrap();
-        request.headers_mut().insert(
-            http::header::SEC_WEBSOCKET_PROTOCOL,
-            http::HeaderValue::from_static("actioncable-v1-json, actioncable-unsupported"),
-        );
+        if let Some(offer) = subprotocols {
+            request.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_str(offer).unwrap(),
+            );
+        }
         let (socket, response) =
             tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(request))
                 .await

@@ -283,6 +283,16 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn commands_sent_before_the_welcome_are_processed_after_it() {
+        let mut harness = start();
+        // Queued before the session has run at all.
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.next().await, count_frame(0));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn pings_every_three_seconds() {
         let mut harness = start();
         assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);

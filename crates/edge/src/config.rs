@@ -17,6 +17,10 @@ pub struct EdgeConfig {
     /// Longest a `/realtime` client may take, from the upgrade, to authenticate with a
     /// successful `authrequest`; then the edge closes with 4408.
     pub auth_timeout_ms: u64,
+    /// On shutdown, sessions are told to leave (ActionCable `server_restart`,
+    /// `/realtime` close 1012) evenly spread over this window, so their clients do not
+    /// reconnect elsewhere in one wave. Keep it below the shutdown grace period.
+    pub drain_window_ms: u64,
     /// Largest client frame accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Clock skew tolerated on `exp` and `nbf`, in seconds.
@@ -32,6 +36,7 @@ impl Default for EdgeConfig {
             ping_interval_ms: 3000,
             handshake_timeout_ms: 5000,
             auth_timeout_ms: 10_000,
+            drain_window_ms: 10_000,
             max_frame_bytes: 64 * 1024,
             jwt_leeway_seconds: 5,
             partners: BTreeMap::new(),

@@ -9,10 +9,12 @@
 //! - [`cable`]: the ActionCable session (`/cable`).
 //! - [`realtime`]: the JSON session (`/realtime`), authenticated in band.
 //! - [`server`]: the accept loop and WebSocket handshake.
+//! - [`drain`]: on shutdown, sessions told to leave spread over a window.
 
 pub mod auth;
 pub mod cable;
 mod config;
+pub mod drain;
 pub mod feed;
 mod metrics;
 pub mod realtime;

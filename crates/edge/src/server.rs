@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::config::EdgeConfig;
+use crate::drain::{Drain, DrainGuard};
 use crate::metrics::EdgeMetrics;
 use crate::table::CountTable;
 
@@ -61,6 +62,7 @@ pub fn unix_millis() -> i64 {
 /// `server_restart`, close code 1012 on `/realtime`).
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
     let sessions = TaskTracker::new();
+    let drain = Drain::new();
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "edge accepting WebSocket connections");
     }
@@ -69,7 +71,7 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: Cancellatio
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    sessions.spawn(connection(stream, edge.clone(), shutdown.clone()));
+                    sessions.spawn(connection(stream, edge.clone(), drain.register()));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -79,6 +81,11 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: Cancellatio
             },
         }
     }
+    // Stop accepting, then say goodbye to the open sessions over the drain window.
+    drop(listener);
+    drain
+        .run(Duration::from_millis(edge.config.drain_window_ms))
+        .await;
     sessions.close();
     sessions.wait().await;
 }
@@ -105,7 +112,8 @@ fn not_found() -> ErrorResponse {
     response
 }
 
-async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationToken) {
+async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
+    let shutdown = drain.token();
     let _ = stream.set_nodelay(true);
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's, so its size is not ours to choose.
@@ -162,10 +170,10 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, shutdown: CancellationTo
     };
     let route = upgrade.route;
     match route {
-        Some(Route::Cable) => cable_session(socket, upgrade, &edge, &shutdown).await,
+        Some(Route::Cable) => cable_session(socket, upgrade, &edge, shutdown).await,
         Some(Route::Realtime) => {
             edge.metrics.connection_opened(crate::realtime::PROTOCOL);
-            let _ = crate::realtime::run(&mut socket, &edge, &shutdown).await;
+            let _ = crate::realtime::run(&mut socket, &edge, shutdown).await;
             edge.metrics.connection_closed(crate::realtime::PROTOCOL);
         }
         None => {}
