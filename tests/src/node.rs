@@ -13,7 +13,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use crate::DEADLINE;
 
 /// The npm packages the scripts use; `ensure_node_modules` installs them all.
-const PACKAGES: &[&str] = &["@rails/actioncable", "ws"];
+const PACKAGES: &[&str] = &["@rails/actioncable", "ws", "playwright-core"];
 
 pub fn js_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
