@@ -1,36 +1,26 @@
-//! The official `@rails/actioncable` client from npm, run by Node, against a running
-//! edge: it connects with the JWT in the query, subscribes `PartnerChannel` and sees
-//! the count change as events are produced. npm installs the client (from
-//! tests/js/package-lock.json) if it is missing.
+//! The official `@rails/actioncable` client from npm, run by Node (tests/js/
+//! cable_client.mjs, one process per client), against a running edge: it connects with
+//! the JWT in the query, subscribes `PartnerChannel` and sees the count change as events
+//! are produced; when the edge drains it reconnects by itself to the edge that replaces
+//! it; refused, it stops trying.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::time::Duration;
 
+use fanout_tests::node::{NodeScript, ensure_node_modules};
 use fanout_tests::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
+use serde_json::{Value, json};
 
-fn js_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+fn cable_url(address: std::net::SocketAddr, token: &str) -> String {
+    format!("ws://{address}/cable?jwt={token}&partner=acme")
 }
 
-/// Installs the npm packages the client needs unless they are there already.
-fn ensure_node_modules() {
-    let dir = js_dir();
-    if dir
-        .join("node_modules/@rails/actioncable/package.json")
-        .exists()
-        && dir.join("node_modules/ws/package.json").exists()
-    {
-        return;
-    }
-    let status = std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
-        .current_dir(&dir)
-        .status()
-        .expect("npm must be installed to run the official ActionCable client");
-    assert!(status.success(), "npm ci failed in {}", dir.display());
+fn count(n: u64) -> Value {
+    json!({"event": "received", "data": {"type": "unread_count", "count": n}})
+}
+
+fn connected(reconnected: bool) -> Value {
+    json!({"event": "connected", "protocol": "actioncable-v1-json", "reconnected": reconnected})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,66 +34,153 @@ async fn official_actioncable_client_sees_the_count_change() {
     let edge = start_edge(config).await;
     let producer = cluster.producer();
 
-    let url = format!(
-        "ws://{}/cable?jwt={}&partner=acme",
-        edge.address,
-        partner.token("jane")
-    );
-    let mut child = Command::new("node")
-        .arg(js_dir().join("cable_client.mjs"))
-        .arg(&url)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node must be installed to run the official ActionCable client");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut next_event = async || -> serde_json::Value {
-        let line = tokio::time::timeout(DEADLINE, lines.next_line())
-            .await
-            .expect("the client reported nothing before the deadline")
-            .unwrap()
-            .expect("the client exited early");
-        serde_json::from_str(&line).unwrap()
-    };
-    let count = |n: u64| serde_json::json!({"event": "received", "data": {"type": "unread_count", "count": n}});
+    let url = cable_url(edge.address, &partner.token("jane"));
+    let mut client = NodeScript::spawn("cable_client.mjs", &[&url]);
 
-    assert_eq!(
-        next_event().await,
-        serde_json::json!({"event": "connected", "protocol": "actioncable-v1-json"})
-    );
-    assert_eq!(next_event().await, count(0));
+    assert_eq!(client.next_event().await, connected(false));
+    assert_eq!(client.next_event().await, count(0));
     produce_event(
         &producer,
         config,
         &event::created("acme", "c1", 1, "sam", &["jane"]),
     )
     .await;
-    assert_eq!(next_event().await, count(1));
+    assert_eq!(client.next_event().await, count(1));
     produce_event(
         &producer,
         config,
         &event::created("acme", "c1", 2, "sam", &["jane"]),
     )
     .await;
-    assert_eq!(next_event().await, count(2));
+    assert_eq!(client.next_event().await, count(2));
     produce_event(
         &producer,
         config,
         &event::conversation_read("acme", "c1", 2, "jane"),
     )
     .await;
-    assert_eq!(next_event().await, count(0));
+    assert_eq!(client.next_event().await, count(0));
 
     // Closing stdin makes the client disconnect and exit cleanly.
-    drop(child.stdin.take());
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success());
+    client.finish().await;
 
     ingest.stop().await;
     router.stop().await;
+    edge.running.stop().await;
+}
+
+/// How long the client may take to come back by itself. Its connection monitor polls
+/// every 6 to 12 s (`staleThreshold` 6 s, doubled at most by jitter) and reopens only
+/// once the connection has been quiet and down for 6 s, so the first attempt comes 6 to
+/// 18 s after the disconnect, later ones further apart.
+const RECONNECT_DEADLINE: Duration = Duration::from_secs(90);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_actioncable_client_comes_back_by_itself_after_a_drain_to_the_current_count() {
+    ensure_node_modules();
+    let partner = TestPartner::new("acme");
+    let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
+    let config = &cluster.config;
+    let (ingest, _) = start_ingest(config);
+    let (router, _) = start_router(config);
+    let first_edge = start_edge(config).await;
+    let edge_address = first_edge.address;
+    let producer = cluster.producer();
+    let unread_counts = TopicWatermarks::new(config, &config.topics.unread_counts);
+
+    let url = cable_url(edge_address, &partner.token("jane"));
+    let mut client = NodeScript::spawn("cable_client.mjs", &[&url]);
+    assert_eq!(client.next_event().await, connected(false));
+    assert_eq!(client.next_event().await, count(0));
+    produce_event(
+        &producer,
+        config,
+        &event::created("acme", "c1", 1, "sam", &["jane"]),
+    )
+    .await;
+    assert_eq!(client.next_event().await, count(1));
+
+    // The edge drains: the client is told `server_restart`, closes, and its monitor
+    // keeps running.
+    first_edge.running.stop().await;
+    assert_eq!(
+        client.next_event().await,
+        json!({"event": "disconnected", "willAttemptReconnect": true})
+    );
+
+    // A change while no edge runs, written by the router before the next edge starts,
+    // so the count the client gets on its return can only be the new one.
+    let written_before = unread_counts.total();
+    produce_event(
+        &producer,
+        config,
+        &event::created("acme", "c1", 2, "sam", &["jane"]),
+    )
+    .await;
+    wait_until("the router to write the new count", || {
+        unread_counts.total() > written_before
+    })
+    .await;
+
+    // A new edge on the same address; nothing tells the client to reconnect.
+    let second_edge = start_edge_at(config, edge_address).await;
+    assert_eq!(
+        client.next_event_within(RECONNECT_DEADLINE).await,
+        connected(true)
+    );
+    assert_eq!(client.next_event().await, count(2));
+    assert_eq!(second_edge.edge.metrics.handshake_count("accepted"), 1);
+
+    // And the new subscription is live.
+    produce_event(
+        &producer,
+        config,
+        &event::created("acme", "c1", 3, "sam", &["jane"]),
+    )
+    .await;
+    assert_eq!(client.next_event().await, count(3));
+
+    client.finish().await;
+    ingest.stop().await;
+    router.stop().await;
+    second_edge.running.stop().await;
+}
+
+/// How long a refused client is watched for another attempt: longer than the 18 s
+/// within which its connection monitor, had it kept running, would have reopened (see
+/// `RECONNECT_DEADLINE`), so the silence is the client's decision, not luck.
+const NO_RETRY_WINDOW: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_actioncable_client_refused_as_unauthorized_stops_trying() {
+    ensure_node_modules();
+    let partner = TestPartner::new("acme");
+    let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
+    let edge = start_edge(&cluster.config).await;
+    let metrics = &edge.edge.metrics;
+
+    // A token for the right partner code, signed with a secret the edge does not know.
+    let forged_token = TestPartner::new("acme").token("jane");
+    let url = cable_url(edge.address, &forged_token);
+    let mut client = NodeScript::spawn("cable_client.mjs", &[&url]);
+
+    // The only event: no `connected` before or after it.
+    assert_eq!(
+        client.next_event().await,
+        json!({"event": "disconnected", "willAttemptReconnect": false})
+    );
+    assert_eq!(metrics.handshake_count("unauthorized"), 1);
+    assert_eq!(metrics.auth_failure_count("invalid_signature"), 1);
+
+    client.expect_no_event_for(NO_RETRY_WINDOW).await;
+    // Every connection the edge accepts ends in one of these results, so a second
+    // attempt, whatever became of it, would show here.
+    let attempts: u64 = ["accepted", "unauthorized", "failed", "timeout"]
+        .iter()
+        .map(|result| metrics.handshake_count(result))
+        .sum();
+    assert_eq!(attempts, 1, "the client tried to connect again");
+
+    client.finish().await;
     edge.running.stop().await;
 }

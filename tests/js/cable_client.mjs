@@ -25,9 +25,13 @@ const consumer = createConsumer(url);
 consumer.subscriptions.create(
   { channel },
   {
-    connected() {
-      emit({ event: "connected", protocol: consumer.connection.getProtocol() });
+    // `reconnected` is true when the client's connection monitor reopened the
+    // connection after losing it.
+    connected({ reconnected }) {
+      emit({ event: "connected", protocol: consumer.connection.getProtocol(), reconnected });
     },
+    // `willAttemptReconnect` is whether the client's connection monitor still runs:
+    // false once the server said `reconnect: false`.
     disconnected(details) {
       emit({ event: "disconnected", ...details });
     },

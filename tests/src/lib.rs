@@ -57,6 +57,7 @@ impl TestPartner {
     }
 }
 
+pub mod node;
 pub mod scenarios;
 pub mod tansu;
 
@@ -212,8 +213,18 @@ pub struct RunningEdge {
 
 /// Starts an edge on a free loopback port and waits until its table is caught up.
 pub async fn start_edge(config: &Config) -> RunningEdge {
+    start_edge_at(config, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// Starts an edge listening on `address` and waits until its table is caught up: given
+/// the address of an edge that has stopped, this is that edge restarted, as its clients
+/// see it. The stopped edge's connections may linger in TIME_WAIT; tokio's bind sets
+/// SO_REUSEADDR on Unix, so the port can be taken again at once.
+pub async fn start_edge_at(config: &Config, address: SocketAddr) -> RunningEdge {
     let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .unwrap_or_else(|error| panic!("binding an edge to {address}: {error}"));
     let EdgeStages {
         edge,
         address,
@@ -582,5 +593,44 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Records written to a topic so far, to wait until a stage has written something.
+pub struct TopicWatermarks {
+    consumer: rdkafka::consumer::BaseConsumer,
+    topic: String,
+}
+
+impl TopicWatermarks {
+    pub fn new(config: &Config, topic: &str) -> Self {
+        Self {
+            consumer: config.kafka.assign_consumer_config().create().unwrap(),
+            topic: topic.to_owned(),
+        }
+    }
+
+    /// The sum of the topic's partitions' high watermarks.
+    pub fn total(&self) -> i64 {
+        use rdkafka::consumer::Consumer as _;
+        let metadata = self
+            .consumer
+            .fetch_metadata(Some(&self.topic), DEADLINE)
+            .unwrap();
+        let topic = metadata
+            .topics()
+            .iter()
+            .find(|topic| topic.name() == self.topic)
+            .expect("the topic's metadata");
+        topic
+            .partitions()
+            .iter()
+            .map(|partition| {
+                self.consumer
+                    .fetch_watermarks(&self.topic, partition.id(), DEADLINE)
+                    .unwrap()
+                    .1
+            })
+            .sum()
     }
 }

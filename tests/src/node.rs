@@ -1,0 +1,128 @@
+//! The Node.js scripts under `tests/js`, each run as a child process that reports what
+//! its client saw as one JSON object per line on stdout and reads commands, if any, as
+//! JSON lines on stdin. npm installs their packages (from tests/js/package-lock.json)
+//! if they are missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::DEADLINE;
+
+/// The npm packages the scripts use; `ensure_node_modules` installs them all.
+const PACKAGES: &[&str] = &["@rails/actioncable", "ws", "playwright-core"];
+
+pub fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("js")
+}
+
+/// Installs the scripts' npm packages with `npm ci` unless they are all there already.
+/// Test processes running at once (nextest) take turns through a lock file, so that
+/// one `npm ci` does not delete what another is writing.
+pub fn ensure_node_modules() {
+    let dir = js_dir();
+    let installed = || {
+        PACKAGES.iter().all(|package| {
+            dir.join("node_modules")
+                .join(package)
+                .join("package.json")
+                .exists()
+        })
+    };
+    if installed() {
+        return;
+    }
+    let lock_path = std::env::temp_dir().join("fanout-npm-ci.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    if !installed() {
+        let status = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefer-offline"])
+            .current_dir(&dir)
+            .status()
+            .unwrap_or_else(|error| {
+                panic!("npm (with Node.js) must be installed to run the JS clients: {error}")
+            });
+        assert!(status.success(), "npm ci failed in {}", dir.display());
+        assert!(
+            installed(),
+            "npm ci did not install all of {PACKAGES:?} in {}",
+            dir.display()
+        );
+    }
+    lock.unlock().unwrap();
+}
+
+/// A running `node tests/js/<script>`.
+pub struct NodeScript {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl NodeScript {
+    /// Starts `node tests/js/<script> <args>`; its stderr goes to the test's.
+    pub fn spawn(script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new("node")
+            .arg(js_dir().join(script))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|error| panic!("node must be installed to run {script}: {error}"));
+        let stdin = child.stdin.take();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next event the script reported, within `deadline`.
+    pub async fn next_event_within(&mut self, deadline: Duration) -> serde_json::Value {
+        let line = tokio::time::timeout(deadline, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("the script reported nothing within {deadline:?}"))
+            .unwrap()
+            .expect("the script exited early");
+        serde_json::from_str(&line)
+            .unwrap_or_else(|error| panic!("the script reported {line:?}, not JSON: {error}"))
+    }
+
+    /// The next event the script reported.
+    pub async fn next_event(&mut self) -> serde_json::Value {
+        self.next_event_within(DEADLINE).await
+    }
+
+    /// Fails if the script reports anything, or exits, during `window`.
+    pub async fn expect_no_event_for(&mut self, window: Duration) {
+        if let Ok(line) = tokio::time::timeout(window, self.lines.next_line()).await {
+            panic!("expected nothing for {window:?}, the script reported {line:?}");
+        }
+    }
+
+    /// Writes `command` as one line to the script's stdin.
+    pub async fn send(&mut self, command: &serde_json::Value) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        let mut line = command.to_string();
+        line.push('\n');
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Closes the script's stdin, which tells it to disconnect and exit, and expects
+    /// it to exit successfully.
+    pub async fn finish(mut self) {
+        drop(self.stdin.take());
+        let status = tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("the script did not exit after its stdin closed")
+            .unwrap();
+        assert!(status.success(), "the script exited with {status}");
+    }
+}
