@@ -149,6 +149,9 @@ fn raw_string(raw: Option<&RawValue>) -> Option<String> {
 
 /// Decodes one client text frame.
 pub fn decode_command(frame: &[u8]) -> Result<Command, CommandError> {
+    // JSON text is UTF-8, but serde_json skips the bytes of fields it ignores without
+    // checking them, so check the whole frame first.
+    let text = std::str::from_utf8(frame).map_err(|_| CommandError::Malformed)?;
     // serde would also read a struct from a JSON array; a command is only ever an object.
     let starts_as_object = frame
         .iter()
@@ -157,7 +160,7 @@ pub fn decode_command(frame: &[u8]) -> Result<Command, CommandError> {
     if !starts_as_object {
         return Err(CommandError::Malformed);
     }
-    let raw: RawCommand<'_> = serde_json::from_slice(frame).map_err(|_| CommandError::Malformed)?;
+    let raw: RawCommand<'_> = serde_json::from_str(text).map_err(|_| CommandError::Malformed)?;
     let command = raw_string(raw.command).ok_or(CommandError::UnknownCommand)?;
     if !matches!(command.as_str(), "subscribe" | "unsubscribe" | "message") {
         return Err(CommandError::UnknownCommand);

@@ -135,6 +135,17 @@ fn malformed_commands_are_errors_not_panics() {
 }
 
 #[test]
+fn invalid_utf8_anywhere_in_the_frame_is_malformed() {
+    // Found by the cable_decode fuzz target: serde_json skips the bytes of a field it
+    // ignores without checking them, so a frame that is not UTF-8 (and so not JSON) was
+    // decoded as long as the bad bytes sat in an unknown field.
+    let frame = b"{\"command\":\"subscribe\",\"identifier\":\"{}\",\"ident\":\"\xa7\"}";
+    assert_eq!(cable::decode_command(frame), Err(CommandError::Malformed));
+    let frame = b"{\"command\":\"subscribe\",\"identifier\":\"{}\",\"x\":{\"\xff\":1}}";
+    assert_eq!(cable::decode_command(frame), Err(CommandError::Malformed));
+}
+
+#[test]
 fn identifier_without_channel_is_not_a_channel() {
     assert_eq!(cable::parse_identifier("{}"), None);
     assert_eq!(cable::parse_identifier("garbage"), None);
