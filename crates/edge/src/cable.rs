@@ -182,12 +182,10 @@ fn unix_seconds() -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::test_socket::ChannelSocket;
-    use futures::channel::mpsc;
+    use crate::test_socket::{ChannelSocket, Peer};
 
     struct Harness {
-        to_session: mpsc::UnboundedSender<Result<Message, WsError>>,
-        from_session: mpsc::UnboundedReceiver<Message>,
+        peer: Peer,
         table: std::sync::Arc<CountTable>,
         shutdown: CancellationToken,
         metrics: EdgeMetrics,
@@ -195,8 +193,7 @@ mod tests {
     }
 
     fn start() -> Harness {
-        let (to_session, incoming) = mpsc::unbounded();
-        let (outgoing, from_session) = mpsc::unbounded();
+        let (mut socket, peer) = ChannelSocket::pair();
         let table = std::sync::Arc::new(CountTable::new());
         let shutdown = CancellationToken::new();
         let metrics = EdgeMetrics::new(&prometheus::Registry::new()).unwrap();
@@ -205,7 +202,6 @@ mod tests {
             let shutdown = shutdown.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
-                let mut socket = ChannelSocket { incoming, outgoing };
                 let identity = Identity {
                     partner: "acme".into(),
                     user: "bob".into(),
@@ -222,8 +218,7 @@ mod tests {
             })
         };
         Harness {
-            to_session,
-            from_session,
+            peer,
             table,
             shutdown,
             metrics,
@@ -233,16 +228,11 @@ mod tests {
 
     impl Harness {
         fn send(&self, frame: &str) {
-            self.to_session
-                .unbounded_send(Ok(Message::Text(frame.to_owned().into())))
-                .unwrap();
+            self.peer.send(frame);
         }
 
         async fn next(&mut self) -> String {
-            match self.from_session.next().await.unwrap() {
-                Message::Text(text) => text.as_str().to_owned(),
-                other => panic!("unexpected {other:?}"),
-            }
+            self.peer.next().await
         }
 
         fn set_count(&self, count: u64, version: u64) {
@@ -336,6 +326,7 @@ mod tests {
             harness.send(frame);
         }
         harness
+            .peer
             .to_session
             .unbounded_send(Ok(Message::Binary(vec![1, 2, 3].into())))
             .unwrap();
@@ -385,7 +376,7 @@ mod tests {
             harness.next().await,
             r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
         );
-        assert!(harness.from_session.next().await.is_none());
+        assert!(harness.peer.from_session.next().await.is_none());
         harness.session.await.unwrap().unwrap();
     }
 }

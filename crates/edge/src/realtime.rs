@@ -309,16 +309,14 @@ mod tests {
     use crate::config::{EdgeConfig, PartnerConfig, SecretConfig};
     use crate::metrics::EdgeMetrics;
     use crate::table::CountTable;
-    use crate::test_socket::ChannelSocket;
-    use futures::channel::mpsc;
+    use crate::test_socket::{ChannelSocket, Peer};
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use std::sync::Arc;
 
     const SECRET: &str = "acme-secret-0123456789";
 
     struct Harness {
-        to_session: mpsc::UnboundedSender<Result<Message, WsError>>,
-        from_session: mpsc::UnboundedReceiver<Message>,
+        peer: Peer,
         edge: Arc<Edge>,
         ready: watch::Sender<bool>,
         shutdown: CancellationToken,
@@ -330,8 +328,7 @@ mod tests {
     }
 
     fn start_with(ready: bool) -> Harness {
-        let (to_session, incoming) = mpsc::unbounded();
-        let (outgoing, from_session) = mpsc::unbounded();
+        let (mut socket, peer) = ChannelSocket::pair();
         let mut config = EdgeConfig::default();
         config.partners.insert(
             "acme".to_owned(),
@@ -354,14 +351,10 @@ mod tests {
         let session = {
             let edge = edge.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let mut socket = ChannelSocket { incoming, outgoing };
-                run(&mut socket, &edge, &shutdown).await
-            })
+            tokio::spawn(async move { run(&mut socket, &edge, &shutdown).await })
         };
         Harness {
-            to_session,
-            from_session,
+            peer,
             edge,
             ready: ready_tx,
             shutdown,
@@ -385,25 +378,20 @@ mod tests {
 
     impl Harness {
         fn send(&self, frame: &str) {
-            self.to_session
-                .unbounded_send(Ok(Message::Text(frame.to_owned().into())))
-                .unwrap();
+            self.peer.send(frame);
         }
 
         async fn next(&mut self) -> String {
-            match self.from_session.next().await.unwrap() {
-                Message::Text(text) => text.as_str().to_owned(),
-                other => panic!("unexpected {other:?}"),
-            }
+            self.peer.next().await
         }
 
         /// The close frame's code and reason; then the session ends.
         async fn next_close(&mut self) -> (u16, String) {
-            let close = match self.from_session.next().await.unwrap() {
+            let close = match self.peer.from_session.next().await.unwrap() {
                 Message::Close(Some(frame)) => (u16::from(frame.code), frame.reason.to_string()),
                 other => panic!("expected a close, got {other:?}"),
             };
-            assert!(self.from_session.next().await.is_none());
+            assert!(self.peer.from_session.next().await.is_none());
             close
         }
 
@@ -500,6 +488,7 @@ mod tests {
             r#"{"type":"error","error":"malformed","id":3}"#
         );
         harness
+            .peer
             .to_session
             .unbounded_send(Ok(Message::Binary(vec![1, 2].into())))
             .unwrap();
@@ -679,6 +668,7 @@ mod tests {
     async fn an_oversized_frame_closes_with_1009() {
         let mut harness = start();
         harness
+            .peer
             .to_session
             .unbounded_send(Err(WsError::Capacity(
                 tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
@@ -687,7 +677,7 @@ mod tests {
                 },
             )))
             .unwrap();
-        match harness.from_session.next().await.unwrap() {
+        match harness.peer.from_session.next().await.unwrap() {
             Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
             other => panic!("expected a close, got {other:?}"),
         }

@@ -38,3 +38,46 @@ impl Sink<Message> for ChannelSocket {
         Poll::Ready(Ok(()))
     }
 }
+
+/// The test's end of a [`ChannelSocket`].
+pub(crate) struct Peer {
+    pub(crate) to_session: mpsc::UnboundedSender<Result<Message, WsError>>,
+    pub(crate) from_session: mpsc::UnboundedReceiver<Message>,
+}
+
+impl ChannelSocket {
+    /// A socket for the session and the test's end of it.
+    pub(crate) fn pair() -> (Self, Peer) {
+        let (to_session, incoming) = mpsc::unbounded();
+        let (outgoing, from_session) = mpsc::unbounded();
+        (
+            Self { incoming, outgoing },
+            Peer {
+                to_session,
+                from_session,
+            },
+        )
+    }
+}
+
+impl Peer {
+    /// Sends a text frame to the session.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn send(&self, frame: &str) {
+        self.to_session
+            .unbounded_send(Ok(Message::Text(frame.to_owned().into())))
+            .unwrap();
+    }
+
+    /// The next frame the session wrote, which must be text.
+    #[allow(clippy::unwrap_used)]
+    pub(crate) async fn next(&mut self) -> String {
+        match futures::StreamExt::next(&mut self.from_session)
+            .await
+            .unwrap()
+        {
+            Message::Text(text) => text.as_str().to_owned(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
