@@ -180,22 +180,20 @@ impl RunningStages {
 }
 
 pub fn start_ingest(config: &Config) -> (RunningStages, fanout_ingest::IngestMetrics) {
-    let shutdown = CancellationToken::new();
-    let (stage, metrics) =
-        stages::spawn_ingest(config, &prometheus::Registry::new(), shutdown.clone()).unwrap();
-    (
-        RunningStages {
-            shutdown,
-            stages: vec![stage],
-        },
-        metrics,
-    )
+    start_one(stages::spawn_ingest, config)
 }
 
 pub fn start_router(config: &Config) -> (RunningStages, fanout_router::RouterMetrics) {
+    start_one(stages::spawn_router, config)
+}
+
+type SpawnStage<M> =
+    fn(&Config, &prometheus::Registry, CancellationToken) -> anyhow::Result<(stages::Stage, M)>;
+
+/// One stage under a token of its own, with its metrics in a registry of their own.
+fn start_one<M>(spawn: SpawnStage<M>, config: &Config) -> (RunningStages, M) {
     let shutdown = CancellationToken::new();
-    let (stage, metrics) =
-        stages::spawn_router(config, &prometheus::Registry::new(), shutdown.clone()).unwrap();
+    let (stage, metrics) = spawn(config, &prometheus::Registry::new(), shutdown.clone()).unwrap();
     (
         RunningStages {
             shutdown,

@@ -9,8 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fanout_kafka::{EmbeddedKafka, KafkaSettings, StageHealth, Topics, enqueue};
-use fanout_router::{RouterConfig, RouterMetrics};
+use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics, enqueue};
 use fanout_schema::{user_key, v1};
 use futures::StreamExt as _;
 use prost::Message as _;
@@ -91,32 +90,16 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
         "backlog produced"
     );
 
-    let registry = prometheus::Registry::new();
-    let metrics = RouterMetrics::new(&registry)?;
     let shutdown = CancellationToken::new();
-    let config = RouterConfig {
-        group_id: format!("{}router", topics.user_events),
-        ..RouterConfig::default()
+    let mut config = crate::config::Config {
+        kafka: kafka.clone(),
+        topics: topics.clone(),
+        ..crate::config::Config::default()
     };
-    let router = {
-        let (kafka, topics, metrics, shutdown) = (
-            kafka.clone(),
-            topics.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            fanout_router::run(
-                &kafka,
-                &topics,
-                &config,
-                metrics,
-                StageHealth::new(),
-                shutdown,
-            )
-            .await
-        })
-    };
+    config.router.group_id = format!("{}router", topics.user_events);
+    let (router, metrics) =
+        crate::stages::spawn_router(&config, &prometheus::Registry::new(), shutdown.clone())?;
+    let router = router.task;
     let processed = || {
         ["applied", "unchanged", "replayed", "invalid"]
             .iter()
@@ -136,10 +119,7 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
     }
     let finished = Instant::now();
     shutdown.cancel();
-    router
-        .await
-        .context("the router task panicked")?
-        .context("the router stopped with an error")?;
+    router.await.context("the router task panicked")??;
     anyhow::ensure!(
         processed() >= options.events,
         "the router processed {} of {} events",
