@@ -88,8 +88,11 @@ async fn official_actioncable_client_comes_back_by_itself_after_a_drain_to_the_c
     let producer = cluster.producer();
     let unread_counts = TopicWatermarks::new(config, &config.topics.unread_counts);
 
-    let url = cable_url(edge_address, &partner.token("jane"));
-    let mut client = NodeScript::spawn("cable_client.mjs", &[&url]);
+    // Tokens are single-use: the application hands the client a fresh one for each
+    // connection (a URL function), the reconnect included.
+    let first_url = cable_url(edge_address, &partner.token("jane"));
+    let reconnect_url = cable_url(edge_address, &partner.token("jane"));
+    let mut client = NodeScript::spawn("cable_client.mjs", &[&first_url, &reconnect_url]);
     assert_eq!(client.next_event().await, connected(false));
     assert_eq!(client.next_event().await, count(0));
     produce_event(

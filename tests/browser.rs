@@ -145,8 +145,9 @@ async fn official_client_and_realtime_in_headless_chromium_see_the_count_change(
 
     let page_address = serve_test_page().await;
     let page_url = format!(
-        "http://{page_address}/?edge={}&partner=acme&token={}",
+        "http://{page_address}/?edge={}&partner=acme&token={}&realtime_token={}",
         edge.address,
+        partner.token("jane"),
         partner.token("jane")
     );
     let mut page = PageEvents {

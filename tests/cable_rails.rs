@@ -17,17 +17,15 @@ async fn subprotocol_fallback_and_unsubscribe_as_rails() {
     let (ingest, _) = start_ingest(config);
     let (router, _) = start_router(config);
     let edge = start_edge(config).await;
-    let token = partner.token("jane");
-
     // The official client's offer: actioncable-v1-json is echoed.
-    let client = CableClient::connect(edge.address, "acme", &token).await;
+    let client = CableClient::connect(edge.address, "acme", &partner.token("jane")).await;
     assert_eq!(client.protocol.as_deref(), Some("actioncable-v1-json"));
     // A client that offers only the marker gets the marker (it then gives up on its
     // own), and the server carries on as Rails does.
     let mut marker = CableClient::connect_offering(
         edge.address,
         "acme",
-        &token,
+        &partner.token("jane"),
         Some("actioncable-unsupported"),
     )
     .await;
@@ -37,7 +35,8 @@ async fn subprotocol_fallback_and_unsubscribe_as_rails() {
         Some(r#"{"type":"welcome"}"#)
     );
     // No offer at all: no header, and the connection proceeds.
-    let mut bare = CableClient::connect_offering(edge.address, "acme", &token, None).await;
+    let mut bare =
+        CableClient::connect_offering(edge.address, "acme", &partner.token("jane"), None).await;
     assert_eq!(bare.protocol, None);
     assert_eq!(bare.welcome_and_subscribe().await, count_frame(0));
 

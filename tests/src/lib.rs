@@ -136,6 +136,7 @@ impl TestCluster {
                             kid: None,
                             secret: partner.secret.clone(),
                         }],
+                        ..PartnerConfig::default()
                     },
                 )
             })

@@ -4,20 +4,43 @@
 use std::time::Duration;
 
 use fanout_protocol::cable::{self, Command, DisconnectReason};
+use fanout_protocol::realtime::{CLOSE_MESSAGE_TOO_BIG, CLOSE_RATE_LIMITED};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::time::{Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+use crate::close::CloseReason;
+use crate::config::EdgeConfig;
+use crate::limits::{CommandRate, Limit};
 use crate::metrics::EdgeMetrics;
-use crate::table::{CountTable, CountValue};
+use crate::table::{CountSubscription, CountTable, CountValue};
 
 /// The protocol's label in metrics.
 pub const PROTOCOL: &str = "cable";
 
 /// The one channel fanout serves.
 pub const PARTNER_CHANNEL: &str = "PartnerChannel";
+
+/// A session's timings and limits.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionSettings {
+    pub ping_interval: Duration,
+    pub max_subscriptions: usize,
+    pub max_commands_per_second: u32,
+}
+
+impl From<&EdgeConfig> for SessionSettings {
+    fn from(config: &EdgeConfig) -> Self {
+        Self {
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            max_subscriptions: config.max_subscriptions_per_connection,
+            max_commands_per_second: config.max_commands_per_second,
+        }
+    }
+}
 
 fn text(frame: String) -> Message {
     Message::Text(frame.into())
@@ -38,21 +61,37 @@ where
     socket.close().await
 }
 
-/// Runs an authenticated session until the client leaves or `shutdown` is cancelled.
+/// Closes with a close code (ActionCable clients ignore it; it tells the rest).
+pub async fn close<S>(socket: &mut S, code: u16, reason: &'static str) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    socket.send(Message::Close(Some(frame))).await?;
+    socket.close().await
+}
+
+/// Runs an authenticated session until the client leaves, a limit ends it, or
+/// `shutdown` is cancelled.
 pub async fn run<S>(
     socket: &mut S,
     identity: &Identity,
     table: &CountTable,
-    ping_interval: Duration,
+    settings: SessionSettings,
     metrics: &EdgeMetrics,
     shutdown: &CancellationToken,
-) -> Result<(), WsError>
+) -> Result<CloseReason, WsError>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    let mut counts = table.subscribe(&identity.key());
+    let mut counts = table.subscription(&identity.key());
     let mut subscriptions: Vec<String> = Vec::new();
+    let mut rate = CommandRate::new(settings.max_commands_per_second, Instant::now());
     socket.send(text(cable::welcome())).await?;
+    let ping_interval = settings.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -60,27 +99,44 @@ where
             biased;
             () = shutdown.cancelled() => {
                 socket.send(text(cable::disconnect(DisconnectReason::ServerRestart, true))).await?;
-                return socket.close().await;
+                socket.close().await?;
+                return Ok(CloseReason::ServerRestart);
             }
             incoming = socket.next() => {
-                let Some(incoming) = incoming else {
-                    return Ok(());
+                let message = match incoming {
+                    None => return Ok(CloseReason::Client),
+                    Some(Err(WsError::Capacity(_))) => {
+                        // The WebSocket layer refused a frame over `max_frame_bytes`
+                        // and cannot read on: say why instead of just dropping.
+                        metrics.limited(Limit::FrameSize);
+                        let _ = close(socket, CLOSE_MESSAGE_TOO_BIG, "frame too large").await;
+                        return Ok(CloseReason::FrameTooLarge);
+                    }
+                    Some(message) => message?,
                 };
-                match incoming? {
+                if matches!(message, Message::Text(_) | Message::Binary(_)) && !rate.allow(Instant::now()) {
+                    metrics.limited(Limit::CommandRate);
+                    socket.send(text(cable::disconnect(DisconnectReason::InvalidRequest, false))).await?;
+                    close(socket, CLOSE_RATE_LIMITED, "too many commands").await?;
+                    return Ok(CloseReason::RateLimited);
+                }
+                match message {
                     Message::Text(frame) => {
-                        handle_command(socket, frame.as_bytes(), &mut subscriptions, &mut counts, metrics).await?;
+                        handle_command(socket, frame.as_bytes(), &mut subscriptions, &mut counts, settings, metrics).await?;
                     }
                     Message::Binary(_) => metrics.ignored_frame(PROTOCOL, "binary"),
                     // Close replies, pings and pongs are answered by the WebSocket layer.
                     Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
                 }
             }
-            changed = counts.changed(), if !subscriptions.is_empty() => {
+            changed = counts.receiver.changed(), if !subscriptions.is_empty() => {
                 if changed.is_err() {
                     // The table is gone: the edge is shutting down.
-                    return socket.close().await;
+                    socket.close().await?;
+                    return Ok(CloseReason::ServerRestart);
                 }
-                let value = *counts.borrow_and_update();
+                let (value, skipped) = counts.take();
+                metrics.coalesced(skipped);
                 push(socket, &subscriptions, value, metrics).await?;
             }
             _ = ping.tick() => {
@@ -94,7 +150,8 @@ async fn handle_command<S>(
     socket: &mut S,
     frame: &[u8],
     subscriptions: &mut Vec<String>,
-    counts: &mut tokio::sync::watch::Receiver<CountValue>,
+    counts: &mut CountSubscription,
+    settings: SessionSettings,
     metrics: &EdgeMetrics,
 ) -> Result<(), WsError>
 where
@@ -124,10 +181,17 @@ where
                 metrics.ignored_frame(PROTOCOL, "duplicate_subscribe");
                 return Ok(());
             }
+            if subscriptions.len() >= settings.max_subscriptions {
+                metrics.limited(Limit::Subscriptions);
+                return socket
+                    .send(text(cable::reject_subscription(&identifier)))
+                    .await;
+            }
             // A change not yet pushed to the existing subscriptions goes to them too,
             // since reading the value below marks it seen.
-            let others_missed_a_change = counts.has_changed().unwrap_or(false);
-            let value = *counts.borrow_and_update();
+            let others_missed_a_change = counts.receiver.has_changed().unwrap_or(false);
+            let (value, skipped) = counts.take();
+            metrics.coalesced(skipped);
             socket
                 .feed(text(cable::confirm_subscription(&identifier)))
                 .await?;
@@ -189,10 +253,14 @@ mod tests {
         table: std::sync::Arc<CountTable>,
         shutdown: CancellationToken,
         metrics: EdgeMetrics,
-        session: tokio::task::JoinHandle<Result<(), WsError>>,
+        session: tokio::task::JoinHandle<Result<CloseReason, WsError>>,
     }
 
     fn start() -> Harness {
+        start_with(SessionSettings::from(&EdgeConfig::default()))
+    }
+
+    fn start_with(settings: SessionSettings) -> Harness {
         let (mut socket, peer) = ChannelSocket::pair();
         let table = std::sync::Arc::new(CountTable::new());
         let shutdown = CancellationToken::new();
@@ -210,7 +278,7 @@ mod tests {
                     &mut socket,
                     &identity,
                     &table,
-                    Duration::from_secs(3),
+                    settings,
                     &metrics,
                     &shutdown,
                 )
@@ -242,6 +310,7 @@ mod tests {
                     count,
                     version,
                     occurred_at_ms: 0,
+                    changes: 0,
                 },
             );
         }

@@ -1,5 +1,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,11 +22,37 @@ pub struct EdgeConfig {
     /// `/realtime` close 1012) evenly spread over this window, so their clients do not
     /// reconnect elsewhere in one wave. Keep it below the shutdown grace period.
     pub drain_window_ms: u64,
-    /// Largest client frame accepted, in bytes.
+    /// Largest client frame accepted, in bytes; a larger one closes the connection
+    /// with 1009.
     pub max_frame_bytes: usize,
-    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
     pub jwt_leeway_seconds: u64,
-    /// Partners by code, each with the secrets its tokens may be signed with.
+    /// Longest token accepted, in bytes (`token_too_large` beyond it).
+    pub max_token_bytes: usize,
+    /// Furthest `exp` may lie in the future, in seconds (`lifetime_too_long` beyond it).
+    /// It also bounds how long a token id is remembered for replay protection.
+    pub max_token_lifetime_seconds: u64,
+    /// Token ids (`jti`) remembered, each until its token expires, so that a token is
+    /// accepted once per node. When this many unexpired ids are held, new tokens are
+    /// refused with `try_again_later` rather than accepted unchecked.
+    pub jti_cache_capacity: usize,
+    /// ActionCable subscriptions one connection may hold; one more is rejected
+    /// (`reject_subscription`).
+    pub max_subscriptions_per_connection: usize,
+    /// Commands (ActionCable) or requests (`/realtime`) one connection may send per
+    /// second, in bursts of up to as many; more close the connection (4429, and
+    /// ActionCable's `invalid_request` disconnect first).
+    pub max_commands_per_second: u32,
+    /// Client connections this node holds at once, from accept to close; one more is
+    /// answered with HTTP 503.
+    pub max_connections: usize,
+    /// A TOML file of partner secrets (`[<partner>] secrets = [{ kid, secret }]`), read
+    /// at start and re-read every `secrets_reload_interval_ms`; a partner's secrets are
+    /// those listed here plus those in `partners`. A mounted Kubernetes Secret fits.
+    pub secrets_file: Option<PathBuf>,
+    /// How often `secrets_file` is checked for changes.
+    pub secrets_reload_interval_ms: u64,
+    /// Partners by code: the secrets their tokens may be signed with, and their limits.
     pub partners: BTreeMap<String, PartnerConfig>,
 }
 
@@ -39,16 +66,30 @@ impl Default for EdgeConfig {
             drain_window_ms: 10_000,
             max_frame_bytes: 64 * 1024,
             jwt_leeway_seconds: 5,
+            max_token_bytes: 4096,
+            max_token_lifetime_seconds: 86_400,
+            jti_cache_capacity: 1_000_000,
+            max_subscriptions_per_connection: 10,
+            max_commands_per_second: 50,
+            max_connections: 100_000,
+            secrets_file: None,
+            secrets_reload_interval_ms: 5000,
             partners: BTreeMap::new(),
         }
     }
 }
 
-/// One partner's live signing secrets (several at once during a rotation).
+/// One partner: its live signing secrets (several at once during a rotation) and limits.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct PartnerConfig {
     pub secrets: Vec<SecretConfig>,
+    /// Connections of this partner one node holds at once; `None`: only the node's
+    /// `max_connections` applies.
+    pub max_connections: Option<usize>,
+    /// Origins (`https://app.example.com`) whose pages may connect for this partner;
+    /// empty allows any. A request without `Origin` (not a browser) is allowed.
+    pub allowed_origins: Vec<String>,
 }
 
 /// An HS256 secret, optionally named by the `kid` that tokens put in their header.
@@ -67,5 +108,137 @@ impl fmt::Debug for SecretConfig {
             .field("kid", &self.kid)
             .field("secret", &"<redacted>")
             .finish()
+    }
+}
+
+/// Partner secrets as a secrets file holds them: `[<partner>] secrets = [...]`.
+pub type SecretsFile = BTreeMap<String, PartnerSecrets>;
+
+/// One partner's entry in the secrets file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerSecrets {
+    pub secrets: Vec<SecretConfig>,
+}
+
+/// Secrets shorter than this are refused: HS256 wants at least its 256 bits, and a
+/// short secret is guessable offline from one token.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+/// Reads and checks a secrets file. The error names the file and the partner, never a
+/// secret.
+pub fn read_secrets_file(path: &std::path::Path) -> Result<SecretsFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("edge.secrets_file {}: {error}", path.display()))?;
+    parse_secrets_file(&text)
+        .map_err(|reason| format!("edge.secrets_file {}: {reason}", path.display()))
+}
+
+/// Parses a secrets file's text.
+pub fn parse_secrets_file(text: &str) -> Result<SecretsFile, String> {
+    let file: SecretsFile = toml::from_str(text).map_err(|error| error.message().to_owned())?;
+    for (code, partner) in &file {
+        check_secrets(code, &partner.secrets)?;
+    }
+    Ok(file)
+}
+
+/// Checks one partner's secrets; the error names the partner.
+pub fn check_secrets(code: &str, secrets: &[SecretConfig]) -> Result<(), String> {
+    if secrets
+        .iter()
+        .any(|secret| secret.secret.len() < MIN_SECRET_BYTES)
+    {
+        return Err(format!(
+            "{code}.secrets: each secret needs at least {MIN_SECRET_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+impl EdgeConfig {
+    /// Every partner's secrets: those in `partners` plus those in `file`.
+    pub fn merged_secrets(&self, file: &SecretsFile) -> BTreeMap<String, Vec<SecretConfig>> {
+        let mut merged: BTreeMap<String, Vec<SecretConfig>> = self
+            .partners
+            .iter()
+            .map(|(code, partner)| (code.clone(), partner.secrets.clone()))
+            .collect();
+        for (code, partner) in file {
+            merged
+                .entry(code.clone())
+                .or_default()
+                .extend(partner.secrets.iter().cloned());
+        }
+        merged
+    }
+
+    /// Checks what serde cannot, naming the key; reads `secrets_file` if set.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("edge.ping_interval_ms", self.ping_interval_ms),
+            ("edge.auth_timeout_ms", self.auth_timeout_ms),
+            ("edge.handshake_timeout_ms", self.handshake_timeout_ms),
+            (
+                "edge.max_token_lifetime_seconds",
+                self.max_token_lifetime_seconds,
+            ),
+            (
+                "edge.secrets_reload_interval_ms",
+                self.secrets_reload_interval_ms,
+            ),
+            (
+                "edge.max_commands_per_second",
+                u64::from(self.max_commands_per_second),
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(format!("{key} must be positive"));
+            }
+        }
+        let positive_sizes = [
+            ("edge.max_frame_bytes", self.max_frame_bytes),
+            ("edge.max_token_bytes", self.max_token_bytes),
+            ("edge.jti_cache_capacity", self.jti_cache_capacity),
+            (
+                "edge.max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
+            ("edge.max_connections", self.max_connections),
+        ];
+        for (key, value) in positive_sizes {
+            if value == 0 {
+                return Err(format!("{key} must be positive"));
+            }
+        }
+        for (code, partner) in &self.partners {
+            check_secrets(code, &partner.secrets)
+                .map_err(|reason| format!("edge.partners.{reason}"))?;
+            if partner.max_connections == Some(0) {
+                return Err(format!(
+                    "edge.partners.{code}.max_connections must be positive"
+                ));
+            }
+            for origin in &partner.allowed_origins {
+                if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
+                    return Err(format!(
+                        "edge.partners.{code}.allowed_origins: {origin:?} is not an origin like \"https://app.example.com\""
+                    ));
+                }
+            }
+        }
+        let file = match &self.secrets_file {
+            Some(path) => read_secrets_file(path)?,
+            None => SecretsFile::new(),
+        };
+        for (code, secrets) in self.merged_secrets(&file) {
+            if secrets.is_empty() {
+                return Err(format!(
+                    "edge.partners.{code}.secrets must list at least one secret (here or in edge.secrets_file)"
+                ));
+            }
+        }
+        Ok(())
     }
 }

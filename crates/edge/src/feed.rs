@@ -137,6 +137,7 @@ fn apply(
         count: record.count,
         version: record.version,
         occurred_at_ms: record.occurred_at_ms,
+        changes: 0,
     };
     if table.apply(key, value) {
         metrics.count_record("applied");

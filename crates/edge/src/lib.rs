@@ -10,19 +10,29 @@
 //! - [`realtime`]: the JSON session (`/realtime`), authenticated in band.
 //! - [`server`]: the accept loop and WebSocket handshake.
 //! - [`drain`]: on shutdown, sessions told to leave spread over a window.
+//! - [`limits`]: connection limits (node, partner), command rate, origin allow-lists.
+//! - [`replay`]: each token id accepted once per node until it expires.
+//! - `secrets`: hot reload of the partner secrets file.
 
 pub mod auth;
 pub mod cable;
+pub mod close;
 mod config;
 pub mod drain;
 pub mod feed;
+pub mod limits;
 mod metrics;
 pub mod realtime;
+pub mod replay;
+mod secrets;
 pub mod server;
 pub mod table;
 #[cfg(test)]
 mod test_socket;
 
-pub use config::{EdgeConfig, PartnerConfig, SecretConfig};
+pub use config::{
+    EdgeConfig, MIN_SECRET_BYTES, PartnerConfig, PartnerSecrets, SecretConfig, SecretsFile,
+    parse_secrets_file, read_secrets_file,
+};
 pub use metrics::EdgeMetrics;
 pub use server::{Edge, serve};

@@ -2,6 +2,15 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+/// One open session in `fanout_edge_connections`, until dropped.
+pub(crate) struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The edge's metrics. Each method is the one place that both logs and counts.
 #[derive(Clone)]
 pub struct EdgeMetrics {
@@ -10,6 +19,10 @@ pub struct EdgeMetrics {
     auth_failures: IntCounterVec,
     ignored_frames: IntCounterVec,
     pushes: IntCounter,
+    coalesced_pushes: IntCounter,
+    closes: IntCounterVec,
+    limited: IntCounterVec,
+    secret_reloads: IntCounterVec,
     count_records: IntCounterVec,
     table_keys: IntGauge,
     delivery_seconds: Histogram,
@@ -50,6 +63,31 @@ impl EdgeMetrics {
             "fanout_edge_pushes_total",
             "Count frames written to clients",
         )?;
+        let coalesced_pushes = IntCounter::new(
+            "fanout_edge_coalesced_pushes_total",
+            "Count changes never written to a client because a newer count replaced them while it was not reading",
+        )?;
+        let closes = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_closes_total",
+                "Sessions ended after the upgrade, by protocol and reason",
+            ),
+            &["protocol", "reason"],
+        )?;
+        let limited = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_limited_total",
+                "Connections, frames or commands refused by a limit, by limit",
+            ),
+            &["limit"],
+        )?;
+        let secret_reloads = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_secret_reloads_total",
+                "Reads of a changed edge.secrets_file, by result (ok: now in use; error: the previous secrets stay)",
+            ),
+            &["result"],
+        )?;
         let count_records = IntCounterVec::new(
             Opts::new(
                 "fanout_edge_count_records_total",
@@ -72,6 +110,10 @@ impl EdgeMetrics {
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(ignored_frames.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(coalesced_pushes.clone()))?;
+        registry.register(Box::new(closes.clone()))?;
+        registry.register(Box::new(limited.clone()))?;
+        registry.register(Box::new(secret_reloads.clone()))?;
         registry.register(Box::new(count_records.clone()))?;
         registry.register(Box::new(table_keys.clone()))?;
         registry.register(Box::new(delivery_seconds.clone()))?;
@@ -81,6 +123,10 @@ impl EdgeMetrics {
             auth_failures,
             ignored_frames,
             pushes,
+            coalesced_pushes,
+            closes,
+            limited,
+            secret_reloads,
             count_records,
             table_keys,
             delivery_seconds,
@@ -88,12 +134,12 @@ impl EdgeMetrics {
         })
     }
 
-    pub(crate) fn connection_opened(&self, protocol: &'static str) {
-        self.connections.with_label_values(&[protocol]).inc();
-    }
-
-    pub(crate) fn connection_closed(&self, protocol: &'static str) {
-        self.connections.with_label_values(&[protocol]).dec();
+    /// Counts an open session of `protocol` until the returned guard is dropped, even
+    /// when the session is cut short.
+    pub(crate) fn open_connection(&self, protocol: &'static str) -> OpenConnection {
+        let gauge = self.connections.with_label_values(&[protocol]);
+        gauge.inc();
+        OpenConnection(gauge)
     }
 
     pub(crate) fn handshake(&self, result: &'static str) {
@@ -119,6 +165,59 @@ impl EdgeMetrics {
             let latency_ms = (now_ms - occurred_at_ms).max(0);
             self.delivery_seconds.observe(latency_ms as f64 / 1000.0);
         }
+    }
+
+    /// `skipped` count changes were replaced by a newer one before this write.
+    pub(crate) fn coalesced(&self, skipped: u64) {
+        if skipped > 0 {
+            self.coalesced_pushes.inc_by(skipped);
+        }
+    }
+
+    pub(crate) fn closed(&self, protocol: &'static str, reason: crate::close::CloseReason) {
+        self.closes
+            .with_label_values(&[protocol, reason.as_str()])
+            .inc();
+    }
+
+    /// A limit refused something. Logged at debug only: under a flood, a line per
+    /// refusal would cost more than the refused work; the counter tells operators.
+    pub(crate) fn limited(&self, limit: crate::limits::Limit) {
+        tracing::debug!(limit = limit.as_str(), "refused by a limit");
+        self.limited.with_label_values(&[limit.as_str()]).inc();
+    }
+
+    pub(crate) fn secrets_reloaded(&self, result: Result<usize, &str>) {
+        match result {
+            Ok(partners) => {
+                tracing::info!(partners, "partner secrets reloaded");
+                self.secret_reloads.with_label_values(&["ok"]).inc();
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "partner secrets file not reloaded; the previous secrets stay in use");
+                self.secret_reloads.with_label_values(&["error"]).inc();
+            }
+        }
+    }
+
+    /// Count changes coalesced so far.
+    pub fn coalesced_count(&self) -> u64 {
+        self.coalesced_pushes.get()
+    }
+
+    /// Sessions of `protocol` ended for `reason` so far.
+    pub fn close_count(&self, protocol: &str, reason: &str) -> u64 {
+        self.closes.with_label_values(&[protocol, reason]).get()
+    }
+
+    /// Refusals by `limit` so far.
+    pub fn limited_count(&self, limit: &str) -> u64 {
+        self.limited.with_label_values(&[limit]).get()
+    }
+
+    /// Secret file reloads that ended with `result` so far.
+    pub fn secret_reload_count(&self, result: &str) -> u64 {
+        self.secret_reloads.with_label_values(&[result]).get()
     }
 
     pub(crate) fn count_record(&self, result: &'static str) {

@@ -10,19 +10,21 @@
 use std::time::Duration;
 
 use fanout_protocol::realtime::{
-    self, CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_MESSAGE_TOO_BIG, CLOSE_SERVICE_RESTART,
+    self, AuthErrorCode, CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_MESSAGE_TOO_BIG,
+    CLOSE_ORIGIN_NOT_ALLOWED, CLOSE_RATE_LIMITED, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER,
     ClientFrame, ErrorCode, FrameError, RequestId,
 };
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+use crate::close::CloseReason;
+use crate::limits::{CommandRate, Limit};
 use crate::server::Edge;
-use crate::table::CountValue;
+use crate::table::CountSubscription;
 
 /// The protocol's label in metrics.
 pub const PROTOCOL: &str = "realtime";
@@ -40,19 +42,48 @@ fn text(frame: String) -> Message {
 }
 
 /// Runs one `/realtime` connection, from just after the upgrade until the client leaves
-/// or the edge closes it.
+/// or the edge closes it. `origin` is the upgrade request's `Origin` header.
 pub async fn run<S>(
     socket: &mut S,
     edge: &Edge,
+    origin: Option<&str>,
     shutdown: &CancellationToken,
-) -> Result<(), WsError>
+) -> Result<CloseReason, WsError>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
+    let _open = edge.metrics.open_connection(PROTOCOL);
+    let mut rate = CommandRate::new(edge.config.max_commands_per_second, Instant::now());
     let auth_timeout = Duration::from_millis(edge.config.auth_timeout_ms);
-    let Some((identity, auth_id)) = authenticate(socket, edge, auth_timeout, shutdown).await?
-    else {
-        return Ok(());
+    let (identity, auth_id) =
+        match authenticate(socket, edge, auth_timeout, &mut rate, shutdown).await? {
+            Authenticated::Yes(identity, auth_id) => (identity, auth_id),
+            Authenticated::No(reason) => return Ok(reason),
+        };
+    // The partner named by the token decides the page's origin and its share of the
+    // node; the token is spent either way.
+    let _partner_slot = match edge.admit(&identity.partner, origin) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            edge.metrics.handshake("limited");
+            let (code, close_code, why) = match reason {
+                CloseReason::OriginNotAllowed => (
+                    AuthErrorCode::OriginNotAllowed,
+                    CLOSE_ORIGIN_NOT_ALLOWED,
+                    "origin not allowed",
+                ),
+                _ => (
+                    AuthErrorCode::TryAgainLater,
+                    CLOSE_TRY_AGAIN_LATER,
+                    "connection limit",
+                ),
+            };
+            socket
+                .send(text(realtime::auth_failure(code, auth_id.as_ref())))
+                .await?;
+            close(socket, close_code, why).await?;
+            return Ok(reason);
+        }
     };
     edge.metrics.handshake("accepted");
     // No authresponse, and so no count, before the table has caught up: a count read
@@ -65,19 +96,34 @@ where
         caught_up = ready.wait_for(|ready| *ready) => caught_up.is_ok(),
     };
     if !caught_up {
-        return close(socket, CLOSE_SERVICE_RESTART, "server restart").await;
+        close(socket, CLOSE_SERVICE_RESTART, "server restart").await?;
+        return Ok(CloseReason::ServerRestart);
     }
-    serve(socket, edge, &identity, auth_id.as_ref(), shutdown).await
+    serve(
+        socket,
+        edge,
+        &identity,
+        auth_id.as_ref(),
+        &mut rate,
+        shutdown,
+    )
+    .await
+}
+
+/// How the unauthenticated part of a connection ended.
+enum Authenticated {
+    Yes(Identity, Option<RequestId>),
+    No(CloseReason),
 }
 
 /// Before auth: answers pings, refuses everything else, and tries each `authrequest`.
-/// `None` when the connection ended or was closed before a token was accepted.
 async fn authenticate<S>(
     socket: &mut S,
     edge: &Edge,
     auth_timeout: Duration,
+    rate: &mut CommandRate,
     shutdown: &CancellationToken,
-) -> Result<Option<(Identity, Option<RequestId>)>, WsError>
+) -> Result<Authenticated, WsError>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
@@ -90,17 +136,18 @@ where
             biased;
             () = shutdown.cancelled() => {
                 close(socket, CLOSE_SERVICE_RESTART, "server restart").await?;
-                return Ok(None);
+                return Ok(Authenticated::No(CloseReason::ServerRestart));
             }
             () = &mut deadline => {
                 metrics.handshake("auth_timeout");
+                metrics.limited(Limit::AuthTimeout);
                 close(socket, CLOSE_AUTH_TIMEOUT, "auth timeout").await?;
-                return Ok(None);
+                return Ok(Authenticated::No(CloseReason::AuthTimeout));
             }
-            incoming = socket.next() => match read_request(socket, incoming, edge).await? {
+            incoming = socket.next() => match read_request(socket, incoming, edge, rate).await? {
                 Incoming::Request(frame) => frame,
                 Incoming::Answered => continue,
-                Incoming::Ended => return Ok(None),
+                Incoming::Ended(reason) => return Ok(Authenticated::No(reason)),
             },
         };
         match frame {
@@ -116,7 +163,7 @@ where
             }
             ClientFrame::AuthRequest { token, partner, id } => {
                 match edge.auth.authenticate(Some(&partner), Some(&token)) {
-                    Ok(identity) => return Ok(Some((identity, id))),
+                    Ok(identity) => return Ok(Authenticated::Yes(identity, id)),
                     Err(error) => {
                         metrics.auth_failed(!partner.is_empty(), error.reason());
                         failures += 1;
@@ -126,7 +173,7 @@ where
                         if failures >= MAX_AUTH_FAILURES {
                             metrics.handshake("unauthorized");
                             close(socket, CLOSE_AUTH_FAILED, "authentication failed").await?;
-                            return Ok(None);
+                            return Ok(Authenticated::No(CloseReason::Unauthorized));
                         }
                     }
                 }
@@ -141,14 +188,15 @@ async fn serve<S>(
     edge: &Edge,
     identity: &Identity,
     auth_id: Option<&RequestId>,
+    rate: &mut CommandRate,
     shutdown: &CancellationToken,
-) -> Result<(), WsError>
+) -> Result<CloseReason, WsError>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let metrics = &edge.metrics;
-    let mut counts = edge.table.subscribe(&identity.key());
-    let value = *counts.borrow_and_update();
+    let mut counts = edge.table.subscription(&identity.key());
+    let (value, _) = counts.take();
     socket.feed(text(realtime::auth_success(auth_id))).await?;
     socket
         .feed(text(realtime::unread_count(value.count, None)))
@@ -159,13 +207,14 @@ where
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                return close(socket, CLOSE_SERVICE_RESTART, "server restart").await;
+                close(socket, CLOSE_SERVICE_RESTART, "server restart").await?;
+                return Ok(CloseReason::ServerRestart);
             }
             incoming = socket.next() => {
-                let frame = match read_request(socket, incoming, edge).await? {
+                let frame = match read_request(socket, incoming, edge, rate).await? {
                     Incoming::Request(frame) => frame,
                     Incoming::Answered => continue,
-                    Incoming::Ended => return Ok(()),
+                    Incoming::Ended(reason) => return Ok(reason),
                 };
                 match frame {
                     ClientFrame::Ping { id } => {
@@ -182,12 +231,14 @@ where
                     }
                 }
             }
-            changed = counts.changed() => {
+            changed = counts.receiver.changed() => {
                 if changed.is_err() {
                     // The table is gone: the edge is stopping.
-                    return close(socket, CLOSE_SERVICE_RESTART, "server restart").await;
+                    close(socket, CLOSE_SERVICE_RESTART, "server restart").await?;
+                    return Ok(CloseReason::ServerRestart);
                 }
-                let value = *counts.borrow_and_update();
+                let (value, skipped) = counts.take();
+                metrics.coalesced(skipped);
                 socket.send(text(realtime::unread_count(value.count, None))).await?;
                 metrics.pushed(value.occurred_at_ms);
             }
@@ -199,15 +250,16 @@ where
 /// delivered by this reply (it carries the same count), so it is not pushed again.
 async fn reply_count<S>(
     socket: &mut S,
-    counts: &mut watch::Receiver<CountValue>,
+    counts: &mut CountSubscription,
     id: Option<&RequestId>,
     edge: &Edge,
 ) -> Result<(), WsError>
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
-    let unseen_change = counts.has_changed().unwrap_or(false);
-    let value = *counts.borrow_and_update();
+    let unseen_change = counts.receiver.has_changed().unwrap_or(false);
+    let (value, skipped) = counts.take();
+    edge.metrics.coalesced(skipped);
     socket
         .send(text(realtime::unread_count(value.count, id)))
         .await?;
@@ -226,36 +278,43 @@ enum Incoming {
     /// Nothing to do, or already answered (an error reply).
     Answered,
     /// The connection is over.
-    Ended,
+    Ended(CloseReason),
 }
 
 /// Decodes one socket read, answering what is not a request: a frame that does not
-/// decode gets an `error` reply (its `id` echoed when it had a readable one).
+/// decode gets an `error` reply (its `id` echoed when it had a readable one). A frame
+/// over the size limit or over the command rate closes the connection.
 async fn read_request<S>(
     socket: &mut S,
     incoming: Option<Result<Message, WsError>>,
     edge: &Edge,
+    rate: &mut CommandRate,
 ) -> Result<Incoming, WsError>
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
 {
     let metrics = &edge.metrics;
     let message = match incoming {
-        None => return Ok(Incoming::Ended),
+        None => return Ok(Incoming::Ended(CloseReason::Client)),
         Some(Ok(message)) => message,
         Some(Err(WsError::Capacity(_))) => {
             // The WebSocket layer refuses a frame over `max_frame_bytes` and cannot read
             // on; say why instead of just dropping the connection.
-            metrics.ignored_frame(PROTOCOL, "too_large");
+            metrics.limited(Limit::FrameSize);
             let frame = CloseFrame {
                 code: CLOSE_MESSAGE_TOO_BIG.into(),
                 reason: "frame too large".into(),
             };
             let _ = socket.send(Message::Close(Some(frame))).await;
-            return Ok(Incoming::Ended);
+            return Ok(Incoming::Ended(CloseReason::FrameTooLarge));
         }
         Some(Err(error)) => return Err(error),
     };
+    if matches!(message, Message::Text(_) | Message::Binary(_)) && !rate.allow(Instant::now()) {
+        metrics.limited(Limit::CommandRate);
+        close(socket, CLOSE_RATE_LIMITED, "too many requests").await?;
+        return Ok(Incoming::Ended(CloseReason::RateLimited));
+    }
     match message {
         Message::Text(frame) => match realtime::decode(frame.as_bytes()) {
             Ok(request) => Ok(Incoming::Request(request)),
@@ -308,10 +367,11 @@ mod tests {
     use super::*;
     use crate::config::{EdgeConfig, PartnerConfig, SecretConfig};
     use crate::metrics::EdgeMetrics;
-    use crate::table::CountTable;
+    use crate::table::{CountTable, CountValue};
     use crate::test_socket::{ChannelSocket, Peer};
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
     use std::sync::Arc;
+    use tokio::sync::watch;
 
     const SECRET: &str = "acme-secret-0123456789";
 
@@ -320,7 +380,7 @@ mod tests {
         edge: Arc<Edge>,
         ready: watch::Sender<bool>,
         shutdown: CancellationToken,
-        session: tokio::task::JoinHandle<Result<(), WsError>>,
+        session: tokio::task::JoinHandle<Result<CloseReason, WsError>>,
     }
 
     fn start() -> Harness {
@@ -328,6 +388,10 @@ mod tests {
     }
 
     fn start_with(ready: bool) -> Harness {
+        start_configured(ready, |_| {})
+    }
+
+    fn start_configured(ready: bool, configure: impl FnOnce(&mut EdgeConfig)) -> Harness {
         let (mut socket, peer) = ChannelSocket::pair();
         let mut config = EdgeConfig::default();
         config.partners.insert(
@@ -337,21 +401,21 @@ mod tests {
                     kid: None,
                     secret: SECRET.to_owned(),
                 }],
+                ..PartnerConfig::default()
             },
         );
+        configure(&mut config);
         let (ready_tx, ready_rx) = watch::channel(ready);
         let metrics = EdgeMetrics::new(&prometheus::Registry::new()).unwrap();
-        let edge = Arc::new(Edge::new(
-            config,
-            Arc::new(CountTable::new()),
-            metrics,
-            ready_rx,
-        ));
+        let edge =
+            Arc::new(Edge::new(config, Arc::new(CountTable::new()), metrics, ready_rx).unwrap());
         let shutdown = CancellationToken::new();
         let session = {
             let edge = edge.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move { run(&mut socket, &edge, &shutdown).await })
+            tokio::spawn(async move {
+                run(&mut socket, &edge, Some("https://app.acme.com"), &shutdown).await
+            })
         };
         Harness {
             peer,
@@ -366,7 +430,12 @@ mod tests {
         let now = crate::server::unix_millis() / 1000;
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &serde_json::json!({"uniqueId": user, "exp": now + expires_in_seconds}),
+            &serde_json::json!({
+                "uniqueId": user,
+                "exp": now + expires_in_seconds,
+                "iat": now,
+                "jti": crate::replay::tests_support::fresh_id(),
+            }),
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap()
@@ -402,6 +471,7 @@ mod tests {
                     count,
                     version,
                     occurred_at_ms: 0,
+                    changes: 0,
                 },
             );
         }
@@ -543,6 +613,7 @@ mod tests {
                 count: 50,
                 version: 1,
                 occurred_at_ms: 0,
+                changes: 0,
             },
         );
         harness.send(r#"{"type":"get_unread_count"}"#);
@@ -681,13 +752,96 @@ mod tests {
             Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
             other => panic!("expected a close, got {other:?}"),
         }
-        harness.session.await.unwrap().unwrap();
         assert_eq!(
-            harness
-                .edge
-                .metrics
-                .ignored_frame_count(PROTOCOL, "too_large"),
-            1
+            harness.session.await.unwrap().unwrap(),
+            CloseReason::FrameTooLarge
         );
+        assert_eq!(harness.edge.metrics.limited_count("frame_size"), 1);
+    }
+
+    async fn close_code(harness: &mut Harness) -> u16 {
+        loop {
+            match harness.peer.from_session.next().await.unwrap() {
+                Message::Close(Some(frame)) => return u16::from(frame.code),
+                Message::Text(_) => {}
+                other => panic!("expected a close, got {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_requests_per_second_than_allowed_close_with_4429() {
+        let mut harness = start_configured(true, |config| config.max_commands_per_second = 5);
+        harness.authenticate().await;
+        // A burst of five is fine; the sixth in the same instant is not.
+        for _ in 0..6 {
+            harness.send(r#"{"type":"ping"}"#);
+        }
+        assert_eq!(close_code(&mut harness).await, 4429);
+        assert_eq!(
+            harness.session.await.unwrap().unwrap(),
+            CloseReason::RateLimited
+        );
+        assert_eq!(harness.edge.metrics.limited_count("command_rate"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_off_the_partners_list_is_refused_after_auth() {
+        let mut harness = start_configured(true, |config| {
+            if let Some(acme) = config.partners.get_mut("acme") {
+                acme.allowed_origins = vec!["https://other.acme.com".to_owned()];
+            }
+        });
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "acme", "1"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"origin_not_allowed","id":1}"#
+        );
+        assert_eq!(close_code(&mut harness).await, 4403);
+        assert_eq!(
+            harness.session.await.unwrap().unwrap(),
+            CloseReason::OriginNotAllowed
+        );
+        assert_eq!(harness.edge.metrics.limited_count("origin"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_partner_gets_try_again_later_and_1013() {
+        let mut harness = start_configured(true, |config| {
+            if let Some(acme) = config.partners.get_mut("acme") {
+                acme.max_connections = Some(1);
+            }
+        });
+        // Another connection of the partner holds its one place.
+        let held = harness.edge.limits.partner_slot("acme").unwrap();
+        assert!(held.is_some());
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "acme", "1"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"try_again_later","id":1}"#
+        );
+        assert_eq!(close_code(&mut harness).await, 1013);
+        assert_eq!(harness.edge.metrics.limited_count("partner_connections"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_the_session_had_no_turn_for_are_coalesced() {
+        let mut harness = start();
+        harness.authenticate().await;
+        // 10 000 changes arrive before the session runs again: it holds one value, not
+        // a queue, and writes only the newest.
+        for version in 1..=10_000 {
+            harness.set_count(version, version);
+        }
+        tokio::task::yield_now().await;
+        let mut last = String::new();
+        while let Ok(Some(Message::Text(frame))) =
+            tokio::time::timeout(Duration::from_millis(50), harness.peer.from_session.next()).await
+        {
+            last = frame.to_string();
+        }
+        assert_eq!(last, r#"{"type":"unread_count","count":10000}"#);
+        let coalesced = harness.edge.metrics.coalesced_count();
+        assert!(coalesced >= 9_990, "{coalesced}");
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_protocol::cable as cable_codec;
+use fanout_protocol::realtime::CLOSE_TRY_AGAIN_LATER;
 use http::{HeaderValue, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -16,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::config::EdgeConfig;
+use crate::close::CloseReason;
+use crate::config::{EdgeConfig, SecretsFile};
 use crate::drain::{Drain, DrainGuard};
+use crate::limits::{ConnectionLimits, GOODBYE_GRACE, Limit, Slot, origin_allowed};
 use crate::metrics::EdgeMetrics;
 use crate::table::CountTable;
 
@@ -27,25 +30,59 @@ pub struct Edge {
     pub auth: Authenticator,
     pub config: EdgeConfig,
     pub metrics: EdgeMetrics,
+    pub limits: ConnectionLimits,
     /// True once the count table has caught up with unread-counts.
     pub ready: watch::Receiver<bool>,
 }
 
 impl Edge {
+    /// Fails, naming the key, when `edge.secrets_file` cannot be read.
     pub fn new(
         config: EdgeConfig,
         table: Arc<CountTable>,
         metrics: EdgeMetrics,
         ready: watch::Receiver<bool>,
-    ) -> Self {
-        let auth = Authenticator::new(&config.partners, config.jwt_leeway_seconds);
-        Self {
+    ) -> Result<Self, String> {
+        let file = match &config.secrets_file {
+            Some(path) => crate::config::read_secrets_file(path)?,
+            None => SecretsFile::new(),
+        };
+        let auth = Authenticator::new(&config, &config.merged_secrets(&file));
+        let limits = ConnectionLimits::new(&config);
+        Ok(Self {
             table,
             auth,
             config,
             metrics,
+            limits,
             ready,
+        })
+    }
+
+    /// The partner's origin allow-list (empty: any origin).
+    fn allowed_origins(&self, partner: &str) -> &[String] {
+        self.config
+            .partners
+            .get(partner)
+            .map(|partner| partner.allowed_origins.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// Checks what a partner allows once the token has named it: the page's origin,
+    /// then a place under the partner's connection limit.
+    pub(crate) fn admit(
+        &self,
+        partner: &str,
+        origin: Option<&str>,
+    ) -> Result<Option<Slot>, CloseReason> {
+        if !origin_allowed(self.allowed_origins(partner), origin) {
+            self.metrics.limited(Limit::Origin);
+            return Err(CloseReason::OriginNotAllowed);
         }
+        self.limits.partner_slot(partner).ok_or_else(|| {
+            self.metrics.limited(Limit::PartnerConnections);
+            CloseReason::ConnectionLimit
+        })
     }
 }
 
@@ -63,6 +100,9 @@ pub fn unix_millis() -> i64 {
 pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
     let sessions = TaskTracker::new();
     let drain = Drain::new();
+    if let Some(path) = edge.config.secrets_file.clone() {
+        sessions.spawn(crate::secrets::watch(path, edge.clone(), shutdown.clone()));
+    }
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "edge accepting WebSocket connections");
     }
@@ -100,40 +140,84 @@ enum Route {
 
 /// What the handshake learned about the request.
 #[derive(Default)]
-struct Upgrade {
+pub(crate) struct Upgrade {
     route: Option<Route>,
     partner: Option<String>,
     token: Option<String>,
+    pub(crate) origin: Option<String>,
 }
 
-fn not_found() -> ErrorResponse {
-    let mut response = ErrorResponse::new(Some("not found".to_owned()));
-    *response.status_mut() = StatusCode::NOT_FOUND;
+fn refusal(status: StatusCode, body: &str) -> ErrorResponse {
+    let mut response = ErrorResponse::new(Some(body.to_owned()));
+    *response.status_mut() = status;
     response
 }
 
+/// The query with the `jwt` value replaced, for logs: a token in a log line is a
+/// credential anyone reading logs can use.
+pub fn redact_query(query: &str) -> String {
+    let mut redacted = url::form_urlencoded::Serializer::new(String::new());
+    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        if name == "jwt" {
+            redacted.append_pair(&name, "[redacted]");
+        } else {
+            redacted.append_pair(&name, &value);
+        }
+    }
+    redacted.finish()
+}
+
 async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
-    let shutdown = drain.token();
+    let shutdown = drain.token().clone();
+    // Held from accept to close: the node's limit counts handshakes in progress too.
+    let node_slot = edge.limits.node_slot();
     let _ = stream.set_nodelay(true);
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's, so its size is not ours to choose.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
-        match request.uri().path() {
+        let path = request.uri().path();
+        let query = request.uri().query().unwrap_or_default();
+        upgrade.origin = request
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|origin| origin.to_str().ok())
+            .map(str::to_owned);
+        tracing::debug!(
+            path,
+            query = %redact_query(query),
+            origin = upgrade.origin.as_deref().unwrap_or(""),
+            "websocket upgrade"
+        );
+        if node_slot.is_none() {
+            edge.metrics.limited(Limit::NodeConnections);
+            return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
+        }
+        match path {
             "/cable" => upgrade.route = Some(Route::Cable),
             "/realtime" => {
                 upgrade.route = Some(Route::Realtime);
                 return Ok(response);
             }
-            _ => return Err(not_found()),
+            _ => return Err(refusal(StatusCode::NOT_FOUND, "not found")),
         }
-        for (name, value) in
-            url::form_urlencoded::parse(request.uri().query().unwrap_or_default().as_bytes())
-        {
+        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
                 "jwt" => upgrade.token = Some(value.into_owned()),
                 "partner" => upgrade.partner = Some(value.into_owned()),
                 _ => {}
+            }
+        }
+        // What the query's partner refuses anyway is refused before the upgrade, so a
+        // browser sees a failed handshake and the official client backs off.
+        if let Some(partner) = upgrade.partner.as_deref() {
+            if !origin_allowed(edge.allowed_origins(partner), upgrade.origin.as_deref()) {
+                edge.metrics.limited(Limit::Origin);
+                return Err(refusal(StatusCode::FORBIDDEN, "origin not allowed"));
+            }
+            if edge.limits.partner_is_full(partner) {
+                edge.metrics.limited(Limit::PartnerConnections);
+                return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
             }
         }
         let offers = request
@@ -165,27 +249,46 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
         }
         Err(_elapsed) => {
             edge.metrics.handshake("timeout");
+            edge.metrics.limited(Limit::HandshakeTimeout);
             return;
         }
     };
-    let route = upgrade.route;
-    match route {
-        Some(Route::Cable) => cable_session(socket, upgrade, &edge, shutdown).await,
-        Some(Route::Realtime) => {
-            edge.metrics.connection_opened(crate::realtime::PROTOCOL);
-            let _ = crate::realtime::run(&mut socket, &edge, shutdown).await;
-            edge.metrics.connection_closed(crate::realtime::PROTOCOL);
-        }
-        None => {}
-    }
+    let (protocol, session) = match upgrade.route {
+        Some(Route::Cable) => (
+            crate::cable::PROTOCOL,
+            futures::future::Either::Left(cable_session(&mut socket, upgrade, &edge, &shutdown)),
+        ),
+        Some(Route::Realtime) => (
+            crate::realtime::PROTOCOL,
+            futures::future::Either::Right(crate::realtime::run(
+                &mut socket,
+                &edge,
+                upgrade.origin.as_deref(),
+                &shutdown,
+            )),
+        ),
+        None => return,
+    };
+    // A session told to leave that cannot (its client stopped reading, so the goodbye
+    // cannot be written) is dropped after a grace: it cannot hold up the drain.
+    let told_to_leave = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(GOODBYE_GRACE).await;
+    };
+    let reason = tokio::select! {
+        ended = session => ended.unwrap_or(CloseReason::Error),
+        () = told_to_leave => CloseReason::ServerRestart,
+    };
+    edge.metrics.closed(protocol, reason);
+    drop(node_slot);
 }
 
 async fn cable_session(
-    mut socket: WebSocketStream<TcpStream>,
+    socket: &mut WebSocketStream<TcpStream>,
     upgrade: Upgrade,
     edge: &Edge,
     shutdown: &CancellationToken,
-) {
+) -> Result<CloseReason, tokio_tungstenite::tungstenite::Error> {
     let identity = match edge
         .auth
         .authenticate(upgrade.partner.as_deref(), upgrade.token.as_deref())
@@ -195,8 +298,18 @@ async fn cable_session(
             edge.metrics.handshake("unauthorized");
             let partner_known = upgrade.partner.is_some();
             edge.metrics.auth_failed(partner_known, error.reason());
-            let _ = crate::cable::refuse(&mut socket).await;
-            return;
+            crate::cable::refuse(socket).await?;
+            return Ok(CloseReason::Unauthorized);
+        }
+    };
+    // The origin was checked before the upgrade; this takes the partner's place (a
+    // race with other handshakes can still find it taken).
+    let _partner_slot = match edge.admit(&identity.partner, upgrade.origin.as_deref()) {
+        Ok(slot) => slot,
+        Err(reason) => {
+            edge.metrics.handshake("limited");
+            crate::cable::close(socket, CLOSE_TRY_AGAIN_LATER, "connection limit").await?;
+            return Ok(reason);
         }
     };
     edge.metrics.handshake("accepted");
@@ -204,23 +317,21 @@ async fn cable_session(
     // table still loading could be older than one the client has already shown.
     let mut ready = edge.ready.clone();
     tokio::select! {
-        () = shutdown.cancelled() => return,
+        () = shutdown.cancelled() => return Ok(CloseReason::ServerRestart),
         caught_up = ready.wait_for(|ready| *ready) => {
             if caught_up.is_err() {
-                return;
+                return Ok(CloseReason::ServerRestart);
             }
         }
     }
-    edge.metrics.connection_opened(crate::cable::PROTOCOL);
-    let ping_interval = Duration::from_millis(edge.config.ping_interval_ms);
-    let _ = crate::cable::run(
-        &mut socket,
+    let _open = edge.metrics.open_connection(crate::cable::PROTOCOL);
+    crate::cable::run(
+        socket,
         &identity,
         &edge.table,
-        ping_interval,
+        crate::cable::SessionSettings::from(&edge.config),
         &edge.metrics,
         shutdown,
     )
-    .await;
-    edge.metrics.connection_closed(crate::cable::PROTOCOL);
+    .await
 }

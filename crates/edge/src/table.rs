@@ -13,6 +13,9 @@ pub struct CountValue {
     pub version: u64,
     /// Source time of the event that produced this count, Unix milliseconds.
     pub occurred_at_ms: i64,
+    /// How many values this edge has stored for the key, this one included (set by the
+    /// table): a session that skips from change 3 to change 7 coalesced three.
+    pub changes: u64,
 }
 
 /// Counts by key, each behind a `watch` channel: subscribers see only the newest value,
@@ -32,7 +35,10 @@ impl CountTable {
         self.with_slot(key, |slot| {
             slot.send_if_modified(|held| {
                 if value.version > held.version {
-                    *held = value;
+                    *held = CountValue {
+                        changes: held.changes + 1,
+                        ..value
+                    };
                     true
                 } else {
                     false
@@ -61,6 +67,15 @@ impl CountTable {
             .or_insert_with(|| watch::Sender::new(CountValue::default())))
     }
 
+    /// A session's subscription to `key`: the current value, every later change, and
+    /// how many changes were replaced before the session took them.
+    pub fn subscription(&self, key: &str) -> CountSubscription {
+        let receiver = self.subscribe(key);
+        // Changes before the session started were never its to write.
+        let taken = receiver.borrow().changes;
+        CountSubscription { receiver, taken }
+    }
+
     /// The count held for `key`, if any record was seen for it.
     pub fn get(&self, key: &str) -> Option<CountValue> {
         let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
@@ -82,6 +97,24 @@ impl CountTable {
     }
 }
 
+/// One session's view of its user's count.
+pub struct CountSubscription {
+    pub receiver: watch::Receiver<CountValue>,
+    /// The `changes` of the last value taken.
+    taken: u64,
+}
+
+impl CountSubscription {
+    /// The newest value, marked seen, and how many changes it replaced that were
+    /// never taken (coalesced while the session was busy writing to a slow client).
+    pub fn take(&mut self) -> (CountValue, u64) {
+        let value = *self.receiver.borrow_and_update();
+        let skipped = value.changes.saturating_sub(self.taken + 1);
+        self.taken = self.taken.max(value.changes);
+        (value, skipped)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +124,7 @@ mod tests {
             count,
             version,
             occurred_at_ms: 0,
+            changes: 0,
         }
     }
 
@@ -100,7 +134,13 @@ mod tests {
         assert!(table.apply("acme/bob", value(3, 2)));
         assert!(!table.apply("acme/bob", value(9, 1)));
         assert!(!table.apply("acme/bob", value(9, 2)));
-        assert_eq!(table.get("acme/bob"), Some(value(3, 2)));
+        assert_eq!(
+            table.get("acme/bob"),
+            Some(CountValue {
+                changes: 1,
+                ..value(3, 2)
+            })
+        );
         assert!(table.apply("acme/bob", value(1, 3)));
         assert_eq!(table.get("acme/bob").map(|v| v.count), Some(1));
     }
@@ -115,8 +155,34 @@ mod tests {
             table.apply("acme/bob", value(version, version));
         }
         assert!(receiver.has_changed().unwrap_or(false));
-        assert_eq!(receiver.borrow_and_update().count, 1000);
+        let newest = *receiver.borrow_and_update();
+        assert_eq!((newest.count, newest.changes), (1000, 1000));
         assert!(!receiver.has_changed().unwrap_or(true));
+    }
+
+    #[test]
+    fn a_subscription_counts_the_changes_it_never_took() {
+        let table = CountTable::new();
+        table.apply("acme/bob", value(1, 1));
+        let mut subscription = table.subscription("acme/bob");
+        assert_eq!(
+            subscription.take(),
+            (
+                CountValue {
+                    changes: 1,
+                    ..value(1, 1)
+                },
+                0
+            )
+        );
+        table.apply("acme/bob", value(2, 2));
+        assert_eq!(subscription.take().1, 0);
+        for version in 3..=1002 {
+            table.apply("acme/bob", value(version, version));
+        }
+        let (newest, skipped) = subscription.take();
+        assert_eq!((newest.count, skipped), (1002, 999));
+        assert_eq!(subscription.take().1, 0);
     }
 
     #[test]

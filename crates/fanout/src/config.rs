@@ -74,31 +74,12 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return Err("kafka.brokers must name at least one broker".to_owned());
         }
-        for (code, partner) in &self.edge.partners {
+        for code in self.edge.partners.keys() {
             if !fanout_ingest::events::is_valid_partner(code) {
                 return Err(format!("edge.partners.{code}: not a valid partner code"));
             }
-            if partner.secrets.is_empty() {
-                return Err(format!(
-                    "edge.partners.{code}.secrets must list at least one secret"
-                ));
-            }
-            if partner
-                .secrets
-                .iter()
-                .any(|secret| secret.secret.len() < 16)
-            {
-                return Err(format!(
-                    "edge.partners.{code}.secrets: each secret needs at least 16 bytes"
-                ));
-            }
         }
-        if self.edge.ping_interval_ms == 0 {
-            return Err("edge.ping_interval_ms must be positive".to_owned());
-        }
-        if self.edge.auth_timeout_ms == 0 {
-            return Err("edge.auth_timeout_ms must be positive".to_owned());
-        }
+        self.edge.validate()?;
         Ok(())
     }
 }

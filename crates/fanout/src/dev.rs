@@ -68,6 +68,7 @@ pub async fn run(
                 kid: None,
                 secret: secret.clone(),
             }],
+            ..PartnerConfig::default()
         },
     );
     config.validate().map_err(anyhow::Error::msg)?;

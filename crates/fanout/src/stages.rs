@@ -111,12 +111,15 @@ pub fn spawn_edge(
     let metrics = EdgeMetrics::new(registry).context("registering edge metrics")?;
     let table = Arc::new(CountTable::new());
     let (ready_tx, ready_rx) = watch::channel(false);
-    let edge = Arc::new(Edge::new(
-        config.edge.clone(),
-        table.clone(),
-        metrics.clone(),
-        ready_rx,
-    ));
+    let edge = Arc::new(
+        Edge::new(
+            config.edge.clone(),
+            table.clone(),
+            metrics.clone(),
+            ready_rx,
+        )
+        .map_err(anyhow::Error::msg)?,
+    );
     let address = listener.local_addr().context("edge listener address")?;
     let health = StageHealth::new();
     let feed = {

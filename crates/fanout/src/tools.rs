@@ -205,17 +205,21 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify_at_the_edge() {
-        let mut partners = std::collections::BTreeMap::new();
-        partners.insert(
+        let mut config = fanout_edge::EdgeConfig::default();
+        config.partners.insert(
             "demo".to_owned(),
             fanout_edge::PartnerConfig {
                 secrets: vec![fanout_edge::SecretConfig {
                     kid: None,
                     secret: "0123456789abcdef0123".into(),
                 }],
+                ..fanout_edge::PartnerConfig::default()
             },
         );
-        let auth = fanout_edge::auth::Authenticator::new(&partners, 5);
+        let auth = fanout_edge::auth::Authenticator::new(
+            &config,
+            &config.merged_secrets(&fanout_edge::SecretsFile::new()),
+        );
         let token = mint_token(
             "0123456789abcdef0123",
             "alice",

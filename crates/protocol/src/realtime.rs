@@ -166,10 +166,25 @@ pub enum AuthErrorCode {
     Expired,
     /// `nbf` is in the future.
     NotYetValid,
-    /// A required claim (`uniqueId`, `exp`) is missing or of the wrong type.
+    /// A required claim (`uniqueId`, `jti`, `iat`, `exp`) is missing, empty, too long
+    /// or of the wrong type.
     InvalidClaims,
-    /// The token's `jti` was already used (reserved: replay protection comes later).
+    /// The token's `jti` was already used on this edge node.
     Replayed,
+    /// The token's `partner` claim names another partner than the request.
+    PartnerMismatch,
+    /// `iat` is in the future (beyond the clock-skew leeway).
+    IssuedInFuture,
+    /// `exp` is further away than the edge accepts (`edge.max_token_lifetime_seconds`).
+    LifetimeTooLong,
+    /// The token is longer than `edge.max_token_bytes`.
+    TokenTooLarge,
+    /// The page's `Origin` is not on the partner's allow-list.
+    OriginNotAllowed,
+    /// The partner's or the node's connection limit is reached, or the node cannot
+    /// remember another token id right now; retry later (the connection closes with
+    /// 1013).
+    TryAgainLater,
 }
 
 impl AuthErrorCode {
@@ -185,6 +200,12 @@ impl AuthErrorCode {
             Self::NotYetValid => "not_yet_valid",
             Self::InvalidClaims => "invalid_claims",
             Self::Replayed => "replayed",
+            Self::PartnerMismatch => "partner_mismatch",
+            Self::IssuedInFuture => "issued_in_future",
+            Self::LifetimeTooLong => "lifetime_too_long",
+            Self::TokenTooLarge => "token_too_large",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::TryAgainLater => "try_again_later",
         }
     }
 }
@@ -197,6 +218,13 @@ pub const CLOSE_AUTH_TIMEOUT: u16 = 4408;
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 /// Close code for a frame over the size limit (RFC 6455 "message too big").
 pub const CLOSE_MESSAGE_TOO_BIG: u16 = 1009;
+/// Close code when a limit on connections (the partner's or the node's) is reached, or
+/// the node cannot take another token now (RFC 6455 "try again later").
+pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// Close code when the page's `Origin` is not on the partner's allow-list.
+pub const CLOSE_ORIGIN_NOT_ALLOWED: u16 = 4403;
+/// Close code when a client sends more commands per second than the edge allows.
+pub const CLOSE_RATE_LIMITED: u16 = 4429;
 
 /// The keys fanout reads; any other key is ignored.
 #[derive(Clone, Copy, Deserialize)]

@@ -103,6 +103,12 @@ fn codes_are_the_documented_strings() {
         (AuthErrorCode::NotYetValid, "not_yet_valid"),
         (AuthErrorCode::InvalidClaims, "invalid_claims"),
         (AuthErrorCode::Replayed, "replayed"),
+        (AuthErrorCode::PartnerMismatch, "partner_mismatch"),
+        (AuthErrorCode::IssuedInFuture, "issued_in_future"),
+        (AuthErrorCode::LifetimeTooLong, "lifetime_too_long"),
+        (AuthErrorCode::TokenTooLarge, "token_too_large"),
+        (AuthErrorCode::OriginNotAllowed, "origin_not_allowed"),
+        (AuthErrorCode::TryAgainLater, "try_again_later"),
     ];
     for (code, text) in auth_codes {
         assert_eq!(code.as_str(), text);

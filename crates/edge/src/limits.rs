@@ -1,0 +1,244 @@
+//! Per-node and per-partner connection limits, and the per-connection command rate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::EdgeConfig;
+
+/// A limit that refused something: the `limit` label of `fanout_edge_limited_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    FrameSize,
+    Subscriptions,
+    CommandRate,
+    HandshakeTimeout,
+    AuthTimeout,
+    PartnerConnections,
+    NodeConnections,
+    Origin,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FrameSize => "frame_size",
+            Self::Subscriptions => "subscriptions",
+            Self::CommandRate => "command_rate",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::AuthTimeout => "auth_timeout",
+            Self::PartnerConnections => "partner_connections",
+            Self::NodeConnections => "node_connections",
+            Self::Origin => "origin",
+        }
+    }
+}
+
+/// A counter with a ceiling, shared by the connections it counts.
+struct Gauge {
+    open: AtomicUsize,
+    max: usize,
+}
+
+impl Gauge {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+        })
+    }
+
+    fn acquire(self: &Arc<Self>) -> Option<Slot> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < self.max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    fn is_full(&self) -> bool {
+        self.open.load(Ordering::Acquire) >= self.max
+    }
+}
+
+/// One place under a connection limit, given back when dropped.
+pub struct Slot(Arc<Gauge>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The node's and the partners' connection limits.
+pub struct ConnectionLimits {
+    node: Arc<Gauge>,
+    /// Only partners with a `max_connections` of their own.
+    partners: HashMap<String, Arc<Gauge>>,
+}
+
+impl ConnectionLimits {
+    pub fn new(config: &EdgeConfig) -> Self {
+        Self {
+            node: Gauge::new(config.max_connections),
+            partners: config
+                .partners
+                .iter()
+                .filter_map(|(code, partner)| {
+                    partner
+                        .max_connections
+                        .map(|max| (code.clone(), Gauge::new(max)))
+                })
+                .collect(),
+        }
+    }
+
+    /// A place for one more connection on this node, from accept to close.
+    pub fn node_slot(&self) -> Option<Slot> {
+        self.node.acquire()
+    }
+
+    /// A place for one more authenticated connection of `partner`. `Some(None)`: the
+    /// partner has no limit of its own.
+    pub fn partner_slot(&self, partner: &str) -> Option<Option<Slot>> {
+        match self.partners.get(partner) {
+            None => Some(None),
+            Some(gauge) => gauge.acquire().map(Some),
+        }
+    }
+
+    /// Whether `partner` is at its limit now (checked before an ActionCable upgrade,
+    /// so that a full partner gets HTTP 503 rather than a connection to close).
+    pub fn partner_is_full(&self, partner: &str) -> bool {
+        self.partners
+            .get(partner)
+            .is_some_and(|gauge| gauge.is_full())
+    }
+
+    /// Connections open on this node now.
+    pub fn node_connections(&self) -> usize {
+        self.node.open.load(Ordering::Acquire)
+    }
+}
+
+/// A token bucket: `per_second` commands a second, in bursts of up to as many.
+#[derive(Debug)]
+pub struct CommandRate {
+    per_second: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl CommandRate {
+    pub fn new(per_second: u32, now: Instant) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            per_second,
+            tokens: per_second,
+            last: now,
+        }
+    }
+
+    /// Counts one command at `now`; false when it is over the rate.
+    pub fn allow(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last);
+        self.last = now;
+        self.tokens = (self.tokens + elapsed.as_secs_f64() * self.per_second).min(self.per_second);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Whether `origin` (the request's `Origin` header, if any) may connect for a partner
+/// whose allow-list is `allowed`. An empty list allows any; a request without `Origin`
+/// does not come from a browser page, which is what the list protects against.
+pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
+    match origin {
+        None => true,
+        Some(origin) => {
+            allowed.is_empty()
+                || allowed
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        }
+    }
+}
+
+/// How long a session that has been told to leave may take before it is dropped: a
+/// client that stopped reading cannot hold up a drain.
+pub const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::PartnerConfig;
+
+    #[test]
+    fn slots_are_bounded_and_given_back() {
+        let mut config = EdgeConfig {
+            max_connections: 2,
+            ..EdgeConfig::default()
+        };
+        config.partners.insert(
+            "acme".into(),
+            PartnerConfig {
+                max_connections: Some(1),
+                ..PartnerConfig::default()
+            },
+        );
+        let limits = ConnectionLimits::new(&config);
+        let first = limits.node_slot().unwrap();
+        let second = limits.node_slot().unwrap();
+        assert!(limits.node_slot().is_none());
+        drop(first);
+        assert!(limits.node_slot().is_some());
+        drop(second);
+
+        let acme = limits.partner_slot("acme").unwrap();
+        assert!(acme.is_some());
+        assert!(limits.partner_is_full("acme"));
+        assert!(limits.partner_slot("acme").is_none());
+        // No limit of its own: always a place (the node's limit still applies).
+        assert!(matches!(limits.partner_slot("globex"), Some(None)));
+        drop(acme);
+        assert!(!limits.partner_is_full("acme"));
+        assert!(limits.partner_slot("acme").unwrap().is_some());
+    }
+
+    #[test]
+    fn command_rate_allows_a_burst_then_the_rate() {
+        let start = Instant::now();
+        let mut rate = CommandRate::new(10, start);
+        assert_eq!((0..20).filter(|_| rate.allow(start)).count(), 10);
+        // 100 ms later, one more.
+        let later = start + Duration::from_millis(100);
+        assert!(rate.allow(later));
+        assert!(!rate.allow(later));
+        // A quiet second refills the burst, never more.
+        let much_later = later + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| rate.allow(much_later)).count(), 10);
+    }
+
+    #[test]
+    fn origins() {
+        let allowed = vec!["https://app.acme.com".to_owned()];
+        assert!(origin_allowed(&allowed, Some("https://app.acme.com")));
+        assert!(origin_allowed(&allowed, Some("HTTPS://APP.ACME.COM")));
+        assert!(!origin_allowed(&allowed, Some("https://evil.example")));
+        assert!(!origin_allowed(
+            &allowed,
+            Some("https://app.acme.com.evil.example")
+        ));
+        assert!(origin_allowed(&allowed, None));
+        assert!(origin_allowed(&[], Some("https://anything.example")));
+    }
+}
