@@ -336,6 +336,11 @@ def check_overlay(name, rendered_path, schema_dir, known, pending_used, external
     for rule_name, rule in by_kind.get("PrometheusRule", {}).items():
         exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
         check_metric_names(f"{name}: PrometheusRule/{rule_name}", exprs, known, pending_used)
+        # An alert without a runbook entry leaves the person paged guessing.
+        for group in rule["spec"]["groups"]:
+            for alert in (r["alert"] for r in group["rules"] if "alert" in r):
+                if f"\n### {alert}\n" not in known["runbook"]:
+                    problem(f"{name}: PrometheusRule/{rule_name}", f"alert {alert} has no '### {alert}' section in docs/operations.md")
 
 
 def dashboard_exprs(node):
@@ -394,6 +399,7 @@ def main(argv):
         "code": code_metric_names(root),
         "pending": read_list(root / "deploy/ci/pending-metrics.txt"),
         "external": read_list(root / "deploy/ci/external-metrics.txt"),
+        "runbook": (root / "docs/operations.md").read_text(),
     }
     if not known["code"]:
         problem("crates", "found no metric names in the code; the extraction is broken")
