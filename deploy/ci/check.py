@@ -1,0 +1,428 @@
+"""Validates what `kubectl kustomize` rendered for each overlay, the Grafana dashboard
+and the Dockerfile. Run by .ci/deploy-check inside its venv; exits 1 listing every
+problem found, so one run shows them all.
+
+    check.py REPO_ROOT OVERLAY=RENDERED.yaml [OVERLAY=RENDERED.yaml ...]
+"""
+
+import json
+import pathlib
+import re
+import sys
+import tomllib
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+# The oldest Kubernetes the manifests target; strict refuses unknown fields (typos).
+KUBERNETES_VERSION = "1.32.0"
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
+}
+ROLES = {"ingest", "router", "edge"}
+# fanout's own defaults (crates/fanout/src/config.rs, crates/edge/src/config.rs), used
+# when the mounted fanout.toml leaves a key out.
+DEFAULT_ADMIN_LISTEN = "0.0.0.0:9090"
+DEFAULT_EDGE_LISTEN = "0.0.0.0:8080"
+DEFAULT_DRAIN_WINDOW_MS = 10_000
+CONFIG_MOUNT = "/etc/fanout/config"
+SECRETS_MOUNT = "/etc/fanout/secrets"
+
+problems = []
+
+
+def problem(where, message):
+    problems.append(f"{where}: {message}")
+
+
+def read_list(path):
+    """Names one per line; `#` starts a comment."""
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.add(line)
+    return names
+
+
+# ---------------------------------------------------------------- metric names
+
+
+def code_metric_names(root):
+    """Every metric name the Rust code registers. Literal names are found as string
+    literals; the Kafka client metrics are built as `fanout_{stage}_...` with the stage
+    passed to `KafkaClientMetrics::new(registry, "<stage>", ...)`, so those templates
+    are expanded for each stage that calls it."""
+    names = set()
+    templates = set()
+    stages = set()
+    for path in sorted(root.glob("crates/*/src/**/*.rs")):
+        text = path.read_text()
+        names.update(re.findall(r'"(fanout_[a-z0-9_]+)"', text))
+        templates.update(re.findall(r'"(fanout_\{stage\}_[a-z0-9_]+)"', text))
+        stages.update(re.findall(r'KafkaClientMetrics::new\(\s*[^,]+,\s*"([a-z]+)"', text))
+    for template in templates:
+        for stage in stages:
+            names.add(template.replace("{stage}", stage))
+    # A histogram or summary is exposed as these series too.
+    for name in list(names):
+        for suffix in ("_bucket", "_sum", "_count"):
+            names.add(name + suffix)
+    return names
+
+
+PROMQL_WORDS = {
+    "and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
+    "group_right", "offset", "bool", "inf", "nan", "le",
+}
+
+
+def promql_metric_names(expr):
+    """The metric names an expression selects: identifiers that are not functions,
+    keywords or inside label matchers, grouping clauses, ranges or strings."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings (label values, le)
+    text = re.sub(r"\$\{[^}]*\}|\$\w+", "", text)  # Grafana variables
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges and subqueries
+    text = re.sub(
+        r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text
+    )
+    names = set()
+    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        word = match.group(0)
+        following = text[match.end():].lstrip()
+        if following.startswith("("):  # a function or aggregation
+            continue
+        if word.lower() in PROMQL_WORDS:
+            continue
+        # Durations after `offset` and numbers like 1e3 are not names.
+        if re.fullmatch(r"\d.*", word):
+            continue
+        names.add(word)
+    return names
+
+
+def check_metric_names(where, exprs, known, pending_used):
+    for expr in exprs:
+        for name in sorted(promql_metric_names(expr)):
+            if name in known["code"] or name in known["external"]:
+                continue
+            if name in known["pending"]:
+                pending_used.add(name)
+                continue
+            problem(where, f"query uses {name!r}, which no crate exports: {expr.strip()}")
+
+
+# ---------------------------------------------------------------- Kubernetes objects
+
+
+def validate_schema(where, obj, schema_dir):
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in CRD_SCHEMAS:
+        schema = json.loads((schema_dir / CRD_SCHEMAS[key]).read_text())
+        for error in jsonschema.Draft202012Validator(schema).iter_errors(obj):
+            path = "/".join(str(part) for part in error.absolute_path)
+            problem(where, f"{path}: {error.message}")
+        return
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        path = "/".join(str(part) for part in error.path)
+        problem(where, f"{path}: {error.message}")
+    except kubernetes_validate.SchemaNotFoundError:
+        problem(where, f"no schema for {key[0]} {key[1]} (add one under deploy/ci/schemas)")
+
+
+def port_of(listen):
+    return int(listen.rsplit(":", 1)[1])
+
+
+def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_configs):
+    """Checks one Deployment's pod template; returns its container ports by name."""
+    spec = deployment["spec"]["template"]["spec"]
+    pod_security = spec.get("securityContext", {})
+    containers = spec.get("containers", [])
+    ports = {}
+    # Mounted config, for the drain window and the admin port.
+    config = {}
+    for volume in spec.get("volumes", []):
+        if "configMap" in volume:
+            name = volume["configMap"]["name"]
+            if name not in config_maps:
+                problem(where, f"volume {volume['name']} mounts ConfigMap {name}, not rendered")
+            elif name in fanout_configs:
+                config = fanout_configs[name]
+        if "secret" in volume:
+            name = volume["secret"]["secretName"]
+            if name not in secrets and name not in external_secrets:
+                problem(where, f"volume {volume['name']} mounts Secret {name}, neither rendered nor listed as external")
+    for container in containers:
+        cwhere = f"{where} container {container['name']}"
+        for port in container.get("ports", []):
+            ports[port.get("name")] = port["containerPort"]
+        # Requests and limits, for CPU and memory: without them the scheduler packs
+        # blindly and one edge's table can starve its node.
+        resources = container.get("resources", {})
+        for kind in ("requests", "limits"):
+            for resource in ("cpu", "memory"):
+                if resource not in resources.get(kind, {}):
+                    problem(cwhere, f"no resources.{kind}.{resource}")
+        # Not root: runAsNonRoot makes the kubelet refuse a root image, and a uid of 0
+        # anywhere would defeat it.
+        security = container.get("securityContext", {})
+        non_root = security.get("runAsNonRoot", pod_security.get("runAsNonRoot"))
+        uid = security.get("runAsUser", pod_security.get("runAsUser"))
+        if non_root is not True:
+            problem(cwhere, "runAsNonRoot is not true")
+        if uid is None or uid == 0:
+            problem(cwhere, f"runAsUser is {uid!r}; must be a non-zero uid")
+        if security.get("allowPrivilegeEscalation") is not False:
+            problem(cwhere, "allowPrivilegeEscalation is not false")
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                name = source["secretRef"]["name"]
+                if name not in secrets and name not in external_secrets:
+                    problem(cwhere, f"envFrom Secret {name}, neither rendered nor listed as external")
+        env = {item["name"]: item.get("value") for item in container.get("env", [])}
+        args = container.get("args", [])
+        role = args[0] if args else None
+        if role not in ROLES:
+            problem(cwhere, f"args {args!r} do not start with a role ({', '.join(sorted(ROLES))})")
+        # The config is what fanout reads only if FANOUT_CONFIG names the mounted file.
+        mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+        if env.get("FANOUT_CONFIG") != f"{CONFIG_MOUNT}/fanout.toml" or CONFIG_MOUNT not in mounts:
+            problem(cwhere, f"FANOUT_CONFIG must be {CONFIG_MOUNT}/fanout.toml, mounted from the ConfigMap")
+        # Probes on the admin port: the client port answers WebSockets, not /readyz.
+        admin_port = port_of(config.get("listen", {}).get("admin", DEFAULT_ADMIN_LISTEN))
+        if ports.get("admin") != admin_port:
+            problem(cwhere, f"port 'admin' is {ports.get('admin')}, config listen.admin is {admin_port}")
+        for probe_name, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            probe = container.get(probe_name)
+            if not probe or "httpGet" not in probe:
+                problem(cwhere, f"no {probe_name} with httpGet")
+                continue
+            get = probe["httpGet"]
+            port = get.get("port")
+            port_number = ports.get(port) if isinstance(port, str) else port
+            if port_number != admin_port:
+                problem(cwhere, f"{probe_name} uses port {port!r}, not the admin port {admin_port}")
+            if get.get("path") != path:
+                problem(cwhere, f"{probe_name} path is {get.get('path')!r}, want {path}")
+        if role == "edge":
+            client_port = port_of(config.get("listen", {}).get("edge", DEFAULT_EDGE_LISTEN))
+            if ports.get("client") != client_port:
+                problem(cwhere, f"port 'client' is {ports.get('client')}, config listen.edge is {client_port}")
+            if SECRETS_MOUNT not in mounts:
+                problem(cwhere, f"partner Secret not mounted at {SECRETS_MOUNT}")
+            # The grace period runs from the start of preStop; the drain must fit in it
+            # after the sleep, or the kubelet SIGKILLs clients mid-drain.
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            pre_stop = container.get("lifecycle", {}).get("preStop", {})
+            sleep_seconds = 0
+            if "exec" in pre_stop:
+                command = pre_stop["exec"].get("command", [])
+                if len(command) == 2 and command[0] == "sleep":
+                    sleep_seconds = float(command[1])
+                else:
+                    problem(cwhere, f"preStop {command!r} is not a plain sleep; cannot check the grace period")
+            elif "sleep" in pre_stop:
+                sleep_seconds = pre_stop["sleep"]["seconds"]
+            drain_ms = config.get("edge", {}).get("drain_window_ms", DEFAULT_DRAIN_WINDOW_MS)
+            if not grace > sleep_seconds + drain_ms / 1000:
+                problem(
+                    cwhere,
+                    f"terminationGracePeriodSeconds {grace} is not above preStop sleep {sleep_seconds} s"
+                    f" + edge.drain_window_ms {drain_ms} ms",
+                )
+    return ports
+
+
+def check_overlay(name, rendered_path, schema_dir, known, pending_used, external_secrets, dockerfile):
+    docs = [doc for doc in yaml.safe_load_all(rendered_path.read_text()) if doc]
+    if not docs:
+        problem(name, "rendered nothing")
+        return
+    by_kind = {}
+    for obj in docs:
+        where = f"{name}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+        validate_schema(where, obj, schema_dir)
+        by_kind.setdefault(obj.get("kind"), {})[obj["metadata"]["name"]] = obj
+
+    config_maps = by_kind.get("ConfigMap", {})
+    secrets = by_kind.get("Secret", {})
+    fanout_configs = {}
+    for cm_name, config_map in config_maps.items():
+        text = config_map.get("data", {}).get("fanout.toml")
+        if text is None:
+            continue
+        try:
+            fanout_configs[cm_name] = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as error:
+            problem(f"{name}: ConfigMap/{cm_name}", f"fanout.toml is not TOML: {error}")
+    for secret_name in external_secrets:
+        if secret_name in secrets:
+            problem(name, f"Secret {secret_name} is listed as external but rendered")
+
+    deployments = by_kind.get("Deployment", {})
+    roles = set()
+    pod_ports = {}
+    for dep_name, deployment in deployments.items():
+        where = f"{name}: Deployment/{dep_name}"
+        ports = pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_configs)
+        labels = deployment["spec"]["template"]["metadata"].get("labels", {})
+        pod_ports[dep_name] = (labels, ports)
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            args = container.get("args", [])
+            if args:
+                roles.add(args[0])
+            uid = container.get("securityContext", {}).get(
+                "runAsUser", deployment["spec"]["template"]["spec"].get("securityContext", {}).get("runAsUser")
+            )
+            if dockerfile["user"] is not None and str(uid) != dockerfile["user"]:
+                problem(where, f"runAsUser {uid} is not the Dockerfile's USER {dockerfile['user']}")
+            for port in ports.values():
+                if str(port) not in dockerfile["expose"]:
+                    problem(where, f"port {port} is not EXPOSEd by the Dockerfile")
+    if roles != ROLES:
+        problem(name, f"Deployments run roles {sorted(roles)}, want {sorted(ROLES)}")
+
+    def selected(selector):
+        return [
+            (dep, ports) for dep, (labels, ports) in pod_ports.items()
+            if selector and all(labels.get(k) == v for k, v in selector.items())
+        ]
+
+    # Every Service reaches pods, on ports they have.
+    for svc_name, service in by_kind.get("Service", {}).items():
+        where = f"{name}: Service/{svc_name}"
+        targets = selected(service["spec"].get("selector", {}))
+        if not targets:
+            problem(where, "selects no Deployment's pods")
+        for port in service["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            for dep, ports in targets:
+                if target not in ports and target not in ports.values():
+                    problem(where, f"targetPort {target!r} is not a port of {dep}")
+    for pdb_name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
+        if not selected(pdb["spec"]["selector"].get("matchLabels", {})):
+            problem(f"{name}: PodDisruptionBudget/{pdb_name}", "selects no Deployment's pods")
+    for hpa_name, hpa in by_kind.get("HorizontalPodAutoscaler", {}).items():
+        target = hpa["spec"]["scaleTargetRef"]
+        if target["kind"] != "Deployment" or target["name"] not in deployments:
+            problem(f"{name}: HorizontalPodAutoscaler/{hpa_name}", f"targets {target}, not a rendered Deployment")
+        elif "replicas" in deployments[target["name"]]["spec"]:
+            problem(f"{name}: Deployment/{target['name']}", "sets replicas although an HPA owns it")
+    # The ServiceMonitor must scrape one admin Service per stage and nothing else.
+    for sm_name, monitor in by_kind.get("ServiceMonitor", {}).items():
+        where = f"{name}: ServiceMonitor/{sm_name}"
+        match = monitor["spec"]["selector"].get("matchLabels", {})
+        scraped = [
+            service for service in by_kind.get("Service", {}).values()
+            if all(service["metadata"].get("labels", {}).get(k) == v for k, v in match.items())
+        ]
+        scraped_roles = set()
+        for service in scraped:
+            port_names = {port.get("name") for port in service["spec"]["ports"]}
+            for endpoint in monitor["spec"]["endpoints"]:
+                if endpoint["port"] not in port_names:
+                    problem(where, f"Service {service['metadata']['name']} has no port {endpoint['port']!r}")
+            for dep, ports in selected(service["spec"]["selector"]):
+                for container in deployments[dep]["spec"]["template"]["spec"]["containers"]:
+                    scraped_roles.update(container.get("args", [])[:1])
+        if scraped_roles != ROLES:
+            problem(where, f"scrapes roles {sorted(scraped_roles)}, want {sorted(ROLES)}")
+    for rule_name, rule in by_kind.get("PrometheusRule", {}).items():
+        exprs = [r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]]
+        check_metric_names(f"{name}: PrometheusRule/{rule_name}", exprs, known, pending_used)
+        # An alert without a runbook entry leaves the person paged guessing.
+        for group in rule["spec"]["groups"]:
+            for alert in (r["alert"] for r in group["rules"] if "alert" in r):
+                if f"\n### {alert}\n" not in known["runbook"]:
+                    problem(f"{name}: PrometheusRule/{rule_name}", f"alert {alert} has no '### {alert}' section in docs/operations.md")
+
+
+def dashboard_exprs(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr" and isinstance(value, str):
+                yield value
+            else:
+                yield from dashboard_exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from dashboard_exprs(item)
+
+
+def check_dashboard(path, known, pending_used):
+    try:
+        dashboard = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        problem(str(path), f"not JSON: {error}")
+        return
+    exprs = list(dashboard_exprs(dashboard.get("panels", [])))
+    if not exprs:
+        problem(str(path), "no panel has a query")
+    check_metric_names(str(path), exprs, known, pending_used)
+    ids = [panel.get("id") for panel in dashboard.get("panels", [])]
+    if len(ids) != len(set(ids)):
+        problem(str(path), "panel ids are not unique")
+
+
+def dockerfile_facts(path):
+    """The runtime stage's USER, EXPOSEd ports and ENTRYPOINT, which the manifests must
+    agree with (the image is not built in CI: see docs/operations.md)."""
+    text = path.read_text()
+    stages = re.split(r"(?im)^FROM\s", text)
+    runtime = stages[-1]
+    user = re.findall(r"(?im)^USER\s+(\S+)", runtime)
+    expose = set()
+    for line in re.findall(r"(?im)^EXPOSE\s+(.+)$", runtime):
+        expose.update(port.split("/")[0] for port in line.split())
+    facts = {"user": user[-1].split(":")[0] if user else None, "expose": expose}
+    if facts["user"] is None or not facts["user"].isdigit() or facts["user"] == "0":
+        problem(str(path), f"runtime stage USER is {facts['user']!r}; want a numeric non-root uid (runAsNonRoot needs a number)")
+    if "cargo build --release --locked -p fanout" not in text:
+        problem(str(path), "does not build with `cargo build --release --locked -p fanout`")
+    entrypoint = re.findall(r'(?im)^ENTRYPOINT\s+\["([^"]+)"', runtime)
+    binary = entrypoint[-1] if entrypoint else None
+    if not binary or not re.search(rf"(?im)^COPY\s+--from=\S+\s+\S+\s+{re.escape(binary)}\s*$", runtime):
+        problem(str(path), f"ENTRYPOINT {binary!r} is not a file the runtime stage copies from the builder")
+    return facts
+
+
+def main(argv):
+    root = pathlib.Path(argv[1])
+    schema_dir = root / "deploy/ci/schemas"
+    known = {
+        "code": code_metric_names(root),
+        "pending": read_list(root / "deploy/ci/pending-metrics.txt"),
+        "external": read_list(root / "deploy/ci/external-metrics.txt"),
+        "runbook": (root / "docs/operations.md").read_text(),
+    }
+    if not known["code"]:
+        problem("crates", "found no metric names in the code; the extraction is broken")
+    pending_used = set()
+    dockerfile = dockerfile_facts(root / "Dockerfile")
+    for overlay_arg in argv[2:]:
+        name, rendered = overlay_arg.split("=", 1)
+        external_file = root / "deploy/overlays" / name / "external-secrets.txt"
+        external = read_list(external_file) if external_file.exists() else set()
+        check_overlay(name, pathlib.Path(rendered), schema_dir, known, pending_used, external, dockerfile)
+    check_dashboard(root / "deploy/grafana/fanout.json", known, pending_used)
+    for name in sorted(pending_used - known["code"]):
+        print(f"warning: {name} is used but not in the code yet (deploy/ci/pending-metrics.txt)")
+    for name in sorted(known["pending"] & known["code"]):
+        print(f"note: {name} is in the code now; drop it from deploy/ci/pending-metrics.txt")
+    for line in problems:
+        print(f"FAIL {line}")
+    if problems:
+        print(f"{len(problems)} problem(s) in deploy/")
+        return 1
+    print(f"deploy/ ok: {len(argv) - 2} overlay(s), {len(known['code'])} metric series names from the code")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
