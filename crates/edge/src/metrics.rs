@@ -200,6 +200,11 @@ impl EdgeMetrics {
         }
     }
 
+    /// Count frames written so far.
+    pub fn push_count(&self) -> u64 {
+        self.pushes.get()
+    }
+
     /// Count changes coalesced so far.
     pub fn coalesced_count(&self) -> u64 {
         self.coalesced_pushes.get()

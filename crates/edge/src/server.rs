@@ -154,17 +154,42 @@ fn refusal(status: StatusCode, body: &str) -> ErrorResponse {
 }
 
 /// The query with the `jwt` value replaced, for logs: a token in a log line is a
-/// credential anyone reading logs can use.
+/// credential anyone reading logs can use. Everything else is kept as sent.
 pub fn redact_query(query: &str) -> String {
-    let mut redacted = url::form_urlencoded::Serializer::new(String::new());
-    for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
-        if name == "jwt" {
-            redacted.append_pair(&name, "[redacted]");
-        } else {
-            redacted.append_pair(&name, &value);
-        }
+    query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            let decoded: String = url::form_urlencoded::parse(name.as_bytes())
+                .map(|(name, _)| name.into_owned())
+                .collect();
+            if decoded == "jwt" {
+                "jwt=[redacted]"
+            } else {
+                pair
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query;
+
+    #[test]
+    fn the_token_is_redacted_whatever_its_spelling() {
+        assert_eq!(
+            redact_query("jwt=eyJ.abc.def&partner=acme"),
+            "jwt=[redacted]&partner=acme"
+        );
+        assert_eq!(
+            redact_query("partner=acme&%6Awt=eyJ.abc&jwt=second"),
+            "partner=acme&jwt=[redacted]&jwt=[redacted]"
+        );
+        assert_eq!(redact_query("jwt"), "jwt=[redacted]");
+        assert_eq!(redact_query(""), "");
     }
-    redacted.finish()
 }
 
 async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
