@@ -126,7 +126,8 @@ impl Config {
         self.validate_edge()?;
         validate_address("listen.edge", &self.listen.edge)?;
         validate_address("listen.admin", &self.listen.admin)?;
-        if self.listen.edge == self.listen.admin {
+        // Port 0 (any free port) twice is two ports.
+        if self.listen.edge == self.listen.admin && !self.listen.edge.ends_with(":0") {
             return Err(invalid(
                 "listen.admin",
                 "must differ from listen.edge (client traffic and admin are separate)",
