@@ -239,7 +239,7 @@ pub async fn supervise_with_grace(
                     .collect(),
             };
             tracing::error!(
-                grace_ms = grace.as_millis(),
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
                 still_running = ?error.still_running,
                 "shutdown grace passed before every stage stopped; exiting anyway"
             );

@@ -168,7 +168,13 @@ async fn http_status(address: SocketAddr, path: &str) -> Option<u16> {
     response.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn write_config(dir: &Path, cluster: &TestCluster, partner: &TestPartner) -> std::path::PathBuf {
+fn write_config(
+    dir: &Path,
+    cluster: &TestCluster,
+    partner: &TestPartner,
+    drain_window_ms: u64,
+    grace_ms: u64,
+) -> std::path::PathBuf {
     let config = &cluster.config;
     let topics = &config.topics;
     let text = format!(
@@ -194,7 +200,7 @@ group_id = "{ingest_group}"
 group_id = "{router_group}"
 
 [edge]
-drain_window_ms = 1000
+drain_window_ms = {drain_window_ms}
 
 [edge.partners.{partner}]
 secrets = [{{ secret = "{secret}" }}]
@@ -204,7 +210,7 @@ edge = "127.0.0.1:0"
 admin = "127.0.0.1:0"
 
 [shutdown]
-grace_ms = 30000
+grace_ms = {grace_ms}
 "#,
         brokers = config.kafka.brokers,
         message_events = topics.message_events,
@@ -266,7 +272,7 @@ async fn sigterm_and_sigint_drain_commit_and_exit_zero() {
         fanout::tools::random_hex(4)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let config_path = write_config(&dir, &cluster, &partner);
+    let config_path = write_config(&dir, &cluster, &partner, 1000, 30_000);
 
     let mut ingest = Role::start("ingest", &config_path);
     let mut router = Role::start("router", &config_path);
@@ -346,4 +352,78 @@ async fn sigterm_and_sigint_drain_commit_and_exit_zero() {
         assert_eq!(client.next_frame().await, None, "closed after the goodbye");
     }
     edge.assert_exits_cleanly("SIGTERM").await;
+}
+
+/// The other way out: a drain that cannot finish (ingest's output is refused by the
+/// broker, retried forever) is cut off at `shutdown.grace_ms` with an error naming the
+/// stage, and a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_longer_than_the_grace_is_logged_and_exits_nonzero() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let partner = TestPartner::new("p1");
+    let cluster = TestCluster::start(1, std::slice::from_ref(&partner));
+    let dir = std::env::temp_dir().join(format!(
+        "fanout-grace-{}-{}",
+        std::process::id(),
+        fanout::tools::random_hex(4)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = write_config(&dir, &cluster, &partner, 500, 2000);
+
+    // The input is in Kafka; from now on every produce request fails (retriably).
+    let producer = cluster.producer();
+    let message = event::created(&partner.code, "c1", 1, "dave", &["alice"]);
+    produce_event(&producer, &cluster.config, &message).await;
+    cluster
+        .embedded()
+        .with_cluster(|kafka| {
+            kafka.request_errors(
+                RDKafkaApiKey::Produce,
+                &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 100_000],
+            );
+        })
+        .unwrap();
+
+    let mut ingest = Role::start("ingest", &config_path);
+    let admin = ingest.logged_address("admin port listening").await;
+    // Consumed, its user event in flight and never acknowledged.
+    wait_for_metric(admin, r#"fanout_ingest_events_total{result="accepted"} 1"#).await;
+    ingest.signal("TERM");
+    let status = tokio::time::timeout(DEADLINE, ingest.child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("ingest did not exit: {}", ingest.logs_text()))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status.code(), Some(1), "{}", ingest.logs_text());
+    let error = ingest
+        .logged("shutdown grace passed before every stage stopped; exiting anyway")
+        .unwrap_or_else(|| panic!("no error logged: {}", ingest.logs_text()));
+    assert_eq!(error["level"], "ERROR");
+    assert_eq!(error["grace_ms"], 2000);
+    assert!(
+        error["still_running"].as_str().unwrap().contains("ingest"),
+        "{error}"
+    );
+}
+
+async fn wait_for_metric(admin: SocketAddr, line: &str) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut body = String::new();
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(admin).await {
+            let request =
+                format!("GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n");
+            if stream.write_all(request.as_bytes()).await.is_ok() {
+                let _ = stream.read_to_string(&mut body).await;
+            }
+        }
+        if body.lines().any(|sample| sample == line) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/metrics never showed {line}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
