@@ -292,6 +292,7 @@ async fn sigterm_and_sigint_drain_commit_and_exit_zero() {
         assert_eq!(client.welcome_and_subscribe().await, count_frame(0));
         clients.push(client);
     }
+    let edge_lines_before = edge.logs.lock().unwrap().len();
     let producer = cluster.producer();
     for seq in 1..=MESSAGES {
         let conversation = if seq % 2 == 0 { "c1" } else { "c2" };
@@ -306,6 +307,15 @@ async fn sigterm_and_sigint_drain_commit_and_exit_zero() {
             }
         }
     }
+
+    // One line per notable event, none per frame: the pushes were not logged.
+    let pushed = MESSAGES as usize * users.len();
+    let edge_lines = edge.logs.lock().unwrap().len() - edge_lines_before;
+    assert!(
+        edge_lines < pushed / 2,
+        "{edge_lines} edge log lines for {pushed} pushes: {}",
+        edge.logs_text()
+    );
 
     // Ingest and router: finish what is in flight, commit, exit 0.
     ingest.signal("TERM");
