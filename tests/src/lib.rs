@@ -57,6 +57,7 @@ impl TestPartner {
     }
 }
 
+pub mod metrics_doc;
 pub mod node;
 pub mod scenarios;
 pub mod tansu;

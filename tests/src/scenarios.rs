@@ -322,7 +322,7 @@ pub fn restart_partners() -> Vec<TestPartner> {
 /// finishing the stream: every final count equals an independent recount.
 pub async fn crash_and_restart(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
     let partners = restart_partners();
-    let seed: u64 = std::env::var("FANOUT_TEST_SEED")
+    let seed: u64 = std::env::var("TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(20_261_121);

@@ -2,7 +2,7 @@
 //! its SQLite storage engine in a directory of its own, so that it keeps its data
 //! across a restart. Installed into `$HOME/.cache/fanout/tools/tansu-0.6.0-libsql` by
 //! `cargo install` the first time a test needs it (about 15 minutes on 2 cores), then
-//! reused; `FANOUT_TANSU` names another binary.
+//! reused; `TEST_TANSU` names another binary.
 //!
 //! Not the in-memory engine: tansu 0.6's memory engine answers a fetch from an offset
 //! inside a record batch with the *next* batch, silently skipping the rest of the batch
@@ -27,7 +27,7 @@ fn tools_dir() -> PathBuf {
 /// The tansu binary, installed if missing. Concurrent test processes wait for one
 /// install through a lock file.
 pub fn tansu_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("FANOUT_TANSU") {
+    if let Some(path) = std::env::var_os("TEST_TANSU") {
         return PathBuf::from(path);
     }
     let tools = tools_dir();

@@ -150,7 +150,7 @@ pub fn check_secrets(code: &str, secrets: &[SecretConfig]) -> Result<(), String>
         .any(|secret| secret.secret.len() < MIN_SECRET_BYTES)
     {
         return Err(format!(
-            "{code}.secrets: each secret needs at least {MIN_SECRET_BYTES} bytes"
+            "each secret of {code} needs at least {MIN_SECRET_BYTES} bytes"
         ));
     }
     Ok(())
@@ -173,69 +173,56 @@ impl EdgeConfig {
         merged
     }
 
-    /// Checks what serde cannot, naming the key; reads `secrets_file` if set.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks what serde cannot: the offending key and why. Reads `secrets_file` if set.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let must_be_positive = |key: &str| (key.to_owned(), "must be positive".to_owned());
         let positive = [
             ("edge.ping_interval_ms", self.ping_interval_ms),
             ("edge.auth_timeout_ms", self.auth_timeout_ms),
             ("edge.handshake_timeout_ms", self.handshake_timeout_ms),
-            (
-                "edge.max_token_lifetime_seconds",
-                self.max_token_lifetime_seconds,
-            ),
-            (
-                "edge.secrets_reload_interval_ms",
-                self.secrets_reload_interval_ms,
-            ),
-            (
-                "edge.max_commands_per_second",
-                u64::from(self.max_commands_per_second),
-            ),
+            ("edge.max_token_lifetime_seconds", self.max_token_lifetime_seconds),
+            ("edge.secrets_reload_interval_ms", self.secrets_reload_interval_ms),
+            ("edge.max_commands_per_second", u64::from(self.max_commands_per_second)),
         ];
-        for (key, value) in positive {
-            if value == 0 {
-                return Err(format!("{key} must be positive"));
-            }
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(must_be_positive(key));
         }
         let positive_sizes = [
             ("edge.max_frame_bytes", self.max_frame_bytes),
             ("edge.max_token_bytes", self.max_token_bytes),
             ("edge.jti_cache_capacity", self.jti_cache_capacity),
-            (
-                "edge.max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection,
-            ),
+            ("edge.max_subscriptions_per_connection", self.max_subscriptions_per_connection),
             ("edge.max_connections", self.max_connections),
         ];
-        for (key, value) in positive_sizes {
-            if value == 0 {
-                return Err(format!("{key} must be positive"));
-            }
+        if let Some((key, _)) = positive_sizes.iter().find(|(_, value)| *value == 0) {
+            return Err(must_be_positive(key));
         }
         for (code, partner) in &self.partners {
-            check_secrets(code, &partner.secrets)
-                .map_err(|reason| format!("edge.partners.{reason}"))?;
+            check_secrets(code, &partner.secrets).map_err(|reason| {
+                (format!("edge.partners.{code}.secrets"), reason)
+            })?;
             if partner.max_connections == Some(0) {
-                return Err(format!(
-                    "edge.partners.{code}.max_connections must be positive"
-                ));
+                return Err(must_be_positive(&format!("edge.partners.{code}.max_connections")));
             }
             for origin in &partner.allowed_origins {
                 if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
-                    return Err(format!(
-                        "edge.partners.{code}.allowed_origins: {origin:?} is not an origin like \"https://app.example.com\""
+                    return Err((
+                        format!("edge.partners.{code}.allowed_origins"),
+                        format!("{origin:?} is not an origin like \"https://app.example.com\""),
                     ));
                 }
             }
         }
         let file = match &self.secrets_file {
-            Some(path) => read_secrets_file(path)?,
+            Some(path) => read_secrets_file(path)
+                .map_err(|reason| ("edge.secrets_file".to_owned(), reason))?,
             None => SecretsFile::new(),
         };
         for (code, secrets) in self.merged_secrets(&file) {
             if secrets.is_empty() {
-                return Err(format!(
-                    "edge.partners.{code}.secrets must list at least one secret (here or in edge.secrets_file)"
+                return Err((
+                    format!("edge.partners.{code}.secrets"),
+                    "must list at least one secret (here or in edge.secrets_file)".to_owned(),
                 ));
             }
         }

@@ -44,7 +44,8 @@ impl Edge {
         ready: watch::Receiver<bool>,
     ) -> Result<Self, String> {
         let file = match &config.secrets_file {
-            Some(path) => crate::config::read_secrets_file(path)?,
+            Some(path) => crate::config::read_secrets_file(path)
+                .map_err(|reason| format!("edge.secrets_file: {reason}"))?,
             None => SecretsFile::new(),
         };
         let auth = Authenticator::new(&config, &config.merged_secrets(&file));

@@ -1,18 +1,28 @@
 //! fanout's configuration: one TOML file plus `FANOUT_*` environment overrides
-//! (`FANOUT_KAFKA__BROKERS=...`: a double underscore separates nested keys).
+//! (`FANOUT_KAFKA__BROKERS=...`: a double underscore separates nested keys). Every key,
+//! with its default and what it does, is in `default-config.toml` beside this file,
+//! which `fanout default-config` prints.
 
-use std::path::Path;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 
 use fanout_edge::EdgeConfig;
 use fanout_ingest::IngestConfig;
 use fanout_kafka::{KafkaSettings, Topics};
 use fanout_router::RouterConfig;
 use figment::Figment;
+use figment::error::Kind;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// The commented default config file: every key, its default and what it does.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default-config.toml");
+
 /// `FANOUT_*` variables that are command-line options, not config keys.
-const NOT_CONFIG_KEYS: [&str; 4] = ["config", "log_format", "token_secret", "test_seed"];
+const NOT_CONFIG_KEYS: [&str; 3] = ["config", "log_format", "token_secret"];
+
+const ENV_PREFIX: &str = "FANOUT_";
+const ENV_SEPARATOR: &str = "__";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -23,6 +33,7 @@ pub struct Config {
     pub router: RouterConfig,
     pub edge: EdgeConfig,
     pub listen: Listen,
+    pub shutdown: Shutdown,
 }
 
 /// Addresses the roles bind.
@@ -44,44 +55,293 @@ impl Default for Listen {
     }
 }
 
+/// What happens on SIGTERM or SIGINT.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shutdown {
+    /// From the signal to the exit: every stage must have drained by then (edge: its
+    /// `drain_window_ms` of goodbyes; ingest, router: in-flight records delivered and
+    /// committed), or the process logs an error and exits non-zero. Keep it below
+    /// Kubernetes' `terminationGracePeriodSeconds`.
+    pub grace_ms: u64,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { grace_ms: 30_000 }
+    }
+}
+
+/// Why a configuration was refused. Every reason names the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {} does not exist", .0.display())]
+    MissingFile(PathBuf),
+    /// What figment found reading the file and environment: TOML syntax, unknown keys,
+    /// wrong types. One line per problem.
+    #[error("{}", .0.join("\n"))]
+    Read(Vec<String>),
+    /// A value of the right type that is still wrong.
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
 impl Config {
-    /// Defaults, then the file (if any), then the environment.
-    pub fn load(file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+    /// Defaults, then the file (if any), then the environment; then [`Self::validate`].
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(Box::new(figment::Error::from(format!(
-                    "config file {} does not exist",
-                    file.display()
-                ))));
+                return Err(ConfigError::MissingFile(file.to_owned()));
             }
-            figment = figment.merge(Toml::file(file));
+            figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(
-            Env::prefixed("FANOUT_")
+            Env::prefixed(ENV_PREFIX)
                 .ignore(&NOT_CONFIG_KEYS)
-                .split("__"),
+                .split(ENV_SEPARATOR),
         );
-        let config: Config = figment.extract().map_err(Box::new)?;
-        config
-            .validate()
-            .map_err(|reason| Box::new(figment::Error::from(reason)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|error| ConfigError::Read(describe_figment_error(error)))?;
+        config.validate()?;
         Ok(config)
     }
 
-    /// Checks what serde cannot.
-    pub fn validate(&self) -> Result<(), String> {
-        if self.kafka.brokers.trim().is_empty() {
-            return Err("kafka.brokers must name at least one broker".to_owned());
+    /// Checks what serde cannot, naming the key of the first problem.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka
+            .validate()
+            .map_err(|error| invalid(format!("kafka.{}", error.key), error.reason))?;
+        self.validate_topics()?;
+        self.validate_ingest()?;
+        self.validate_router()?;
+        self.validate_edge()?;
+        validate_address("listen.edge", &self.listen.edge)?;
+        validate_address("listen.admin", &self.listen.admin)?;
+        // Port 0 (any free port) twice is two ports.
+        if self.listen.edge == self.listen.admin && !self.listen.edge.ends_with(":0") {
+            return Err(invalid(
+                "listen.admin",
+                "must differ from listen.edge (client traffic and admin are separate)",
+            ));
         }
-        for code in self.edge.partners.keys() {
-            if !fanout_ingest::events::is_valid_partner(code) {
-                return Err(format!("edge.partners.{code}: not a valid partner code"));
-            }
+        if self.shutdown.grace_ms <= self.edge.drain_window_ms {
+            return Err(invalid(
+                "shutdown.grace_ms",
+                format!(
+                    "must be longer than edge.drain_window_ms ({} ms), or the edge cannot finish its goodbyes",
+                    self.edge.drain_window_ms
+                ),
+            ));
         }
-        self.edge.validate()?;
         Ok(())
     }
+
+    fn validate_topics(&self) -> Result<(), ConfigError> {
+        let topics = [
+            ("topics.message_events", &self.topics.message_events),
+            ("topics.user_events", &self.topics.user_events),
+            ("topics.router_state", &self.topics.router_state),
+            ("topics.unread_counts", &self.topics.unread_counts),
+            ("topics.dead_letter", &self.topics.dead_letter),
+        ];
+        let mut seen = BTreeSet::new();
+        for (key, topic) in topics {
+            let legal = !topic.is_empty()
+                && topic.len() <= 249
+                && topic != "."
+                && topic != ".."
+                && topic
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+            if !legal {
+                return Err(invalid(
+                    key,
+                    format!("{topic:?} is not a Kafka topic name (1-249 of [A-Za-z0-9._-])"),
+                ));
+            }
+            if !seen.insert(topic.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!("{topic:?} is also used for another topic"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
+        let ingest = &self.ingest;
+        if ingest.group_id.trim().is_empty() {
+            return Err(invalid("ingest.group_id", "must not be empty"));
+        }
+        if ingest.group_id == self.router.group_id {
+            return Err(invalid(
+                "ingest.group_id",
+                "must differ from router.group_id",
+            ));
+        }
+        for (key, value) in [
+            ("ingest.max_in_flight", ingest.max_in_flight as u64),
+            (
+                "ingest.limits.max_record_bytes",
+                ingest.limits.max_record_bytes as u64,
+            ),
+            (
+                "ingest.limits.max_recipients",
+                ingest.limits.max_recipients as u64,
+            ),
+            (
+                "ingest.limits.max_id_bytes",
+                ingest.limits.max_id_bytes as u64,
+            ),
+            ("ingest.limits.max_seq", ingest.limits.max_seq),
+        ] {
+            positive(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn validate_router(&self) -> Result<(), ConfigError> {
+        let router = &self.router;
+        if router.group_id.trim().is_empty() {
+            return Err(invalid("router.group_id", "must not be empty"));
+        }
+        for (key, value) in [
+            ("router.max_in_flight", router.max_in_flight as u64),
+            ("router.restore_timeout_ms", router.restore_timeout_ms),
+            (
+                "router.revoke_flush_timeout_ms",
+                router.revoke_flush_timeout_ms,
+            ),
+            (
+                "router.max_settled_ranges_per_user",
+                router.max_settled_ranges_per_user as u64,
+            ),
+        ] {
+            positive(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let edge = &self.edge;
+        for code in edge.partners.keys() {
+            if !fanout_ingest::events::is_valid_partner(code) {
+                return Err(invalid(
+                    format!("edge.partners.{code}"),
+                    "not a valid partner code (1-64 of [A-Za-z0-9._-])",
+                ));
+            }
+        }
+        let mut partitions = BTreeSet::new();
+        for partition in &edge.partitions {
+            if *partition < 0 || !partitions.insert(*partition) {
+                return Err(invalid(
+                    "edge.partitions",
+                    format!("{partition} is negative or listed twice"),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("edge.ping_interval_ms", edge.ping_interval_ms),
+            ("edge.handshake_timeout_ms", edge.handshake_timeout_ms),
+            ("edge.auth_timeout_ms", edge.auth_timeout_ms),
+            ("edge.max_frame_bytes", edge.max_frame_bytes as u64),
+        ] {
+            positive(key, value)?;
+        }
+        // The limits, secrets (edge.secrets_file included) and origins: the edge's own.
+        self.edge
+            .validate()
+            .map_err(|(key, reason)| invalid(key, reason))?;
+        Ok(())
+    }
+}
+
+fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(invalid(key, "must be positive"));
+    }
+    Ok(())
+}
+
+/// `host:port`, the host an IP address or a name, the port a number.
+fn validate_address(key: &str, address: &str) -> Result<(), ConfigError> {
+    if address.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let valid = address.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("{address:?} is not host:port (for example 0.0.0.0:8080)"),
+        ))
+    }
+}
+
+/// One line per problem figment found, each naming the key (dotted, as in the file)
+/// and where the value came from (the file, or the environment variable).
+fn describe_figment_error(error: figment::Error) -> Vec<String> {
+    error
+        .into_iter()
+        .map(|error| {
+            let mut path = error.path.clone();
+            let what = match &error.kind {
+                Kind::UnknownField(field, expected) => {
+                    if path.last() != Some(field) {
+                        path.push(field.clone());
+                    }
+                    if expected.is_empty() {
+                        "unknown key".to_owned()
+                    } else {
+                        format!("unknown key (known here: {})", expected.join(", "))
+                    }
+                }
+                Kind::MissingField(field) => {
+                    if path.last().map(String::as_str) != Some(field.as_ref()) {
+                        path.push(field.to_string());
+                    }
+                    "required but missing".to_owned()
+                }
+                Kind::InvalidType(actual, expected) => {
+                    format!("expected {expected}, found {actual}")
+                }
+                Kind::InvalidValue(actual, expected) => {
+                    format!("expected {expected}, found {actual}")
+                }
+                other => other.to_string(),
+            };
+            let key = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{}: ", path.join("."))
+            };
+            let from = error.metadata.as_ref().map(|metadata| {
+                if let Some(figment::Source::File(file)) = &metadata.source {
+                    format!(" (in {})", file.display())
+                } else if metadata.name.contains("environment") && !path.is_empty() {
+                    let variable = path.join(ENV_SEPARATOR).to_ascii_uppercase();
+                    format!(" (from {ENV_PREFIX}{variable})")
+                } else {
+                    String::new()
+                }
+            });
+            format!("{key}{what}{}", from.unwrap_or_default())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -136,5 +396,200 @@ mod tests {
             assert!(error.contains("brokerz"), "{error}");
             Ok(())
         });
+    }
+
+    fn load_error(text: &str) -> String {
+        let mut message = None;
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("fanout.toml", text)?;
+            message = Some(
+                Config::load(Some(Path::new("fanout.toml")))
+                    .unwrap_err()
+                    .to_string(),
+            );
+            Ok(())
+        });
+        message.unwrap()
+    }
+
+    #[test]
+    fn every_kind_of_error_names_the_key() {
+        let unknown = load_error("[edge]\nping_interval_mz = 1\n");
+        assert!(
+            unknown.starts_with("edge.ping_interval_mz: unknown key"),
+            "{unknown}"
+        );
+        assert!(unknown.contains("fanout.toml"), "{unknown}");
+        let wrong_type = load_error("[edge]\nping_interval_ms = \"often\"\n");
+        assert!(
+            wrong_type.starts_with("edge.ping_interval_ms: expected"),
+            "{wrong_type}"
+        );
+        assert!(wrong_type.contains("often"), "{wrong_type}");
+        let nested = load_error("[ingest.limits]\nmax_seq = -1\n");
+        assert!(nested.starts_with("ingest.limits.max_seq:"), "{nested}");
+        let zero = load_error("[router]\nmax_in_flight = 0\n");
+        assert_eq!(zero, "router.max_in_flight: must be positive");
+        let grace = load_error("[edge]\ndrain_window_ms = 40000\n");
+        assert!(
+            grace.starts_with("shutdown.grace_ms: must be longer"),
+            "{grace}"
+        );
+        let address = load_error("[listen]\nedge = \"8080\"\n");
+        assert!(address.starts_with("listen.edge:"), "{address}");
+        let topic = load_error("[topics]\ndead_letter = \"user-events\"\n");
+        assert!(topic.starts_with("topics.dead_letter:"), "{topic}");
+        let kafka = load_error("[kafka.client]\n\"securty.protocol\" = \"ssl\"\n");
+        assert!(
+            kafka.starts_with(r#"kafka.client."securty.protocol": refused by librdkafka"#),
+            "{kafka}"
+        );
+        let syntax = load_error("[edge\n");
+        assert!(syntax.contains("fanout.toml"), "{syntax}");
+
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FANOUT_EDGE__AUTH_TIMEOUT_MS", "soon");
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(
+                error.starts_with("edge.auth_timeout_ms: expected"),
+                "{error}"
+            );
+            assert!(
+                error.contains("FANOUT_EDGE__AUTH_TIMEOUT_MS"),
+                "names the variable: {error}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_default_config_file_is_exactly_the_defaults() {
+        let parsed: Config = Figment::from(Toml::string(DEFAULT_CONFIG_TOML))
+            .extract()
+            .unwrap();
+        assert_eq!(parsed, Config::default());
+        Config::default().validate().unwrap();
+    }
+
+    /// Each key of the defaults, dotted, with its default value (an empty table or list
+    /// is one leaf; a key whose default is unset is `Null`).
+    fn leaves(prefix: &str, value: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, child, out);
+                }
+            }
+            other => out.push((prefix.to_owned(), other.clone())),
+        }
+    }
+
+    /// A new config key fails this until default-config.toml documents it: every key
+    /// of `Config::default()` is in the file, set to its default with a comment right
+    /// above it; a key with no default appears as a commented-out `# key = ...`.
+    #[test]
+    fn every_key_is_in_the_default_config_file_with_a_comment() {
+        let mut defaults = Vec::new();
+        leaves(
+            "",
+            &serde_json::to_value(Config::default()).unwrap(),
+            &mut defaults,
+        );
+        let file: serde_json::Value = Figment::from(Toml::string(DEFAULT_CONFIG_TOML))
+            .extract()
+            .unwrap();
+        let mut in_file = Vec::new();
+        leaves("", &file, &mut in_file);
+        let file_keys: BTreeSet<&str> = in_file.iter().map(|(key, _)| key.as_str()).collect();
+
+        let lines: Vec<&str> = DEFAULT_CONFIG_TOML.lines().collect();
+        let mut undocumented = Vec::new();
+        for (key, value) in &defaults {
+            let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+            if value.is_null() {
+                // Unset by default: must be shown commented out.
+                let shown = lines.iter().any(|line| {
+                    line.trim_start_matches(['#', ' '])
+                        .starts_with(&format!("{name} ="))
+                        && line.starts_with('#')
+                });
+                if !shown {
+                    undocumented.push(format!("{key} (unset by default: add `# {name} = ...`)"));
+                }
+                continue;
+            }
+            if !file_keys.contains(key.as_str()) {
+                undocumented.push(format!("{key} (missing)"));
+                continue;
+            }
+            // The line that sets it: `name = ...` inside `[table]`, or the header of an
+            // empty table.
+            let header = format!("[{key}]");
+            let mut current_table = String::new();
+            let mut defining_line = None;
+            for (index, line) in lines.iter().enumerate() {
+                if let Some(section) = line.strip_prefix('[') {
+                    current_table = section.trim_end_matches(']').to_owned();
+                }
+                let sets_key = current_table == table
+                    && line
+                        .split_once('=')
+                        .is_some_and(|(left, _)| left.trim() == name);
+                if *line == header || sets_key {
+                    defining_line = Some(index);
+                    break;
+                }
+            }
+            let commented =
+                defining_line.is_some_and(|index| index > 0 && lines[index - 1].starts_with('#'));
+            if !commented {
+                undocumented.push(format!("{key} (no comment on the line above)"));
+            }
+        }
+        assert!(
+            undocumented.is_empty(),
+            "document these keys in crates/fanout/src/default-config.toml: {undocumented:#?}"
+        );
+        let default_keys: BTreeSet<&str> = defaults.iter().map(|(key, _)| key.as_str()).collect();
+        let extra: Vec<&&str> = file_keys.difference(&default_keys).collect();
+        assert!(
+            extra.is_empty(),
+            "keys in the file but not in Config: {extra:?}"
+        );
+    }
+
+    /// The indented examples in the file's comments (`#   ...` under a table) are valid
+    /// config when uncommented in place.
+    #[test]
+    fn the_commented_examples_are_valid_config() {
+        let mut uncommented = String::new();
+        let mut pending_example = Vec::new();
+        for line in DEFAULT_CONFIG_TOML.lines() {
+            if let Some(example) = line.strip_prefix("#   ") {
+                pending_example.push(example.to_owned());
+                continue;
+            }
+            uncommented.push_str(line);
+            uncommented.push('\n');
+            if line.starts_with('[') {
+                for example in pending_example.drain(..) {
+                    uncommented.push_str(&example);
+                    uncommented.push('\n');
+                }
+            } else if !line.starts_with('#') {
+                pending_example.clear();
+            }
+        }
+        let config: Config = Figment::from(Toml::string(&uncommented))
+            .extract()
+            .unwrap_or_else(|error| panic!("{error}\n{uncommented}"));
+        config.validate().unwrap();
+        assert_eq!(config.kafka.client["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(config.edge.partners["acme"].secrets.len(), 2);
     }
 }

@@ -71,7 +71,7 @@ pub async fn run(
             ..PartnerConfig::default()
         },
     );
-    config.validate().map_err(anyhow::Error::msg)?;
+    config.validate()?;
 
     let listener = TcpListener::bind(&options.listen)
         .await
@@ -133,7 +133,8 @@ pub async fn run(
             on_ready(&info);
         }
     }
-    let result = stages::supervise(started.stages, shutdown).await;
+    let grace = Duration::from_millis(config.shutdown.grace_ms);
+    let result = stages::supervise_with_grace(started.stages, shutdown, grace).await;
     drop(kafka);
     result
 }

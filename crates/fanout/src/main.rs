@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Parser)]
 #[command(name = "fanout", version)]
 struct Cli {
-    /// Log format.
+    /// Log format: human-readable text, or one JSON object per line (for log
+    /// collectors; `fanout dev` then prints its banner as one JSON object too).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "FANOUT_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -41,11 +42,14 @@ enum Command {
     Router(RoleArgs),
     /// Run an edge node.
     Edge(RoleArgs),
-    /// Validate a config file (and FANOUT_* overrides) and exit.
+    /// Validate a config file (and FANOUT_* overrides) and exit: 0 if it is good, 64
+    /// with the reason (naming the key) if not.
     CheckConfig {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Print the default config file: every key, its default and what it does.
+    DefaultConfig,
     /// Produce one message event to Kafka.
     Produce(ProduceArgs),
     /// Mint a JWT for a user, signed with a partner secret.
@@ -239,7 +243,8 @@ struct TokenArgs {
     partner: Option<String>,
 }
 
-/// sysexits' EX_CONFIG-style code for bad configuration, before anything binds.
+/// sysexits' EX_USAGE, as linkerd uses it: the configuration is wrong, and nothing
+/// was bound or connected.
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -251,17 +256,24 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("fanout: cannot start the async runtime: {error}");
+            report(
+                cli.log_format,
+                &format!("cannot start the async runtime: {error}"),
+            );
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let format = cli.log_format;
+    let code = match runtime.block_on(run(cli.command, format)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("fanout: {error:#}");
+            report(format, &format!("{error:#}"));
             ExitCode::FAILURE
         }
-    }
+    };
+    // Stages that outlived the shutdown grace must not hold the exit up.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    code
 }
 
 fn init_logging(format: LogFormat) {
@@ -272,13 +284,28 @@ fn init_logging(format: LogFormat) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        // `level`, `message` and the event's fields at the top level of each object.
+        LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
 
-fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
+/// A fatal error: a plain line for a person at a terminal, a log event for a collector.
+fn report(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("fanout: {message}"),
+        LogFormat::Json => tracing::error!("{message}"),
+    }
+}
+
+fn load_config(file: Option<&std::path::Path>, format: LogFormat) -> Result<Config, ExitCode> {
     Config::load(file).map_err(|error| {
-        eprintln!("fanout: invalid configuration: {error}");
+        let source = file.map_or_else(String::new, |file| format!(" in {}", file.display()));
+        match format {
+            LogFormat::Text => eprintln!("fanout: invalid configuration{source}:\n{error}"),
+            LogFormat::Json => {
+                tracing::error!(%error, "invalid configuration{source}");
+            }
+        }
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -288,9 +315,10 @@ fn load_config(file: Option<&std::path::Path>) -> Result<Config, ExitCode> {
 async fn run_role(
     role: Role,
     config_file: Option<&std::path::Path>,
+    format: LogFormat,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let config = match load_config(config_file) {
+    let config = match load_config(config_file, format) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
@@ -313,11 +341,12 @@ async fn run_role(
         admin_listener,
         shutdown.clone(),
     )?;
-    stages::supervise(started.stages, shutdown).await?;
+    let grace = Duration::from_millis(config.shutdown.grace_ms);
+    stages::supervise_with_grace(started.stages, shutdown, grace).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn run(command: Command) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     match command {
         Command::Dev(args) => {
@@ -331,21 +360,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 user: args.user,
                 info_file: args.info_file,
             };
-            fanout::dev::run(options, shutdown, |info| println!("{}", banner(info))).await?;
+            fanout::dev::run(options, shutdown, |info| match format {
+                LogFormat::Text => println!("{}", banner(info)),
+                // One object, so that every line of the output parses.
+                LogFormat::Json => match serde_json::to_string(info) {
+                    Ok(json) => println!("{json}"),
+                    Err(error) => tracing::error!(%error, "cannot print the dev info"),
+                },
+            })
+            .await?;
         }
         Command::Ingest(args) => {
-            return run_role(Role::Ingest, args.config.as_deref(), shutdown).await;
+            return run_role(Role::Ingest, args.config.as_deref(), format, shutdown).await;
         }
         Command::Router(args) => {
-            return run_role(Role::Router, args.config.as_deref(), shutdown).await;
+            return run_role(Role::Router, args.config.as_deref(), format, shutdown).await;
         }
-        Command::Edge(args) => return run_role(Role::Edge, args.config.as_deref(), shutdown).await,
+        Command::Edge(args) => {
+            return run_role(Role::Edge, args.config.as_deref(), format, shutdown).await;
+        }
         Command::CheckConfig { file } => {
-            if let Err(code) = load_config(Some(&file)) {
+            if let Err(code) = load_config(Some(&file), format) {
                 return Ok(code);
             }
             println!("{}: ok", file.display());
         }
+        Command::DefaultConfig => print!("{}", fanout::config::DEFAULT_CONFIG_TOML),
         Command::Produce(args) => {
             let (partner, spec) = args.event.into_spec();
             let event = produce(

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use fanout_edge::table::CountTable;
@@ -200,6 +201,56 @@ pub async fn supervise(stages: Vec<Stage>, shutdown: CancellationToken) -> anyho
     first_error.map_or(Ok(()), Err)
 }
 
+/// The stages had not stopped when the shutdown grace period ran out.
+#[derive(Debug, thiserror::Error)]
+#[error("shutdown grace of {} ms passed with {} still running", .grace.as_millis(), .still_running.join(", "))]
+pub struct GraceExceeded {
+    pub grace: Duration,
+    pub still_running: Vec<&'static str>,
+}
+
+/// [`supervise`], bounded once `shutdown` is cancelled: the stages then have `grace` to
+/// drain and stop, or [`GraceExceeded`] is returned (and logged) with them still
+/// running, for the caller to exit non-zero.
+pub async fn supervise_with_grace(
+    stages: Vec<Stage>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let handles: Vec<(&'static str, tokio::task::AbortHandle)> = stages
+        .iter()
+        .map(|stage| (stage.name, stage.task.abort_handle()))
+        .collect();
+    let supervised = supervise(stages, shutdown.clone());
+    tokio::pin!(supervised);
+    tokio::select! {
+        result = &mut supervised => return result,
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(grace, supervised).await {
+        Ok(result) => {
+            tracing::info!("stopped");
+            result
+        }
+        Err(_elapsed) => {
+            let error = GraceExceeded {
+                grace,
+                still_running: handles
+                    .iter()
+                    .filter(|(_, handle)| !handle.is_finished())
+                    .map(|(name, _)| *name)
+                    .collect(),
+            };
+            tracing::error!(
+                grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                still_running = ?error.still_running,
+                "shutdown grace passed before every stage stopped; exiting anyway"
+            );
+            Err(error.into())
+        }
+    }
+}
+
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 pub fn cancel_on_signal(shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -288,4 +339,53 @@ pub fn start_roles(
         edge_address,
         admin_address,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn stage(name: &'static str, task: impl Future<Output = ()> + Send + 'static) -> Stage {
+        Stage {
+            name,
+            task: tokio::spawn(async move {
+                task.await;
+                Ok(())
+            }),
+            health: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn stages_that_drain_in_time_stop_cleanly() {
+        let shutdown = CancellationToken::new();
+        let draining = {
+            let shutdown = shutdown.clone();
+            stage("draining", async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            })
+        };
+        shutdown.cancel();
+        supervise_with_grace(vec![draining], shutdown, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_stage_still_running_after_the_grace_is_an_error_naming_it() {
+        let shutdown = CancellationToken::new();
+        let stuck = stage("stuck", std::future::pending());
+        let prompt = {
+            let shutdown = shutdown.clone();
+            stage("prompt", async move { shutdown.cancelled().await })
+        };
+        shutdown.cancel();
+        let error = supervise_with_grace(vec![stuck, prompt], shutdown, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        let grace = error.downcast_ref::<GraceExceeded>().unwrap();
+        assert_eq!(grace.still_running, vec!["stuck"]);
+    }
 }

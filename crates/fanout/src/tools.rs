@@ -176,7 +176,7 @@ pub async fn produce(
     json: bool,
 ) -> anyhow::Result<v1::MessageEvent> {
     let producer: FutureProducer = kafka
-        .client_config(&[("message.timeout.ms", "10000")])
+        .producer_client_config(&[("message.timeout.ms", "10000")])
         .create()
         .context("creating the producer")?;
     let event = spec.to_event(partner);

@@ -320,6 +320,12 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
         );
     }
     assert!(!metrics.contains(info["token"].as_str().unwrap()));
+    // What a live process exposes, with series from the traffic above, is as
+    // docs/metrics.md says: documented, same type and labels, bounded labels.
+    let families = fanout_tests::metrics_doc::parse_exposition(&metrics);
+    assert!(families.contains_key("fanout_edge_connections"));
+    let problems = fanout_tests::metrics_doc::problems(&families);
+    assert!(problems.is_empty(), "{problems:#?}");
     assert_eq!(http_get(admin_url, "/nope").await.0, 404);
 
     // A token minted by `fanout token` for another user opens that user's count.

@@ -98,7 +98,7 @@ fn write_config(dir: &Path, cluster: &TestCluster) -> PathBuf {
         r#"[kafka]
 brokers = "{brokers}"
 # A killed member's partitions move after its session times out.
-client = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+consumer = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
 
 [topics]
 message_events = "{message_events}"
@@ -142,7 +142,7 @@ async fn counts_are_exact_after_repeated_sigkills_of_ingest_and_routers() {
 // handover and broker restart scenarios do run on tansu (tests/real_broker.rs).
 
 async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
-    let seed: u64 = std::env::var("FANOUT_TEST_SEED")
+    let seed: u64 = std::env::var("TEST_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
         .unwrap_or(7_100_000);

@@ -66,7 +66,11 @@ pub async fn run(
     health: StageHealth,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
+    // Stateless: ready once the group has given it its partitions (nothing to restore).
+    // Readiness then follows the brokers.
+    let context = StageContext::new(health.clone())
+        .with_metrics(metrics.kafka().clone())
+        .ready_on_assignment();
     let consumer: StreamConsumer<StageContext> =
         KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
             .create_with_context(context)
@@ -81,8 +85,6 @@ pub async fn run(
         .subscribe(&[&topics.message_events])
         .map_err(IngestError::Client)?;
     tracing::info!(topic = %topics.message_events, group = %config.group_id, "ingest started");
-    // Stateless: ready as soon as it is consuming. Readiness then follows the brokers.
-    health.set_ready(true);
 
     let mut pipeline = AckPipeline::new();
     loop {

@@ -113,6 +113,7 @@ impl KafkaClientMetrics {
 pub struct StageContext {
     health: StageHealth,
     metrics: Option<KafkaClientMetrics>,
+    ready_on_assignment: bool,
 }
 
 impl StageContext {
@@ -120,7 +121,15 @@ impl StageContext {
         Self {
             health,
             metrics: None,
+            ready_on_assignment: false,
         }
+    }
+
+    /// Makes the stage ready once its group consumer has its first assignment (possibly
+    /// empty: more members than partitions), for a stage with no state to restore.
+    pub fn ready_on_assignment(mut self) -> Self {
+        self.ready_on_assignment = true;
+        self
     }
 
     /// Reports lag (from statistics, for consumers) and errors into `metrics`.
@@ -180,11 +189,45 @@ impl ClientContext for StageContext {
     }
 }
 
-impl ConsumerContext for StageContext {}
+impl ConsumerContext for StageContext {
+    fn post_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if self.ready_on_assignment && matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_))
+        {
+            self.health.set_ready(true);
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stateless_stage_is_ready_once_assigned() {
+        use rdkafka::consumer::{BaseConsumer, Consumer, Rebalance};
+        let health = StageHealth::new();
+        let consumer: BaseConsumer<StageContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "g")
+            .create_with_context(StageContext::new(health.clone()).ready_on_assignment())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let partitions = rdkafka::TopicPartitionList::new();
+        consumer
+            .context()
+            .post_rebalance(&consumer, &Rebalance::Revoke(&partitions));
+        assert!(!health.is_ready(), "not before an assignment");
+        consumer
+            .context()
+            .post_rebalance(&consumer, &Rebalance::Assign(&partitions));
+        assert!(
+            health.is_ready(),
+            "an empty assignment counts: the group answered"
+        );
+    }
 
     #[test]
     fn readiness_needs_the_stage_and_the_brokers() {

@@ -1,46 +1,136 @@
 use std::collections::BTreeMap;
 
 use rdkafka::ClientConfig;
+use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
-/// How to reach Kafka: the bootstrap servers plus any librdkafka setting passed through
-/// as is (for example `"security.protocol" = "SASL_SSL"`).
+/// How to reach Kafka: the bootstrap servers plus librdkafka settings passed through
+/// as is (for example `"security.protocol" = "SASL_SSL"`): `client` to every client,
+/// `consumer` to consumers only, `producer` to producers only (so that librdkafka does
+/// not warn about a property the client type ignores).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
     /// Comma-separated `host:port` list.
     pub brokers: String,
     /// librdkafka properties applied to every client after fanout's own defaults.
-    #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// librdkafka properties applied to consumers only, after `client`.
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka properties applied to producers only, after `client`.
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for KafkaSettings {
     fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:9092".to_owned(),
-            client: BTreeMap::new(),
-        }
+        Self::new("127.0.0.1:9092")
     }
 }
+
+/// A pass-through setting fanout refuses, with the key as written in the config
+/// (`client."security.protocol"`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct InvalidSetting {
+    pub key: String,
+    pub reason: String,
+}
+
+/// Properties fanout sets itself because its delivery guarantees depend on them.
+const MANAGED_PROPERTIES: [(&str, &str); 3] = [
+    ("bootstrap.servers", "set kafka.brokers instead"),
+    ("group.id", "set ingest.group_id or router.group_id instead"),
+    (
+        "enable.auto.offset.store",
+        "fanout stores an offset only once its outputs are acknowledged",
+    ),
+];
 
 impl KafkaSettings {
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 
-    /// A client config with the brokers and pass-through settings; `defaults` are
-    /// applied first so that an operator's pass-through settings win.
+    /// Checks, without connecting anywhere, that the brokers are named and that
+    /// librdkafka accepts every pass-through property (a name it does not know, a bad
+    /// value, or a feature this build lacks is refused here, naming the key).
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self
+            .brokers
+            .split(',')
+            .all(|broker| broker.trim().is_empty())
+        {
+            return Err(InvalidSetting {
+                key: "brokers".to_owned(),
+                reason: "must name at least one broker".to_owned(),
+            });
+        }
+        for (table, properties) in [
+            ("client", &self.client),
+            ("consumer", &self.consumer),
+            ("producer", &self.producer),
+        ] {
+            for (property, value) in properties {
+                let key = format!("{table}.\"{property}\"");
+                if let Some((_, why)) = MANAGED_PROPERTIES
+                    .iter()
+                    .find(|(managed, _)| managed == property)
+                {
+                    return Err(InvalidSetting {
+                        key,
+                        reason: format!("fanout sets this property itself ({why})"),
+                    });
+                }
+                let mut one = ClientConfig::new();
+                one.set(property, value);
+                if let Err(error) = one.create_native_config() {
+                    let why = match error {
+                        KafkaError::ClientConfig(_, description, _, _) => description,
+                        other => other.to_string(),
+                    };
+                    return Err(InvalidSetting {
+                        key,
+                        reason: format!("refused by librdkafka: {why}"),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A client config with the brokers and the `client` pass-through settings;
+    /// `defaults` are applied first so that an operator's settings win. For admin
+    /// clients and tools; stages use the consumer and producer configs below.
     pub fn client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        self.config_with(defaults, None)
+    }
+
+    /// [`Self::client_config`] plus the `producer` pass-through settings.
+    pub fn producer_client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        self.config_with(defaults, Some(&self.producer))
+    }
+
+    /// [`Self::client_config`] plus the `consumer` pass-through settings.
+    pub fn consumer_client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        self.config_with(defaults, Some(&self.consumer))
+    }
+
+    fn config_with(
+        &self,
+        defaults: &[(&str, &str)],
+        specific: Option<&BTreeMap<String, String>>,
+    ) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.brokers);
         for (key, value) in defaults {
             config.set(*key, *value);
         }
-        for (key, value) in &self.client {
+        for (key, value) in self.client.iter().chain(specific.into_iter().flatten()) {
             config.set(key, value);
         }
         config
@@ -50,7 +140,7 @@ impl KafkaSettings {
     /// all in-sync replicas, idempotence so retries never duplicate or reorder, and the
     /// Java client's key hashing so other tools agree on partitions.
     pub fn producer_config(&self) -> ClientConfig {
-        self.client_config(&[
+        self.producer_client_config(&[
             ("acks", "all"),
             ("enable.idempotence", "true"),
             ("partitioner", "murmur2_random"),
@@ -68,7 +158,7 @@ impl KafkaSettings {
 
     /// Settings for a group consumer that stores offsets only when told to.
     pub fn group_consumer_config(&self, group_id: &str) -> ClientConfig {
-        let mut config = self.client_config(&[
+        let mut config = self.consumer_client_config(&[
             ("enable.auto.commit", "true"),
             ("auto.commit.interval.ms", "1000"),
             ("enable.auto.offset.store", "false"),
@@ -83,7 +173,7 @@ impl KafkaSettings {
     /// Settings for a consumer that reads by `assign`, outside any group.
     pub fn assign_consumer_config(&self) -> ClientConfig {
         // librdkafka wants a group.id even for assign-only consumers that never commit.
-        self.client_config(&[
+        self.consumer_client_config(&[
             ("group.id", "fanout-assign-only"),
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -143,5 +233,121 @@ impl Topics {
             (self.unread_counts.clone(), user_partitions),
             (self.dead_letter.clone(), 1),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::producer::BaseProducer;
+
+    use super::*;
+
+    fn with_client(properties: &[(&str, &str)]) -> KafkaSettings {
+        let mut settings = KafkaSettings::new("127.0.0.1:1");
+        settings.client = properties
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+            .collect();
+        settings
+    }
+
+    /// The build links OpenSSL (rdkafka's `ssl-vendored`), so SASL over TLS with the
+    /// mechanisms librdkafka implements itself works: no "not supported/built" error.
+    /// Creating a client does not wait for the (absent) broker.
+    #[test]
+    fn sasl_ssl_clients_are_created_for_plain_scram_and_oauthbearer() {
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            let settings = with_client(&[
+                ("security.protocol", "sasl_ssl"),
+                ("sasl.mechanism", mechanism),
+                ("sasl.username", "fanout"),
+                ("sasl.password", "secret"),
+                ("ssl.ca.location", "probe"),
+            ]);
+            settings.validate().unwrap();
+            let producer = settings.producer_config().create::<BaseProducer>();
+            assert!(producer.is_ok(), "{mechanism}: {:?}", producer.err());
+            let consumer = settings.group_consumer_config("g").create::<BaseConsumer>();
+            assert!(consumer.is_ok(), "{mechanism}: {:?}", consumer.err());
+        }
+        let settings = with_client(&[
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "OAUTHBEARER"),
+            ("enable.sasl.oauthbearer.unsecure.jwt", "true"),
+            ("sasl.oauthbearer.config", "principal=fanout"),
+        ]);
+        settings.validate().unwrap();
+        let producer = settings.producer_config().create::<BaseProducer>();
+        assert!(producer.is_ok(), "OAUTHBEARER: {:?}", producer.err());
+        let tls_only = with_client(&[("security.protocol", "ssl")]);
+        tls_only.validate().unwrap();
+        assert!(tls_only.producer_config().create::<BaseProducer>().is_ok());
+    }
+
+    /// GSSAPI (Kerberos) needs the system's Cyrus SASL, which this build leaves out.
+    #[test]
+    fn gssapi_is_not_in_this_build() {
+        let settings = with_client(&[
+            ("security.protocol", "sasl_plaintext"),
+            ("sasl.mechanism", "GSSAPI"),
+        ]);
+        let error = settings
+            .producer_config()
+            .create::<BaseProducer>()
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("GSSAPI"), "{error}");
+    }
+
+    #[test]
+    fn a_refused_property_is_named_with_librdkafkas_reason() {
+        let error = with_client(&[("securty.protocol", "ssl")])
+            .validate()
+            .unwrap_err();
+        assert_eq!(error.key, r#"client."securty.protocol""#);
+        assert!(
+            error.reason.contains("No such configuration property"),
+            "{error}"
+        );
+
+        let mut settings = KafkaSettings::new("k:9092");
+        settings
+            .consumer
+            .insert("session.timeout.ms".to_owned(), "often".to_owned());
+        let error = settings.validate().unwrap_err();
+        assert_eq!(error.key, r#"consumer."session.timeout.ms""#);
+
+        let error = with_client(&[("bootstrap.servers", "k:9092")])
+            .validate()
+            .unwrap_err();
+        assert!(error.reason.contains("kafka.brokers"), "{error}");
+        assert!(KafkaSettings::new(" , ").validate().is_err());
+    }
+
+    #[test]
+    fn consumer_and_producer_settings_reach_only_their_clients() {
+        let mut settings = with_client(&[("client.id", "fanout-test")]);
+        settings
+            .consumer
+            .insert("session.timeout.ms".to_owned(), "6000".to_owned());
+        settings
+            .producer
+            .insert("linger.ms".to_owned(), "7".to_owned());
+        let producer = settings.producer_config();
+        assert_eq!(producer.get("client.id"), Some("fanout-test"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("7"));
+        let consumer = settings.group_consumer_config("g");
+        assert_eq!(consumer.get("client.id"), Some("fanout-test"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(
+            settings.assign_consumer_config().get("session.timeout.ms"),
+            Some("6000")
+        );
+        assert_eq!(settings.client_config(&[]).get("session.timeout.ms"), None);
     }
 }
