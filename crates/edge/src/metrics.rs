@@ -88,6 +88,11 @@ impl EdgeMetrics {
             ),
             &["result"],
         )?;
+        // Both results exist from the start at 0, so that increase() sees a pod's first
+        // failed reload.
+        for result in ["ok", "error"] {
+            secret_reloads.with_label_values(&[result]);
+        }
         let count_records = IntCounterVec::new(
             Opts::new(
                 "fanout_edge_count_records_total",
