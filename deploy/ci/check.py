@@ -5,8 +5,10 @@ problem found, so one run shows them all.
     check.py REPO_ROOT OVERLAY=RENDERED.yaml [OVERLAY=RENDERED.yaml ...]
 """
 
+import base64
 import json
 import pathlib
+import posixpath
 import re
 import sys
 import tomllib
@@ -28,7 +30,16 @@ DEFAULT_ADMIN_LISTEN = "0.0.0.0:9090"
 DEFAULT_EDGE_LISTEN = "0.0.0.0:8080"
 DEFAULT_DRAIN_WINDOW_MS = 10_000
 CONFIG_MOUNT = "/etc/fanout/config"
-SECRETS_MOUNT = "/etc/fanout/secrets"
+# The environment variable that overrides edge.secrets_file (figment: FANOUT_ + the key
+# path joined by a double underscore, crates/fanout/src/config.rs).
+SECRETS_FILE_ENV = "FANOUT_EDGE__SECRETS_FILE"
+# The partner Secret's name, without a kustomize hash suffix: a suffix changes with the
+# content, so every change would roll the edges instead of being hot-reloaded.
+PARTNER_SECRET = "fanout-partners"
+# crates/edge/src/config.rs MIN_SECRET_BYTES; partner codes as
+# crates/ingest/src/events.rs is_valid_partner accepts them.
+MIN_SECRET_BYTES = 16
+PARTNER_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 problems = []
 
@@ -89,6 +100,8 @@ def promql_metric_names(expr):
     text = re.sub(
         r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text
     )
+    # Numbers and durations (`offset 15m`, 1e3, 0x1f), whose letters are not names.
+    text = re.sub(r"(?<![A-Za-z0-9_:])\d[0-9A-Za-z_.]*", "", text)
     names = set()
     for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
         word = match.group(0)
@@ -96,9 +109,6 @@ def promql_metric_names(expr):
         if following.startswith("("):  # a function or aggregation
             continue
         if word.lower() in PROMQL_WORDS:
-            continue
-        # Durations after `offset` and numbers like 1e3 are not names.
-        if re.fullmatch(r"\d.*", word):
             continue
         names.add(word)
     return names
@@ -113,6 +123,109 @@ def check_metric_names(where, exprs, known, pending_used):
                 pending_used.add(name)
                 continue
             problem(where, f"query uses {name!r}, which no crate exports: {expr.strip()}")
+
+
+# ---------------------------------------------------------------- partner secrets file
+
+
+def secrets_file_problems(text):
+    """What the edge's parse_secrets_file (crates/edge/src/config.rs) would refuse in an
+    edge.secrets_file, plus a file naming no partner or a partner with no secret (which
+    the edge's validation refuses, or which lets no client in). Never quotes a secret."""
+    try:
+        partners = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        return [f"not TOML: {error}"]
+    found = []
+    if not partners:
+        found.append("names no partner")
+    for code, partner in partners.items():
+        if not PARTNER_CODE.fullmatch(code):
+            found.append(f"[{code}]: not a valid partner code")
+        if not isinstance(partner, dict):
+            found.append(f"{code}: not a table ([{code}] secrets = [...])")
+            continue
+        unknown = set(partner) - {"secrets"}
+        if unknown:
+            found.append(f"[{code}]: unknown keys {sorted(unknown)} (only `secrets`)")
+        secrets = partner.get("secrets")
+        if not isinstance(secrets, list) or not secrets:
+            found.append(f"[{code}] secrets: must be a non-empty list of {{ kid, secret }} tables")
+            continue
+        for index, secret in enumerate(secrets):
+            where = f"[{code}] secrets[{index}]"
+            if not isinstance(secret, dict):
+                found.append(f"{where}: not a table {{ kid = ..., secret = ... }}")
+                continue
+            unknown = set(secret) - {"kid", "secret"}
+            if unknown:
+                found.append(f"{where}: unknown keys {sorted(unknown)} (only `kid`, `secret`)")
+            if "kid" in secret and not isinstance(secret["kid"], str):
+                found.append(f"{where}: kid is not a string")
+            value = secret.get("secret")
+            if not isinstance(value, str):
+                found.append(f"{where}: no `secret` string")
+            elif len(value.encode()) < MIN_SECRET_BYTES:
+                found.append(f"{where}: secret shorter than {MIN_SECRET_BYTES} bytes")
+    return found
+
+
+def secret_key_text(secret, key):
+    """A rendered Secret's value for `key` as text, or None if it has no such key."""
+    if key in secret.get("stringData", {}):
+        return secret["stringData"][key]
+    if key in secret.get("data", {}):
+        return base64.b64decode(secret["data"][key]).decode("utf-8", errors="replace")
+    return None
+
+
+def check_secrets_mount(cwhere, secrets_file, mounts, volumes, secrets):
+    """A container whose effective edge.secrets_file is `secrets_file` must mount a Secret
+    as a whole directory there (no subPath: the kubelet never updates a subPath mount,
+    so hot reload would never see a change), with the file's name as a key."""
+    if not posixpath.isabs(secrets_file):
+        problem(cwhere, f"edge.secrets_file {secrets_file!r} is not an absolute path")
+        return
+    directory, key = posixpath.split(posixpath.normpath(secrets_file))
+    at_dir = [m for m in mounts if posixpath.normpath(m["mountPath"]) == directory]
+    at_file = [m for m in mounts if posixpath.normpath(m["mountPath"]) == posixpath.normpath(secrets_file)]
+    for mount in at_file:
+        problem(
+            cwhere,
+            f"mounts {mount['name']} at the file {secrets_file} itself (subPath): the kubelet never"
+            f" updates it, so a changed Secret is not reloaded; mount the Secret at {directory}",
+        )
+    if not at_dir:
+        if not at_file:
+            problem(cwhere, f"edge.secrets_file is {secrets_file}, but nothing is mounted at {directory}; fanout exits at start")
+        return
+    for mount in at_dir:
+        mwhere = f"{cwhere} volumeMount {mount['name']}"
+        if "subPath" in mount or "subPathExpr" in mount:
+            problem(mwhere, f"uses subPath at {directory}: the kubelet never updates it; mount the whole Secret")
+        volume = volumes.get(mount["name"])
+        if volume is None or "secret" not in volume:
+            problem(mwhere, f"is not a Secret volume, but {directory} holds edge.secrets_file")
+            continue
+        source = volume["secret"]
+        if source["secretName"] != PARTNER_SECRET:
+            problem(
+                mwhere,
+                f"mounts Secret {source['secretName']}, want {PARTNER_SECRET} (a generated name with a"
+                " hash suffix rolls the edges on every change; use disableNameSuffixHash)",
+            )
+        items = source.get("items")
+        if items is not None and not any(item.get("key") == key and item.get("path") == key for item in items):
+            problem(mwhere, f"Secret {source['secretName']}'s items do not project key {key} as {key}")
+        secret = secrets.get(source["secretName"])
+        if secret is None:
+            continue  # external: created by hand, so its content cannot be checked here
+        text = secret_key_text(secret, key)
+        if text is None:
+            problem(mwhere, f"Secret {source['secretName']} has no key {key} (edge.secrets_file is {secrets_file})")
+            continue
+        for found in secrets_file_problems(text):
+            problem(f"{mwhere}: Secret {source['secretName']} key {key}", found)
 
 
 # ---------------------------------------------------------------- Kubernetes objects
@@ -158,6 +271,7 @@ def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_
             name = volume["secret"]["secretName"]
             if name not in secrets and name not in external_secrets:
                 problem(where, f"volume {volume['name']} mounts Secret {name}, neither rendered nor listed as external")
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
     for container in containers:
         cwhere = f"{where} container {container['name']}"
         for port in container.get("ports", []):
@@ -192,6 +306,12 @@ def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_
             problem(cwhere, f"args {args!r} do not start with a role ({', '.join(sorted(ROLES))})")
         # The config is what fanout reads only if FANOUT_CONFIG names the mounted file.
         mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
+        # edge.secrets_file as this container sees it: every role validates the whole
+        # config at start and reads the file if one is named, so whichever role names
+        # it (in fanout.toml or the environment) must mount it.
+        secrets_file = env.get(SECRETS_FILE_ENV) or config.get("edge", {}).get("secrets_file")
+        if secrets_file:
+            check_secrets_mount(cwhere, secrets_file, container.get("volumeMounts", []), volumes, secrets)
         if env.get("FANOUT_CONFIG") != f"{CONFIG_MOUNT}/fanout.toml" or CONFIG_MOUNT not in mounts:
             problem(cwhere, f"FANOUT_CONFIG must be {CONFIG_MOUNT}/fanout.toml, mounted from the ConfigMap")
         # Probes on the admin port: the client port answers WebSockets, not /readyz.
@@ -214,8 +334,8 @@ def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_
             client_port = port_of(config.get("listen", {}).get("edge", DEFAULT_EDGE_LISTEN))
             if ports.get("client") != client_port:
                 problem(cwhere, f"port 'client' is {ports.get('client')}, config listen.edge is {client_port}")
-            if SECRETS_MOUNT not in mounts:
-                problem(cwhere, f"partner Secret not mounted at {SECRETS_MOUNT}")
+            if not secrets_file:
+                problem(cwhere, f"no edge.secrets_file (in fanout.toml or {SECRETS_FILE_ENV}): the partner Secret is not read")
             # The grace period runs from the start of preStop; the drain must fit in it
             # after the sleep, or the kubelet SIGKILLs clients mid-drain.
             grace = spec.get("terminationGracePeriodSeconds", 30)
@@ -405,6 +525,10 @@ def main(argv):
         problem("crates", "found no metric names in the code; the extraction is broken")
     pending_used = set()
     dockerfile = dockerfile_facts(root / "Dockerfile")
+    # Committed partner files (dev's demo partner), checked even where not rendered.
+    for path in sorted(root.glob("deploy/overlays/*/partners.toml")):
+        for found in secrets_file_problems(path.read_text()):
+            problem(str(path.relative_to(root)), found)
     for overlay_arg in argv[2:]:
         name, rendered = overlay_arg.split("=", 1)
         external_file = root / "deploy/overlays" / name / "external-secrets.txt"

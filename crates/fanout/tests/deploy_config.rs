@@ -1,7 +1,10 @@
 //! The config files deploy/ mounts are loaded the way a pod loads them: through
-//! `Config::load` (unknown keys refused, then `validate`), with the dev overlay's partner
-//! Secret as the FANOUT_EDGE__PARTNERS variable the edge gets from it. A key that
-//! fanout refuses would otherwise surface only as a crash-looping pod.
+//! `Config::load` (unknown keys refused, then `validate`, which reads
+//! `edge.secrets_file`). Ingest and router load them as they are; the edge gets
+//! `FANOUT_EDGE__SECRETS_FILE` from its Deployment, here pointed at the dev overlay's
+//! committed `partners.toml`, which is also parsed with the edge's own parser. A key or
+//! a partners file that fanout refuses would otherwise surface only as a crash-looping
+//! pod.
 
 // figment's Jail gives each closure its own environment; its closures return figment's
 // (large) error type.
@@ -11,8 +14,18 @@ use std::path::{Path, PathBuf};
 
 use fanout::config::Config;
 
+/// The variable the edge Deployment sets (deploy/base/edge.yaml).
+const SECRETS_FILE_ENV: &str = "FANOUT_EDGE__SECRETS_FILE";
+
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
+}
+
+fn dev_partners_file() -> PathBuf {
+    deploy_dir()
+        .join("overlays/dev/partners.toml")
+        .canonicalize()
+        .expect("deploy/overlays/dev/partners.toml")
 }
 
 /// Every fanout.toml under deploy/: the base's and each overlay's.
@@ -27,29 +40,79 @@ fn config_files() -> Vec<PathBuf> {
     files
 }
 
+/// The value the edge Deployment gives `name`: the `value:` line after `- name: NAME`.
+fn edge_env_value(name: &str) -> Option<String> {
+    let manifest = std::fs::read_to_string(deploy_dir().join("base/edge.yaml")).unwrap();
+    let mut lines = manifest.lines();
+    lines.find(|line| line.trim() == format!("- name: {name}"))?;
+    let value = lines.next()?.trim().strip_prefix("value:")?;
+    Some(value.trim().trim_matches('"').to_owned())
+}
+
 #[test]
-fn every_deploy_config_file_loads() {
+fn every_deploy_config_file_loads_as_ingest_and_router_load_it() {
     let files = config_files();
     assert!(files.len() >= 3, "base and two overlays, found {files:?}");
     for file in files {
         figment::Jail::expect_with(|_jail| {
-            Config::load(Some(&file)).unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+            Config::load(Some(&file)).unwrap_or_else(|error| {
+                panic!(
+                    "{}: {error} (ingest and router do not mount the partner Secret)",
+                    file.display()
+                )
+            });
             Ok(())
         });
     }
 }
 
 #[test]
-fn the_dev_partner_secret_is_a_valid_partners_override() {
-    let value = std::fs::read_to_string(deploy_dir().join("overlays/dev/partners.dev")).unwrap();
-    let file = deploy_dir().join("overlays/dev/fanout.toml");
-    figment::Jail::expect_with(|jail| {
-        jail.set_env("FANOUT_EDGE__PARTNERS", value.trim());
-        let config = Config::load(Some(&file)).unwrap();
-        let demo = &config.edge.partners["demo"];
-        assert_eq!(demo.secrets.len(), 1);
-        assert_eq!(demo.secrets[0].kid.as_deref(), Some("dev-1"));
-        assert_eq!(demo.secrets[0].secret, "dev-only-secret-0123456789");
-        Ok(())
-    });
+fn every_deploy_config_file_loads_as_the_edge_loads_it() {
+    let partners = dev_partners_file();
+    for file in config_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(SECRETS_FILE_ENV, partners.display());
+            let config = Config::load(Some(&file))
+                .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+            assert_eq!(
+                config.edge.secrets_file.as_deref(),
+                Some(partners.as_path()),
+                "{}: {SECRETS_FILE_ENV} does not set edge.secrets_file",
+                file.display()
+            );
+            let secrets = fanout_edge::read_secrets_file(&partners).unwrap();
+            let merged = config.edge.merged_secrets(&secrets);
+            assert!(
+                merged
+                    .get("demo")
+                    .is_some_and(|secrets| !secrets.is_empty()),
+                "{}: no secret for the demo partner in {merged:?}",
+                file.display()
+            );
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn the_edge_deployment_names_the_partners_file_the_overlays_provide() {
+    let path = edge_env_value(SECRETS_FILE_ENV)
+        .unwrap_or_else(|| panic!("deploy/base/edge.yaml sets no {SECRETS_FILE_ENV}"));
+    assert_eq!(path, "/etc/fanout/secrets/partners.toml");
+    assert_eq!(
+        Path::new(&path).file_name(),
+        dev_partners_file().file_name(),
+        "the dev Secret's key is its file name"
+    );
+}
+
+#[test]
+fn the_dev_partners_file_is_a_valid_secrets_file() {
+    let text = std::fs::read_to_string(dev_partners_file()).unwrap();
+    let file = fanout_edge::parse_secrets_file(&text)
+        .unwrap_or_else(|reason| panic!("deploy/overlays/dev/partners.toml: {reason}"));
+    let demo = &file["demo"].secrets;
+    assert_eq!(demo.len(), 1);
+    assert_eq!(demo[0].kid.as_deref(), Some("dev-1"));
+    assert_eq!(demo[0].secret, "dev-only-secret-0123456789");
 }
