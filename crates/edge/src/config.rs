@@ -180,9 +180,18 @@ impl EdgeConfig {
             ("edge.ping_interval_ms", self.ping_interval_ms),
             ("edge.auth_timeout_ms", self.auth_timeout_ms),
             ("edge.handshake_timeout_ms", self.handshake_timeout_ms),
-            ("edge.max_token_lifetime_seconds", self.max_token_lifetime_seconds),
-            ("edge.secrets_reload_interval_ms", self.secrets_reload_interval_ms),
-            ("edge.max_commands_per_second", u64::from(self.max_commands_per_second)),
+            (
+                "edge.max_token_lifetime_seconds",
+                self.max_token_lifetime_seconds,
+            ),
+            (
+                "edge.secrets_reload_interval_ms",
+                self.secrets_reload_interval_ms,
+            ),
+            (
+                "edge.max_commands_per_second",
+                u64::from(self.max_commands_per_second),
+            ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(must_be_positive(key));
@@ -191,18 +200,22 @@ impl EdgeConfig {
             ("edge.max_frame_bytes", self.max_frame_bytes),
             ("edge.max_token_bytes", self.max_token_bytes),
             ("edge.jti_cache_capacity", self.jti_cache_capacity),
-            ("edge.max_subscriptions_per_connection", self.max_subscriptions_per_connection),
+            (
+                "edge.max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection,
+            ),
             ("edge.max_connections", self.max_connections),
         ];
         if let Some((key, _)) = positive_sizes.iter().find(|(_, value)| *value == 0) {
             return Err(must_be_positive(key));
         }
         for (code, partner) in &self.partners {
-            check_secrets(code, &partner.secrets).map_err(|reason| {
-                (format!("edge.partners.{code}.secrets"), reason)
-            })?;
+            check_secrets(code, &partner.secrets)
+                .map_err(|reason| (format!("edge.partners.{code}.secrets"), reason))?;
             if partner.max_connections == Some(0) {
-                return Err(must_be_positive(&format!("edge.partners.{code}.max_connections")));
+                return Err(must_be_positive(&format!(
+                    "edge.partners.{code}.max_connections"
+                )));
             }
             for origin in &partner.allowed_origins {
                 if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {

@@ -174,25 +174,6 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::redact_query;
-
-    #[test]
-    fn the_token_is_redacted_whatever_its_spelling() {
-        assert_eq!(
-            redact_query("jwt=eyJ.abc.def&partner=acme"),
-            "jwt=[redacted]&partner=acme"
-        );
-        assert_eq!(
-            redact_query("partner=acme&%6Awt=eyJ.abc&jwt=second"),
-            "partner=acme&jwt=[redacted]&jwt=[redacted]"
-        );
-        assert_eq!(redact_query("jwt"), "jwt=[redacted]");
-        assert_eq!(redact_query(""), "");
-    }
-}
-
 async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
     let shutdown = drain.token().clone();
     // Held from accept to close: the node's limit counts handshakes in progress too.
@@ -360,4 +341,23 @@ async fn cable_session(
         shutdown,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query;
+
+    #[test]
+    fn the_token_is_redacted_whatever_its_spelling() {
+        assert_eq!(
+            redact_query("jwt=eyJ.abc.def&partner=acme"),
+            "jwt=[redacted]&partner=acme"
+        );
+        assert_eq!(
+            redact_query("partner=acme&%6Awt=eyJ.abc&jwt=second"),
+            "partner=acme&jwt=[redacted]&jwt=[redacted]"
+        );
+        assert_eq!(redact_query("jwt"), "jwt=[redacted]");
+        assert_eq!(redact_query(""), "");
+    }
 }
