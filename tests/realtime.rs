@@ -337,11 +337,6 @@ async fn a_frame_over_the_size_limit_closes_with_1009() {
         client.next_close().await,
         (1009, "frame too large".to_owned())
     );
-    assert_eq!(
-        edge.edge
-            .metrics
-            .ignored_frame_count("realtime", "too_large"),
-        1
-    );
+    assert_eq!(edge.edge.metrics.limited_count("frame_size"), 1);
     edge.running.stop().await;
 }

@@ -592,4 +592,33 @@ mod tests {
         assert_eq!(config.kafka.client["sasl.mechanism"], "SCRAM-SHA-512");
         assert_eq!(config.edge.partners["acme"].secrets.len(), 2);
     }
+
+    #[test]
+    fn partner_secrets_come_from_the_environment_too() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "FANOUT_EDGE__PARTNERS__ACME__SECRETS",
+                r#"[{ kid = "k1", secret = "from-the-environment-0123" }]"#,
+            );
+            jail.set_env(
+                "FANOUT_EDGE__PARTNERS",
+                r#"{ globex = { secrets = [{ secret = "a-whole-table-0123456" }], allowed_origins = ["https://app.globex.example"] } }"#,
+            );
+            let config = Config::load(None).unwrap();
+            let acme = &config.edge.partners["acme"];
+            assert_eq!(acme.secrets[0].kid.as_deref(), Some("k1"));
+            assert_eq!(acme.secrets[0].secret, "from-the-environment-0123");
+            let globex = &config.edge.partners["globex"];
+            assert_eq!(globex.secrets[0].secret, "a-whole-table-0123456");
+            assert_eq!(globex.allowed_origins, ["https://app.globex.example"]);
+            // Checked like any other: too short names the key.
+            jail.set_env(
+                "FANOUT_EDGE__PARTNERS__ACME__SECRETS",
+                r#"[{ secret = "short" }]"#,
+            );
+            let error = Config::load(None).unwrap_err().to_string();
+            assert!(error.contains("edge.partners.acme.secrets"), "{error}");
+            Ok(())
+        });
+    }
 }
