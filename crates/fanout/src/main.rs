@@ -295,11 +295,7 @@ async fn run_role(
         Err(code) => return Ok(code),
     };
     let edge_listener = match role {
-        Role::Edge => Some(
-            tokio::net::TcpListener::bind(&config.listen.edge)
-                .await
-                .with_context(|| format!("binding {}", config.listen.edge))?,
-        ),
+        Role::Edge => Some(stages::bind_client_listener(&config.listen.edge).await?),
         Role::Ingest | Role::Router => None,
     };
     let admin_listener = tokio::net::TcpListener::bind(&config.listen.admin)
