@@ -1,0 +1,1294 @@
+//! The WebSocket scenarios of `fanout bench`.
+//!
+//! Every scenario opens its connections through worker processes ([`super::worker`]),
+//! waits until all are subscribed, runs its load, then collects the workers' reports.
+//! Latency is produce → client receive, on one machine clock: events (or, for
+//! `push-rate`, count records) are stamped with their send time when produced, and
+//! each client notes when the count they caused arrived.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fanout_kafka::{KafkaSettings, Topics};
+use fanout_schema::{user_key, v1};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+use super::report::{LatencySummary, Machine, plot_latency};
+use super::target::{EdgeTarget, LocalDeployment, LocalOptions, http_get, metric_value, rss_kib};
+use super::worker::{
+    LatencySource, Progress, Protocol, WorkerMessage, WorkerReport, WorkerSpec, new_histogram,
+    now_us,
+};
+
+/// The named scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// N connections subscribed and held: the edge's RSS per connection.
+    Idle,
+    /// One message to every connected user: produce → every socket.
+    GroupMessage,
+    /// A steady rate of changes spread over the connected users.
+    Steady,
+    /// Count records written straight to unread-counts as fast as the producer can:
+    /// pushes delivered per second, router not in the loop.
+    PushRate,
+    /// N clients connecting at once: authenticated handshakes per second.
+    ConnectStorm,
+    /// Several edge processes, N connections over all of them.
+    ScaleOut,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::GroupMessage => "group-message",
+            Self::Steady => "steady",
+            Self::PushRate => "push-rate",
+            Self::ConnectStorm => "connect-storm",
+            Self::ScaleOut => "scale-out",
+        }
+    }
+
+    fn default_connections(self) -> u64 {
+        match self {
+            Self::Idle => 19_000,
+            Self::GroupMessage | Self::ConnectStorm => 10_000,
+            Self::Steady => 15_000,
+            Self::PushRate => 2_000,
+            Self::ScaleOut => 60_000,
+        }
+    }
+
+    fn default_duration(self) -> Duration {
+        match self {
+            Self::Idle | Self::ScaleOut => Duration::from_secs(5),
+            Self::Steady => Duration::from_secs(30),
+            Self::PushRate => Duration::from_secs(10),
+            Self::GroupMessage | Self::ConnectStorm => Duration::ZERO,
+        }
+    }
+
+    /// Scenarios whose events go through ingest and router.
+    fn needs_pipeline(self) -> bool {
+        matches!(self, Self::GroupMessage | Self::Steady)
+    }
+}
+
+/// A deployment already running, instead of one the bench starts.
+#[derive(Debug, Clone, Default)]
+pub struct ExternalTarget {
+    pub edge_urls: Vec<String>,
+    pub edge_pids: Vec<u32>,
+    pub brokers: Option<String>,
+    pub partner: Option<String>,
+    pub secret: Option<String>,
+    pub topic_prefix: Option<String>,
+}
+
+/// What `fanout bench <scenario>` does; `None` takes the scenario's default.
+#[derive(Debug, Clone)]
+pub struct WsBenchOptions {
+    pub scenario: Scenario,
+    pub connections: Option<u64>,
+    pub workers: Option<usize>,
+    pub protocol: Protocol,
+    pub duration: Option<Duration>,
+    /// `steady`: changes per second.
+    pub rate: u64,
+    /// `group-message`: messages sent, one after the other.
+    pub messages: u64,
+    /// `scale-out`: edge processes (default 4); other scenarios use 1.
+    pub edges: Option<usize>,
+    pub partitions: i32,
+    /// Connections being set up at once per worker (`connect-storm`: all).
+    pub connect_concurrency: usize,
+    pub out_dir: PathBuf,
+    pub external: Option<ExternalTarget>,
+    pub seed: u64,
+}
+
+/// Most connections one worker holds: the open-file limit is 20000 per process.
+pub const MAX_CONNECTIONS_PER_WORKER: u64 = 18_000;
+/// Connections per source address (an address has about 28k ephemeral ports).
+const CONNECTIONS_PER_SOURCE_ADDRESS: u64 = 10_000;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionResult {
+    pub requested: u64,
+    pub authenticated: u64,
+    pub subscribed: u64,
+    pub failed: u64,
+    pub errors: Vec<(String, u64)>,
+    /// From the first `connect` to the last welcome/authresponse.
+    pub authenticate_seconds: f64,
+    /// Authenticated handshakes per second over `authenticate_seconds`.
+    pub handshakes_per_second: f64,
+    /// From the first `connect` to the last subscription confirmed with its count.
+    pub subscribe_seconds: f64,
+    pub subscribed_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PushResult {
+    /// Pushes the run should cause if none were coalesced (`None`: not known).
+    pub expected: Option<u64>,
+    pub received: u64,
+    /// From the first push received to the last.
+    pub seconds: f64,
+    pub per_second: f64,
+    /// Events (or count records) produced, and how fast.
+    pub produced: u64,
+    pub produce_seconds: f64,
+    pub produced_per_second: f64,
+    pub produce_failures: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EdgeResult {
+    pub url: String,
+    pub pid: Option<u32>,
+    pub connections: u64,
+    pub rss_baseline_kib: Option<u64>,
+    /// Right after every connection was subscribed.
+    pub rss_subscribed_kib: Option<u64>,
+    /// At the end of the run.
+    pub rss_end_kib: Option<u64>,
+    /// (end RSS - baseline) / connections.
+    pub rss_per_connection_bytes: Option<f64>,
+    /// `fanout_edge_pushes_total` at the end (subscribe counts included).
+    pub edge_pushes_total: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub metric: &'static str,
+    pub target: String,
+    pub measured: f64,
+    pub met: bool,
+}
+
+/// The result of a WebSocket scenario, written as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct WsBenchResult {
+    pub scenario: &'static str,
+    pub target: String,
+    pub protocol: Protocol,
+    pub workers: usize,
+    pub duration_seconds: f64,
+    pub machine: Machine,
+    pub connections: ConnectionResult,
+    /// Connect start → welcome (or authresponse), per connection.
+    pub handshake_latency: LatencySummary,
+    /// Produce → client receive, per push.
+    pub latency: LatencySummary,
+    pub pushes: PushResult,
+    /// `group-message`: latency of each message's pushes, in order.
+    pub per_message: Vec<LatencySummary>,
+    pub edges: Vec<EdgeResult>,
+    /// Over all edges: sum of RSS growth / sum of connections.
+    pub rss_per_connection_bytes: Option<f64>,
+    pub check: Option<TargetCheck>,
+    pub result_file: String,
+    pub plot_file: String,
+}
+
+/// Where the load goes: edges, Kafka, and the credentials to mint tokens.
+struct Target {
+    description: String,
+    edges: Vec<EdgeTarget>,
+    kafka: Option<KafkaSettings>,
+    topics: Topics,
+    partner: String,
+    secret: String,
+    local: Option<LocalDeployment>,
+}
+
+async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::Result<Target> {
+    if let Some(external) = &options.external {
+        anyhow::ensure!(
+            !external.edge_urls.is_empty(),
+            "--edge-url is required with a running deployment"
+        );
+        let partner = external
+            .partner
+            .clone()
+            .context("--partner is required with --edge-url")?;
+        let secret = external
+            .secret
+            .clone()
+            .context("--secret is required with --edge-url")?;
+        let needs_kafka =
+            options.scenario.needs_pipeline() || options.scenario == Scenario::PushRate;
+        anyhow::ensure!(
+            !needs_kafka || external.brokers.is_some(),
+            "--brokers is required for {} with --edge-url",
+            options.scenario.name()
+        );
+        let edges = external
+            .edge_urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| EdgeTarget {
+                url: url.clone(),
+                admin: None,
+                pid: external.edge_pids.get(index).copied(),
+            })
+            .collect();
+        return Ok(Target {
+            description: format!("running deployment ({})", external.edge_urls.join(", ")),
+            edges,
+            kafka: external.brokers.clone().map(KafkaSettings::new),
+            topics: external
+                .topic_prefix
+                .as_deref()
+                .map_or_else(Topics::default, Topics::with_prefix),
+            partner,
+            secret,
+            local: None,
+        });
+    }
+    let edges = match options.scenario {
+        Scenario::ScaleOut => options.edges.unwrap_or(4),
+        _ => options.edges.unwrap_or(1),
+    };
+    anyhow::ensure!(edges >= 1, "--edges must be at least 1");
+    let local = LocalDeployment::start(&LocalOptions {
+        edges,
+        pipeline: options.scenario.needs_pipeline(),
+        partitions: options.partitions,
+        run_dir,
+    })
+    .await?;
+    Ok(Target {
+        description: format!(
+            "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
+            if options.scenario.needs_pipeline() {
+                ", ingest and router processes"
+            } else {
+                ""
+            }
+        ),
+        edges: local.edges.clone(),
+        kafka: Some(KafkaSettings::new(local.kafka.bootstrap_servers())),
+        topics: local.topics.clone(),
+        partner: local.partner.clone(),
+        secret: local.secret.clone(),
+        local: Some(local),
+    })
+}
+
+/// Runs a scenario and writes `<out_dir>/<scenario>.json` and `.svg`.
+pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
+    let scenario = options.scenario;
+    let connections = options
+        .connections
+        .unwrap_or_else(|| scenario.default_connections());
+    anyhow::ensure!(connections > 0, "--connections must be at least 1");
+    let workers = options
+        .workers
+        .unwrap_or_else(|| usize::try_from(connections.div_ceil(15_000)).unwrap_or(1));
+    anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    anyhow::ensure!(
+        connections.div_ceil(workers as u64) <= MAX_CONNECTIONS_PER_WORKER,
+        "{connections} connections need at least {} workers (at most {MAX_CONNECTIONS_PER_WORKER} each: the open-file limit)",
+        connections.div_ceil(MAX_CONNECTIONS_PER_WORKER)
+    );
+    let duration = options
+        .duration
+        .unwrap_or_else(|| scenario.default_duration());
+    super::target::raise_open_file_limit();
+    std::fs::create_dir_all(&options.out_dir)
+        .with_context(|| format!("creating {}", options.out_dir.display()))?;
+    let run_dir = super::target::run_dir(&options.out_dir, scenario.name());
+    std::fs::create_dir_all(&run_dir)?;
+    let mut machine = Machine::read();
+
+    let mut target = target(options, &run_dir).await?;
+    let baselines: Vec<Option<u64>> = target
+        .edges
+        .iter()
+        .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
+        .collect();
+    let run_id = crate::tools::random_hex(4);
+    let user_prefix = format!("b{run_id}-u");
+    let latency_source = if scenario == Scenario::PushRate {
+        LatencySource::CountIsSendTime
+    } else {
+        LatencySource::Receipts
+    };
+    let connect_concurrency = if scenario == Scenario::ConnectStorm {
+        0
+    } else {
+        options.connect_concurrency
+    };
+    let per_worker = connections.div_ceil(workers as u64);
+    let specs: Vec<WorkerSpec> = (0..workers)
+        .map(|worker| {
+            let first_user = worker as u64 * per_worker;
+            let count = per_worker.min(connections.saturating_sub(first_user));
+            WorkerSpec {
+                worker,
+                edge_urls: target.edges.iter().map(|edge| edge.url.clone()).collect(),
+                protocol: options.protocol,
+                partner: target.partner.clone(),
+                secret: target.secret.clone(),
+                user_prefix: user_prefix.clone(),
+                first_user,
+                connections: count,
+                source_addresses: super::target::source_addresses(
+                    worker,
+                    usize::try_from(count.div_ceil(CONNECTIONS_PER_SOURCE_ADDRESS)).unwrap_or(1),
+                ),
+                per_source_address: CONNECTIONS_PER_SOURCE_ADDRESS,
+                connect_concurrency,
+                latency: latency_source,
+            }
+        })
+        .filter(|spec| spec.connections > 0)
+        .collect();
+    let mut pool = WorkerPool::spawn(&specs, &run_dir).await?;
+    pool.wait(Duration::from_secs(120), None, |pool| {
+        pool.ready == pool.specs
+    })
+    .await
+    .context("waiting for the workers to mint tokens")?;
+
+    // Connect.
+    let bar = progress_bar(connections, "subscribed");
+    pool.broadcast("connect").await?;
+    pool.wait(Duration::from_secs(300), Some(&bar), |pool| {
+        let totals = pool.totals();
+        bar.set_position(totals.subscribed);
+        bar.set_message(format!("failed {}", totals.failed));
+        totals.subscribed + totals.failed >= connections
+    })
+    .await?;
+    bar.finish_and_clear();
+    let connected = pool.totals();
+    eprintln!(
+        "{}: {} of {connections} connections subscribed ({} failed)",
+        scenario.name(),
+        connected.subscribed,
+        connected.failed
+    );
+    // Let allocations settle (first pings, buffers) before the RSS is read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let subscribed_rss: Vec<Option<u64>> = target
+        .edges
+        .iter()
+        .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
+        .collect();
+
+    // The load.
+    let mut sends = Sends::default();
+    let mut pushes = PushResult::default();
+    let users = connections;
+    match scenario {
+        Scenario::Idle | Scenario::ScaleOut => hold(&mut pool, duration).await?,
+        Scenario::ConnectStorm => {}
+        Scenario::GroupMessage => {
+            let kafka = target.kafka.clone().context("group-message needs Kafka")?;
+            group_message(
+                &mut pool,
+                &kafka,
+                &target,
+                &user_prefix,
+                users,
+                options.messages,
+                &mut sends,
+                &mut pushes,
+            )
+            .await?;
+        }
+        Scenario::Steady => {
+            let kafka = target.kafka.clone().context("steady needs Kafka")?;
+            steady(
+                &mut pool,
+                &kafka,
+                &target,
+                &user_prefix,
+                users,
+                options.rate,
+                duration,
+                options.seed,
+                &mut sends,
+                &mut pushes,
+            )
+            .await?;
+        }
+        Scenario::PushRate => {
+            let kafka = target.kafka.clone().context("push-rate needs Kafka")?;
+            push_rate(
+                &mut pool,
+                &kafka,
+                &target,
+                &user_prefix,
+                users,
+                duration,
+                &mut pushes,
+            )
+            .await?;
+        }
+    }
+    if let Some(local) = target.local.as_mut() {
+        local.check_alive()?;
+    }
+    let end_rss: Vec<Option<u64>> = target
+        .edges
+        .iter()
+        .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
+        .collect();
+    let reports = pool.finish().await?;
+    machine.load_at_end = super::report::load_average();
+
+    // Merge the workers' reports.
+    let mut latency = new_histogram()?;
+    let mut handshake = new_histogram()?;
+    let mut connection_result = ConnectionResult {
+        requested: connections,
+        ..ConnectionResult::default()
+    };
+    let started_us = reports
+        .iter()
+        .map(|report| report.connect_started_us)
+        .filter(|started| *started > 0)
+        .min()
+        .unwrap_or(0);
+    let mut last_authenticated_us = 0;
+    let mut last_subscribed_us = 0;
+    let mut first_push_us = u64::MAX;
+    let mut last_push_us = 0;
+    let mut per_message = (0..sends.rounds.len())
+        .map(|_| new_histogram())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for report in &reports {
+        connection_result.authenticated += report.progress.authenticated;
+        connection_result.subscribed += report.progress.subscribed;
+        connection_result.failed += report.progress.failed;
+        for (error, count) in &report.errors {
+            match connection_result
+                .errors
+                .iter_mut()
+                .find(|(known, _)| known == error)
+            {
+                Some(entry) => entry.1 += count,
+                None => connection_result.errors.push((error.clone(), *count)),
+            }
+        }
+        last_authenticated_us = last_authenticated_us.max(report.last_authenticated_us);
+        last_subscribed_us = last_subscribed_us.max(report.last_subscribed_us);
+        if report.first_push_us > 0 {
+            first_push_us = first_push_us.min(report.first_push_us);
+        }
+        last_push_us = last_push_us.max(report.last_push_us);
+        for (value, count) in &report.latency_us {
+            latency.saturating_record_n((*value).max(1), *count);
+        }
+        for (value, count) in &report.handshake_us {
+            handshake.saturating_record_n((*value).max(1), *count);
+        }
+        for (user, count, received_us) in &report.receipts {
+            if let Some(sent_us) = sends.sent_at(*user, *count) {
+                let micros = received_us.saturating_sub(sent_us).max(1);
+                latency.saturating_record(micros);
+                if let Some(round) = usize::try_from(*count)
+                    .ok()
+                    .and_then(|count| per_message.get_mut(count.wrapping_sub(1)))
+                {
+                    round.saturating_record(micros);
+                }
+            }
+        }
+    }
+    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+    let rate = |count: u64, seconds: f64| {
+        if seconds > 0.0 {
+            count as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    connection_result.authenticate_seconds = seconds(started_us, last_authenticated_us);
+    connection_result.handshakes_per_second = rate(
+        connection_result.authenticated,
+        connection_result.authenticate_seconds,
+    );
+    connection_result.subscribe_seconds = seconds(started_us, last_subscribed_us);
+    connection_result.subscribed_per_second = rate(
+        connection_result.subscribed,
+        connection_result.subscribe_seconds,
+    );
+    pushes.received = reports.iter().map(|report| report.progress.pushes).sum();
+    if last_push_us > 0 && first_push_us < u64::MAX {
+        pushes.seconds = seconds(first_push_us, last_push_us);
+        pushes.per_second = rate(pushes.received, pushes.seconds);
+    }
+
+    let mut edges = Vec::new();
+    let edge_count = target.edges.len() as u64;
+    let (mut growth_bytes, mut growth_connections) = (0.0, 0_u64);
+    for (index, edge) in target.edges.iter().enumerate() {
+        let index_u64 = index as u64;
+        // Connection i goes to edge i % edges.
+        let on_edge = (0..connections)
+            .skip(usize::try_from(index_u64).unwrap_or(0))
+            .step_by(usize::try_from(edge_count).unwrap_or(1))
+            .count() as u64;
+        let baseline = baselines[index];
+        let end = end_rss[index];
+        let per_connection = match (baseline, end) {
+            (Some(baseline), Some(end)) if on_edge > 0 => {
+                let bytes = (end.saturating_sub(baseline) * 1024) as f64;
+                growth_bytes += bytes;
+                growth_connections += on_edge;
+                Some(bytes / on_edge as f64)
+            }
+            _ => None,
+        };
+        let edge_pushes_total = match &edge.admin {
+            Some(admin) => http_get(admin, "/metrics")
+                .await
+                .ok()
+                .and_then(|(_, body)| metric_value(&body, "fanout_edge_pushes_total")),
+            None => None,
+        };
+        edges.push(EdgeResult {
+            url: edge.url.clone(),
+            pid: edge.pid,
+            connections: on_edge,
+            rss_baseline_kib: baseline,
+            rss_subscribed_kib: subscribed_rss[index],
+            rss_end_kib: end,
+            rss_per_connection_bytes: per_connection,
+            edge_pushes_total,
+        });
+    }
+    let rss_per_connection_bytes =
+        (growth_connections > 0).then(|| growth_bytes / growth_connections as f64);
+    let latency_summary = LatencySummary::of(&latency);
+    let handshake_summary = LatencySummary::of(&handshake);
+    let all_subscribed = connection_result.subscribed == connections;
+    let check = match scenario {
+        Scenario::Idle => rss_per_connection_bytes.map(|bytes| TargetCheck {
+            metric: "RSS per subscribed connection (bytes)",
+            target: "<= 4096".to_owned(),
+            measured: bytes,
+            met: all_subscribed && bytes <= 4096.0,
+        }),
+        Scenario::ScaleOut => rss_per_connection_bytes.map(|bytes| TargetCheck {
+            metric: "all subscribed; RSS per connection (bytes)",
+            target: "all subscribed, <= 4096".to_owned(),
+            measured: bytes,
+            met: all_subscribed && bytes <= 4096.0,
+        }),
+        Scenario::GroupMessage => Some(TargetCheck {
+            metric: "produce → every socket p99 (ms)",
+            target: "<= 100".to_owned(),
+            measured: latency_summary.p99_ms,
+            met: latency_summary.samples > 0 && latency_summary.p99_ms <= 100.0,
+        }),
+        Scenario::Steady => Some(TargetCheck {
+            metric: "produce → socket p99 (ms)",
+            target: "<= 10".to_owned(),
+            measured: latency_summary.p99_ms,
+            met: latency_summary.samples > 0 && latency_summary.p99_ms <= 10.0,
+        }),
+        Scenario::PushRate => Some(TargetCheck {
+            metric: "pushes delivered per second",
+            target: ">= 500000".to_owned(),
+            measured: pushes.per_second,
+            met: pushes.per_second >= 500_000.0,
+        }),
+        Scenario::ConnectStorm => Some(TargetCheck {
+            metric: "authenticated handshakes per second",
+            target: ">= 10000".to_owned(),
+            measured: connection_result.handshakes_per_second,
+            met: all_subscribed && connection_result.handshakes_per_second >= 10_000.0,
+        }),
+    };
+    let result_file = options.out_dir.join(format!("{}.json", scenario.name()));
+    let plot_file = options.out_dir.join(format!("{}.svg", scenario.name()));
+    let title = format!(
+        "fanout bench {}: {connections} connections, {} edge(s)",
+        scenario.name(),
+        target.edges.len()
+    );
+    plot_latency(
+        &plot_file,
+        &title,
+        &[
+            ("produce → client receive", &latency),
+            ("connect → authenticated", &handshake),
+        ],
+    )?;
+    let result = WsBenchResult {
+        scenario: scenario.name(),
+        target: target.description.clone(),
+        protocol: options.protocol,
+        workers: specs.len(),
+        duration_seconds: duration.as_secs_f64(),
+        machine,
+        connections: connection_result,
+        handshake_latency: handshake_summary,
+        latency: latency_summary,
+        pushes,
+        per_message: per_message.iter().map(LatencySummary::of).collect(),
+        edges,
+        rss_per_connection_bytes,
+        check,
+        result_file: result_file.display().to_string(),
+        plot_file: plot_file.display().to_string(),
+    };
+    std::fs::write(&result_file, serde_json::to_vec_pretty(&result)?)
+        .with_context(|| format!("writing {}", result_file.display()))?;
+    drop(target);
+    Ok(result)
+}
+
+/// A human summary of a result.
+pub fn summary(result: &WsBenchResult) -> String {
+    let mut lines = vec![format!(
+        "fanout bench {} ({}, {} workers, {:?})",
+        result.scenario, result.target, result.workers, result.protocol
+    )];
+    let connections = &result.connections;
+    lines.push(format!(
+        "connections: {}/{} subscribed, {} failed; {:.0} handshakes/s, {:.0} subscribed/s",
+        connections.subscribed,
+        connections.requested,
+        connections.failed,
+        connections.handshakes_per_second,
+        connections.subscribed_per_second
+    ));
+    for (error, count) in &connections.errors {
+        lines.push(format!("  {count} × {error}"));
+    }
+    lines.push(format!(
+        "handshake latency: {}",
+        result.handshake_latency.line()
+    ));
+    if result.pushes.received > 0 || result.pushes.produced > 0 {
+        lines.push(format!(
+            "pushes: {} received ({} expected) in {:.2} s = {:.0}/s; produced {} at {:.0}/s",
+            result.pushes.received,
+            result
+                .pushes
+                .expected
+                .map_or_else(|| "?".to_owned(), |expected| expected.to_string()),
+            result.pushes.seconds,
+            result.pushes.per_second,
+            result.pushes.produced,
+            result.pushes.produced_per_second
+        ));
+        lines.push(format!("push latency: {}", result.latency.line()));
+    }
+    for (index, message) in result.per_message.iter().enumerate() {
+        lines.push(format!("  message {}: {}", index + 1, message.line()));
+    }
+    for edge in &result.edges {
+        if let (Some(baseline), Some(end)) = (edge.rss_baseline_kib, edge.rss_end_kib) {
+            lines.push(format!(
+                "edge {}: {} connections, RSS {} KiB → {} KiB = {:.0} bytes/connection",
+                edge.url,
+                edge.connections,
+                baseline,
+                end,
+                edge.rss_per_connection_bytes.unwrap_or(0.0)
+            ));
+        }
+    }
+    if let Some(check) = &result.check {
+        lines.push(format!(
+            "target: {} {} — measured {:.2}: {}",
+            check.metric,
+            check.target,
+            check.measured,
+            if check.met { "MET" } else { "MISSED" }
+        ));
+    }
+    lines.push(format!(
+        "wrote {} and {}",
+        result.result_file, result.plot_file
+    ));
+    lines.join("\n")
+}
+
+fn progress_bar(length: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>12} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}) {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what.to_owned());
+    bar
+}
+
+/// When each (user, count) was caused: the send time of the event that raised `user`'s
+/// count to `count`.
+#[derive(Default)]
+struct Sends {
+    /// Per user, the send time of the event that made count 1, 2, ...
+    per_user: HashMap<u64, Vec<u64>>,
+    /// `group-message`: count k of every user comes from message k.
+    rounds: Vec<u64>,
+}
+
+impl Sends {
+    fn sent_at(&self, user: u64, count: u64) -> Option<u64> {
+        let index = usize::try_from(count.checked_sub(1)?).ok()?;
+        if !self.rounds.is_empty() {
+            return self.rounds.get(index).copied();
+        }
+        self.per_user.get(&user)?.get(index).copied()
+    }
+}
+
+/// Counts the producer's acknowledgements.
+#[derive(Clone, Default)]
+struct Deliveries {
+    acknowledged: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _opaque: ()) {
+        match result {
+            Ok(_) => self.acknowledged.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn producer(
+    kafka: &KafkaSettings,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<(ThreadedProducer<Deliveries>, Deliveries)> {
+    let mut config = kafka.producer_config();
+    config.set("socket.nagle.disable", "true");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let deliveries = Deliveries::default();
+    let producer = config
+        .create_with_context(deliveries.clone())
+        .context("creating a producer")?;
+    Ok((producer, deliveries))
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+async fn send(
+    producer: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                returned,
+            )) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((error, _)) => return Err(error).context("producing"),
+        }
+    }
+}
+
+fn message_created(
+    partner: &str,
+    event_id: String,
+    conversation: String,
+    seq: u64,
+    recipients: Vec<String>,
+    sent_us: u64,
+) -> v1::MessageEvent {
+    v1::MessageEvent {
+        event_id,
+        partner: partner.to_owned(),
+        occurred_at_ms: i64::try_from(sent_us / 1000).unwrap_or(0),
+        event: Some(v1::message_event::Event::MessageCreated(
+            v1::MessageCreated {
+                conversation_id: conversation,
+                seq,
+                message_id: format!("m{seq}"),
+                sender: "bench-sender".to_owned(),
+                recipients,
+            },
+        )),
+    }
+}
+
+/// Sends one event to a user nobody is connected as and waits for its acknowledgement
+/// and a second more, so that the producer's start (metadata, producer id) and every
+/// stage's first fetch are not in the measurement.
+async fn warm_up(
+    producer: &ThreadedProducer<Deliveries>,
+    deliveries: &Deliveries,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    send(producer, topic, key, payload).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deliveries.acknowledged.load(Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            deliveries.failed.load(Ordering::Relaxed) == 0,
+            "the warm-up record was not acknowledged"
+        );
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the warm-up record was not acknowledged in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+fn warm_up_event(partner: &str, user_prefix: &str) -> v1::MessageEvent {
+    message_created(
+        partner,
+        format!("{user_prefix}warm-up"),
+        format!("{user_prefix}warm-up"),
+        1,
+        vec![format!("{user_prefix}warm-up")],
+        now_us(),
+    )
+}
+
+/// Waits until pushes stop arriving (or `expected` arrived), at most `limit`.
+async fn wait_quiet(
+    pool: &mut WorkerPool,
+    expected: Option<u64>,
+    quiet: Duration,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut last = pool.totals().pushes;
+    let mut last_change = Instant::now();
+    while Instant::now() < deadline {
+        pool.pump(Duration::from_millis(100)).await?;
+        let pushes = pool.totals().pushes;
+        if expected.is_some_and(|expected| pushes >= expected) {
+            return Ok(());
+        }
+        if pushes != last {
+            last = pushes;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= quiet {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+async fn hold(pool: &mut WorkerPool, duration: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        pool.pump(Duration::from_millis(100)).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn group_message(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    messages: u64,
+    sends: &mut Sends,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    let (producer, deliveries) = producer(kafka, &[])?;
+    let warm = warm_up_event(&target.partner, user_prefix);
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.message_events,
+        &event_key(&warm),
+        &warm.encode_to_vec(),
+    )
+    .await?;
+    let recipients: Vec<String> = (0..users)
+        .map(|user| format!("{user_prefix}{user}"))
+        .collect();
+    let bar = progress_bar(messages * users, "pushes");
+    let started = Instant::now();
+    for message in 0..messages {
+        let sent_us = now_us();
+        let event = message_created(
+            &target.partner,
+            format!("{user_prefix}group-{message}"),
+            format!("{user_prefix}group"),
+            message + 1,
+            recipients.clone(),
+            sent_us,
+        );
+        send(
+            &producer,
+            &target.topics.message_events,
+            &format!("{user_prefix}group"),
+            &event.encode_to_vec(),
+        )
+        .await?;
+        sends.rounds.push(sent_us);
+        let expected = (message + 1) * users;
+        wait_quiet(
+            pool,
+            Some(expected),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        )
+        .await?;
+        bar.set_position(pool.totals().pushes);
+        // A pause between messages, so each is measured on its own.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bar.finish_and_clear();
+    pushes.expected = Some(messages * users);
+    pushes.produced = messages;
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn steady(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    rate: u64,
+    duration: Duration,
+    seed: u64,
+    sends: &mut Sends,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0, "--rate must be at least 1");
+    let (producer, deliveries) = producer(kafka, &[])?;
+    let warm = warm_up_event(&target.partner, user_prefix);
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.message_events,
+        &event_key(&warm),
+        &warm.encode_to_vec(),
+    )
+    .await?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let bar = progress_bar(duration.as_secs().max(1), "seconds");
+    let started = Instant::now();
+    let mut produced = 0_u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while produced < due {
+            let user = rng.random_range(0..users);
+            let sent = sends.per_user.entry(user).or_default();
+            let seq = sent.len() as u64 + 1;
+            let sent_us = now_us();
+            let event = message_created(
+                &target.partner,
+                format!("{user_prefix}{user}-{seq}"),
+                format!("{user_prefix}c{user}"),
+                seq,
+                vec![format!("{user_prefix}{user}")],
+                sent_us,
+            );
+            send(
+                &producer,
+                &target.topics.message_events,
+                &event_key(&event),
+                &event.encode_to_vec(),
+            )
+            .await?;
+            sent.push(sent_us);
+            produced += 1;
+        }
+        pool.pump(Duration::ZERO).await?;
+        bar.set_position(started.elapsed().as_secs());
+        bar.set_message(format!("{} pushes", pool.totals().pushes));
+    }
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    wait_quiet(
+        pool,
+        Some(produced),
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .await?;
+    pushes.expected = Some(produced);
+    pushes.produced = produced;
+    pushes.produced_per_second = produced as f64 / pushes.produce_seconds.max(1e-9);
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
+fn event_key(event: &v1::MessageEvent) -> String {
+    match &event.event {
+        Some(v1::message_event::Event::MessageCreated(created)) => created.conversation_id.clone(),
+        _ => event.event_id.clone(),
+    }
+}
+
+async fn push_rate(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    duration: Duration,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    let (producer, deliveries) = producer(
+        kafka,
+        &[
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "200000"),
+        ],
+    )?;
+    let keys: Vec<(String, String)> = (0..users)
+        .map(|user| {
+            let name = format!("{user_prefix}{user}");
+            (user_key(&target.partner, &name), name)
+        })
+        .collect();
+    let warm_user = format!("{user_prefix}warm-up");
+    let warm = v1::UnreadCount {
+        partner: target.partner.clone(),
+        user: warm_user.clone(),
+        count: 1,
+        version: 1,
+        occurred_at_ms: 0,
+    };
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.unread_counts,
+        &user_key(&target.partner, &warm_user),
+        &warm.encode_to_vec(),
+    )
+    .await?;
+    let bar = progress_bar(duration.as_secs().max(1), "seconds");
+    let started = Instant::now();
+    let mut produced = 0_u64;
+    let mut payload = Vec::with_capacity(128);
+    while started.elapsed() < duration {
+        for _ in 0..1000 {
+            let (key, user) = &keys[usize::try_from(produced % users).unwrap_or(0)];
+            let sent_us = now_us();
+            let record = v1::UnreadCount {
+                partner: target.partner.clone(),
+                user: user.clone(),
+                count: sent_us,
+                version: produced + 1,
+                occurred_at_ms: i64::try_from(sent_us / 1000).unwrap_or(0),
+            };
+            payload.clear();
+            record.encode(&mut payload)?;
+            send(&producer, &target.topics.unread_counts, key, &payload).await?;
+            produced += 1;
+        }
+        pool.pump(Duration::ZERO).await?;
+        bar.set_position(started.elapsed().as_secs());
+        bar.set_message(format!(
+            "{produced} produced, {} pushes",
+            pool.totals().pushes
+        ));
+        tokio::task::yield_now().await;
+    }
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let _ = producer.flush(Duration::from_secs(30));
+    wait_quiet(pool, None, Duration::from_secs(3), Duration::from_secs(120)).await?;
+    pushes.produced = produced;
+    pushes.produced_per_second = produced as f64 / pushes.produce_seconds.max(1e-9);
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
+/// The worker processes and what they last reported.
+struct WorkerPool {
+    specs: usize,
+    children: Vec<Child>,
+    stdins: Vec<ChildStdin>,
+    progress: Vec<Progress>,
+    reports: Vec<Option<WorkerReport>>,
+    ready: usize,
+    /// Told to finish: workers exit after their report, which may be read after.
+    finishing: bool,
+    messages: mpsc::UnboundedReceiver<(usize, WorkerMessage)>,
+}
+
+impl WorkerPool {
+    async fn spawn(specs: &[WorkerSpec], run_dir: &std::path::Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("finding this binary")?;
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        let mut stdins = Vec::new();
+        for (index, spec) in specs.iter().enumerate() {
+            let log_path = run_dir.join(format!("worker-{index}.log"));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let mut child = Command::new(&exe)
+                .args(["bench", "worker", "--spec"])
+                .arg(serde_json::to_string(spec)?)
+                .env("RUST_LOG", "warn")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(log)
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a bench worker")?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            stdins.push(child.stdin.take().context("worker stdin")?);
+            let messages_tx = messages_tx.clone();
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(stdout).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(message) = serde_json::from_str::<WorkerMessage>(&line)
+                        && messages_tx.send((index, message)).is_err()
+                    {
+                        break;
+                    }
+                }
+            });
+            children.push(child);
+        }
+        Ok(Self {
+            specs: specs.len(),
+            children,
+            stdins,
+            progress: vec![Progress::default(); specs.len()],
+            reports: vec![None; specs.len()],
+            ready: 0,
+            finishing: false,
+            messages,
+        })
+    }
+
+    fn totals(&self) -> Progress {
+        self.progress
+            .iter()
+            .fold(Progress::default(), |total, progress| Progress {
+                authenticated: total.authenticated + progress.authenticated,
+                subscribed: total.subscribed + progress.subscribed,
+                failed: total.failed + progress.failed,
+                pushes: total.pushes + progress.pushes,
+            })
+    }
+
+    async fn broadcast(&mut self, command: &str) -> anyhow::Result<()> {
+        for stdin in &mut self.stdins {
+            stdin
+                .write_all(format!("{command}\n").as_bytes())
+                .await
+                .context("writing to a worker")?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Handles the messages that arrive within `timeout`.
+    async fn pump(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let message = match tokio::time::timeout_at(deadline, self.messages.recv()).await {
+                Ok(Some(message)) => message,
+                Ok(None) if self.finishing => break,
+                Ok(None) => anyhow::bail!("every worker's output ended"),
+                Err(_elapsed) => break,
+            };
+            self.handle(message);
+            while let Ok(message) = self.messages.try_recv() {
+                self.handle(message);
+            }
+            if timeout.is_zero() {
+                break;
+            }
+        }
+        for (index, child) in self.children.iter_mut().enumerate() {
+            if !self.finishing
+                && self.reports[index].is_none()
+                && let Some(status) = child.try_wait()?
+            {
+                anyhow::bail!("bench worker {index} exited early: {status} (see its log)");
+            }
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, (index, message): (usize, WorkerMessage)) {
+        match message {
+            WorkerMessage::Ready => self.ready += 1,
+            WorkerMessage::Progress(progress) => self.progress[index] = progress,
+            WorkerMessage::Report(report) => {
+                self.progress[index] = report.progress;
+                self.reports[index] = Some(*report);
+            }
+        }
+    }
+
+    async fn wait(
+        &mut self,
+        timeout: Duration,
+        bar: Option<&ProgressBar>,
+        mut done: impl FnMut(&Self) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?}");
+            self.pump(Duration::from_millis(100)).await?;
+            if let Some(bar) = bar {
+                bar.tick();
+            }
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> anyhow::Result<Vec<WorkerReport>> {
+        self.broadcast("finish").await?;
+        self.finishing = true;
+        self.wait(Duration::from_secs(60), None, |pool| {
+            pool.reports.iter().all(Option::is_some)
+        })
+        .await
+        .context("waiting for the workers' reports")?;
+        for child in &mut self.children {
+            let _ = child.wait().await;
+        }
+        Ok(self.reports.into_iter().flatten().collect())
+    }
+}
