@@ -152,7 +152,10 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
     let websocket_config = WebSocketConfig::default()
         .max_message_size(Some(edge.config.max_frame_bytes))
         .max_frame_size(Some(edge.config.max_frame_bytes))
-        .read_buffer_size(4096)
+        // Client frames are small (a subscribe is ~80 bytes); tungstenite allocates and
+        // zero-fills this much per connection for its whole life, and grows it for a
+        // larger frame when one comes.
+        .read_buffer_size(512)
         .write_buffer_size(0);
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config));
