@@ -157,8 +157,14 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
         // larger frame when one comes.
         .read_buffer_size(512)
         .write_buffer_size(0);
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config));
+    // Boxed, as the refusal below, so that a state the connection passes through once
+    // does not size its task, which is as large as its largest state for the
+    // connection's whole life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(websocket_config),
+    ));
     let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
     let mut socket = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(socket)) => socket,
@@ -198,7 +204,7 @@ async fn cable_session(
             edge.metrics.handshake("unauthorized");
             let partner_known = upgrade.partner.is_some();
             edge.metrics.auth_failed(partner_known, error.reason());
-            let _ = crate::cable::refuse(&mut socket).await;
+            let _ = Box::pin(crate::cable::refuse(&mut socket)).await;
             return;
         }
     };
