@@ -155,7 +155,7 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
         // Client frames are small (a subscribe is ~80 bytes); tungstenite allocates and
         // zero-fills this much per connection for its whole life, and grows it for a
         // larger frame when one comes.
-        .read_buffer_size(512)
+        .read_buffer_size(256)
         .write_buffer_size(0);
     // Boxed, as the refusal below, so that a state the connection passes through once
     // does not size its task, which is as large as its largest state for the
