@@ -112,9 +112,10 @@ struct WsArgs {
     /// How long the load runs (idle, scale-out: how long connections are held).
     #[arg(long)]
     duration_seconds: Option<f64>,
-    /// steady: changes per second.
-    #[arg(long, default_value_t = 20_000)]
-    rate: u64,
+    /// steady: changes per second (default 20000). push-rate: count records per
+    /// second (default 200000; 0: as fast as the producer goes).
+    #[arg(long)]
+    rate: Option<u64>,
     /// group-message: messages sent, one after the other, each to every user.
     #[arg(long, default_value_t = 5)]
     messages: u64,

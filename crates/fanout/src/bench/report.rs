@@ -12,6 +12,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LatencySummary {
     pub samples: u64,
+    pub min_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
     pub p99_ms: f64,
@@ -28,6 +29,7 @@ impl LatencySummary {
         }
         Self {
             samples: histogram.len(),
+            min_ms: ms(histogram.min()),
             p50_ms: ms(histogram.value_at_quantile(0.5)),
             p90_ms: ms(histogram.value_at_quantile(0.9)),
             p99_ms: ms(histogram.value_at_quantile(0.99)),
@@ -39,8 +41,14 @@ impl LatencySummary {
 
     pub fn line(&self) -> String {
         format!(
-            "{} samples: p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
-            self.samples, self.p50_ms, self.p90_ms, self.p99_ms, self.p999_ms, self.max_ms
+            "{} samples: min {:.2} ms, p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms",
+            self.samples,
+            self.min_ms,
+            self.p50_ms,
+            self.p90_ms,
+            self.p99_ms,
+            self.p999_ms,
+            self.max_ms
         )
     }
 }

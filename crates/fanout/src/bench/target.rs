@@ -23,12 +23,14 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Source addresses for worker `worker`: 127.1.<worker>.1, .2, ... (never 127.0.0.1,
-/// which the edges and Kafka use).
-pub fn source_addresses(worker: usize, count: usize) -> Vec<Ipv4Addr> {
+/// Source addresses for worker `worker` of a run: 127.<run>.<worker>.1, .2, ... `run`
+/// (1 to 254, random per run) keeps a run off the ports a previous run's connections
+/// still hold in TIME_WAIT; 127.0.0.1, which the edges and Kafka use, is never one.
+pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
+    let run = run.clamp(1, 254);
     let worker = u8::try_from(worker % 250).unwrap_or(0);
     (1..=count.clamp(1, 250))
-        .map(|host| Ipv4Addr::new(127, 1, worker, u8::try_from(host).unwrap_or(1)))
+        .map(|host| Ipv4Addr::new(127, run, worker, u8::try_from(host).unwrap_or(1)))
         .collect()
 }
 
@@ -188,6 +190,16 @@ impl LocalDeployment {
         Ok(())
     }
 
+    /// Pids of the ingest and router processes (empty without them).
+    pub fn pipeline_pids(&self) -> Vec<u32> {
+        let edge_pids: Vec<Option<u32>> = self.edges.iter().map(|edge| edge.pid).collect();
+        self.children
+            .iter()
+            .filter_map(Child::id)
+            .filter(|pid| !edge_pids.contains(&Some(*pid)))
+            .collect()
+    }
+
     /// Fails if a child process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for child in &mut self.children {
@@ -232,6 +244,19 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((user + system) / 100.0)
 }
 
 /// A minimal HTTP/1.1 GET: (status, body). Enough for /readyz and /metrics.

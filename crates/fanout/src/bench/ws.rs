@@ -26,7 +26,9 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use super::report::{LatencySummary, Machine, plot_latency};
-use super::target::{EdgeTarget, LocalDeployment, LocalOptions, http_get, metric_value, rss_kib};
+use super::target::{
+    EdgeTarget, LocalDeployment, LocalOptions, cpu_seconds, http_get, metric_value, rss_kib,
+};
 use super::worker::{
     LatencySource, Progress, Protocol, WorkerMessage, WorkerReport, WorkerSpec, new_histogram,
     now_us,
@@ -107,8 +109,9 @@ pub struct WsBenchOptions {
     pub workers: Option<usize>,
     pub protocol: Protocol,
     pub duration: Option<Duration>,
-    /// `steady`: changes per second.
-    pub rate: u64,
+    /// `steady`: changes per second (default 20000); `push-rate`: count records per
+    /// second (default [`DEFAULT_PUSH_RATE`]; 0: as fast as the producer goes).
+    pub rate: Option<u64>,
     /// `group-message`: messages sent, one after the other.
     pub messages: u64,
     /// `scale-out`: edge processes (default 4); other scenarios use 1.
@@ -121,10 +124,15 @@ pub struct WsBenchOptions {
     pub seed: u64,
 }
 
+/// `push-rate`'s default count records per second: above what one edge delivers here
+/// (so it is saturated and coalesces), below the producer's own maximum, which would
+/// take the CPU the edge needs (`--rate 0`).
+pub const DEFAULT_PUSH_RATE: u64 = 200_000;
+
 /// Most connections one worker holds: the open-file limit is 20000 per process.
 pub const MAX_CONNECTIONS_PER_WORKER: u64 = 18_000;
 /// Connections per source address (an address has about 28k ephemeral ports).
-const CONNECTIONS_PER_SOURCE_ADDRESS: u64 = 10_000;
+const CONNECTIONS_PER_SOURCE_ADDRESS: u64 = 8_000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConnectionResult {
@@ -173,6 +181,19 @@ pub struct EdgeResult {
     pub edge_pushes_total: Option<f64>,
 }
 
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuResult {
+    pub wall_seconds: f64,
+    /// Each edge process (local edges, or `--edge-pid`).
+    pub edges: Vec<f64>,
+    /// Ingest and router processes together (local, group-message and steady).
+    pub ingest_and_router: f64,
+    /// The bench process: the embedded Kafka and the producer.
+    pub bench_and_kafka: f64,
+    /// The client worker processes together.
+    pub clients: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetCheck {
     pub metric: &'static str,
@@ -201,6 +222,9 @@ pub struct WsBenchResult {
     pub edges: Vec<EdgeResult>,
     /// Over all edges: sum of RSS growth / sum of connections.
     pub rss_per_connection_bytes: Option<f64>,
+    /// CPU seconds each process used during the load (after every connection was
+    /// subscribed), and the load's wall-clock seconds: where the 2 cores went.
+    pub cpu: CpuResult,
     pub check: Option<TargetCheck>,
     pub result_file: String,
     pub plot_file: String,
@@ -336,6 +360,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         options.connect_concurrency
     };
     let per_worker = connections.div_ceil(workers as u64);
+    let run_octet: u8 = rand::rng().random_range(1..=254);
     let specs: Vec<WorkerSpec> = (0..workers)
         .map(|worker| {
             let first_user = worker as u64 * per_worker;
@@ -350,6 +375,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
                 first_user,
                 connections: count,
                 source_addresses: super::target::source_addresses(
+                    run_octet,
                     worker,
                     usize::try_from(count.div_ceil(CONNECTIONS_PER_SOURCE_ADDRESS)).unwrap_or(1),
                 ),
@@ -367,7 +393,28 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     .await
     .context("waiting for the workers to mint tokens")?;
 
+    // The CPU each process spends on the connections (connect-storm) or the load.
+    let edge_pids: Vec<Option<u32>> = target.edges.iter().map(|edge| edge.pid).collect();
+    let pipeline_pids = target
+        .local
+        .as_ref()
+        .map(LocalDeployment::pipeline_pids)
+        .unwrap_or_default();
+    let cpu_snapshot = |pool: &WorkerPool| CpuSnapshot {
+        at: Instant::now(),
+        edges: edge_pids
+            .iter()
+            .map(|pid| pid.and_then(cpu_seconds).unwrap_or(0.0))
+            .collect(),
+        pipeline: pipeline_pids
+            .iter()
+            .filter_map(|pid| cpu_seconds(*pid))
+            .sum(),
+        bench: cpu_seconds(std::process::id()).unwrap_or(0.0),
+        clients: pool.pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum(),
+    };
     // Connect.
+    let storm_cpu_before = cpu_snapshot(&pool);
     let bar = progress_bar(connections, "subscribed");
     pool.broadcast("connect").await?;
     pool.wait(Duration::from_secs(300), Some(&bar), |pool| {
@@ -393,7 +440,11 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
         .collect();
 
-    // The load.
+    let cpu_before = if scenario == Scenario::ConnectStorm {
+        storm_cpu_before
+    } else {
+        cpu_snapshot(&pool)
+    };
     let mut sends = Sends::default();
     let mut pushes = PushResult::default();
     let users = connections;
@@ -422,7 +473,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
                 &target,
                 &user_prefix,
                 users,
-                options.rate,
+                options.rate.unwrap_or(20_000),
                 duration,
                 options.seed,
                 &mut sends,
@@ -439,6 +490,11 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
                 &user_prefix,
                 users,
                 duration,
+                match options.rate {
+                    None => Some(DEFAULT_PUSH_RATE),
+                    Some(0) => None,
+                    Some(rate) => Some(rate),
+                },
                 &mut pushes,
             )
             .await?;
@@ -452,6 +508,19 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         .iter()
         .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
         .collect();
+    let cpu_after = cpu_snapshot(&pool);
+    let cpu = CpuResult {
+        wall_seconds: cpu_after.at.duration_since(cpu_before.at).as_secs_f64(),
+        edges: cpu_after
+            .edges
+            .iter()
+            .zip(&cpu_before.edges)
+            .map(|(after, before)| after - before)
+            .collect(),
+        ingest_and_router: cpu_after.pipeline - cpu_before.pipeline,
+        bench_and_kafka: cpu_after.bench - cpu_before.bench,
+        clients: cpu_after.clients - cpu_before.clients,
+    };
     let reports = pool.finish().await?;
     machine.load_at_end = super::report::load_average();
 
@@ -649,6 +718,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         per_message: per_message.iter().map(LatencySummary::of).collect(),
         edges,
         rss_per_connection_bytes,
+        cpu,
         check,
         result_file: result_file.display().to_string(),
         plot_file: plot_file.display().to_string(),
@@ -657,6 +727,14 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         .with_context(|| format!("writing {}", result_file.display()))?;
     drop(target);
     Ok(result)
+}
+
+struct CpuSnapshot {
+    at: Instant,
+    edges: Vec<f64>,
+    pipeline: f64,
+    bench: f64,
+    clients: f64,
 }
 
 /// A human summary of a result.
@@ -711,6 +789,18 @@ pub fn summary(result: &WsBenchResult) -> String {
             ));
         }
     }
+    let cpu = &result.cpu;
+    lines.push(format!(
+        "CPU seconds over {:.1} s of load: edges {:?}, ingest+router {:.1}, bench+Kafka {:.1}, clients {:.1}",
+        cpu.wall_seconds,
+        cpu.edges
+            .iter()
+            .map(|seconds| (seconds * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        cpu.ingest_and_router,
+        cpu.bench_and_kafka,
+        cpu.clients
+    ));
     if let Some(check) = &result.check {
         lines.push(format!(
             "target: {} {} — measured {:.2}: {}",
@@ -1062,6 +1152,7 @@ fn event_key(event: &v1::MessageEvent) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn push_rate(
     pool: &mut WorkerPool,
     kafka: &KafkaSettings,
@@ -1069,6 +1160,7 @@ async fn push_rate(
     user_prefix: &str,
     users: u64,
     duration: Duration,
+    rate: Option<u64>,
     pushes: &mut PushResult,
 ) -> anyhow::Result<()> {
     let (producer, deliveries) = producer(
@@ -1106,6 +1198,13 @@ async fn push_rate(
     let mut produced = 0_u64;
     let mut payload = Vec::with_capacity(128);
     while started.elapsed() < duration {
+        if let Some(rate) = rate {
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            if produced >= due {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
         for _ in 0..1000 {
             let (key, user) = &keys[usize::try_from(produced % users).unwrap_or(0)];
             let sent_us = now_us();
@@ -1143,6 +1242,7 @@ async fn push_rate(
 struct WorkerPool {
     specs: usize,
     children: Vec<Child>,
+    pids: Vec<u32>,
     stdins: Vec<ChildStdin>,
     progress: Vec<Progress>,
     reports: Vec<Option<WorkerReport>>,
@@ -1189,6 +1289,7 @@ impl WorkerPool {
         }
         Ok(Self {
             specs: specs.len(),
+            pids: children.iter().filter_map(Child::id).collect(),
             children,
             stdins,
             progress: vec![Progress::default(); specs.len()],
