@@ -378,10 +378,6 @@ impl Client<'_> {
         started_us: u64,
     ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, String> {
         let socket = TcpSocket::new_v4().map_err(|error| format!("socket: {error}"))?;
-        // A port whose previous connection is in TIME_WAIT may be bound again.
-        socket
-            .set_reuseaddr(true)
-            .map_err(|error| format!("SO_REUSEADDR: {error}"))?;
         socket
             .bind(SocketAddr::new(self.source.into(), 0))
             .map_err(|error| format!("bind {}: {error}", self.source))?;
