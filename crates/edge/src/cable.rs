@@ -122,7 +122,7 @@ where
                 }
                 match message {
                     Message::Text(frame) => {
-                        handle_command(socket, frame.as_bytes(), &mut subscriptions, &mut counts, settings, metrics).await?;
+                        Box::pin(handle_command(socket, frame.as_bytes(), &mut subscriptions, &mut counts, settings, metrics)).await?;
                     }
                     Message::Binary(_) => metrics.ignored_frame(PROTOCOL, "binary"),
                     // Close replies, pings and pongs are answered by the WebSocket layer.

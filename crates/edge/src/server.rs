@@ -243,10 +243,19 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
     let websocket_config = WebSocketConfig::default()
         .max_message_size(Some(edge.config.max_frame_bytes))
         .max_frame_size(Some(edge.config.max_frame_bytes))
-        .read_buffer_size(4096)
+        // Client frames are small (a subscribe is ~80 bytes); tungstenite allocates and
+        // zero-fills this much per connection for its whole life, and grows it for a
+        // larger frame when one comes.
+        .read_buffer_size(256)
         .write_buffer_size(0);
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config));
+    // Boxed, as the refusal below, so that a state the connection passes through once
+    // does not size its task, which is as large as its largest state for the
+    // connection's whole life.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+        stream,
+        callback,
+        Some(websocket_config),
+    ));
     let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
     let mut socket = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(socket)) => socket,
@@ -305,7 +314,7 @@ async fn cable_session(
             edge.metrics.handshake("unauthorized");
             let partner_known = upgrade.partner.is_some();
             edge.metrics.auth_failed(partner_known, error.reason());
-            crate::cable::refuse(socket).await?;
+            Box::pin(crate::cable::refuse(socket)).await?;
             return Ok(CloseReason::Unauthorized);
         }
     };

@@ -73,9 +73,7 @@ pub async fn run(
     );
     config.validate()?;
 
-    let listener = TcpListener::bind(&options.listen)
-        .await
-        .with_context(|| format!("binding {}", options.listen))?;
+    let listener = stages::bind_client_listener(&options.listen).await?;
     let admin_listener = TcpListener::bind(&options.admin_listen)
         .await
         .with_context(|| format!("binding {}", options.admin_listen))?;

@@ -165,6 +165,40 @@ pub fn spawn_edge(
     })
 }
 
+/// The listen backlog of the edge's client listener. tokio (through mio) binds with
+/// std's 128, which a reconnect wave or a connect storm overflows: the kernel then drops
+/// the handshake's last ACK and the client waits for a SYN-ACK retransmit, 1 s later.
+/// The kernel caps it at `net.core.somaxconn`.
+pub const CLIENT_LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the edge's client listener at `address` with [`CLIENT_LISTEN_BACKLOG`].
+pub async fn bind_client_listener(address: &str) -> anyhow::Result<TcpListener> {
+    let mut last_error = None;
+    for resolved in tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("resolving {address}"))?
+    {
+        let socket = if resolved.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }?;
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(resolved)
+            .and_then(|()| socket.listen(CLIENT_LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.map_or_else(
+        || anyhow::anyhow!("{address} resolves to no address"),
+        anyhow::Error::from,
+    ))
+    .with_context(|| format!("binding {address}"))
+}
+
 /// Waits for every stage. The first to stop, by error or not, cancels `shutdown` so the
 /// others drain and stop too; the first error is returned.
 pub async fn supervise(stages: Vec<Stage>, shutdown: CancellationToken) -> anyhow::Result<()> {

@@ -1,6 +1,4 @@
-//! `fanout bench`: load against fanout's stages, measured from outside.
-//!
-//! `router`: one router's throughput through a Kafka broker. A backlog of user events is
+//! `fanout bench router`: one router's throughput through a Kafka broker. A backlog of user events is
 //! produced to a fresh user-events topic first; then one router is started on it and
 //! timed from its first processed event to its last, so that the figure is the router's
 //! (consume, apply, produce state and count, acknowledge, commit) and not the

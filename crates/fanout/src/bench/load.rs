@@ -1,0 +1,430 @@
+//! The load of the scenarios that produce: group-message and steady (message events
+//! through ingest and router) and push-rate (count records straight to the edge), and
+//! what the bench needs to know to turn receipts into latencies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fanout_kafka::KafkaSettings;
+use fanout_schema::{user_key, v1};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
+
+use super::pool::WorkerPool;
+use super::worker::now_us;
+use super::ws::{PushResult, Target, progress_bar};
+
+/// When each (user, count) was caused: the send time of the event that raised `user`'s
+/// count to `count`.
+#[derive(Default)]
+pub(super) struct Sends {
+    /// Per user, the send time of the event that made count 1, 2, ...
+    pub(super) per_user: HashMap<u64, Vec<u64>>,
+    /// `group-message`: count k of every user comes from message k.
+    pub(super) rounds: Vec<u64>,
+}
+
+impl Sends {
+    pub(super) fn sent_at(&self, user: u64, count: u64) -> Option<u64> {
+        let index = usize::try_from(count.checked_sub(1)?).ok()?;
+        if !self.rounds.is_empty() {
+            return self.rounds.get(index).copied();
+        }
+        self.per_user.get(&user)?.get(index).copied()
+    }
+}
+
+/// Counts the producer's acknowledgements.
+#[derive(Clone, Default)]
+struct Deliveries {
+    acknowledged: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+impl rdkafka::ClientContext for Deliveries {}
+
+impl rdkafka::producer::ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _opaque: ()) {
+        match result {
+            Ok(_) => self.acknowledged.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn producer(
+    kafka: &KafkaSettings,
+    settings: &[(&str, &str)],
+) -> anyhow::Result<(ThreadedProducer<Deliveries>, Deliveries)> {
+    let mut config = kafka.producer_config();
+    config.set("socket.nagle.disable", "true");
+    for (key, value) in settings {
+        config.set(*key, *value);
+    }
+    let deliveries = Deliveries::default();
+    let producer = config
+        .create_with_context(deliveries.clone())
+        .context("creating a producer")?;
+    Ok((producer, deliveries))
+}
+
+/// Sends one record, waiting while the producer's queue is full.
+async fn send(
+    producer: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                returned,
+            )) => {
+                record = returned;
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err((error, _)) => return Err(error).context("producing"),
+        }
+    }
+}
+
+fn message_created(
+    partner: &str,
+    event_id: String,
+    conversation: String,
+    seq: u64,
+    recipients: Vec<String>,
+    sent_us: u64,
+) -> v1::MessageEvent {
+    v1::MessageEvent {
+        event_id,
+        partner: partner.to_owned(),
+        occurred_at_ms: i64::try_from(sent_us / 1000).unwrap_or(0),
+        event: Some(v1::message_event::Event::MessageCreated(
+            v1::MessageCreated {
+                conversation_id: conversation,
+                seq,
+                message_id: format!("m{seq}"),
+                sender: "bench-sender".to_owned(),
+                recipients,
+            },
+        )),
+    }
+}
+
+/// Sends one event to a user nobody is connected as and waits for its acknowledgement
+/// and a second more, so that the producer's start (metadata, producer id) and every
+/// stage's first fetch are not in the measurement.
+async fn warm_up(
+    producer: &ThreadedProducer<Deliveries>,
+    deliveries: &Deliveries,
+    topic: &str,
+    key: &str,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    send(producer, topic, key, payload).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while deliveries.acknowledged.load(Ordering::Relaxed) == 0 {
+        anyhow::ensure!(
+            deliveries.failed.load(Ordering::Relaxed) == 0,
+            "the warm-up record was not acknowledged"
+        );
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the warm-up record was not acknowledged in 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+fn warm_up_event(partner: &str, user_prefix: &str) -> v1::MessageEvent {
+    message_created(
+        partner,
+        format!("{user_prefix}warm-up"),
+        format!("{user_prefix}warm-up"),
+        1,
+        vec![format!("{user_prefix}warm-up")],
+        now_us(),
+    )
+}
+
+/// Waits until pushes stop arriving (or `expected` arrived), at most `limit`.
+async fn wait_quiet(
+    pool: &mut WorkerPool,
+    expected: Option<u64>,
+    quiet: Duration,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut last = pool.totals().pushes;
+    let mut last_change = Instant::now();
+    while Instant::now() < deadline {
+        pool.pump(Duration::from_millis(100)).await?;
+        let pushes = pool.totals().pushes;
+        if expected.is_some_and(|expected| pushes >= expected) {
+            return Ok(());
+        }
+        if pushes != last {
+            last = pushes;
+            last_change = Instant::now();
+        } else if last_change.elapsed() >= quiet {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn hold(pool: &mut WorkerPool, duration: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + duration;
+    while Instant::now() < deadline {
+        pool.pump(Duration::from_millis(100)).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn group_message(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    messages: u64,
+    sends: &mut Sends,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    let (producer, deliveries) = producer(kafka, &[])?;
+    let warm = warm_up_event(&target.partner, user_prefix);
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.message_events,
+        &event_key(&warm),
+        &warm.encode_to_vec(),
+    )
+    .await?;
+    let recipients: Vec<String> = (0..users)
+        .map(|user| format!("{user_prefix}{user}"))
+        .collect();
+    let bar = progress_bar(messages * users, "pushes");
+    let started = Instant::now();
+    for message in 0..messages {
+        let sent_us = now_us();
+        let event = message_created(
+            &target.partner,
+            format!("{user_prefix}group-{message}"),
+            format!("{user_prefix}group"),
+            message + 1,
+            recipients.clone(),
+            sent_us,
+        );
+        send(
+            &producer,
+            &target.topics.message_events,
+            &format!("{user_prefix}group"),
+            &event.encode_to_vec(),
+        )
+        .await?;
+        sends.rounds.push(sent_us);
+        let expected = (message + 1) * users;
+        wait_quiet(
+            pool,
+            Some(expected),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+        )
+        .await?;
+        bar.set_position(pool.totals().pushes);
+        // A pause between messages, so each is measured on its own.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    bar.finish_and_clear();
+    pushes.expected = Some(messages * users);
+    pushes.produced = messages;
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn steady(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    rate: u64,
+    duration: Duration,
+    seed: u64,
+    sends: &mut Sends,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(rate > 0, "--rate must be at least 1");
+    let (producer, deliveries) = producer(kafka, &[])?;
+    let warm = warm_up_event(&target.partner, user_prefix);
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.message_events,
+        &event_key(&warm),
+        &warm.encode_to_vec(),
+    )
+    .await?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let bar = progress_bar(duration.as_secs().max(1), "seconds");
+    let started = Instant::now();
+    let mut produced = 0_u64;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+        while produced < due {
+            let user = rng.random_range(0..users);
+            let sent = sends.per_user.entry(user).or_default();
+            let seq = sent.len() as u64 + 1;
+            let sent_us = now_us();
+            let event = message_created(
+                &target.partner,
+                format!("{user_prefix}{user}-{seq}"),
+                format!("{user_prefix}c{user}"),
+                seq,
+                vec![format!("{user_prefix}{user}")],
+                sent_us,
+            );
+            send(
+                &producer,
+                &target.topics.message_events,
+                &event_key(&event),
+                &event.encode_to_vec(),
+            )
+            .await?;
+            sent.push(sent_us);
+            produced += 1;
+        }
+        pool.pump(Duration::ZERO).await?;
+        bar.set_position(started.elapsed().as_secs());
+        bar.set_message(format!("{} pushes", pool.totals().pushes));
+    }
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    wait_quiet(
+        pool,
+        Some(produced),
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .await?;
+    pushes.expected = Some(produced);
+    pushes.produced = produced;
+    pushes.produced_per_second = produced as f64 / pushes.produce_seconds.max(1e-9);
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
+fn event_key(event: &v1::MessageEvent) -> String {
+    match &event.event {
+        Some(v1::message_event::Event::MessageCreated(created)) => created.conversation_id.clone(),
+        _ => event.event_id.clone(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn push_rate(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    duration: Duration,
+    rate: Option<u64>,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    let (producer, deliveries) = producer(
+        kafka,
+        &[
+            ("linger.ms", "5"),
+            ("batch.num.messages", "10000"),
+            ("queue.buffering.max.messages", "200000"),
+        ],
+    )?;
+    let keys: Vec<(String, String)> = (0..users)
+        .map(|user| {
+            let name = format!("{user_prefix}{user}");
+            (user_key(&target.partner, &name), name)
+        })
+        .collect();
+    let warm_user = format!("{user_prefix}warm-up");
+    let warm = v1::UnreadCount {
+        partner: target.partner.clone(),
+        user: warm_user.clone(),
+        count: 1,
+        version: 1,
+        occurred_at_ms: 0,
+    };
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.unread_counts,
+        &user_key(&target.partner, &warm_user),
+        &warm.encode_to_vec(),
+    )
+    .await?;
+    let bar = progress_bar(duration.as_secs().max(1), "seconds");
+    let started = Instant::now();
+    let mut produced = 0_u64;
+    let mut payload = Vec::with_capacity(128);
+    while started.elapsed() < duration {
+        if let Some(rate) = rate {
+            let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+            if produced >= due {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
+            }
+        }
+        for _ in 0..1000 {
+            let (key, user) = &keys[usize::try_from(produced % users).unwrap_or(0)];
+            let sent_us = now_us();
+            let record = v1::UnreadCount {
+                partner: target.partner.clone(),
+                user: user.clone(),
+                count: sent_us,
+                version: produced + 1,
+                occurred_at_ms: i64::try_from(sent_us / 1000).unwrap_or(0),
+            };
+            payload.clear();
+            record.encode(&mut payload)?;
+            send(&producer, &target.topics.unread_counts, key, &payload).await?;
+            produced += 1;
+        }
+        pool.pump(Duration::ZERO).await?;
+        bar.set_position(started.elapsed().as_secs());
+        bar.set_message(format!(
+            "{produced} produced, {} pushes",
+            pool.totals().pushes
+        ));
+        tokio::task::yield_now().await;
+    }
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let _ = producer.flush(Duration::from_secs(30));
+    wait_quiet(pool, None, Duration::from_secs(3), Duration::from_secs(120)).await?;
+    pushes.produced = produced;
+    pushes.produced_per_second = produced as f64 / pushes.produce_seconds.max(1e-9);
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}

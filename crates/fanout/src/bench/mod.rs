@@ -1,0 +1,19 @@
+//! `fanout bench`: load against fanout's stages, measured from outside.
+//!
+//! - [`router`]: one router's throughput through a broker.
+//! - [`ws`]: the WebSocket scenarios (`idle`, `group-message`, `steady`, `push-rate`,
+//!   `connect-storm`, `scale-out`): client connections spread over worker processes
+//!   ([`worker`], driven by `pool`), against edges the bench starts itself
+//!   ([`target`]) or a running deployment; the producing scenarios' load is in `load`;
+//!   latency goes in an HDR histogram and the result is written as JSON and SVG
+//!   ([`report`]).
+
+mod load;
+mod pool;
+pub mod report;
+pub mod router;
+pub mod target;
+pub mod worker;
+pub mod ws;
+
+pub use router::{RouterBenchOptions, RouterBenchResult, create_topics, router};

@@ -1,0 +1,308 @@
+//! What the WebSocket scenarios run against: by default a deployment the bench starts
+//! itself (an embedded Kafka in the bench process; each edge, and ingest and router
+//! when a scenario needs them, as child processes of this binary, so an edge's RSS is
+//! its own), or a running one named on the command line.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use fanout_kafka::{EmbeddedKafka, Topics};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::process::{Child, Command};
+
+/// Raises this process's soft open-file limit to the hard one (children inherit it).
+pub fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
+        }
+    }
+}
+
+/// Source addresses for worker `worker` of a run: 127.<run>.<worker>.1, .2, ... `run`
+/// (1 to 254, random per run) keeps a run off the ports a previous run's connections
+/// still hold in TIME_WAIT; 127.0.0.1, which the edges and Kafka use, is never one.
+pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
+    let run = run.clamp(1, 254);
+    let worker = u8::try_from(worker % 250).unwrap_or(0);
+    (1..=count.clamp(1, 250))
+        .map(|host| Ipv4Addr::new(127, run, worker, u8::try_from(host).unwrap_or(1)))
+        .collect()
+}
+
+/// librdkafka settings for every client of a local deployment. librdkafka's mock
+/// cluster answers an empty fetch only after `fetch.wait.max.ms` (default 500 ms) even
+/// if records arrive meanwhile, where a real broker answers as soon as they do; left at
+/// the default, every consumer hop would add up to half a second that a real
+/// deployment does not have. Nagle's algorithm off, as for any latency-bound client.
+pub const LOW_LATENCY_CLIENT: [(&str, &str); 2] =
+    [("fetch.wait.max.ms", "5"), ("socket.nagle.disable", "true")];
+
+/// One edge the clients connect to.
+#[derive(Debug, Clone)]
+pub struct EdgeTarget {
+    /// `ws://host:port`.
+    pub url: String,
+    /// The admin port's `http://host:port`, to read metrics (local edges).
+    pub admin: Option<String>,
+    /// The edge's pid, to read its RSS (local edges, or `--edge-pid`).
+    pub pid: Option<u32>,
+}
+
+/// A deployment the bench started: dropping it stops the children and the embedded
+/// Kafka.
+pub struct LocalDeployment {
+    pub kafka: EmbeddedKafka,
+    pub topics: Topics,
+    pub partner: String,
+    pub secret: String,
+    pub edges: Vec<EdgeTarget>,
+    children: Vec<Child>,
+    /// Every child's admin address, for /readyz.
+    admins: Vec<String>,
+}
+
+/// What to start.
+pub struct LocalOptions<'a> {
+    pub edges: usize,
+    /// Also ingest and router (scenarios fed by message events).
+    pub pipeline: bool,
+    pub partitions: i32,
+    /// Child logs and configs go here.
+    pub run_dir: &'a Path,
+}
+
+impl LocalDeployment {
+    pub async fn start(options: &LocalOptions<'_>) -> anyhow::Result<Self> {
+        let run_id = crate::tools::random_hex(4);
+        let topics = Topics::with_prefix(&format!("bench-{run_id}-"));
+        let kafka = EmbeddedKafka::start(
+            1,
+            &topics.with_partitions(options.partitions, options.partitions),
+        )
+        .context("starting the embedded Kafka")?;
+        std::fs::create_dir_all(options.run_dir)
+            .with_context(|| format!("creating {}", options.run_dir.display()))?;
+        let mut deployment = Self {
+            kafka,
+            topics,
+            partner: "bench".to_owned(),
+            secret: crate::tools::random_hex(24),
+            edges: Vec::new(),
+            children: Vec::new(),
+            admins: Vec::new(),
+        };
+        if options.pipeline {
+            for role in ["ingest", "router"] {
+                let admin_port = free_port()?;
+                let config = deployment.config(&run_id, None, &admin_port)?;
+                deployment.admins.push(format!("http://{admin_port}"));
+                let path = options.run_dir.join(format!("{role}.toml"));
+                std::fs::write(&path, config)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                let child = spawn_role(role, &path, &options.run_dir.join(format!("{role}.log")))?;
+                deployment.children.push(child);
+            }
+        }
+        for index in 0..options.edges {
+            let edge_port = free_port()?;
+            let admin_port = free_port()?;
+            let config = deployment.config(&run_id, Some(&edge_port), &admin_port)?;
+            let path = options.run_dir.join(format!("edge-{index}.toml"));
+            std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+            let child = spawn_role(
+                "edge",
+                &path,
+                &options.run_dir.join(format!("edge-{index}.log")),
+            )?;
+            deployment.edges.push(EdgeTarget {
+                url: format!("ws://{edge_port}"),
+                admin: Some(format!("http://{admin_port}")),
+                pid: child.id(),
+            });
+            deployment.admins.push(format!("http://{admin_port}"));
+            deployment.children.push(child);
+        }
+        deployment.wait_ready(Duration::from_secs(60)).await?;
+        Ok(deployment)
+    }
+
+    /// A role's config file.
+    fn config(
+        &self,
+        run_id: &str,
+        edge_listen: Option<&str>,
+        admin_listen: &str,
+    ) -> anyhow::Result<String> {
+        let quote = |value: &str| serde_json::to_string(value);
+        let topics = &self.topics;
+        Ok(format!(
+            "[kafka]\nbrokers = {brokers}\nclient = {{ {client} }}\n\n\
+             [topics]\nmessage_events = {message_events}\nuser_events = {user_events}\n\
+             router_state = {router_state}\nunread_counts = {unread_counts}\ndead_letter = {dead_letter}\n\n\
+             [listen]\nedge = {edge}\nadmin = {admin}\n\n\
+             [ingest]\ngroup_id = {ingest_group}\n\n\
+             [router]\ngroup_id = {router_group}\n\n\
+             [edge.partners.{partner}]\nsecrets = [{{ secret = {secret} }}]\n",
+            brokers = quote(self.kafka.bootstrap_servers())?,
+            client = LOW_LATENCY_CLIENT
+                .iter()
+                .map(|(key, value)| Ok(format!("{} = {}", quote(key)?, quote(value)?)))
+                .collect::<Result<Vec<_>, serde_json::Error>>()?
+                .join(", "),
+            message_events = quote(&topics.message_events)?,
+            user_events = quote(&topics.user_events)?,
+            router_state = quote(&topics.router_state)?,
+            unread_counts = quote(&topics.unread_counts)?,
+            dead_letter = quote(&topics.dead_letter)?,
+            edge = quote(edge_listen.unwrap_or("127.0.0.1:0"))?,
+            admin = quote(admin_listen)?,
+            ingest_group = quote(&format!("bench-{run_id}-ingest"))?,
+            router_group = quote(&format!("bench-{run_id}-router"))?,
+            partner = self.partner,
+            secret = quote(&self.secret)?,
+        ))
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for admin in self.admins.clone() {
+            loop {
+                for child in &mut self.children {
+                    if let Some(status) = child.try_wait()? {
+                        anyhow::bail!("a child process exited during startup: {status}");
+                    }
+                }
+                if let Ok((200, _)) = http_get(&admin, "/readyz").await {
+                    break;
+                }
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{admin}/readyz not ready in {timeout:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Pids of the ingest and router processes (empty without them).
+    pub fn pipeline_pids(&self) -> Vec<u32> {
+        let edge_pids: Vec<Option<u32>> = self.edges.iter().map(|edge| edge.pid).collect();
+        self.children
+            .iter()
+            .filter_map(Child::id)
+            .filter(|pid| !edge_pids.contains(&Some(*pid)))
+            .collect()
+    }
+
+    /// Fails if a child process has exited.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for child in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("a child process exited: {status}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `127.0.0.1:<port>` with a port free right now (the child binds it a moment later).
+fn free_port() -> anyhow::Result<String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.to_string())
+}
+
+fn spawn_role(role: &str, config: &Path, log: &Path) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Command::new(exe)
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .env_remove("FANOUT_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting fanout {role}"))
+}
+
+/// VmRSS of `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((user + system) / 100.0)
+}
+
+/// A minimal HTTP/1.1 GET: (status, body). Enough for /readyz and /metrics.
+pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let host = base
+        .strip_prefix("http://")
+        .unwrap_or(base)
+        .trim_end_matches('/');
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(host).await?;
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .context("HTTP request timed out")??;
+    let text = String::from_utf8_lossy(&response);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no HTTP status")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The value of an unlabelled (or exactly labelled) sample in Prometheus text.
+pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        let value = rest.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// Where a run's child configs and logs go.
+pub fn run_dir(out_dir: &Path, scenario: &str) -> PathBuf {
+    out_dir.join(format!("{scenario}-run"))
+}

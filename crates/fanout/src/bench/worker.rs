@@ -1,0 +1,507 @@
+//! `fanout bench worker`: one process of WebSocket clients. The bench starts several, so
+//! that N can exceed one process's open-file limit, and talks to each over its stdin
+//! (commands, one per line) and stdout (JSON lines: [`WorkerMessage`]).
+//!
+//! A client is one task: bind a source address on 127.0.0.0/8 (so N can exceed one
+//! address's ephemeral ports), connect, upgrade, authenticate, subscribe, then record
+//! every count pushed to it. Counts of 0 (the initial count of a fresh user) are not
+//! pushes of the run and are not recorded.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::{SinkExt as _, StreamExt as _};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt as _;
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, http};
+
+/// The WebSocket protocol the clients speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// ActionCable on `/cable`: token in the query, subscribe to PartnerChannel.
+    Cable,
+    /// The JSON protocol on `/realtime`: `authrequest` in band.
+    Realtime,
+}
+
+/// How a pushed count tells its latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatencySource {
+    /// The count is the send time in Unix microseconds (count records written straight
+    /// to unread-counts): latency is computed here, into a histogram.
+    CountIsSendTime,
+    /// Counts come from the router: every receipt (user, count, time) is reported and
+    /// the bench, which knows when the event behind each count was sent, computes it.
+    Receipts,
+}
+
+/// What one worker does; passed as JSON on its command line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    pub worker: usize,
+    /// `ws://host:port` of each edge; connection `i` goes to edge `i % len`.
+    pub edge_urls: Vec<String>,
+    pub protocol: Protocol,
+    pub partner: String,
+    pub secret: String,
+    /// User `i` is `{user_prefix}{i}`.
+    pub user_prefix: String,
+    /// This worker's connections are users `first_user..first_user + connections`.
+    pub first_user: u64,
+    pub connections: u64,
+    /// Source addresses, each used for at most `per_source_address` connections.
+    pub source_addresses: Vec<Ipv4Addr>,
+    pub per_source_address: u64,
+    /// Connections being set up at once; 0 means all at once.
+    pub connect_concurrency: usize,
+    pub latency: LatencySource,
+}
+
+/// What a worker writes to stdout, one JSON object per line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum WorkerMessage {
+    /// Tokens minted; waiting for `connect`.
+    Ready,
+    Progress(Progress),
+    Report(Box<WorkerReport>),
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Progress {
+    /// Connections with the welcome (or authresponse) received.
+    pub authenticated: u64,
+    /// Connections subscribed, with their initial count received.
+    pub subscribed: u64,
+    pub failed: u64,
+    /// Counts above 0 received.
+    pub pushes: u64,
+}
+
+/// A worker's final report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub progress: Progress,
+    /// Unix microseconds when `connect` was received, when the last connection was
+    /// authenticated and subscribed, and of the first and last push.
+    pub connect_started_us: u64,
+    pub last_authenticated_us: u64,
+    pub last_subscribed_us: u64,
+    pub first_push_us: u64,
+    pub last_push_us: u64,
+    /// Failures by message, at most a few kinds.
+    pub errors: Vec<(String, u64)>,
+    /// Push latency in microseconds as (value, count) pairs (`CountIsSendTime`).
+    pub latency_us: Vec<(u64, u64)>,
+    /// Connect start to welcome/authresponse, microseconds, as (value, count) pairs.
+    pub handshake_us: Vec<(u64, u64)>,
+    /// (user, count, Unix microseconds) of every push (`Receipts`).
+    pub receipts: Vec<(u64, u64, u64)>,
+}
+
+/// Histograms span 1 µs to 10 minutes at 3 significant digits.
+pub fn new_histogram() -> anyhow::Result<Histogram<u64>> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).context("creating a histogram")
+}
+
+/// A histogram as (value, count) pairs, the form workers report.
+pub fn histogram_pairs(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
+    histogram
+        .iter_recorded()
+        .map(|value| (value.value_iterated_to(), value.count_at_value()))
+        .collect()
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Shared {
+    authenticated: AtomicU64,
+    subscribed: AtomicU64,
+    failed: AtomicU64,
+    pushes: AtomicU64,
+    last_authenticated_us: AtomicU64,
+    last_subscribed_us: AtomicU64,
+    first_push_us: AtomicU64,
+    last_push_us: AtomicU64,
+    errors: Mutex<Vec<(String, u64)>>,
+    latency: Mutex<Option<Histogram<u64>>>,
+    handshake: Mutex<Option<Histogram<u64>>>,
+    receipts: Mutex<Vec<(u64, u64, u64)>>,
+}
+
+impl Shared {
+    fn progress(&self) -> Progress {
+        Progress {
+            authenticated: self.authenticated.load(Ordering::Relaxed),
+            subscribed: self.subscribed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            pushes: self.pushes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn fail(&self, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = errors.iter_mut().find(|(known, _)| *known == error) {
+            entry.1 += 1;
+        } else if errors.len() < 8 {
+            errors.push((error, 1));
+        }
+    }
+
+    fn record(histogram: &Mutex<Option<Histogram<u64>>>, value: u64) {
+        let mut histogram = histogram.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(histogram) = histogram.as_mut() {
+            histogram.saturating_record(value.max(1));
+        }
+    }
+
+    fn push_received(&self, latency: LatencySource, user: u64, count: u64) {
+        let now = now_us();
+        self.pushes.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .first_push_us
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.last_push_us.fetch_max(now, Ordering::Relaxed);
+        match latency {
+            LatencySource::CountIsSendTime => {
+                Self::record(&self.latency, now.saturating_sub(count));
+            }
+            LatencySource::Receipts => self
+                .receipts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((user, count, now)),
+        }
+    }
+}
+
+fn emit(message: &WorkerMessage) {
+    if let Ok(line) = serde_json::to_string(message) {
+        println!("{line}");
+    }
+}
+
+/// Runs a worker until its stdin says `finish` (or closes).
+pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
+    anyhow::ensure!(!spec.edge_urls.is_empty(), "no edge URL");
+    anyhow::ensure!(!spec.source_addresses.is_empty(), "no source address");
+    super::target::raise_open_file_limit();
+    let edges = spec
+        .edge_urls
+        .iter()
+        .map(|url| edge_address(url))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut tokens = Vec::with_capacity(usize::try_from(spec.connections).unwrap_or(0));
+    for index in 0..spec.connections {
+        let user = format!("{}{}", spec.user_prefix, spec.first_user + index);
+        tokens.push(crate::tools::mint_token(
+            &spec.secret,
+            &user,
+            Duration::from_secs(24 * 3600),
+            None,
+            None,
+        )?);
+    }
+    let shared = Arc::new(Shared {
+        latency: Mutex::new(Some(new_histogram()?)),
+        handshake: Mutex::new(Some(new_histogram()?)),
+        ..Shared::default()
+    });
+    emit(&WorkerMessage::Ready);
+
+    let mut commands = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut connect_started_us = 0;
+    let mut reporter: Option<tokio::task::JoinHandle<()>> = None;
+    while let Some(command) = commands.next_line().await? {
+        match command.trim() {
+            "connect" if connect_started_us == 0 => {
+                connect_started_us = now_us();
+                start_clients(&spec, &edges, std::mem::take(&mut tokens), &shared);
+                let shared = shared.clone();
+                reporter = Some(tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(200));
+                    loop {
+                        tick.tick().await;
+                        emit(&WorkerMessage::Progress(shared.progress()));
+                    }
+                }));
+            }
+            "finish" => break,
+            _ => {}
+        }
+    }
+    if let Some(reporter) = reporter {
+        reporter.abort();
+    }
+    let take = |histogram: &Mutex<Option<Histogram<u64>>>| {
+        histogram
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .map(|histogram| histogram_pairs(&histogram))
+            .unwrap_or_default()
+    };
+    let report = WorkerReport {
+        progress: shared.progress(),
+        connect_started_us,
+        last_authenticated_us: shared.last_authenticated_us.load(Ordering::Relaxed),
+        last_subscribed_us: shared.last_subscribed_us.load(Ordering::Relaxed),
+        first_push_us: shared.first_push_us.load(Ordering::Relaxed),
+        last_push_us: shared.last_push_us.load(Ordering::Relaxed),
+        errors: std::mem::take(&mut *shared.errors.lock().unwrap_or_else(PoisonError::into_inner)),
+        latency_us: take(&shared.latency),
+        handshake_us: take(&shared.handshake),
+        receipts: std::mem::take(
+            &mut *shared
+                .receipts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ),
+    };
+    emit(&WorkerMessage::Report(Box::new(report)));
+    Ok(())
+}
+
+/// `ws://host:port` (any path is ignored) to a socket address.
+fn edge_address(url: &str) -> anyhow::Result<SocketAddr> {
+    let parsed = url::Url::parse(url).with_context(|| format!("edge URL {url}"))?;
+    let addresses = parsed
+        .socket_addrs(|| Some(80))
+        .with_context(|| format!("resolving {url}"))?;
+    addresses
+        .into_iter()
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("{url} has no IPv4 address"))
+}
+
+fn start_clients(
+    spec: &WorkerSpec,
+    edges: &[SocketAddr],
+    tokens: Vec<String>,
+    shared: &Arc<Shared>,
+) {
+    let permits = if spec.connect_concurrency == 0 {
+        tokio::sync::Semaphore::MAX_PERMITS
+    } else {
+        spec.connect_concurrency
+    };
+    let setup = Arc::new(tokio::sync::Semaphore::new(permits));
+    let spec = Arc::new(spec.clone());
+    for (index, token) in (0_u64..).zip(tokens) {
+        let user_index = spec.first_user + index;
+        let edge = edges[usize::try_from(user_index).unwrap_or(0) % edges.len()];
+        let source_slot = usize::try_from(index / spec.per_source_address.max(1)).unwrap_or(0);
+        let source = spec.source_addresses[source_slot % spec.source_addresses.len()];
+        let shared = shared.clone();
+        let setup = setup.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            let client = Client {
+                spec: &spec,
+                shared: &shared,
+                user_index,
+                edge,
+                source,
+            };
+            if let Err(error) = client.run(token, &setup).await {
+                shared.fail(error);
+            }
+        });
+    }
+}
+
+struct Client<'a> {
+    spec: &'a WorkerSpec,
+    shared: &'a Shared,
+    user_index: u64,
+    edge: SocketAddr,
+    source: Ipv4Addr,
+}
+
+const SUBSCRIBE: &str =
+    r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+/// Longest a connection may take to be subscribed.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Client<'_> {
+    async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
+        let permit = setup.acquire().await.map_err(|error| error.to_string())?;
+        let started_us = now_us();
+        let mut socket = tokio::time::timeout(SETUP_TIMEOUT, self.setup(token, started_us))
+            .await
+            .map_err(|_| "setup timed out".to_owned())??;
+        drop(permit);
+        self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .last_subscribed_us
+            .fetch_max(now_us(), Ordering::Relaxed);
+        while let Some(frame) = socket.next().await {
+            match frame.map_err(|error| format!("read: {error}"))? {
+                Message::Text(text) => {
+                    if let Some(count) = unread_count(text.as_str())
+                        && count > 0
+                    {
+                        self.shared
+                            .push_received(self.spec.latency, self.user_index, count);
+                    } else if text.as_str().contains(r#""disconnect""#) {
+                        return Err("disconnected by the edge".to_owned());
+                    }
+                }
+                Message::Close(_) => return Err("closed by the edge".to_owned()),
+                Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+        Err("connection ended".to_owned())
+    }
+
+    /// Connects, upgrades, authenticates and subscribes; returns once the initial count
+    /// arrived.
+    async fn setup(
+        &self,
+        token: String,
+        started_us: u64,
+    ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, String> {
+        let socket = TcpSocket::new_v4().map_err(|error| format!("socket: {error}"))?;
+        socket
+            .bind(SocketAddr::new(self.source.into(), 0))
+            .map_err(|error| format!("bind {}: {error}", self.source))?;
+        let stream = socket
+            .connect(self.edge)
+            .await
+            .map_err(|error| format!("connect: {error}"))?;
+        let _ = stream.set_nodelay(true);
+        let url = match self.spec.protocol {
+            Protocol::Cable => format!(
+                "ws://{}/cable?jwt={token}&partner={}",
+                self.edge, self.spec.partner
+            ),
+            Protocol::Realtime => format!("ws://{}/realtime", self.edge),
+        };
+        let mut request = url
+            .into_client_request()
+            .map_err(|error| format!("request: {error}"))?;
+        if self.spec.protocol == Protocol::Cable {
+            request.headers_mut().insert(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static("actioncable-v1-json"),
+            );
+        }
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (mut socket, _response) =
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config))
+                .await
+                .map_err(|error| format!("upgrade: {error}"))?;
+        let send = |frame: String| Message::Text(frame.into());
+        if self.spec.protocol == Protocol::Realtime {
+            let auth = serde_json::json!({
+                "type": "authrequest",
+                "token": token,
+                "partner": self.spec.partner,
+            });
+            socket
+                .send(send(auth.to_string()))
+                .await
+                .map_err(|error| format!("send: {error}"))?;
+        }
+        let mut authenticated = false;
+        while let Some(frame) = socket.next().await {
+            let Message::Text(text) = frame.map_err(|error| format!("read: {error}"))? else {
+                continue;
+            };
+            let text = text.as_str();
+            if !authenticated {
+                let welcomed = match self.spec.protocol {
+                    Protocol::Cable => text.contains(r#""welcome""#),
+                    Protocol::Realtime => {
+                        text.contains(r#""authresponse""#) && text.contains(r#""success":true"#)
+                    }
+                };
+                if welcomed {
+                    authenticated = true;
+                    let now = now_us();
+                    self.shared.authenticated.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .last_authenticated_us
+                        .fetch_max(now, Ordering::Relaxed);
+                    Shared::record(&self.shared.handshake, now.saturating_sub(started_us));
+                    if self.spec.protocol == Protocol::Cable {
+                        socket
+                            .send(send(SUBSCRIBE.to_owned()))
+                            .await
+                            .map_err(|error| format!("send: {error}"))?;
+                    }
+                    continue;
+                }
+                if text.contains("unauthorized") || text.contains(r#""success":false"#) {
+                    return Err("unauthorized".to_owned());
+                }
+                continue;
+            }
+            if unread_count(text).is_some() {
+                return Ok(socket);
+            }
+            if text.contains("reject_subscription") {
+                return Err("subscription rejected".to_owned());
+            }
+        }
+        Err("connection ended during setup".to_owned())
+    }
+}
+
+/// The count of an `unread_count` frame of either protocol, without a JSON parse: the
+/// clients share the machine with the edge, so they stay cheap.
+fn unread_count(frame: &str) -> Option<u64> {
+    if !frame.contains(r#""unread_count""#) {
+        return None;
+    }
+    let (_, after) = frame.split_once(r#""count":"#)?;
+    let digits = after
+        .find(|character: char| !character.is_ascii_digit())
+        .map_or(after, |end| &after[..end]);
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_read_from_both_protocols() {
+        let cable = fanout_protocol_frames::cable();
+        assert_eq!(unread_count(&cable), Some(42));
+        assert_eq!(
+            unread_count(r#"{"type":"unread_count","count":7}"#),
+            Some(7)
+        );
+        assert_eq!(
+            unread_count(r#"{"type":"unread_count","count":1700000000000000,"id":3}"#),
+            Some(1_700_000_000_000_000)
+        );
+        assert_eq!(unread_count(r#"{"type":"ping","message":17}"#), None);
+    }
+
+    mod fanout_protocol_frames {
+        pub fn cable() -> String {
+            r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","message":{"type":"unread_count","count":42}}"#
+                .to_owned()
+        }
+    }
+}

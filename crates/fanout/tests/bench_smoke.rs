@@ -1,0 +1,115 @@
+//! `fanout bench` runs end to end at tiny sizes: the result JSON has its fields, the
+//! numbers add up, the plot is written. Not a benchmark: nothing here is timed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::Value;
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("fanout-bench-smoke-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Runs `fanout bench <scenario> <args>` and returns its result file.
+fn bench(scenario: &str, args: &[&str]) -> Value {
+    let dir = out_dir(scenario);
+    let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["bench", scenario, "--out-dir"])
+        .arg(&dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fanout bench {scenario} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{scenario}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(printed, written);
+    let plot = std::fs::read_to_string(dir.join(format!("{scenario}.svg"))).unwrap();
+    assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(80)]);
+    assert_eq!(written["scenario"], scenario);
+    assert!(written["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(written["check"]["met"].is_boolean(), "{written}");
+    let _ = std::fs::remove_dir_all(&dir);
+    written
+}
+
+fn all_subscribed(result: &Value, connections: u64) {
+    let connected = &result["connections"];
+    assert_eq!(connected["subscribed"], connections, "{connected}");
+    assert_eq!(connected["failed"], 0, "{connected}");
+    assert_eq!(result["handshake_latency"]["samples"], connections);
+}
+
+#[test]
+fn idle_over_two_workers_reports_rss_per_connection() {
+    let result = bench(
+        "idle",
+        &[
+            "--connections",
+            "200",
+            "--workers",
+            "2",
+            "--duration-seconds",
+            "1",
+        ],
+    );
+    all_subscribed(&result, 200);
+    assert_eq!(result["workers"], 2);
+    let edge = &result["edges"][0];
+    assert_eq!(edge["connections"], 200);
+    assert!(edge["rss_baseline_kib"].as_u64().unwrap() > 0);
+    assert!(result["rss_per_connection_bytes"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn push_rate_has_a_latency_sample_per_push() {
+    let result = bench(
+        "push-rate",
+        &["--connections", "50", "--duration-seconds", "1"],
+    );
+    all_subscribed(&result, 50);
+    let received = result["pushes"]["received"].as_u64().unwrap();
+    assert!(received > 0, "{result}");
+    assert!(received <= result["pushes"]["produced"].as_u64().unwrap());
+    assert_eq!(result["latency"]["samples"], received);
+    assert!(result["pushes"]["per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn connect_storm_counts_handshakes() {
+    let result = bench(
+        "connect-storm",
+        &["--connections", "300", "--protocol", "realtime"],
+    );
+    all_subscribed(&result, 300);
+    assert!(
+        result["connections"]["handshakes_per_second"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+}
+
+#[test]
+fn group_message_reaches_every_socket_through_the_router() {
+    let result = bench(
+        "group-message",
+        &["--connections", "100", "--messages", "2"],
+    );
+    all_subscribed(&result, 100);
+    assert_eq!(result["pushes"]["expected"], 200);
+    assert_eq!(result["pushes"]["received"], 200);
+    assert_eq!(result["latency"]["samples"], 200);
+    assert_eq!(result["per_message"].as_array().unwrap().len(), 2);
+}
