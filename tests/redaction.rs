@@ -52,12 +52,11 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
     let good_cable = alpha.token("u1");
     let good_realtime = alpha.token("u2");
     let forged = TestPartner::new("alpha").token("u1");
-    let expired = fanout::tools::mint_token(
-        &alpha.secret,
-        "u3",
-        std::time::Duration::from_secs(0),
-        None,
-        None,
+    let now = fanout_edge::server::unix_millis() / 1000;
+    let expired = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"uniqueId": "u3", "jti": "j3", "iat": now - 900, "exp": now - 600}),
+        &jsonwebtoken::EncodingKey::from_secret(alpha.secret.as_bytes()),
     )
     .unwrap();
     let mut replies = Vec::new();
