@@ -269,19 +269,26 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
             return;
         }
     };
+    // Each session is boxed at its own size; unboxed, every connection's task would be
+    // as large as the larger of the two for its whole life.
     let (protocol, session) = match upgrade.route {
         Some(Route::Cable) => (
             crate::cable::PROTOCOL,
-            futures::future::Either::Left(cable_session(&mut socket, upgrade, &edge, &shutdown)),
+            futures::future::Either::Left(Box::pin(cable_session(
+                &mut socket,
+                upgrade,
+                &edge,
+                &shutdown,
+            ))),
         ),
         Some(Route::Realtime) => (
             crate::realtime::PROTOCOL,
-            futures::future::Either::Right(crate::realtime::run(
+            futures::future::Either::Right(Box::pin(crate::realtime::run(
                 &mut socket,
                 &edge,
                 upgrade.origin.as_deref(),
                 &shutdown,
-            )),
+            ))),
         ),
         None => return,
     };

@@ -57,6 +57,11 @@ pub async fn run(
     )
     .context("starting the embedded Kafka")?;
     config.kafka = KafkaSettings::new(kafka.bootstrap_servers());
+    // Without these a count takes over a second through the mock cluster's fetch wait.
+    config.kafka.client = fanout_kafka::EMBEDDED_CLIENT_SETTINGS
+        .iter()
+        .map(|(property, value)| ((*property).to_owned(), (*value).to_owned()))
+        .collect();
     let secret = options
         .secret
         .clone()

@@ -21,6 +21,14 @@ type Command =
 
 /// A running mock cluster. `MockCluster` is not `Send`, so it lives on a thread of its
 /// own and is reached through commands; dropping this stops the cluster.
+/// librdkafka settings for clients of the embedded cluster. The mock cluster answers an
+/// empty fetch only after `fetch.wait.max.ms` (default 500 ms) even if records arrive
+/// meanwhile, where a real broker answers as soon as they do; left at the default,
+/// every consumer hop would add up to half a second that a real deployment does not
+/// have. Nagle's algorithm off, as for any latency-bound client.
+pub const EMBEDDED_CLIENT_SETTINGS: [(&str, &str); 2] =
+    [("fetch.wait.max.ms", "5"), ("socket.nagle.disable", "true")];
+
 pub struct EmbeddedKafka {
     bootstrap_servers: String,
     commands: Option<mpsc::Sender<Command>>,

@@ -7,7 +7,7 @@ mod health;
 mod pipeline;
 mod settings;
 
-pub use embedded::{EmbeddedKafka, EmbeddedKafkaError};
+pub use embedded::{EMBEDDED_CLIENT_SETTINGS, EmbeddedKafka, EmbeddedKafkaError};
 pub use health::{KafkaClientMetrics, StageContext, StageHealth};
 pub use pipeline::{AckPipeline, Acked, drain_and_commit, enqueue, flush, store_offset};
 pub use settings::{InvalidSetting, KafkaSettings, Topics};

@@ -34,13 +34,9 @@ pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// librdkafka settings for every client of a local deployment. librdkafka's mock
-/// cluster answers an empty fetch only after `fetch.wait.max.ms` (default 500 ms) even
-/// if records arrive meanwhile, where a real broker answers as soon as they do; left at
-/// the default, every consumer hop would add up to half a second that a real
-/// deployment does not have. Nagle's algorithm off, as for any latency-bound client.
-pub const LOW_LATENCY_CLIENT: [(&str, &str); 2] =
-    [("fetch.wait.max.ms", "5"), ("socket.nagle.disable", "true")];
+/// librdkafka settings for every client of a local deployment on the embedded
+/// cluster: see [`fanout_kafka::EMBEDDED_CLIENT_SETTINGS`].
+pub const LOW_LATENCY_CLIENT: [(&str, &str); 2] = fanout_kafka::EMBEDDED_CLIENT_SETTINGS;
 
 /// One edge the clients connect to.
 #[derive(Debug, Clone)]
