@@ -128,10 +128,9 @@ pub const MIN_SECRET_BYTES: usize = 16;
 /// Reads and checks a secrets file. The error names the file and the partner, never a
 /// secret.
 pub fn read_secrets_file(path: &std::path::Path) -> Result<SecretsFile, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("edge.secrets_file {}: {error}", path.display()))?;
-    parse_secrets_file(&text)
-        .map_err(|reason| format!("edge.secrets_file {}: {reason}", path.display()))
+    let text =
+        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
+    parse_secrets_file(&text).map_err(|reason| format!("{}: {reason}", path.display()))
 }
 
 /// Parses a secrets file's text.

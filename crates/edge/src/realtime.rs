@@ -6,6 +6,8 @@
 //! closes with 4401; with no success within `auth_timeout_ms`, with 4408. Once
 //! authenticated it gets its count right after the `authresponse` and every change
 //! after it. On shutdown every client gets 1012 (service restart) and reconnects.
+//! Limits close with their own codes: 1009 (frame size), 4429 (requests per second),
+//! 4403 (origin not allowed for the token's partner), 1013 (connection limit).
 
 use std::time::Duration;
 
