@@ -154,7 +154,7 @@ pub fn banner(info: &DevInfo) -> String {
          admin:            {admin}/metrics, /healthz, /readyz\n\n\
          Make {user} an unread message:\n  \
          fanout produce --brokers {bootstrap} created --partner {partner} --conversation c1 --seq 1 --from alice --to {user}\n\
-         Mint a token for another user:\n  \
+         Tokens are single-use (one connection each); mint another, for any user:\n  \
          fanout token --secret {secret} --user alice\n\n\
          Ctrl-C stops everything.\n",
         user = info.user,
