@@ -74,6 +74,28 @@ where
     socket.close().await
 }
 
+/// The rare ends of a session: an optional disconnect frame, then a close (with a code,
+/// if given). Callers box it where they await it, so that its future does not size
+/// every session for its whole life.
+async fn goodbye<S>(
+    socket: &mut S,
+    disconnect: Option<(DisconnectReason, bool)>,
+    code: Option<(u16, &'static str)>,
+) -> Result<(), WsError>
+where
+    S: Sink<Message, Error = WsError> + Unpin,
+{
+    if let Some((reason, reconnect)) = disconnect {
+        socket
+            .send(text(cable::disconnect(reason, reconnect)))
+            .await?;
+    }
+    match code {
+        Some((code, reason)) => close(socket, code, reason).await,
+        None => socket.close().await,
+    }
+}
+
 /// Runs an authenticated session until the client leaves, a limit ends it, or
 /// `shutdown` is cancelled.
 pub async fn run<S>(
@@ -98,8 +120,7 @@ where
         tokio::select! {
             biased;
             () = shutdown.cancelled() => {
-                socket.send(text(cable::disconnect(DisconnectReason::ServerRestart, true))).await?;
-                socket.close().await?;
+                Box::pin(goodbye(socket, Some((DisconnectReason::ServerRestart, true)), None)).await?;
                 return Ok(CloseReason::ServerRestart);
             }
             incoming = socket.next() => {
@@ -109,15 +130,17 @@ where
                         // The WebSocket layer refused a frame over `max_frame_bytes`
                         // and cannot read on: say why instead of just dropping.
                         metrics.limited(Limit::FrameSize);
-                        let _ = close(socket, CLOSE_MESSAGE_TOO_BIG, "frame too large").await;
+                        let too_big = Some((CLOSE_MESSAGE_TOO_BIG, "frame too large"));
+                        let _ = Box::pin(goodbye(socket, None, too_big)).await;
                         return Ok(CloseReason::FrameTooLarge);
                     }
                     Some(message) => message?,
                 };
                 if matches!(message, Message::Text(_) | Message::Binary(_)) && !rate.allow(Instant::now()) {
                     metrics.limited(Limit::CommandRate);
-                    socket.send(text(cable::disconnect(DisconnectReason::InvalidRequest, false))).await?;
-                    close(socket, CLOSE_RATE_LIMITED, "too many commands").await?;
+                    let disconnect = Some((DisconnectReason::InvalidRequest, false));
+                    let code = Some((CLOSE_RATE_LIMITED, "too many commands"));
+                    Box::pin(goodbye(socket, disconnect, code)).await?;
                     return Ok(CloseReason::RateLimited);
                 }
                 match message {

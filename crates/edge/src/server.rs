@@ -294,13 +294,16 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
     };
     // A session told to leave that cannot (its client stopped reading, so the goodbye
     // cannot be written) is dropped after a grace: it cannot hold up the drain.
-    let told_to_leave = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(GOODBYE_GRACE).await;
-    };
+    let mut session = session;
     let reason = tokio::select! {
-        ended = session => ended.unwrap_or(CloseReason::Error),
-        () = told_to_leave => CloseReason::ServerRestart,
+        ended = &mut session => ended.unwrap_or(CloseReason::Error),
+        () = shutdown.cancelled() => {
+            // Boxed: the timer exists only for sessions being told to leave.
+            let rest = Box::pin(tokio::time::timeout(GOODBYE_GRACE, &mut session));
+            rest.await.map_or(CloseReason::ServerRestart, |ended| {
+                ended.unwrap_or(CloseReason::Error)
+            })
+        }
     };
     edge.metrics.closed(protocol, reason);
     drop(node_slot);
@@ -312,26 +315,33 @@ async fn cable_session(
     edge: &Edge,
     shutdown: &CancellationToken,
 ) -> Result<CloseReason, tokio_tungstenite::tungstenite::Error> {
-    let identity = match edge
-        .auth
-        .authenticate(upgrade.partner.as_deref(), upgrade.token.as_deref())
-    {
+    let Upgrade {
+        partner,
+        token,
+        origin,
+        ..
+    } = upgrade;
+    let identity = match edge.auth.authenticate(partner.as_deref(), token.as_deref()) {
         Ok(identity) => identity,
         Err(error) => {
             edge.metrics.handshake("unauthorized");
-            let partner_known = upgrade.partner.is_some();
-            edge.metrics.auth_failed(partner_known, error.reason());
+            edge.metrics.auth_failed(partner.is_some(), error.reason());
             Box::pin(crate::cable::refuse(socket)).await?;
             return Ok(CloseReason::Unauthorized);
         }
     };
+    // The token is a credential, and a few hundred bytes: not kept for the session.
+    drop((token, partner));
     // The origin was checked before the upgrade; this takes the partner's place (a
     // race with other handshakes can still find it taken).
-    let _partner_slot = match edge.admit(&identity.partner, upgrade.origin.as_deref()) {
+    let admitted = edge.admit(&identity.partner, origin.as_deref());
+    drop(origin);
+    let _partner_slot = match admitted {
         Ok(slot) => slot,
         Err(reason) => {
             edge.metrics.handshake("limited");
-            crate::cable::close(socket, CLOSE_TRY_AGAIN_LATER, "connection limit").await?;
+            let closing = crate::cable::close(socket, CLOSE_TRY_AGAIN_LATER, "connection limit");
+            Box::pin(closing).await?;
             return Ok(reason);
         }
     };
