@@ -23,13 +23,7 @@ const ALPHA_K2: &str = "alpha-secret-two-0123456789";
 const UNAUTHORIZED: &str = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
 
 fn now() -> i64 {
-    i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .unwrap()
+    fanout_edge::server::unix_millis() / 1000
 }
 
 fn b64(bytes: &[u8]) -> String {
