@@ -132,7 +132,7 @@ async fn official_actioncable_client_comes_back_by_itself_after_a_drain_to_the_c
         connected(true)
     );
     assert_eq!(client.next_event().await, count(2));
-    assert_eq!(second_edge.edge.metrics.handshake_count("accepted"), 1);
+    assert_eq!(second_edge.node.metrics.handshake_count("accepted"), 1);
 
     // And the new subscription is live.
     produce_event(
@@ -160,7 +160,7 @@ async fn official_actioncable_client_refused_as_unauthorized_stops_trying() {
     let partner = TestPartner::new("acme");
     let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
 
     // A token for the right partner code, signed with a secret the edge does not know.
     let forged_token = TestPartner::new("acme").token("jane");

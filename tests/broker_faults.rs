@@ -129,14 +129,14 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
     .await;
     assert_eq!(client.next_frame().await.unwrap(), count_frame(1));
     assert_eq!(
-        edge.edge.table.get("acme/jane").map(|value| value.count),
+        edge.node.table.get("acme/jane").map(|value| value.count),
         Some(1)
     );
 
     // The outage was counted, and nothing stopped.
     assert!(ingest_metrics.kafka_error_count() > 0);
     assert!(router_metrics.kafka_error_count() > 0);
-    assert!(edge.edge.metrics.kafka_error_count() > 0);
+    assert!(edge.node.metrics.kafka_error_count() > 0);
     assert!(!ingest.any_stopped() && !router.any_stopped() && !edge.running.any_stopped());
 
     ingest.stop().await;

@@ -140,7 +140,7 @@ async fn official_client_and_realtime_in_headless_chromium_see_the_count_change(
     let (ingest, _) = start_ingest(config);
     let (router, _) = start_router(config);
     let edge = start_edge(config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
     let producer = cluster.producer();
 
     let page_address = serve_test_page().await;

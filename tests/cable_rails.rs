@@ -52,7 +52,7 @@ async fn subprotocol_fallback_and_unsubscribe_as_rails() {
     )
     .await;
     wait_until("the edge to hold the new count", || {
-        edge.edge.table.get("acme/jane").map(|value| value.count) == Some(1)
+        edge.node.table.get("acme/jane").map(|value| value.count) == Some(1)
     })
     .await;
     bare.send_text(r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#)

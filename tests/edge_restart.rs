@@ -26,7 +26,7 @@ async fn a_restarted_edge_is_ready_only_when_caught_up_and_serves_current_counts
     wait_until("the first edge to hold every count", || {
         users.iter().enumerate().all(|(index, user)| {
             first_edge
-                .edge
+                .node
                 .table
                 .get(&format!("acme/{user}"))
                 .map(|v| v.count)
@@ -91,7 +91,7 @@ async fn a_restarted_edge_is_ready_only_when_caught_up_and_serves_current_counts
         };
         assert_eq!(
             second_edge
-                .edge
+                .node
                 .table
                 .get(&format!("acme/{user}"))
                 .map(|v| v.count),

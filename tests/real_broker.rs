@@ -122,7 +122,7 @@ async fn stages_ride_out_a_broker_restart() {
     .await;
     assert!(ingest_metrics.kafka_error_count() > 0);
     assert!(router_metrics.kafka_error_count() > 0);
-    assert!(edge.edge.metrics.kafka_error_count() > 0);
+    assert!(edge.node.metrics.kafka_error_count() > 0);
     assert!(!ingest.any_stopped() && !router.any_stopped() && !edge.running.any_stopped());
     ingest.stop().await;
     router.stop().await;

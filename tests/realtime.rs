@@ -30,7 +30,7 @@ async fn auth_then_the_current_count_then_changes_and_replies_with_echoed_ids() 
     )
     .await;
     wait_until("the first count to reach the edge", || {
-        edge.edge.table.get("alpha/u1").map(|value| value.count) == Some(1)
+        edge.node.table.get("alpha/u1").map(|value| value.count) == Some(1)
     })
     .await;
 
@@ -69,11 +69,11 @@ async fn auth_then_the_current_count_then_changes_and_replies_with_echoed_ids() 
     assert_eq!(client.next_text().await, r#"{"type":"pong","id":"p1"}"#);
     client.send_text(r#"{"type":"ping","id":3}"#).await;
     assert_eq!(client.next_text().await, r#"{"type":"pong","id":3}"#);
-    assert_eq!(edge.edge.metrics.open_connections("realtime"), 1);
+    assert_eq!(edge.node.metrics.open_connections("realtime"), 1);
 
     drop(client);
     wait_until("the connection to be closed", || {
-        edge.edge.metrics.open_connections("realtime") == 0
+        edge.node.metrics.open_connections("realtime") == 0
     })
     .await;
     ingest.stop().await;
@@ -96,7 +96,7 @@ async fn no_data_before_auth() {
     )
     .await;
     wait_until("the count to reach the edge", || {
-        edge.edge.table.get("alpha/u1").is_some()
+        edge.node.table.get("alpha/u1").is_some()
     })
     .await;
 
@@ -123,7 +123,7 @@ async fn no_data_before_auth() {
     );
     assert_eq!(client.next_text().await, count(1));
     assert_eq!(
-        edge.edge
+        edge.node
             .metrics
             .ignored_frame_count("realtime", "not_authenticated"),
         1
@@ -134,7 +134,7 @@ async fn no_data_before_auth() {
 }
 
 fn expired_token(partner: &TestPartner, user: &str) -> String {
-    let now = fanout_edge::server::unix_millis() / 1000;
+    let now = fanout_schema::unix_millis() / 1000;
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &serde_json::json!({"uniqueId": user, "jti": "j1", "iat": now - 7200, "exp": now - 3600}),
@@ -175,7 +175,7 @@ async fn refused_tokens_get_their_code_and_the_third_closes_with_4401() {
         client.next_close().await,
         (4401, "authentication failed".to_owned())
     );
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
     assert_eq!(metrics.auth_failure_count("invalid_signature"), 1);
     assert_eq!(metrics.auth_failure_count("expired"), 1);
     assert_eq!(metrics.auth_failure_count("unknown_partner"), 1);
@@ -203,7 +203,7 @@ async fn no_auth_within_the_timeout_closes_with_4408() {
     client.send_text(r#"{"type":"ping"}"#).await;
     assert_eq!(client.next_text().await, r#"{"type":"pong"}"#);
     assert_eq!(client.next_close().await, (4408, "auth timeout".to_owned()));
-    assert_eq!(edge.edge.metrics.handshake_count("auth_timeout"), 1);
+    assert_eq!(edge.node.metrics.handshake_count("auth_timeout"), 1);
 
     // A client that authenticates in time stays past the timeout.
     let mut client = RealtimeClient::connect(edge.address).await;
@@ -337,6 +337,6 @@ async fn a_frame_over_the_size_limit_closes_with_1009() {
         client.next_close().await,
         (1009, "frame too large".to_owned())
     );
-    assert_eq!(edge.edge.metrics.limited_count("frame_size"), 1);
+    assert_eq!(edge.node.metrics.limited_count("frame_size"), 1);
     edge.running.stop().await;
 }

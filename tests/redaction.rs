@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use fanout::stages::{self, EdgeStages};
+use fanout_app::stages::{self, SpawnedEdge};
 use fanout_tests::*;
 use tokio_util::sync::CancellationToken;
 
@@ -40,19 +40,18 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
     let registry = prometheus::Registry::new();
     let shutdown = CancellationToken::new();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let EdgeStages {
-        edge,
+    let SpawnedEdge {
+        stage,
+        node,
         address,
-        feed,
-        server,
     } = stages::spawn_edge(&cluster.config, listener, &registry, shutdown.clone()).unwrap();
-    let mut ready = edge.ready.clone();
+    let mut ready = node.ready.clone();
     ready.wait_for(|ready| *ready).await.unwrap();
 
     let good_cable = alpha.token("u1");
     let good_realtime = alpha.token("u2");
     let forged = TestPartner::new("alpha").token("u1");
-    let now = fanout_edge::server::unix_millis() / 1000;
+    let now = fanout_schema::unix_millis() / 1000;
     let expired = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"uniqueId": "u3", "jti": "j3", "iat": now - 900, "exp": now - 600}),
@@ -78,7 +77,7 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
     }
     RunningStages {
         shutdown,
-        stages: vec![feed, server],
+        stages: vec![stage],
     }
     .stop()
     .await;

@@ -23,7 +23,7 @@ const ALPHA_K2: &str = "alpha-secret-two-0123456789";
 const UNAUTHORIZED: &str = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
 
 fn now() -> i64 {
-    fanout_edge::server::unix_millis() / 1000
+    fanout_schema::unix_millis() / 1000
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -31,7 +31,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 fn fresh_jti() -> String {
-    fanout::tools::random_hex(16)
+    fanout_app::tools::random_hex(16)
 }
 
 /// Claims of a good token for `user`.
@@ -400,7 +400,7 @@ async fn every_bad_token_is_refused_with_its_reason_on_both_protocols() {
     let mut cluster = TestCluster::start(1, &[alpha, beta.clone()]);
     configure_alpha_with_two_kids(&mut cluster);
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
 
     let cases = bad_tokens(&beta);
     assert!(cases.len() >= 25, "{} cases", cases.len());
@@ -487,7 +487,7 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
     wait_until("every count to reach the edge", || {
         ["alpha", "beta"].iter().all(|partner| {
             users.iter().enumerate().all(|(index, user)| {
-                edge.edge
+                edge.node
                     .table
                     .get(&format!("{partner}/{user}"))
                     .map(|value| value.count)
@@ -695,7 +695,7 @@ async fn frame_size_subscriptions_and_command_rate_are_limited() {
     cluster.config.edge.max_subscriptions_per_connection = 2;
     cluster.config.edge.max_commands_per_second = 5;
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
     let big = format!(r#"{{"command":"message","data":"{}"}}"#, "x".repeat(2000));
 
     // Frame size: 1009 on both protocols.
@@ -788,7 +788,7 @@ async fn connections_are_limited_per_partner_and_per_node() {
         .unwrap()
         .max_connections = Some(2);
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
 
     let mut first = cable(edge.address, "alpha", &alpha.token("u1")).await;
     assert_eq!(first.welcome_and_subscribe().await, count_frame(0));
@@ -818,7 +818,7 @@ async fn connections_are_limited_per_partner_and_per_node() {
     assert_eq!(beta_first.welcome_and_subscribe().await, count_frame(0));
     let _beta_second = RealtimeClient::connect(edge.address).await;
     wait_until("four connections on the node", || {
-        edge.edge.limits.node_connections() == 4
+        edge.node.limits.node_connections() == 4
     })
     .await;
     assert_eq!(
@@ -831,12 +831,12 @@ async fn connections_are_limited_per_partner_and_per_node() {
     // A place freed is a place taken again.
     drop(first);
     wait_until("the partner's place to be given back", || {
-        !edge.edge.limits.partner_is_full("alpha")
+        !edge.node.limits.partner_is_full("alpha")
     })
     .await;
     drop(beta_first);
     wait_until("a node place to be given back", || {
-        edge.edge.limits.node_connections() < 4
+        edge.node.limits.node_connections() < 4
     })
     .await;
     let mut again = cable(edge.address, "alpha", &alpha.token("u1")).await;
@@ -857,7 +857,7 @@ async fn origins_off_the_partners_allow_list_are_refused() {
         .unwrap()
         .allowed_origins = vec!["https://app.alpha.example".into()];
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
 
     assert_eq!(
         cable_handshake(
@@ -919,7 +919,7 @@ async fn slowloris_and_silent_clients_are_dropped_in_time() {
     cluster.config.edge.handshake_timeout_ms = 500;
     cluster.config.edge.auth_timeout_ms = 500;
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
 
     // A request line, then one header byte every 100 ms, never finishing.
     let mut slowloris = tokio::net::TcpStream::connect(edge.address).await.unwrap();
@@ -971,7 +971,7 @@ async fn a_client_that_stops_reading_costs_one_pending_count() {
     let alpha = TestPartner::new("alpha");
     let cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
 
     // A small receive buffer, so the kernel holds little for the client.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -1013,7 +1013,7 @@ async fn a_client_that_stops_reading_costs_one_pending_count() {
     const CHANGES: u64 = 200_000;
     let pushes_before = metrics.push_count();
     for version in 1..=CHANGES {
-        edge.edge.table.apply(
+        edge.node.table.apply(
             "alpha/slow",
             CountValue {
                 count: version,
@@ -1072,7 +1072,7 @@ async fn a_changed_secrets_file_is_used_without_a_restart() {
     cluster.config.edge.secrets_file = Some(file.clone());
     cluster.config.edge.secrets_reload_interval_ms = 50;
     let edge = start_edge(&cluster.config).await;
-    let metrics = &edge.edge.metrics;
+    let metrics = &edge.node.metrics;
     let gamma = |kid_name: &str, secret: &str| sign(&kid(kid_name), &good_claims("u1"), secret);
 
     assert_eq!(

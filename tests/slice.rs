@@ -46,7 +46,7 @@ async fn undecodable_record_goes_to_dead_letter_and_ingest_goes_on() {
     )
     .await;
     wait_until("the good event to reach the edge", || {
-        edge.edge.table.get("alpha/u1").map(|v| v.count) == Some(1)
+        edge.node.table.get("alpha/u1").map(|v| v.count) == Some(1)
     })
     .await;
     assert_eq!(ingest_metrics.dead_letter_count("undecodable"), 2);
@@ -168,11 +168,11 @@ async fn malformed_client_frames_do_not_close_the_connection() {
     );
     assert_eq!(client.next_frame().await.unwrap(), count_frame(0));
     assert_eq!(
-        edge.edge.metrics.ignored_frame_count("cable", "malformed"),
+        edge.node.metrics.ignored_frame_count("cable", "malformed"),
         4
     );
     assert_eq!(
-        edge.edge
+        edge.node
             .metrics
             .ignored_frame_count("cable", "bad_identifier"),
         1

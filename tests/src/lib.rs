@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout::config::Config;
-use fanout::stages::{self, EdgeStages, Stage};
+use fanout_app::config::Config;
+use fanout_app::stages::{self, SpawnedEdge, Stage};
 use fanout_edge::{PartnerConfig, SecretConfig};
 use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics};
 use fanout_schema::v1::{self, message_event::Event};
@@ -47,12 +47,12 @@ impl TestPartner {
     pub fn new(code: &str) -> Self {
         Self {
             code: code.to_owned(),
-            secret: format!("{code}-secret-{}", fanout::tools::random_hex(8)),
+            secret: format!("{code}-secret-{}", fanout_app::tools::random_hex(8)),
         }
     }
 
     pub fn token(&self, user: &str) -> String {
-        fanout::tools::mint_token(&self.secret, user, Duration::from_secs(3600), None, None)
+        fanout_app::tools::mint_token(&self.secret, user, Duration::from_secs(3600), None, None)
             .unwrap()
     }
 }
@@ -80,7 +80,7 @@ impl TestCluster {
     /// On the embedded mock cluster.
     pub fn start(partitions: i32, partners: &[TestPartner]) -> Self {
         init_logging();
-        let prefix = format!("t{}-", fanout::tools::random_hex(4));
+        let prefix = format!("t{}-", fanout_app::tools::random_hex(4));
         let topics = Topics::with_prefix(&prefix);
         let kafka =
             EmbeddedKafka::start(1, &topics.with_partitions(partitions, partitions)).unwrap();
@@ -91,7 +91,7 @@ impl TestCluster {
     /// On a real broker process (tansu), installed if missing.
     pub fn start_tansu(partitions: i32, partners: &[TestPartner]) -> Self {
         init_logging();
-        let prefix = format!("t{}-", fanout::tools::random_hex(4));
+        let prefix = format!("t{}-", fanout_app::tools::random_hex(4));
         let topics = Topics::with_prefix(&prefix);
         let broker = tansu::TansuBroker::start();
         for (topic, topic_partitions) in topics.with_partitions(partitions, partitions) {
@@ -206,7 +206,7 @@ fn start_one<M>(spawn: SpawnStage<M>, config: &Config) -> (RunningStages, M) {
 }
 
 pub struct RunningEdge {
-    pub edge: Arc<fanout_edge::Edge>,
+    pub node: Arc<fanout_edge::Node>,
     pub address: SocketAddr,
     pub running: RunningStages,
 }
@@ -225,11 +225,10 @@ pub async fn start_edge_at(config: &Config, address: SocketAddr) -> RunningEdge 
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .unwrap_or_else(|error| panic!("binding an edge to {address}: {error}"));
-    let EdgeStages {
-        edge,
+    let SpawnedEdge {
+        stage,
+        node,
         address,
-        feed,
-        server,
     } = stages::spawn_edge(
         config,
         listener,
@@ -237,17 +236,17 @@ pub async fn start_edge_at(config: &Config, address: SocketAddr) -> RunningEdge 
         shutdown.clone(),
     )
     .unwrap();
-    let mut ready = edge.ready.clone();
+    let mut ready = node.ready.clone();
     tokio::time::timeout(DEADLINE, ready.wait_for(|ready| *ready))
         .await
         .expect("edge never became ready")
         .unwrap();
     RunningEdge {
-        edge,
+        node,
         address,
         running: RunningStages {
             shutdown,
-            stages: vec![feed, server],
+            stages: vec![stage],
         },
     }
 }
@@ -307,7 +306,7 @@ pub mod event {
         v1::MessageEvent {
             event_id: id,
             partner: partner.to_owned(),
-            occurred_at_ms: fanout_edge::server::unix_millis(),
+            occurred_at_ms: fanout_schema::unix_millis(),
             event: Some(event),
         }
     }

@@ -170,7 +170,7 @@ pub fn edge_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>) -> BTre
         .map(|key| {
             (
                 key.clone(),
-                edge.edge.table.get(key).map_or(0, |value| value.count),
+                edge.node.table.get(key).map_or(0, |value| value.count),
             )
         })
         .collect()
@@ -180,7 +180,7 @@ pub fn edge_counts(edge: &RunningEdge, expected: &BTreeMap<String, u64>) -> BTre
 /// differing users and, for each, what unread-counts and router-state hold for it.
 pub async fn wait_for_counts(
     edge: &RunningEdge,
-    config: &fanout::config::Config,
+    config: &fanout_app::config::Config,
     expected: &BTreeMap<String, u64>,
     context: &str,
 ) {
@@ -213,7 +213,7 @@ pub async fn wait_for_counts(
 
 /// Every record of `key` on `topic` (all partitions), as `(partition, offset, value)`.
 pub fn records_of(
-    config: &fanout::config::Config,
+    config: &fanout_app::config::Config,
     topic: &str,
     key: &str,
 ) -> Vec<(i32, i64, Vec<u8>)> {
@@ -236,7 +236,7 @@ pub struct StoredRecord {
 /// Every record on `topic`, partition by partition. Reads past the high-water mark the
 /// broker reports until nothing arrives for two seconds: a broker may report a stale
 /// one (tansu does), and a diagnostic must not hide records.
-pub fn all_records(config: &fanout::config::Config, topic: &str) -> Vec<StoredRecord> {
+pub fn all_records(config: &fanout_app::config::Config, topic: &str) -> Vec<StoredRecord> {
     use rdkafka::Message as _;
     use rdkafka::consumer::{BaseConsumer, Consumer};
     let consumer: BaseConsumer = config.kafka.assign_consumer_config().create().unwrap();
@@ -281,7 +281,7 @@ pub fn all_records(config: &fanout::config::Config, topic: &str) -> Vec<StoredRe
 
 /// What the topics hold for `key`: each count record's (offset, version, count) and
 /// each state record's (offset, version, last_offset, count).
-pub fn describe_key(config: &fanout::config::Config, key: &str) -> String {
+pub fn describe_key(config: &fanout_app::config::Config, key: &str) -> String {
     use prost::Message as _;
     let counts: Vec<(i64, u64, u64)> = records_of(config, &config.topics.unread_counts, key)
         .into_iter()
@@ -516,8 +516,8 @@ pub async fn exact_frames_across_partners(
     assert_eq!(beta_client.next_frame().await.unwrap(), count_frame(1));
 
     // The table holds both users apart.
-    assert_eq!(edge.edge.table.get("alpha/u1").map(|v| v.count), Some(0));
-    assert_eq!(edge.edge.table.get("beta/u1").map(|v| v.count), Some(1));
+    assert_eq!(edge.node.table.get("alpha/u1").map(|v| v.count), Some(0));
+    assert_eq!(edge.node.table.get("beta/u1").map(|v| v.count), Some(1));
 
     ingest.stop().await;
     router.stop().await;

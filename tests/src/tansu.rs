@@ -84,7 +84,7 @@ impl TansuBroker {
         };
         let dir = std::env::temp_dir().join(format!(
             "fanout-tansu-{}-{port}",
-            fanout::tools::random_hex(4)
+            fanout_app::tools::random_hex(4)
         ));
         std::fs::create_dir_all(&dir).unwrap();
         let mut broker = Self {

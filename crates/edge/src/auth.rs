@@ -196,7 +196,7 @@ impl Authenticator {
         partner: Option<&str>,
         token: Option<&str>,
     ) -> Result<Identity, AuthError> {
-        self.authenticate_at(partner, token, crate::server::unix_millis() / 1000)
+        self.authenticate_at(partner, token, fanout_schema::unix_millis() / 1000)
     }
 
     fn authenticate_at(
@@ -344,7 +344,7 @@ mod tests {
     use serde_json::json;
 
     fn now() -> i64 {
-        crate::server::unix_millis() / 1000
+        fanout_schema::unix_millis() / 1000
     }
 
     fn secret(kid: Option<&str>, secret: &str) -> SecretConfig {

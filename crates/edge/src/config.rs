@@ -1,7 +1,8 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 
+use fanout_kafka::InvalidSetting;
 use serde::{Deserialize, Serialize};
 
 /// The edge's settings.
@@ -125,15 +126,25 @@ pub struct PartnerSecrets {
 /// short secret is guessable offline from one token.
 pub const MIN_SECRET_BYTES: usize = 16;
 
-/// Reads and checks a secrets file. The error names the file and the partner, never a
-/// secret.
-pub fn read_secrets_file(path: &std::path::Path) -> Result<SecretsFile, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|error| format!("{}: {error}", path.display()))?;
-    parse_secrets_file(&text).map_err(|reason| format!("{}: {reason}", path.display()))
+/// Why a secrets file was refused. Names the file and the partner, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", .path.display())]
+pub struct SecretsFileError {
+    pub path: std::path::PathBuf,
+    pub reason: String,
 }
 
-/// Parses a secrets file's text.
+/// Reads and checks a secrets file.
+pub fn read_secrets_file(path: &std::path::Path) -> Result<SecretsFile, SecretsFileError> {
+    let error = |reason: String| SecretsFileError {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|io| error(io.to_string()))?;
+    parse_secrets_file(&text).map_err(error)
+}
+
+/// Parses a secrets file's text; the error names the partner, never a secret.
 pub fn parse_secrets_file(text: &str) -> Result<SecretsFile, String> {
     let file: SecretsFile = toml::from_str(text).map_err(|error| error.message().to_owned())?;
     for (code, partner) in &file {
@@ -155,6 +166,13 @@ pub fn check_secrets(code: &str, secrets: &[SecretConfig]) -> Result<(), String>
     Ok(())
 }
 
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> InvalidSetting {
+    InvalidSetting {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
 impl EdgeConfig {
     /// Every partner's secrets: those in `partners` plus those in `file`.
     pub fn merged_secrets(&self, file: &SecretsFile) -> BTreeMap<String, Vec<SecretConfig>> {
@@ -172,54 +190,65 @@ impl EdgeConfig {
         merged
     }
 
-    /// Checks what serde cannot: the offending key and why. Reads `secrets_file` if set.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let must_be_positive = |key: &str| (key.to_owned(), "must be positive".to_owned());
+    /// Checks what serde cannot, naming the offending key within `[edge]` and why.
+    /// Reads `secrets_file` if set.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let mut partitions = BTreeSet::new();
+        for partition in &self.partitions {
+            if *partition < 0 || !partitions.insert(*partition) {
+                return Err(invalid(
+                    "partitions",
+                    format!("{partition} is negative or listed twice"),
+                ));
+            }
+        }
         let positive = [
-            ("edge.ping_interval_ms", self.ping_interval_ms),
-            ("edge.auth_timeout_ms", self.auth_timeout_ms),
-            ("edge.handshake_timeout_ms", self.handshake_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("auth_timeout_ms", self.auth_timeout_ms),
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_token_bytes", self.max_token_bytes as u64),
             (
-                "edge.max_token_lifetime_seconds",
+                "max_token_lifetime_seconds",
                 self.max_token_lifetime_seconds,
             ),
+            ("jti_cache_capacity", self.jti_cache_capacity as u64),
             (
-                "edge.secrets_reload_interval_ms",
-                self.secrets_reload_interval_ms,
+                "max_subscriptions_per_connection",
+                self.max_subscriptions_per_connection as u64,
             ),
             (
-                "edge.max_commands_per_second",
+                "max_commands_per_second",
                 u64::from(self.max_commands_per_second),
+            ),
+            ("max_connections", self.max_connections as u64),
+            (
+                "secrets_reload_interval_ms",
+                self.secrets_reload_interval_ms,
             ),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
-            return Err(must_be_positive(key));
-        }
-        let positive_sizes = [
-            ("edge.max_frame_bytes", self.max_frame_bytes),
-            ("edge.max_token_bytes", self.max_token_bytes),
-            ("edge.jti_cache_capacity", self.jti_cache_capacity),
-            (
-                "edge.max_subscriptions_per_connection",
-                self.max_subscriptions_per_connection,
-            ),
-            ("edge.max_connections", self.max_connections),
-        ];
-        if let Some((key, _)) = positive_sizes.iter().find(|(_, value)| *value == 0) {
-            return Err(must_be_positive(key));
+            return Err(invalid(*key, "must be positive"));
         }
         for (code, partner) in &self.partners {
+            if !fanout_schema::is_valid_partner(code) {
+                return Err(invalid(
+                    format!("partners.{code}"),
+                    "not a valid partner code (1-64 of [A-Za-z0-9._-])",
+                ));
+            }
             check_secrets(code, &partner.secrets)
-                .map_err(|reason| (format!("edge.partners.{code}.secrets"), reason))?;
+                .map_err(|reason| invalid(format!("partners.{code}.secrets"), reason))?;
             if partner.max_connections == Some(0) {
-                return Err(must_be_positive(&format!(
-                    "edge.partners.{code}.max_connections"
-                )));
+                return Err(invalid(
+                    format!("partners.{code}.max_connections"),
+                    "must be positive",
+                ));
             }
             for origin in &partner.allowed_origins {
                 if origin.is_empty() || origin.ends_with('/') || !origin.contains("://") {
-                    return Err((
-                        format!("edge.partners.{code}.allowed_origins"),
+                    return Err(invalid(
+                        format!("partners.{code}.allowed_origins"),
                         format!("{origin:?} is not an origin like \"https://app.example.com\""),
                     ));
                 }
@@ -227,14 +256,14 @@ impl EdgeConfig {
         }
         let file = match &self.secrets_file {
             Some(path) => read_secrets_file(path)
-                .map_err(|reason| ("edge.secrets_file".to_owned(), reason))?,
+                .map_err(|error| invalid("secrets_file", error.to_string()))?,
             None => SecretsFile::new(),
         };
         for (code, secrets) in self.merged_secrets(&file) {
             if secrets.is_empty() {
-                return Err((
-                    format!("edge.partners.{code}.secrets"),
-                    "must list at least one secret (here or in edge.secrets_file)".to_owned(),
+                return Err(invalid(
+                    format!("partners.{code}.secrets"),
+                    "must list at least one secret (here or in edge.secrets_file)",
                 ));
             }
         }

@@ -14,8 +14,8 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::EdgeMetrics;
 use crate::table::{CountTable, CountValue};
+use crate::telemetry::{CountRecord, EdgeMetrics};
 
 /// Low and high-water mark of each partition.
 type Watermarks = HashMap<i32, (i64, i64)>;
@@ -126,11 +126,11 @@ fn apply(
     metrics: &EdgeMetrics,
 ) {
     let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
-        metrics.count_record("invalid");
+        metrics.count_record(CountRecord::Invalid);
         return;
     };
     let Ok(record) = v1::UnreadCount::decode(message.payload().unwrap_or_default()) else {
-        metrics.count_record("invalid");
+        metrics.count_record(CountRecord::Invalid);
         return;
     };
     let value = CountValue {
@@ -140,9 +140,9 @@ fn apply(
         changes: 0,
     };
     if table.apply(key, value) {
-        metrics.count_record("applied");
+        metrics.count_record(CountRecord::Applied);
     } else {
-        metrics.count_record("stale");
+        metrics.count_record(CountRecord::Stale);
     }
 }
 

@@ -1,38 +1,155 @@
 //! fanout's edge: an in-memory table of unread counts fed from the unread-counts topic,
 //! and WebSocket sessions that get the current count on subscribe and every change
-//! after it.
+//! after it. [`Edge`] is the stage: built from its config, run under a cancellation
+//! token, as ingest and the router are.
 //!
+//! - [`node`]: the node's shared state, and the one admission check.
+//! - [`session`]: the one session driver (admission, limits, pushes, drain, goodbye)
+//!   and each protocol's state machine: ActionCable on `/cable`, JSON on `/realtime`.
+//! - [`server`]: the accept loop and the WebSocket handshake.
 //! - [`table`]: the count table; a count is state, so each subscriber sees only the
 //!   newest value (a slow client costs one pending count, never a queue).
 //! - [`feed`]: reads unread-counts by `assign` (no group) and reports when caught up.
-//! - [`auth`]: HS256 JWT verification against per-partner secrets.
-//! - [`cable`]: the ActionCable session (`/cable`).
-//! - [`realtime`]: the JSON session (`/realtime`), authenticated in band.
-//! - [`server`]: the accept loop and WebSocket handshake.
-//! - [`drain`]: on shutdown, sessions told to leave spread over a window.
+//! - [`auth`]: HS256 JWT verification against per-partner secrets; [`replay`]: each
+//!   token id accepted once per node until it expires; `secrets`: hot reload of the
+//!   partner secrets file.
 //! - [`limits`]: connection limits (node, partner), command rate, origin allow-lists.
-//! - [`replay`]: each token id accepted once per node until it expires.
-//! - `secrets`: hot reload of the partner secrets file.
+//! - [`drain`]: on shutdown, sessions told to leave spread over a window.
+//! - [`telemetry`]: one method per notable event, logging and counting it.
 
 pub mod auth;
-pub mod cable;
-pub mod close;
 mod config;
 pub mod drain;
 pub mod feed;
 pub mod limits;
-mod metrics;
-pub mod realtime;
+pub mod node;
 pub mod replay;
 mod secrets;
 pub mod server;
+pub mod session;
 pub mod table;
+pub mod telemetry;
 #[cfg(test)]
-mod test_socket;
+mod testing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use fanout_kafka::{KafkaSettings, StageHealth};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{
     EdgeConfig, MIN_SECRET_BYTES, PartnerConfig, PartnerSecrets, SecretConfig, SecretsFile,
-    parse_secrets_file, read_secrets_file,
+    SecretsFileError, parse_secrets_file, read_secrets_file,
 };
-pub use metrics::EdgeMetrics;
-pub use server::{Edge, serve};
+pub use node::Node;
+pub use telemetry::EdgeMetrics;
+
+use crate::auth::Authenticator;
+use crate::feed::{Feed, FeedError};
+use crate::limits::ConnectionLimits;
+use crate::table::CountTable;
+
+/// Why the edge could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("registering the edge's metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("edge.secrets_file: {0}")]
+    SecretsFile(#[from] SecretsFileError),
+    #[error("the client listener: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("edge feed: {0}")]
+    Feed(#[from] FeedError),
+}
+
+/// The edge stage: a node's count table and its feed from unread-counts, and the
+/// WebSocket server on a listener the caller bound.
+pub struct Edge {
+    node: Arc<Node>,
+    feed: Feed,
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+impl Edge {
+    /// Builds the stage; nothing runs until [`Edge::run`]. Fails when
+    /// `edge.secrets_file` cannot be read or the metrics cannot be registered.
+    pub fn new(
+        config: EdgeConfig,
+        kafka: KafkaSettings,
+        unread_counts_topic: String,
+        listener: TcpListener,
+        registry: &prometheus::Registry,
+        health: StageHealth,
+    ) -> Result<Self, EdgeError> {
+        let metrics = EdgeMetrics::new(registry)?;
+        let file = match &config.secrets_file {
+            Some(path) => read_secrets_file(path)?,
+            None => SecretsFile::new(),
+        };
+        let address = listener.local_addr().map_err(EdgeError::Listener)?;
+        let table = Arc::new(CountTable::new());
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let feed = Feed {
+            kafka,
+            topic: unread_counts_topic,
+            partitions: config.partitions.clone(),
+            table: table.clone(),
+            metrics: metrics.clone(),
+            ready: ready_tx,
+            health,
+        };
+        let node = Arc::new(Node {
+            table,
+            auth: Authenticator::new(&config, &config.merged_secrets(&file)),
+            limits: ConnectionLimits::new(&config),
+            config,
+            metrics,
+            ready: ready_rx,
+        });
+        Ok(Self {
+            node,
+            feed,
+            listener,
+            address,
+        })
+    }
+
+    /// The node's shared state: its table, metrics, limits and readiness.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The address clients connect to.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Feeds the table and serves clients until `shutdown`, then drains the sessions.
+    /// A feed that fails stops the server too, and its error is returned.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), EdgeError> {
+        let Self {
+            node,
+            feed,
+            listener,
+            ..
+        } = self;
+        // The server stops with the stage, or when the feed fails.
+        let server_shutdown = shutdown.child_token();
+        let feed = {
+            let server_shutdown = server_shutdown.clone();
+            async move {
+                let fed = feed::run(feed, shutdown).await;
+                if fed.is_err() {
+                    server_shutdown.cancel();
+                }
+                fed
+            }
+        };
+        let ((), fed) = tokio::join!(server::serve(listener, node, server_shutdown), feed);
+        Ok(fed?)
+    }
+}

@@ -2,9 +2,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::config::EdgeConfig;
@@ -37,77 +36,58 @@ impl Limit {
     }
 }
 
-/// A counter with a ceiling, shared by the connections it counts.
-struct Gauge {
-    open: AtomicUsize,
-    max: usize,
+/// A place under the partner's connection limit, given back when dropped; empty for a
+/// partner with no limit of its own (the node's still applies).
+pub struct PartnerPlace {
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
-impl Gauge {
-    fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            open: AtomicUsize::new(0),
-            max,
-        })
-    }
-
-    fn acquire(self: &Arc<Self>) -> Option<Slot> {
-        self.open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            })
-            .ok()
-            .map(|_| Slot(self.clone()))
-    }
-
-    fn is_full(&self) -> bool {
-        self.open.load(Ordering::Acquire) >= self.max
-    }
-}
-
-/// One place under a connection limit, given back when dropped.
-pub struct Slot(Arc<Gauge>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// The node's and the partners' connection limits.
+/// The node's and the partners' connection limits, each a semaphore with one permit
+/// per connection.
 pub struct ConnectionLimits {
-    node: Arc<Gauge>,
+    node: Arc<Semaphore>,
+    node_max: usize,
     /// Only partners with a `max_connections` of their own.
-    partners: HashMap<String, Arc<Gauge>>,
+    partners: HashMap<String, Arc<Semaphore>>,
 }
 
 impl ConnectionLimits {
     pub fn new(config: &EdgeConfig) -> Self {
+        let semaphore = |max: usize| Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS)));
         Self {
-            node: Gauge::new(config.max_connections),
+            node: semaphore(config.max_connections),
+            node_max: config.max_connections.min(Semaphore::MAX_PERMITS),
             partners: config
                 .partners
                 .iter()
                 .filter_map(|(code, partner)| {
                     partner
                         .max_connections
-                        .map(|max| (code.clone(), Gauge::new(max)))
+                        .map(|max| (code.clone(), semaphore(max)))
                 })
                 .collect(),
         }
     }
 
     /// A place for one more connection on this node, from accept to close.
-    pub fn node_slot(&self) -> Option<Slot> {
-        self.node.acquire()
+    pub fn node_place(&self) -> Result<OwnedSemaphorePermit, Limit> {
+        self.node
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Limit::NodeConnections)
     }
 
-    /// A place for one more authenticated connection of `partner`. `Some(None)`: the
-    /// partner has no limit of its own.
-    pub fn partner_slot(&self, partner: &str) -> Option<Option<Slot>> {
+    /// A place for one more authenticated connection of `partner`.
+    pub fn partner_place(&self, partner: &str) -> Result<PartnerPlace, Limit> {
         match self.partners.get(partner) {
-            None => Some(None),
-            Some(gauge) => gauge.acquire().map(Some),
+            None => Ok(PartnerPlace { _permit: None }),
+            Some(semaphore) => semaphore
+                .clone()
+                .try_acquire_owned()
+                .map(|permit| PartnerPlace {
+                    _permit: Some(permit),
+                })
+                .map_err(|_| Limit::PartnerConnections),
         }
     }
 
@@ -116,12 +96,12 @@ impl ConnectionLimits {
     pub fn partner_is_full(&self, partner: &str) -> bool {
         self.partners
             .get(partner)
-            .is_some_and(|gauge| gauge.is_full())
+            .is_some_and(|semaphore| semaphore.available_permits() == 0)
     }
 
     /// Connections open on this node now.
     pub fn node_connections(&self) -> usize {
-        self.node.open.load(Ordering::Acquire)
+        self.node_max - self.node.available_permits()
     }
 }
 
@@ -172,15 +152,12 @@ pub fn origin_allowed(allowed: &[String], origin: Option<&str>) -> bool {
     }
 }
 
-/// How long a session that has been told to leave may take before it is dropped: a
-/// client that stopped reading cannot hold up a drain.
-pub const GOODBYE_GRACE: Duration = Duration::from_secs(2);
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::config::PartnerConfig;
+    use std::time::Duration;
 
     #[test]
     fn slots_are_bounded_and_given_back() {
@@ -196,22 +173,29 @@ mod tests {
             },
         );
         let limits = ConnectionLimits::new(&config);
-        let first = limits.node_slot().unwrap();
-        let second = limits.node_slot().unwrap();
-        assert!(limits.node_slot().is_none());
+        let first = limits.node_place().unwrap();
+        let second = limits.node_place().unwrap();
+        assert_eq!(limits.node_connections(), 2);
+        assert_eq!(limits.node_place().err(), Some(Limit::NodeConnections));
         drop(first);
-        assert!(limits.node_slot().is_some());
+        assert!(limits.node_place().is_ok());
         drop(second);
+        assert_eq!(limits.node_connections(), 0);
 
-        let acme = limits.partner_slot("acme").unwrap();
-        assert!(acme.is_some());
+        let acme = limits.partner_place("acme").unwrap();
         assert!(limits.partner_is_full("acme"));
-        assert!(limits.partner_slot("acme").is_none());
+        assert_eq!(
+            limits.partner_place("acme").err(),
+            Some(Limit::PartnerConnections)
+        );
         // No limit of its own: always a place (the node's limit still applies).
-        assert!(matches!(limits.partner_slot("globex"), Some(None)));
+        let _globex: Vec<PartnerPlace> = (0..3)
+            .map(|_| limits.partner_place("globex").unwrap())
+            .collect();
         drop(acme);
         assert!(!limits.partner_is_full("acme"));
-        assert!(limits.partner_slot("acme").unwrap().is_some());
+        let _again = limits.partner_place("acme").unwrap();
+        assert!(limits.partner_is_full("acme"));
     }
 
     #[test]

@@ -8,13 +8,13 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::parse_secrets_file;
-use crate::server::Edge;
+use crate::node::Node;
 
 /// Checks the file every `edge.secrets_reload_interval_ms` until `shutdown`. The file is
 /// compared by content, not modification time: a Kubernetes Secret volume swaps a
 /// symlink, which keeps the old time on some setups.
-pub async fn watch(path: PathBuf, edge: Arc<Edge>, shutdown: CancellationToken) {
-    let interval = Duration::from_millis(edge.config.secrets_reload_interval_ms);
+pub async fn watch(path: PathBuf, node: Arc<Node>, shutdown: CancellationToken) {
+    let interval = Duration::from_millis(node.config.secrets_reload_interval_ms);
     let mut last = tokio::fs::read(&path).await.ok();
     loop {
         tokio::select! {
@@ -27,7 +27,7 @@ pub async fn watch(path: PathBuf, edge: Arc<Edge>, shutdown: CancellationToken) 
                 // Mid-swap, or gone: keep what works, say so once per change.
                 if last.is_some() {
                     let reason = format!("{}: {error}", path.display());
-                    edge.metrics.secrets_reloaded(Err(&reason));
+                    node.metrics.secrets_reloaded(Err(&reason));
                     last = None;
                 }
                 continue;
@@ -41,13 +41,13 @@ pub async fn watch(path: PathBuf, edge: Arc<Edge>, shutdown: CancellationToken) 
             .and_then(parse_secrets_file);
         match parsed {
             Ok(file) => {
-                let secrets = edge.config.merged_secrets(&file);
-                edge.auth.replace_secrets(&secrets);
-                edge.metrics.secrets_reloaded(Ok(secrets.len()));
+                let secrets = node.config.merged_secrets(&file);
+                node.auth.replace_secrets(&secrets);
+                node.metrics.secrets_reloaded(Ok(secrets.len()));
             }
             Err(reason) => {
                 let reason = format!("{}: {reason}", path.display());
-                edge.metrics.secrets_reloaded(Err(&reason));
+                node.metrics.secrets_reloaded(Err(&reason));
             }
         }
         last = Some(current);

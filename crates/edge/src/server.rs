@@ -1,108 +1,33 @@
-//! The edge's accept loop: WebSocket handshake, then the session of the path's protocol
+//! The edge's accept loop and WebSocket handshake: the path picks the protocol
 //! (`/cable`: ActionCable, authenticated by the query; `/realtime`: JSON, authenticated
-//! in band).
+//! in band), whose session [`crate::session::run`] then drives.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_protocol::cable as cable_codec;
-use fanout_protocol::realtime::CLOSE_TRY_AGAIN_LATER;
+use futures::future::Either;
 use http::{HeaderValue, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::close::CloseReason;
-use crate::config::{EdgeConfig, SecretsFile};
 use crate::drain::{Drain, DrainGuard};
-use crate::limits::{ConnectionLimits, GOODBYE_GRACE, Limit, Slot, origin_allowed};
-use crate::metrics::EdgeMetrics;
-use crate::table::CountTable;
-
-/// Everything a connection needs, shared by all of them.
-pub struct Edge {
-    pub table: Arc<CountTable>,
-    pub auth: Authenticator,
-    pub config: EdgeConfig,
-    pub metrics: EdgeMetrics,
-    pub limits: ConnectionLimits,
-    /// True once the count table has caught up with unread-counts.
-    pub ready: watch::Receiver<bool>,
-}
-
-impl Edge {
-    /// Fails, naming the key, when `edge.secrets_file` cannot be read.
-    pub fn new(
-        config: EdgeConfig,
-        table: Arc<CountTable>,
-        metrics: EdgeMetrics,
-        ready: watch::Receiver<bool>,
-    ) -> Result<Self, String> {
-        let file = match &config.secrets_file {
-            Some(path) => crate::config::read_secrets_file(path)
-                .map_err(|reason| format!("edge.secrets_file: {reason}"))?,
-            None => SecretsFile::new(),
-        };
-        let auth = Authenticator::new(&config, &config.merged_secrets(&file));
-        let limits = ConnectionLimits::new(&config);
-        Ok(Self {
-            table,
-            auth,
-            config,
-            metrics,
-            limits,
-            ready,
-        })
-    }
-
-    /// The partner's origin allow-list (empty: any origin).
-    fn allowed_origins(&self, partner: &str) -> &[String] {
-        self.config
-            .partners
-            .get(partner)
-            .map(|partner| partner.allowed_origins.as_slice())
-            .unwrap_or_default()
-    }
-
-    /// Checks what a partner allows once the token has named it: the page's origin,
-    /// then a place under the partner's connection limit.
-    pub(crate) fn admit(
-        &self,
-        partner: &str,
-        origin: Option<&str>,
-    ) -> Result<Option<Slot>, CloseReason> {
-        if !origin_allowed(self.allowed_origins(partner), origin) {
-            self.metrics.limited(Limit::Origin);
-            return Err(CloseReason::OriginNotAllowed);
-        }
-        self.limits.partner_slot(partner).ok_or_else(|| {
-            self.metrics.limited(Limit::PartnerConnections);
-            CloseReason::ConnectionLimit
-        })
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn unix_millis() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+use crate::limits::{Limit, origin_allowed};
+use crate::node::Node;
+use crate::session::{self, Cable, Credentials, Realtime};
+use crate::telemetry::Handshake;
 
 /// Accepts connections on `listener` until `shutdown` is cancelled, then waits for the
 /// open sessions, which say goodbye so that clients reconnect (ActionCable's
 /// `server_restart`, close code 1012 on `/realtime`).
-pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: CancellationToken) {
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: CancellationToken) {
     let sessions = TaskTracker::new();
     let drain = Drain::new();
-    if let Some(path) = edge.config.secrets_file.clone() {
-        sessions.spawn(crate::secrets::watch(path, edge.clone(), shutdown.clone()));
+    if let Some(path) = node.config.secrets_file.clone() {
+        sessions.spawn(crate::secrets::watch(path, node.clone(), shutdown.clone()));
     }
     if let Ok(address) = listener.local_addr() {
         tracing::info!(%address, "edge accepting WebSocket connections");
@@ -112,7 +37,7 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: Cancellatio
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    sessions.spawn(connection(stream, edge.clone(), drain.register()));
+                    sessions.spawn(connection(stream, node.clone(), drain.register()));
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
@@ -125,7 +50,7 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>, shutdown: Cancellatio
     // Stop accepting, then say goodbye to the open sessions over the drain window.
     drop(listener);
     drain
-        .run(Duration::from_millis(edge.config.drain_window_ms))
+        .run(Duration::from_millis(node.config.drain_window_ms))
         .await;
     sessions.close();
     sessions.wait().await;
@@ -141,11 +66,11 @@ enum Route {
 
 /// What the handshake learned about the request.
 #[derive(Default)]
-pub(crate) struct Upgrade {
+struct Upgrade {
     route: Option<Route>,
-    partner: Option<String>,
-    token: Option<String>,
-    pub(crate) origin: Option<String>,
+    /// ActionCable's query.
+    credentials: Credentials,
+    origin: Option<String>,
 }
 
 fn refusal(status: StatusCode, body: &str) -> ErrorResponse {
@@ -174,10 +99,10 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
+async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
     let shutdown = drain.token().clone();
     // Held from accept to close: the node's limit counts handshakes in progress too.
-    let node_slot = edge.limits.node_slot();
+    let node_place = node.limits.node_place();
     let _ = stream.set_nodelay(true);
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's, so its size is not ours to choose.
@@ -196,8 +121,8 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
             origin = upgrade.origin.as_deref().unwrap_or(""),
             "websocket upgrade"
         );
-        if node_slot.is_none() {
-            edge.metrics.limited(Limit::NodeConnections);
+        if let Err(limit) = &node_place {
+            node.metrics.limited(*limit);
             return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
         }
         match path {
@@ -210,20 +135,20 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
         }
         for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
             match name.as_ref() {
-                "jwt" => upgrade.token = Some(value.into_owned()),
-                "partner" => upgrade.partner = Some(value.into_owned()),
+                "jwt" => upgrade.credentials.token = Some(value.into_owned()),
+                "partner" => upgrade.credentials.partner = Some(value.into_owned()),
                 _ => {}
             }
         }
         // What the query's partner refuses anyway is refused before the upgrade, so a
         // browser sees a failed handshake and the official client backs off.
-        if let Some(partner) = upgrade.partner.as_deref() {
-            if !origin_allowed(edge.allowed_origins(partner), upgrade.origin.as_deref()) {
-                edge.metrics.limited(Limit::Origin);
+        if let Some(partner) = upgrade.credentials.partner.as_deref() {
+            if !origin_allowed(node.allowed_origins(partner), upgrade.origin.as_deref()) {
+                node.metrics.limited(Limit::Origin);
                 return Err(refusal(StatusCode::FORBIDDEN, "origin not allowed"));
             }
-            if edge.limits.partner_is_full(partner) {
-                edge.metrics.limited(Limit::PartnerConnections);
+            if node.limits.partner_is_full(partner) {
+                node.metrics.limited(Limit::PartnerConnections);
                 return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
             }
         }
@@ -241,132 +166,65 @@ async fn connection(stream: TcpStream, edge: Arc<Edge>, drain: DrainGuard) {
         Ok(response)
     };
     let websocket_config = WebSocketConfig::default()
-        .max_message_size(Some(edge.config.max_frame_bytes))
-        .max_frame_size(Some(edge.config.max_frame_bytes))
+        .max_message_size(Some(node.config.max_frame_bytes))
+        .max_frame_size(Some(node.config.max_frame_bytes))
         // Client frames are small (a subscribe is ~80 bytes); tungstenite allocates and
         // zero-fills this much per connection for its whole life, and grows it for a
         // larger frame when one comes.
         .read_buffer_size(256)
         .write_buffer_size(0);
-    // Boxed, as the refusal below, so that a state the connection passes through once
-    // does not size its task, which is as large as its largest state for the
-    // connection's whole life.
+    // Boxed, so that a state the connection passes through once does not size its
+    // task, which is as large as its largest state for the connection's whole life.
     let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
         stream,
         callback,
         Some(websocket_config),
     ));
-    let timeout = Duration::from_millis(edge.config.handshake_timeout_ms);
+    let timeout = Duration::from_millis(node.config.handshake_timeout_ms);
     let mut socket = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(socket)) => socket,
         Ok(Err(_error)) => {
-            edge.metrics.handshake("failed");
+            node.metrics.handshake(Handshake::Failed);
             return;
         }
         Err(_elapsed) => {
-            edge.metrics.handshake("timeout");
-            edge.metrics.limited(Limit::HandshakeTimeout);
+            node.metrics.handshake(Handshake::Timeout);
+            node.metrics.limited(Limit::HandshakeTimeout);
             return;
         }
     };
-    // Each session is boxed at its own size; unboxed, every connection's task would be
-    // as large as the larger of the two for its whole life.
-    let (protocol, session) = match upgrade.route {
-        Some(Route::Cable) => (
-            crate::cable::PROTOCOL,
-            futures::future::Either::Left(Box::pin(cable_session(
+    let Upgrade {
+        route,
+        credentials,
+        origin,
+    } = upgrade;
+    // Each protocol's session is boxed at its own size; unboxed, every connection's
+    // task would be as large as the largest of them for its whole life.
+    let session = match route {
+        Some(Route::Cable) => {
+            let cable = Cable::new(credentials, &node.config);
+            Either::Left(Box::pin(session::run(
                 &mut socket,
-                upgrade,
-                &edge,
+                &node,
+                cable,
+                origin,
                 &shutdown,
-            ))),
-        ),
-        Some(Route::Realtime) => (
-            crate::realtime::PROTOCOL,
-            futures::future::Either::Right(Box::pin(crate::realtime::run(
+            )))
+        }
+        Some(Route::Realtime) => {
+            let realtime = Realtime::new(&node.config);
+            Either::Right(Box::pin(session::run(
                 &mut socket,
-                &edge,
-                upgrade.origin.as_deref(),
+                &node,
+                realtime,
+                origin,
                 &shutdown,
-            ))),
-        ),
+            )))
+        }
         None => return,
     };
-    // A session told to leave that cannot (its client stopped reading, so the goodbye
-    // cannot be written) is dropped after a grace: it cannot hold up the drain.
-    let mut session = session;
-    let reason = tokio::select! {
-        ended = &mut session => ended.unwrap_or(CloseReason::Error),
-        () = shutdown.cancelled() => {
-            // Boxed: the timer exists only for sessions being told to leave.
-            let rest = Box::pin(tokio::time::timeout(GOODBYE_GRACE, &mut session));
-            rest.await.map_or(CloseReason::ServerRestart, |ended| {
-                ended.unwrap_or(CloseReason::Error)
-            })
-        }
-    };
-    edge.metrics.closed(protocol, reason);
-    drop(node_slot);
-}
-
-async fn cable_session(
-    socket: &mut WebSocketStream<TcpStream>,
-    upgrade: Upgrade,
-    edge: &Edge,
-    shutdown: &CancellationToken,
-) -> Result<CloseReason, tokio_tungstenite::tungstenite::Error> {
-    let Upgrade {
-        partner,
-        token,
-        origin,
-        ..
-    } = upgrade;
-    let identity = match edge.auth.authenticate(partner.as_deref(), token.as_deref()) {
-        Ok(identity) => identity,
-        Err(error) => {
-            edge.metrics.handshake("unauthorized");
-            edge.metrics.auth_failed(partner.is_some(), error.reason());
-            Box::pin(crate::cable::refuse(socket)).await?;
-            return Ok(CloseReason::Unauthorized);
-        }
-    };
-    // The token is a credential, and a few hundred bytes: not kept for the session.
-    drop((token, partner));
-    // The origin was checked before the upgrade; this takes the partner's place (a
-    // race with other handshakes can still find it taken).
-    let admitted = edge.admit(&identity.partner, origin.as_deref());
-    drop(origin);
-    let _partner_slot = match admitted {
-        Ok(slot) => slot,
-        Err(reason) => {
-            edge.metrics.handshake("limited");
-            let closing = crate::cable::close(socket, CLOSE_TRY_AGAIN_LATER, "connection limit");
-            Box::pin(closing).await?;
-            return Ok(reason);
-        }
-    };
-    edge.metrics.handshake("accepted");
-    // No welcome, and so no count, before the table has caught up: a count read from a
-    // table still loading could be older than one the client has already shown.
-    let mut ready = edge.ready.clone();
-    tokio::select! {
-        () = shutdown.cancelled() => return Ok(CloseReason::ServerRestart),
-        caught_up = ready.wait_for(|ready| *ready) => {
-            if caught_up.is_err() {
-                return Ok(CloseReason::ServerRestart);
-            }
-        }
-    }
-    let _open = edge.metrics.open_connection(crate::cable::PROTOCOL);
-    crate::cable::run(
-        socket,
-        &identity,
-        &edge.table,
-        crate::cable::SessionSettings::from(&edge.config),
-        &edge.metrics,
-        shutdown,
-    )
-    .await
+    session.await;
+    drop(node_place);
 }
 
 #[cfg(test)]

@@ -18,6 +18,13 @@ pub struct CountValue {
     pub changes: u64,
 }
 
+impl CountValue {
+    /// The source event time, if the router knew it: the start of the delivery latency.
+    pub fn source_time(&self) -> Option<i64> {
+        (self.occurred_at_ms > 0).then_some(self.occurred_at_ms)
+    }
+}
+
 /// Counts by key, each behind a `watch` channel: subscribers see only the newest value,
 /// so memory per subscriber is bounded however fast counts change.
 #[derive(Default)]

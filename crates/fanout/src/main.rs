@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fanout::bench::ws::Scenario;
-use fanout::config::Config;
-use fanout::dev::{DevOptions, banner};
-use fanout::stages::{self, Role};
-use fanout::tools::{EventSpec, mint_token, produce};
+use fanout_app::config::Config;
+use fanout_app::dev::{DevOptions, banner};
+use fanout_app::stages::{self, Role};
+use fanout_app::tools::{EventSpec, mint_token, produce};
+use fanout_bench::ws::Scenario;
 use fanout_kafka::KafkaSettings;
 use tokio_util::sync::CancellationToken;
 
@@ -111,8 +111,8 @@ struct WsArgs {
     /// Client worker processes (default: one per 15000 connections; at most 18000 each).
     #[arg(long)]
     workers: Option<usize>,
-    #[arg(long, value_enum, default_value_t = fanout::bench::worker::Protocol::Cable)]
-    protocol: fanout::bench::worker::Protocol,
+    #[arg(long, value_enum, default_value_t = fanout_bench::worker::Protocol::Cable)]
+    protocol: fanout_bench::worker::Protocol,
     /// How long the load runs (idle, scale-out: how long connections are held).
     #[arg(long)]
     duration_seconds: Option<f64>,
@@ -158,8 +158,8 @@ struct WsArgs {
 }
 
 impl WsArgs {
-    fn into_options(self, scenario: Scenario) -> fanout::bench::ws::WsBenchOptions {
-        let external = (!self.edge_urls.is_empty()).then_some(fanout::bench::ws::ExternalTarget {
+    fn into_options(self, scenario: Scenario) -> fanout_bench::ws::WsBenchOptions {
+        let external = (!self.edge_urls.is_empty()).then_some(fanout_bench::ws::ExternalTarget {
             edge_urls: self.edge_urls,
             edge_pids: self.edge_pids,
             brokers: self.brokers,
@@ -167,7 +167,7 @@ impl WsArgs {
             secret: self.secret,
             topic_prefix: self.topic_prefix,
         });
-        fanout::bench::ws::WsBenchOptions {
+        fanout_bench::ws::WsBenchOptions {
             scenario,
             connections: self.connections,
             workers: self.workers,
@@ -450,8 +450,8 @@ async fn run_role(
 
 /// Runs a WebSocket scenario: a human summary on stderr, the result as JSON on stdout.
 async fn run_ws_bench(scenario: Scenario, args: WsArgs) -> anyhow::Result<()> {
-    let result = fanout::bench::ws::run(&args.into_options(scenario)).await?;
-    eprintln!("{}", fanout::bench::ws::summary(&result));
+    let result = fanout_bench::ws::run(&args.into_options(scenario)).await?;
+    eprintln!("{}", fanout_bench::ws::summary(&result));
     println!("{}", serde_json::to_string_pretty(&result)?);
     Ok(())
 }
@@ -470,7 +470,7 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
                 user: args.user,
                 info_file: args.info_file,
             };
-            fanout::dev::run(options, shutdown, |info| match format {
+            fanout_app::dev::run(options, shutdown, |info| match format {
                 LogFormat::Text => println!("{}", banner(info)),
                 // One object, so that every line of the output parses.
                 LogFormat::Json => match serde_json::to_string(info) {
@@ -495,7 +495,7 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
             }
             println!("{}: ok", file.display());
         }
-        Command::DefaultConfig => print!("{}", fanout::config::DEFAULT_CONFIG_TOML),
+        Command::DefaultConfig => print!("{}", fanout_app::config::DEFAULT_CONFIG_TOML),
         Command::Produce(args) => {
             let (partner, spec) = args.event.into_spec();
             let event = produce(
@@ -525,19 +525,19 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
             partitions,
             seed,
         }) => {
-            let options = fanout::bench::RouterBenchOptions {
+            let options = fanout_bench::RouterBenchOptions {
                 brokers,
                 events,
                 users,
                 partitions,
                 seed,
             };
-            let result = fanout::bench::router(&options).await?;
+            let result = fanout_bench::router(&options).await?;
             println!("{}", serde_json::to_string_pretty(&result)?);
         }
         Command::Bench(BenchArgs::Worker { spec }) => {
             let spec = serde_json::from_str(&spec).context("parsing the worker spec")?;
-            fanout::bench::worker::run(spec).await?;
+            fanout_bench::worker::run(spec).await?;
         }
         Command::Bench(BenchArgs::Idle(args)) => run_ws_bench(Scenario::Idle, args).await?,
         Command::Bench(BenchArgs::GroupMessage(args)) => {

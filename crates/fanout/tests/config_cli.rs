@@ -18,7 +18,7 @@ fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "fanout-config-cli-{}-{}",
         std::process::id(),
-        fanout::tools::random_hex(4)
+        fanout_app::tools::random_hex(4)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -127,7 +127,7 @@ fn default_config_prints_the_documented_defaults_and_checks_clean() {
     let output = fanout(&["default-config"], &[]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
-    assert_eq!(text, fanout::config::DEFAULT_CONFIG_TOML);
+    assert_eq!(text, fanout_app::config::DEFAULT_CONFIG_TOML);
     let dir = temp_dir();
     let file = write(&dir, "default.toml", &text);
     let output = fanout(&["check-config", &file], &[]);

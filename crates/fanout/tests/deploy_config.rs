@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fanout::config::Config;
+use fanout_app::config::Config;
 
 /// The variable the edge Deployment sets (deploy/base/edge.yaml).
 const SECRETS_FILE_ENV: &str = "FANOUT_EDGE__SECRETS_FILE";

@@ -104,7 +104,7 @@ async fn start_dev() -> (tokio::process::Child, serde_json::Value) {
     let dir = std::env::temp_dir().join(format!(
         "fanout-dev-cli-{}-{}",
         std::process::id(),
-        fanout::tools::random_hex(4)
+        fanout_app::tools::random_hex(4)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let info_path = dir.join("info.json");

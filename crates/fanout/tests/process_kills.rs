@@ -163,7 +163,7 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
     let dir = std::env::temp_dir().join(format!(
         "fanout-kills-{}-{}",
         std::process::id(),
-        fanout::tools::random_hex(4)
+        fanout_app::tools::random_hex(4)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = write_config(&dir, &cluster);

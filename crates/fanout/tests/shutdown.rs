@@ -269,7 +269,7 @@ async fn sigterm_and_sigint_drain_commit_and_exit_zero() {
     let dir = std::env::temp_dir().join(format!(
         "fanout-shutdown-{}-{}",
         std::process::id(),
-        fanout::tools::random_hex(4)
+        fanout_app::tools::random_hex(4)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = write_config(&dir, &cluster, &partner, 1000, 30_000);
@@ -375,7 +375,7 @@ async fn a_drain_longer_than_the_grace_is_logged_and_exits_nonzero() {
     let dir = std::env::temp_dir().join(format!(
         "fanout-grace-{}-{}",
         std::process::id(),
-        fanout::tools::random_hex(4)
+        fanout_app::tools::random_hex(4)
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = write_config(&dir, &cluster, &partner, 500, 2000);

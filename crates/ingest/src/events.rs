@@ -126,16 +126,6 @@ pub fn decode_event(
     }
 }
 
-/// Whether `partner` is a valid partner code: 1 to 64 ASCII letters, digits, `-`, `_`
-/// or `.` (never the key separator).
-pub fn is_valid_partner(partner: &str) -> bool {
-    !partner.is_empty()
-        && partner.len() <= 64
-        && partner
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
-}
-
 fn check_id(field: &'static str, value: &str, limits: &IngestLimits) -> Result<(), Rejection> {
     if value.is_empty() {
         return Err(Rejection::MissingField { field });
@@ -187,7 +177,7 @@ pub fn validate(event: &v1::MessageEvent, limits: &IngestLimits) -> Result<(), R
     if event.partner.is_empty() {
         return Err(Rejection::MissingPartner);
     }
-    if !is_valid_partner(&event.partner) {
+    if !fanout_schema::is_valid_partner(&event.partner) {
         return Err(Rejection::InvalidPartner(
             event.partner.chars().take(80).collect(),
         ));

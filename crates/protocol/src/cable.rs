@@ -109,7 +109,7 @@ impl Command {
 }
 
 /// Why a client frame is not a command; each is ignored (and counted), never fatal.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandError {
     /// Not a JSON object.
     Malformed,
@@ -123,7 +123,7 @@ pub enum CommandError {
 
 impl CommandError {
     /// A short, bounded label for metrics.
-    pub fn as_str(&self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
             Self::UnknownCommand => "unknown_command",

@@ -4,7 +4,9 @@
 //! - [`cable`]: ActionCable (`/cable`, subprotocol `actioncable-v1-json`), byte for byte
 //!   as Rails sends it.
 //! - [`realtime`]: the JSON "RealTime API" (`/realtime`), authenticated in band.
+//! - [`close`]: the WebSocket close codes both protocols use.
 
 pub mod cable;
+pub mod close;
 mod json;
 pub mod realtime;

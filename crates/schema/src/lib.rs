@@ -4,7 +4,8 @@
 //! exchange ([`v1::UserEvent`], [`v1::UserState`], [`v1::UnreadCount`]). Every message
 //! also implements serde's `Serialize`/`Deserialize` in the proto3 JSON mapping.
 //!
-//! The helpers here are the one place that knows how records are keyed.
+//! The helpers here are the one place that knows how records are keyed, and the clock
+//! that stamps and measures `occurred_at_ms`.
 
 pub mod v1 {
     #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -27,9 +28,28 @@ pub fn user_key(partner: &str, user: &str) -> String {
     key
 }
 
+/// Whether `partner` is a valid partner code: 1 to 64 ASCII letters, digits, `-`, `_`
+/// or `.` (never [`KEY_SEPARATOR`]).
+pub fn is_valid_partner(partner: &str) -> bool {
+    !partner.is_empty()
+        && partner.len() <= 64
+        && partner
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+}
+
 /// Splits a record key made by [`user_key`] into `(partner, user)`.
 pub fn split_user_key(key: &str) -> Option<(&str, &str)> {
     key.split_once(KEY_SEPARATOR)
+}
+
+/// Milliseconds since the Unix epoch: the clock of `occurred_at_ms` and of every latency
+/// measured against it.
+pub fn unix_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// The `content-type` header value that marks a record as proto3 JSON.

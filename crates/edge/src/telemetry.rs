@@ -1,6 +1,103 @@
+//! The edge's telemetry: one method per notable event, the one place that both logs
+//! it (where it is worth a line) and counts it. Labels are enums, so a label value
+//! exists only where the code names it.
+
+use fanout_protocol::cable::CommandError;
+use fanout_protocol::realtime::{ErrorCode, FrameErrorKind};
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
+
+use crate::auth::AuthError;
+use crate::limits::Limit;
+use crate::session::{CloseReason, Protocol};
+
+/// How a WebSocket handshake ended: the `result` label of
+/// `fanout_edge_handshakes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// Authenticated and admitted.
+    Accepted,
+    /// The token was refused (ActionCable), or too many were (`/realtime`).
+    Unauthorized,
+    /// No successful `authrequest` in time (`/realtime`).
+    AuthTimeout,
+    /// Authenticated, then refused by the origin allow-list or a connection limit.
+    Limited,
+    /// The WebSocket handshake itself failed.
+    Failed,
+    /// The WebSocket handshake took longer than `handshake_timeout_ms`.
+    Timeout,
+}
+
+impl Handshake {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Unauthorized => "unauthorized",
+            Self::AuthTimeout => "auth_timeout",
+            Self::Limited => "limited",
+            Self::Failed => "failed",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+/// Why a client frame was not acted on: the `reason` label of
+/// `fanout_edge_ignored_frames_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ignored {
+    /// A binary frame: both protocols speak text.
+    Binary,
+    /// An ActionCable command that does not decode.
+    Command(CommandError),
+    /// An ActionCable identifier that is not a JSON object naming a channel.
+    BadIdentifier,
+    /// A subscribe to an identifier already subscribed (Rails ignores it too).
+    DuplicateSubscribe,
+    /// An ActionCable `message` to a channel with no actions.
+    UnknownAction,
+    /// A `/realtime` request that does not decode.
+    Request(FrameErrorKind),
+    /// A `/realtime` request refused in the session's state.
+    Refused(ErrorCode),
+}
+
+impl Ignored {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Binary => "binary",
+            Self::Command(error) => error.as_str(),
+            Self::BadIdentifier => "bad_identifier",
+            Self::DuplicateSubscribe => "duplicate_subscribe",
+            Self::UnknownAction => "unknown_action",
+            Self::Request(kind) => kind.as_str(),
+            Self::Refused(code) => code.as_str(),
+        }
+    }
+}
+
+/// What became of an unread-counts record: the `result` label of
+/// `fanout_edge_count_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountRecord {
+    /// Newer than the count held: stored and pushed.
+    Applied,
+    /// Not newer than the count held (a replay, or a record read out of order).
+    Stale,
+    /// No key, or a value that does not decode.
+    Invalid,
+}
+
+impl CountRecord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Stale => "stale",
+            Self::Invalid => "invalid",
+        }
+    }
+}
 
 /// One open session in `fanout_edge_connections`, until dropped.
 pub(crate) struct OpenConnection(IntGauge);
@@ -141,33 +238,36 @@ impl EdgeMetrics {
 
     /// Counts an open session of `protocol` until the returned guard is dropped, even
     /// when the session is cut short.
-    pub(crate) fn open_connection(&self, protocol: &'static str) -> OpenConnection {
-        let gauge = self.connections.with_label_values(&[protocol]);
+    pub(crate) fn open_connection(&self, protocol: Protocol) -> OpenConnection {
+        let gauge = self.connections.with_label_values(&[protocol.as_str()]);
         gauge.inc();
         OpenConnection(gauge)
     }
 
-    pub(crate) fn handshake(&self, result: &'static str) {
-        self.handshakes.with_label_values(&[result]).inc();
+    pub(crate) fn handshake(&self, result: Handshake) {
+        self.handshakes.with_label_values(&[result.as_str()]).inc();
     }
 
-    pub(crate) fn auth_failed(&self, partner_known: bool, reason: &'static str) {
+    pub(crate) fn auth_failed(&self, partner_known: bool, error: AuthError) {
         // Neither the token nor the user appears here: only the bounded reason.
+        let reason = error.reason();
         tracing::info!(reason, partner_known, "connection refused: unauthorized");
         self.auth_failures.with_label_values(&[reason]).inc();
     }
 
-    pub(crate) fn ignored_frame(&self, protocol: &'static str, reason: &'static str) {
+    pub(crate) fn ignored_frame(&self, protocol: Protocol, reason: Ignored) {
         self.ignored_frames
-            .with_label_values(&[protocol, reason])
+            .with_label_values(&[protocol.as_str(), reason.as_str()])
             .inc();
     }
 
-    pub(crate) fn pushed(&self, occurred_at_ms: i64) {
+    /// One frame written to a client. `source_time`: the source event time of the
+    /// change it delivers, for the delivery latency; `None` for a frame that only
+    /// answers with the current state.
+    pub(crate) fn pushed(&self, source_time: Option<i64>) {
         self.pushes.inc();
-        if occurred_at_ms > 0 {
-            let now_ms = crate::server::unix_millis();
-            let latency_ms = (now_ms - occurred_at_ms).max(0);
+        if let Some(occurred_at_ms) = source_time {
+            let latency_ms = (fanout_schema::unix_millis() - occurred_at_ms).max(0);
             self.delivery_seconds.observe(latency_ms as f64 / 1000.0);
         }
     }
@@ -179,15 +279,15 @@ impl EdgeMetrics {
         }
     }
 
-    pub(crate) fn closed(&self, protocol: &'static str, reason: crate::close::CloseReason) {
+    pub(crate) fn closed(&self, protocol: Protocol, reason: CloseReason) {
         self.closes
-            .with_label_values(&[protocol, reason.as_str()])
+            .with_label_values(&[protocol.as_str(), reason.as_str()])
             .inc();
     }
 
     /// A limit refused something. Logged at debug only: under a flood, a line per
     /// refusal would cost more than the refused work; the counter tells operators.
-    pub(crate) fn limited(&self, limit: crate::limits::Limit) {
+    pub(crate) fn limited(&self, limit: Limit) {
         tracing::debug!(limit = limit.as_str(), "refused by a limit");
         self.limited.with_label_values(&[limit.as_str()]).inc();
     }
@@ -230,8 +330,10 @@ impl EdgeMetrics {
         self.secret_reloads.with_label_values(&[result]).get()
     }
 
-    pub(crate) fn count_record(&self, result: &'static str) {
-        self.count_records.with_label_values(&[result]).inc();
+    pub(crate) fn count_record(&self, result: CountRecord) {
+        self.count_records
+            .with_label_values(&[result.as_str()])
+            .inc();
     }
 
     pub(crate) fn set_table_keys(&self, keys: usize) {

@@ -74,7 +74,7 @@ pub struct LocalOptions<'a> {
 
 impl LocalDeployment {
     pub async fn start(options: &LocalOptions<'_>) -> anyhow::Result<Self> {
-        let run_id = crate::tools::random_hex(4);
+        let run_id = fanout_app::tools::random_hex(4);
         let topics = Topics::with_prefix(&format!("bench-{run_id}-"));
         let kafka = EmbeddedKafka::start(
             1,
@@ -87,7 +87,7 @@ impl LocalDeployment {
             kafka,
             topics,
             partner: "bench".to_owned(),
-            secret: crate::tools::random_hex(24),
+            secret: fanout_app::tools::random_hex(24),
             edges: Vec::new(),
             children: Vec::new(),
             admins: Vec::new(),

@@ -39,7 +39,7 @@ pub fn mint_token(
     kid: Option<&str>,
     partner: Option<&str>,
 ) -> anyhow::Result<String> {
-    let now = fanout_edge::server::unix_millis() / 1000;
+    let now = fanout_schema::unix_millis() / 1000;
     let claims = Claims {
         unique_id: user,
         jti: random_hex(16),
@@ -145,7 +145,7 @@ impl EventSpec {
         v1::MessageEvent {
             event_id: random_hex(8),
             partner: partner.to_owned(),
-            occurred_at_ms: fanout_edge::server::unix_millis(),
+            occurred_at_ms: fanout_schema::unix_millis(),
             event: Some(event),
         }
     }

@@ -210,7 +210,7 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let mut tokens = Vec::with_capacity(usize::try_from(spec.connections).unwrap_or(0));
     for index in 0..spec.connections {
         let user = format!("{}{}", spec.user_prefix, spec.first_user + index);
-        tokens.push(crate::tools::mint_token(
+        tokens.push(fanout_app::tools::mint_token(
             &spec.secret,
             &user,
             Duration::from_secs(24 * 3600),

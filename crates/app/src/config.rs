@@ -123,7 +123,9 @@ impl Config {
         self.validate_topics()?;
         self.validate_ingest()?;
         self.validate_router()?;
-        self.validate_edge()?;
+        self.edge
+            .validate()
+            .map_err(|error| invalid(format!("edge.{}", error.key), error.reason))?;
         validate_address("listen.edge", &self.listen.edge)?;
         validate_address("listen.admin", &self.listen.admin)?;
         // Port 0 (any free port) twice is two ports.
@@ -229,40 +231,6 @@ impl Config {
         ] {
             positive(key, value)?;
         }
-        Ok(())
-    }
-
-    fn validate_edge(&self) -> Result<(), ConfigError> {
-        let edge = &self.edge;
-        for code in edge.partners.keys() {
-            if !fanout_ingest::events::is_valid_partner(code) {
-                return Err(invalid(
-                    format!("edge.partners.{code}"),
-                    "not a valid partner code (1-64 of [A-Za-z0-9._-])",
-                ));
-            }
-        }
-        let mut partitions = BTreeSet::new();
-        for partition in &edge.partitions {
-            if *partition < 0 || !partitions.insert(*partition) {
-                return Err(invalid(
-                    "edge.partitions",
-                    format!("{partition} is negative or listed twice"),
-                ));
-            }
-        }
-        for (key, value) in [
-            ("edge.ping_interval_ms", edge.ping_interval_ms),
-            ("edge.handshake_timeout_ms", edge.handshake_timeout_ms),
-            ("edge.auth_timeout_ms", edge.auth_timeout_ms),
-            ("edge.max_frame_bytes", edge.max_frame_bytes as u64),
-        ] {
-            positive(key, value)?;
-        }
-        // The limits, secrets (edge.secrets_file included) and origins: the edge's own.
-        self.edge
-            .validate()
-            .map_err(|(key, reason)| invalid(key, reason))?;
         Ok(())
     }
 }

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use fanout_edge::table::CountTable;
-use fanout_edge::{Edge, EdgeMetrics};
+use fanout_edge::{Edge, Node};
 use fanout_ingest::IngestMetrics;
 use fanout_kafka::StageHealth;
 use fanout_router::RouterMetrics;
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -94,74 +92,40 @@ pub fn spawn_router(
     Ok((stage, metrics))
 }
 
-/// A running edge: its feed and its WebSocket server.
-pub struct EdgeStages {
-    pub edge: Arc<Edge>,
+/// A spawned edge: its stage, its node's shared state, and the address it serves.
+pub struct SpawnedEdge {
+    pub stage: Stage,
+    pub node: Arc<Node>,
     pub address: SocketAddr,
-    pub feed: Stage,
-    pub server: Stage,
 }
 
-/// Spawns the edge's feed and server on an already bound `listener`.
+/// Spawns the edge on an already bound `listener`.
 pub fn spawn_edge(
     config: &Config,
     listener: TcpListener,
     registry: &Registry,
     shutdown: CancellationToken,
-) -> anyhow::Result<EdgeStages> {
-    let metrics = EdgeMetrics::new(registry).context("registering edge metrics")?;
-    let table = Arc::new(CountTable::new());
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let edge = Arc::new(
-        Edge::new(
-            config.edge.clone(),
-            table.clone(),
-            metrics.clone(),
-            ready_rx,
-        )
-        .map_err(anyhow::Error::msg)?,
-    );
-    let address = listener.local_addr().context("edge listener address")?;
+) -> anyhow::Result<SpawnedEdge> {
     let health = StageHealth::new();
-    let feed = {
-        let config = config.clone();
-        let shutdown = shutdown.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            let feed = fanout_edge::feed::Feed {
-                kafka: config.kafka.clone(),
-                topic: config.topics.unread_counts.clone(),
-                partitions: config.edge.partitions.clone(),
-                table,
-                metrics,
-                ready: ready_tx,
-                health,
-            };
-            fanout_edge::feed::run(feed, shutdown)
-                .await
-                .context("edge feed")
-        })
-    };
-    let server = {
-        let edge = edge.clone();
-        tokio::spawn(async move {
-            fanout_edge::serve(listener, edge, shutdown).await;
-            Ok(())
-        })
-    };
-    Ok(EdgeStages {
-        edge,
-        address,
-        feed: Stage {
+    let edge = Edge::new(
+        config.edge.clone(),
+        config.kafka.clone(),
+        config.topics.unread_counts.clone(),
+        listener,
+        registry,
+        health.clone(),
+    )?;
+    let node = edge.node().clone();
+    let address = edge.address();
+    let task = tokio::spawn(async move { edge.run(shutdown).await.context("edge") });
+    Ok(SpawnedEdge {
+        stage: Stage {
             name: "edge",
-            task: feed,
+            task,
             health: Some(health),
         },
-        server: Stage {
-            name: "edge server",
-            task: server,
-            health: None,
-        },
+        node,
+        address,
     })
 }
 
@@ -318,7 +282,7 @@ pub enum Role {
 /// Handles on the roles [`start_roles`] started.
 pub struct StartedRoles {
     pub stages: Vec<Stage>,
-    pub edge: Option<Arc<Edge>>,
+    pub edge: Option<Arc<Node>>,
     pub edge_address: Option<SocketAddr>,
     pub admin_address: SocketAddr,
 }
@@ -345,9 +309,8 @@ pub fn start_roles(
     let (edge, edge_address) = if roles.contains(&Role::Edge) {
         let listener = edge_listener.context("the edge role needs a listener")?;
         let started = spawn_edge(config, listener, &registry, shutdown.clone())?;
-        stages.push(started.feed);
-        stages.push(started.server);
-        (Some(started.edge), Some(started.address))
+        stages.push(started.stage);
+        (Some(started.node), Some(started.address))
     } else {
         (None, None)
     };

@@ -60,7 +60,7 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
     anyhow::ensure!(options.events > 0, "--events must be at least 1");
     anyhow::ensure!(options.users > 0, "--users must be at least 1");
     anyhow::ensure!(options.partitions > 0, "--partitions must be at least 1");
-    let topics = Topics::with_prefix(&format!("bench-{}-", crate::tools::random_hex(4)));
+    let topics = Topics::with_prefix(&format!("bench-{}-", fanout_app::tools::random_hex(4)));
     let layout = topics.with_partitions(options.partitions, options.partitions);
     let (kafka, _embedded, broker) = match &options.brokers {
         Some(brokers) => {
@@ -89,14 +89,14 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
     );
 
     let shutdown = CancellationToken::new();
-    let mut config = crate::config::Config {
+    let mut config = fanout_app::config::Config {
         kafka: kafka.clone(),
         topics: topics.clone(),
-        ..crate::config::Config::default()
+        ..fanout_app::config::Config::default()
     };
     config.router.group_id = format!("{}router", topics.user_events);
     let (router, metrics) =
-        crate::stages::spawn_router(&config, &prometheus::Registry::new(), shutdown.clone())?;
+        fanout_app::stages::spawn_router(&config, &prometheus::Registry::new(), shutdown.clone())?;
     let router = router.task;
     let processed = || {
         ["applied", "unchanged", "replayed", "invalid"]

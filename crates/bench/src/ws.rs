@@ -336,7 +336,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         .iter()
         .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
         .collect();
-    let run_id = crate::tools::random_hex(4);
+    let run_id = fanout_app::tools::random_hex(4);
     let user_prefix = format!("b{run_id}-u");
     let latency_source = if scenario == Scenario::PushRate {
         LatencySource::CountIsSendTime

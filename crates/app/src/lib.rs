@@ -1,0 +1,10 @@
+//! The application behind the `fanout` binary, as a library so that tests run exactly
+//! what `fanout dev` and the roles run: the config that composes every stage's section,
+//! the stages as services under one supervisor, the admin port, dev mode, and the
+//! produce and token tools. The benchmark tool is `fanout-bench`.
+
+pub mod admin;
+pub mod config;
+pub mod dev;
+pub mod stages;
+pub mod tools;

@@ -1,0 +1,82 @@
+//! The node's shared state: what every connection of this edge reads, and the one
+//! admission check they all pass.
+
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::auth::{AuthError, Authenticator, Identity};
+use crate::config::EdgeConfig;
+use crate::limits::{ConnectionLimits, Limit, PartnerPlace, origin_allowed};
+use crate::session::CloseReason;
+use crate::table::CountTable;
+use crate::telemetry::EdgeMetrics;
+
+/// Everything a connection needs, shared by all of them.
+pub struct Node {
+    pub table: Arc<CountTable>,
+    pub auth: Authenticator,
+    pub config: EdgeConfig,
+    pub metrics: EdgeMetrics,
+    pub limits: ConnectionLimits,
+    /// True once the count table has caught up with unread-counts.
+    pub ready: watch::Receiver<bool>,
+}
+
+/// What a connection that passed [`Node::admit`] holds for its life.
+pub struct Admitted {
+    pub identity: Identity,
+    /// Its place under the partner's connection limit, given back when dropped.
+    _place: PartnerPlace,
+}
+
+/// Why [`Node::admit`] refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The token: the protocol tells the client why.
+    Token(AuthError),
+    /// A limit or the origin allow-list, after the token named the partner.
+    Closed(CloseReason),
+}
+
+impl Node {
+    /// The partner's origin allow-list (empty: any origin).
+    pub fn allowed_origins(&self, partner: &str) -> &[String] {
+        self.config
+            .partners
+            .get(partner)
+            .map(|partner| partner.allowed_origins.as_slice())
+            .unwrap_or_default()
+    }
+
+    /// The one admission check of every protocol: the token (spent either way), then
+    /// what the partner it names allows, the page's origin and a place under the
+    /// partner's connection limit.
+    pub fn admit(
+        &self,
+        partner: Option<&str>,
+        token: Option<&str>,
+        origin: Option<&str>,
+    ) -> Result<Admitted, Refused> {
+        let identity = self.auth.authenticate(partner, token).map_err(|error| {
+            self.metrics
+                .auth_failed(partner.is_some_and(|partner| !partner.is_empty()), error);
+            Refused::Token(error)
+        })?;
+        if !origin_allowed(self.allowed_origins(&identity.partner), origin) {
+            self.metrics.limited(Limit::Origin);
+            return Err(Refused::Closed(CloseReason::OriginNotAllowed));
+        }
+        let place = self
+            .limits
+            .partner_place(&identity.partner)
+            .map_err(|limit| {
+                self.metrics.limited(limit);
+                Refused::Closed(CloseReason::ConnectionLimit)
+            })?;
+        Ok(Admitted {
+            identity,
+            _place: place,
+        })
+    }
+}

@@ -1,0 +1,224 @@
+//! The ActionCable session (`/cable`) as a state machine: authenticated by the upgrade
+//! request's query, `welcome` once admitted, pings every `ping_interval_ms`, and
+//! `PartnerChannel` subscriptions that get the current count and every change.
+
+use std::time::Duration;
+
+use fanout_protocol::cable::{self, Command};
+
+use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session};
+use crate::auth::AuthError;
+use crate::config::EdgeConfig;
+use crate::limits::Limit;
+use crate::table::{CountSubscription, CountValue};
+use crate::telemetry::Ignored;
+
+/// The one channel fanout serves.
+pub const PARTNER_CHANNEL: &str = "PartnerChannel";
+
+pub struct Cable {
+    credentials: Option<Credentials>,
+    /// Subscribed identifiers, each echoed byte for byte in its frames.
+    subscriptions: Vec<String>,
+    max_subscriptions: usize,
+    ping_interval: Duration,
+}
+
+impl Cable {
+    /// A session for the credentials of the upgrade request's query.
+    pub fn new(credentials: Credentials, config: &EdgeConfig) -> Self {
+        Self {
+            credentials: Some(credentials),
+            subscriptions: Vec::new(),
+            max_subscriptions: config.max_subscriptions_per_connection,
+            ping_interval: Duration::from_millis(config.ping_interval_ms),
+        }
+    }
+
+    fn subscribe(&mut self, identifier: String, counts: &mut CountSubscription, out: &mut Outbox) {
+        let Some(channel) = cable::parse_identifier(&identifier) else {
+            out.ignored(Ignored::BadIdentifier);
+            return;
+        };
+        if channel.channel != PARTNER_CHANNEL {
+            out.reply(cable::reject_subscription(&identifier));
+            return;
+        }
+        if self.subscriptions.contains(&identifier) {
+            // Rails ignores a subscribe to an identifier already subscribed.
+            out.ignored(Ignored::DuplicateSubscribe);
+            return;
+        }
+        if self.subscriptions.len() >= self.max_subscriptions {
+            out.limited(Limit::Subscriptions);
+            out.reply(cable::reject_subscription(&identifier));
+            return;
+        }
+        // A change not yet pushed to the existing subscriptions goes to them too, since
+        // reading the value below marks it seen.
+        let others_missed_a_change = counts.receiver.has_changed().unwrap_or(false);
+        let value = out.take_count(counts);
+        out.reply(cable::confirm_subscription(&identifier));
+        out.push(cable::unread_count(&identifier, value.count), None);
+        if others_missed_a_change {
+            self.on_count(value, out);
+        }
+        self.subscriptions.push(identifier);
+    }
+}
+
+impl Session for Cable {
+    const PROTOCOL: Protocol = Protocol::Cable;
+
+    fn upgrade_credentials(&mut self) -> Option<Credentials> {
+        self.credentials.take()
+    }
+
+    fn auth_timeout(&self) -> Option<Duration> {
+        None
+    }
+
+    fn before_auth(&mut self, _frame: &[u8], _out: &mut Outbox) -> Option<Credentials> {
+        // Never called: the query's credentials are decided before any frame is read.
+        None
+    }
+
+    fn token_refused(&mut self, _error: AuthError, _out: &mut Outbox) -> AfterRefusal {
+        // The query had the only token; the goodbye says `unauthorized`.
+        AfterRefusal::Close
+    }
+
+    fn admission_refused(&mut self, _reason: CloseReason, _out: &mut Outbox) {}
+
+    fn open(&mut self, _counts: &mut CountSubscription, out: &mut Outbox) {
+        out.reply(cable::welcome());
+    }
+
+    fn on_text(&mut self, frame: &[u8], counts: &mut CountSubscription, out: &mut Outbox) {
+        let command = match cable::decode_command(frame) {
+            Ok(command) => command,
+            Err(error) => {
+                // Rails logs and ignores what it cannot execute; so do we.
+                out.ignored(Ignored::Command(error));
+                return;
+            }
+        };
+        match command {
+            Command::Subscribe { identifier } => self.subscribe(identifier, counts, out),
+            Command::Unsubscribe { identifier } => {
+                self.subscriptions
+                    .retain(|subscribed| *subscribed != identifier);
+            }
+            // PartnerChannel has no actions: like Rails for an unknown action, no reply.
+            Command::Message { .. } => out.ignored(Ignored::UnknownAction),
+        }
+    }
+
+    fn on_binary(&mut self, out: &mut Outbox) {
+        out.ignored(Ignored::Binary);
+    }
+
+    fn wants_counts(&self) -> bool {
+        !self.subscriptions.is_empty()
+    }
+
+    fn on_count(&mut self, value: CountValue, out: &mut Outbox) {
+        for identifier in &self.subscriptions {
+            out.push(
+                cable::unread_count(identifier, value.count),
+                value.source_time(),
+            );
+        }
+    }
+
+    fn ping_interval(&self) -> Option<Duration> {
+        Some(self.ping_interval)
+    }
+
+    fn on_ping(&mut self, unix_seconds: u64, out: &mut Outbox) {
+        out.reply(cable::ping(unix_seconds));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::session::Output;
+    use crate::table::CountTable;
+
+    const IDENTIFIER: &str = r#"{"channel":"PartnerChannel"}"#;
+    const SUBSCRIBE: &str =
+        r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+
+    fn value(count: u64, version: u64, occurred_at_ms: i64) -> CountValue {
+        CountValue {
+            count,
+            version,
+            occurred_at_ms,
+            changes: 0,
+        }
+    }
+
+    /// The state machine alone: no socket, no runtime.
+    #[test]
+    fn a_subscription_gets_the_count_and_then_every_change_with_its_source_time() {
+        let table = CountTable::new();
+        table.apply("acme/bob", value(4, 1, 0));
+        let mut counts = table.subscription("acme/bob");
+        let mut cable = Cable::new(Credentials::default(), &EdgeConfig::default());
+        let mut out = Outbox::default();
+        assert!(!cable.wants_counts());
+        cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
+        assert_eq!(
+            out.take(),
+            vec![
+                Output::Reply(cable::confirm_subscription(IDENTIFIER)),
+                Output::Push {
+                    frame: cable::unread_count(IDENTIFIER, 4),
+                    source_time: None
+                },
+            ]
+        );
+        assert!(cable.wants_counts());
+        cable.on_count(value(5, 2, 1_700_000_000_000), &mut out);
+        assert_eq!(
+            out.take(),
+            vec![Output::Push {
+                frame: cable::unread_count(IDENTIFIER, 5),
+                source_time: Some(1_700_000_000_000)
+            }]
+        );
+        cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
+        assert_eq!(
+            out.take(),
+            vec![Output::Ignored(Ignored::DuplicateSubscribe)]
+        );
+    }
+
+    #[test]
+    fn subscriptions_past_the_limit_are_rejected_and_counted() {
+        let table = CountTable::new();
+        let mut counts = table.subscription("acme/bob");
+        let config = EdgeConfig {
+            max_subscriptions_per_connection: 1,
+            ..EdgeConfig::default()
+        };
+        let mut cable = Cable::new(Credentials::default(), &config);
+        let mut out = Outbox::default();
+        cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
+        out.take();
+        let second =
+            r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\",\"n\":2}"}"#;
+        cable.on_text(second.as_bytes(), &mut counts, &mut out);
+        assert_eq!(
+            out.take(),
+            vec![
+                Output::Limited(Limit::Subscriptions),
+                Output::Reply(cable::reject_subscription(
+                    r#"{"channel":"PartnerChannel","n":2}"#
+                )),
+            ]
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! One session layer for every protocol. [`run`] drives a connection from just after
+//! the WebSocket upgrade to its close: admission (the token, the partner's origin
+//! allow-list and connection limit, the table's readiness), the select loop, the limits
+//! every protocol shares (frame size, command rate), pushes and their metrics, the drain
+//! and the goodbye. What differs between protocols is a state machine without I/O
+//! ([`Session`]): it turns client frames and count changes into frames to write, and the
+//! pure codecs of `fanout_protocol` give those frames their bytes.
+//!
+//! Adding a protocol or a channel means writing its state machine (and its codec);
+//! nothing here changes.
+
+mod cable;
+mod close;
+mod realtime;
+
+use std::time::Duration;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+pub use cable::{Cable, PARTNER_CHANNEL};
+pub use close::{CloseReason, Goodbye};
+pub use realtime::{MAX_AUTH_FAILURES, Realtime};
+
+use crate::auth::AuthError;
+use crate::limits::{CommandRate, Limit};
+use crate::node::{Admitted, Node, Refused};
+use crate::table::{CountSubscription, CountValue};
+use crate::telemetry::{Handshake, Ignored};
+
+/// The protocols the edge speaks: the `protocol` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// ActionCable on `/cable`.
+    Cable,
+    /// The JSON protocol on `/realtime`.
+    Realtime,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cable => "cable",
+            Self::Realtime => "realtime",
+        }
+    }
+}
+
+/// How long a session that has been told to leave may take before it is dropped: a
+/// client that stopped reading cannot hold up a drain.
+pub const GOODBYE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a close waits for the client's closing frame. Waiting lets the client read
+/// the close code before the TCP connection ends; not waiting forever bounds a drain.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A token and the partner it is for, as a client presented them.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    pub partner: Option<String>,
+    pub token: Option<String>,
+}
+
+/// What a state machine asks the driver to write or record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A frame that answers the client.
+    Reply(String),
+    /// A frame that delivers a count: a push. `source_time` is the source event time of
+    /// the change it delivers (for the delivery latency); `None` when it only answers
+    /// with the current state.
+    Push {
+        frame: String,
+        source_time: Option<i64>,
+    },
+    /// A client frame not acted on.
+    Ignored(Ignored),
+    /// A limit refused something without ending the session.
+    Limited(Limit),
+    /// Count changes replaced by a newer one before they were written.
+    Coalesced(u64),
+}
+
+/// What a state machine produced for one input, in order.
+#[derive(Debug, Default)]
+pub struct Outbox(Vec<Output>);
+
+impl Outbox {
+    pub fn reply(&mut self, frame: String) {
+        self.0.push(Output::Reply(frame));
+    }
+
+    pub fn push(&mut self, frame: String, source_time: Option<i64>) {
+        self.0.push(Output::Push { frame, source_time });
+    }
+
+    pub fn ignored(&mut self, reason: Ignored) {
+        self.0.push(Output::Ignored(reason));
+    }
+
+    pub fn limited(&mut self, limit: Limit) {
+        self.0.push(Output::Limited(limit));
+    }
+
+    /// The newest count, marked seen; the changes it replaced are counted as coalesced.
+    pub fn take_count(&mut self, counts: &mut CountSubscription) -> CountValue {
+        let (value, skipped) = counts.take();
+        if skipped > 0 {
+            self.0.push(Output::Coalesced(skipped));
+        }
+        value
+    }
+
+    /// Takes what was produced, leaving the outbox empty and unallocated (an idle
+    /// connection holds no buffer).
+    pub fn take(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// What a state machine says after a refused token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRefusal {
+    /// The client may present another token.
+    TryAgain,
+    /// The connection closes as unauthorized.
+    Close,
+}
+
+/// A protocol's session as a state machine: inputs in, [`Outbox`] entries out, no I/O.
+/// The driver calls it in this order: credentials (from the upgrade, or from frames
+/// before auth), then, once admitted and the table has caught up, [`Session::open`],
+/// then frames, count changes and ping ticks until the session ends.
+pub trait Session {
+    const PROTOCOL: Protocol;
+
+    /// Credentials the upgrade request carried (ActionCable's query); taken once.
+    /// `None`: the protocol authenticates in band, with [`Session::before_auth`].
+    fn upgrade_credentials(&mut self) -> Option<Credentials>;
+
+    /// How long a client may take to authenticate in band; `None` for none.
+    fn auth_timeout(&self) -> Option<Duration>;
+
+    /// A text frame before authentication; `Some` when it presents credentials.
+    fn before_auth(&mut self, frame: &[u8], out: &mut Outbox) -> Option<Credentials>;
+
+    /// The presented token was refused.
+    fn token_refused(&mut self, error: AuthError, out: &mut Outbox) -> AfterRefusal;
+
+    /// The token was good, but the partner's origin allow-list or connection limit
+    /// refused the connection, which closes for `reason`.
+    fn admission_refused(&mut self, reason: CloseReason, out: &mut Outbox);
+
+    /// Admitted, and the table has caught up: the session's first frames.
+    fn open(&mut self, counts: &mut CountSubscription, out: &mut Outbox);
+
+    /// A text frame after [`Session::open`].
+    fn on_text(&mut self, frame: &[u8], counts: &mut CountSubscription, out: &mut Outbox);
+
+    /// A binary frame, at any time: neither protocol speaks binary.
+    fn on_binary(&mut self, out: &mut Outbox);
+
+    /// Whether count changes are wanted now.
+    fn wants_counts(&self) -> bool;
+
+    /// The user's count changed (only while [`Session::wants_counts`]).
+    fn on_count(&mut self, value: CountValue, out: &mut Outbox);
+
+    /// The period of the server's pings after [`Session::open`]; `None` for none.
+    fn ping_interval(&self) -> Option<Duration>;
+
+    /// A ping is due.
+    fn on_ping(&mut self, unix_seconds: u64, out: &mut Outbox);
+}
+
+/// Runs one connection's session from just after the upgrade until it ends, and
+/// records why it ended. `origin` is the upgrade request's `Origin` header; `shutdown`
+/// is this session's turn to leave in the drain. A session told to leave that cannot
+/// (its client stopped reading, so the goodbye cannot be written) is dropped after
+/// [`GOODBYE_GRACE`].
+pub async fn run<S, P>(
+    socket: &mut S,
+    node: &Node,
+    protocol: P,
+    origin: Option<String>,
+    shutdown: &CancellationToken,
+) -> CloseReason
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+    P: Session,
+{
+    let _open = node.metrics.open_connection(P::PROTOCOL);
+    let mut driver = Driver {
+        socket,
+        node,
+        protocol,
+        rate: CommandRate::new(node.config.max_commands_per_second, Instant::now()),
+        out: Outbox::default(),
+    };
+    let session = driver.session(origin, shutdown);
+    tokio::pin!(session);
+    let ended = tokio::select! {
+        ended = &mut session => ended,
+        () = shutdown.cancelled() => {
+            // Boxed: the timer exists only for sessions being told to leave.
+            let rest = Box::pin(tokio::time::timeout(GOODBYE_GRACE, &mut session));
+            rest.await.unwrap_or(Ok(CloseReason::ServerRestart))
+        }
+    };
+    let reason = ended.unwrap_or(CloseReason::Error);
+    node.metrics.closed(P::PROTOCOL, reason);
+    reason
+}
+
+/// One socket read, sorted.
+enum Read {
+    Text(Utf8Bytes),
+    Binary,
+    /// A control frame: answered by the WebSocket layer.
+    Nothing,
+    /// The session ends, with a goodbye if the client is still there.
+    End(CloseReason),
+}
+
+struct Driver<'a, S, P> {
+    socket: &'a mut S,
+    node: &'a Node,
+    protocol: P,
+    rate: CommandRate,
+    out: Outbox,
+}
+
+impl<S, P> Driver<'_, S, P>
+where
+    S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
+    P: Session,
+{
+    async fn session(
+        &mut self,
+        origin: Option<String>,
+        shutdown: &CancellationToken,
+    ) -> Result<CloseReason, WsError> {
+        let admitted = match self.admit(origin, shutdown).await? {
+            Ok(admitted) => admitted,
+            Err(reason) => return Ok(reason),
+        };
+        self.node.metrics.handshake(Handshake::Accepted);
+        // No first frame, and so no count, before the table has caught up: a count read
+        // from a table still loading could be older than one the client already shows.
+        let mut ready = self.node.ready.clone();
+        let caught_up = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => false,
+            // An error means the feed is gone: the edge is stopping.
+            caught_up = ready.wait_for(|ready| *ready) => caught_up.is_ok(),
+        };
+        drop(ready);
+        if !caught_up {
+            return self.close(CloseReason::ServerRestart).await;
+        }
+        let mut counts = self.node.table.subscription(&admitted.identity.key());
+        self.protocol.open(&mut counts, &mut self.out);
+        self.write().await?;
+        let mut ping = self.protocol.ping_interval().map(|period| {
+            let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+            ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ping
+        });
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return self.close(CloseReason::ServerRestart).await,
+                incoming = self.socket.next() => match self.read(incoming)? {
+                    Read::Text(frame) => {
+                        self.protocol.on_text(frame.as_bytes(), &mut counts, &mut self.out);
+                    }
+                    Read::Binary => self.protocol.on_binary(&mut self.out),
+                    Read::Nothing => {}
+                    Read::End(reason) => return self.close(reason).await,
+                },
+                changed = counts.receiver.changed(), if self.protocol.wants_counts() => {
+                    if changed.is_err() {
+                        // The table is gone: the edge is stopping.
+                        return self.close(CloseReason::ServerRestart).await;
+                    }
+                    let value = self.out.take_count(&mut counts);
+                    self.protocol.on_count(value, &mut self.out);
+                }
+                () = tick(ping.as_mut()) => {
+                    let unix_seconds = u64::try_from(fanout_schema::unix_millis() / 1000).unwrap_or(0);
+                    self.protocol.on_ping(unix_seconds, &mut self.out);
+                }
+            }
+            self.write().await?;
+        }
+    }
+
+    /// Credentials, from the upgrade or in band, through [`Node::admit`]. `Err`: the
+    /// session ended, its client told why.
+    async fn admit(
+        &mut self,
+        origin: Option<String>,
+        shutdown: &CancellationToken,
+    ) -> Result<Result<Admitted, CloseReason>, WsError> {
+        // Boxed: the deadline exists only until the client has authenticated.
+        let mut deadline = self
+            .protocol
+            .auth_timeout()
+            .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
+        loop {
+            let credentials = match self.protocol.upgrade_credentials() {
+                Some(credentials) => credentials,
+                None => loop {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => {
+                            return self.close(CloseReason::ServerRestart).await.map(Err);
+                        }
+                        () = until(deadline.as_mut()) => {
+                            self.node.metrics.handshake(Handshake::AuthTimeout);
+                            self.node.metrics.limited(Limit::AuthTimeout);
+                            return self.close(CloseReason::AuthTimeout).await.map(Err);
+                        }
+                        incoming = self.socket.next() => match self.read(incoming)? {
+                            Read::Text(frame) => {
+                                let presented = self.protocol.before_auth(frame.as_bytes(), &mut self.out);
+                                if let Some(credentials) = presented {
+                                    break credentials;
+                                }
+                            }
+                            Read::Binary => self.protocol.on_binary(&mut self.out),
+                            Read::Nothing => {}
+                            Read::End(reason) => return self.close(reason).await.map(Err),
+                        },
+                    }
+                    self.write().await?;
+                },
+            };
+            let refused = match self.node.admit(
+                credentials.partner.as_deref(),
+                credentials.token.as_deref(),
+                origin.as_deref(),
+            ) {
+                Ok(admitted) => return Ok(Ok(admitted)),
+                Err(refused) => refused,
+            };
+            match refused {
+                Refused::Token(error) => {
+                    if self.protocol.token_refused(error, &mut self.out) == AfterRefusal::Close {
+                        self.node.metrics.handshake(Handshake::Unauthorized);
+                        return self.close(CloseReason::Unauthorized).await.map(Err);
+                    }
+                    self.write().await?;
+                }
+                Refused::Closed(reason) => {
+                    self.node.metrics.handshake(Handshake::Limited);
+                    self.protocol.admission_refused(reason, &mut self.out);
+                    return self.close(reason).await.map(Err);
+                }
+            }
+        }
+    }
+
+    /// Sorts one socket read, applying the limits every protocol shares.
+    fn read(&mut self, incoming: Option<Result<Message, WsError>>) -> Result<Read, WsError> {
+        let message = match incoming {
+            None => return Ok(Read::End(CloseReason::Client)),
+            Some(Ok(message)) => message,
+            Some(Err(WsError::Capacity(_))) => {
+                // The WebSocket layer refused a frame over `max_frame_bytes` and cannot
+                // read on: say why instead of just dropping the connection.
+                self.node.metrics.limited(Limit::FrameSize);
+                return Ok(Read::End(CloseReason::FrameTooLarge));
+            }
+            Some(Err(error)) => return Err(error),
+        };
+        if matches!(message, Message::Text(_) | Message::Binary(_))
+            && !self.rate.allow(Instant::now())
+        {
+            self.node.metrics.limited(Limit::CommandRate);
+            return Ok(Read::End(CloseReason::RateLimited));
+        }
+        Ok(match message {
+            Message::Text(frame) => Read::Text(frame),
+            Message::Binary(_) => Read::Binary,
+            // Close replies, pings and pongs are answered by the WebSocket layer.
+            Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {
+                Read::Nothing
+            }
+        })
+    }
+
+    /// Writes what the state machine produced, in one flush, and records it.
+    async fn write(&mut self) -> Result<(), WsError> {
+        let outputs = self.out.take();
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        let metrics = &self.node.metrics;
+        for output in outputs {
+            match output {
+                Output::Reply(frame) => self.socket.feed(text(frame)).await?,
+                Output::Push { frame, source_time } => {
+                    self.socket.feed(text(frame)).await?;
+                    metrics.pushed(source_time);
+                }
+                Output::Ignored(reason) => metrics.ignored_frame(P::PROTOCOL, reason),
+                Output::Limited(limit) => metrics.limited(limit),
+                Output::Coalesced(skipped) => metrics.coalesced(skipped),
+            }
+        }
+        self.socket.flush().await
+    }
+
+    /// Ends the session for `reason`: what is pending, then the protocol's goodbye, then
+    /// a moment for the client's closing frame. A client that is gone cannot be told,
+    /// so write errors here do not change the reason.
+    async fn close(&mut self, reason: CloseReason) -> Result<CloseReason, WsError> {
+        let Some(goodbye) = reason.goodbye(P::PROTOCOL) else {
+            return Ok(reason);
+        };
+        // Boxed: it runs once per session, at its end, and need not size every session.
+        let _ = Box::pin(self.say_goodbye(goodbye)).await;
+        Ok(reason)
+    }
+
+    async fn say_goodbye(&mut self, goodbye: Goodbye) -> Result<(), WsError> {
+        self.write().await?;
+        if let Some(frame) = goodbye.last_frame {
+            self.socket.send(text(frame)).await?;
+        }
+        let frame = goodbye.close.map(|(code, reason)| CloseFrame {
+            code: code.into(),
+            reason: reason.into(),
+        });
+        self.socket.send(Message::Close(frame)).await?;
+        let client_closed = async {
+            while let Some(Ok(message)) = self.socket.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, client_closed).await;
+        self.socket.close().await
+    }
+}
+
+fn text(frame: String) -> Message {
+    Message::Text(frame.into())
+}
+
+/// The next tick of `interval`, or never.
+async fn tick(interval: Option<&mut Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes when `deadline` passes, or never.
+async fn until(deadline: Option<&mut std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match deadline {
+        Some(deadline) => deadline.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

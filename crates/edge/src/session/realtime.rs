@@ -1,0 +1,157 @@
+//! The JSON "RealTime API" session (`/realtime`) as a state machine.
+//!
+//! The client authenticates in band: until an `authrequest` succeeds it gets `pong`s
+//! and errors, never data. After [`MAX_AUTH_FAILURES`] refused tokens the connection
+//! closes with 4401; with no success within `auth_timeout_ms`, with 4408. Once
+//! authenticated it gets its count right after the `authresponse` and every change
+//! after it. On shutdown every client gets 1012 (service restart) and reconnects.
+//! Limits close with their own codes: 1009 (frame size), 4429 (requests per second),
+//! 4403 (origin not allowed for the token's partner), 1013 (connection limit).
+
+use std::time::Duration;
+
+use fanout_protocol::realtime::{
+    self, AuthErrorCode, ClientFrame, ErrorCode, FrameError, RequestId,
+};
+
+use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session};
+use crate::auth::AuthError;
+use crate::config::EdgeConfig;
+use crate::table::{CountSubscription, CountValue};
+use crate::telemetry::Ignored;
+
+/// Refused `authrequest`s one connection may make before it is closed with 4401: a
+/// client with a stale token gets its answer, a token guesser gets little.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+pub struct Realtime {
+    /// The `id` of the `authrequest` being answered.
+    auth_id: Option<RequestId>,
+    failures: u32,
+    auth_timeout: Duration,
+}
+
+impl Realtime {
+    pub fn new(config: &EdgeConfig) -> Self {
+        Self {
+            auth_id: None,
+            failures: 0,
+            auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+        }
+    }
+}
+
+/// Answers a frame that is not a request: an `error` reply, its `id` echoed when it had
+/// a readable one.
+fn undecodable(error: FrameError, out: &mut Outbox) {
+    let FrameError { kind, id } = error;
+    out.ignored(Ignored::Request(kind));
+    out.reply(realtime::error(kind.reply_code(), id.as_ref()));
+}
+
+/// Answers a request the session's state refuses.
+fn refuse(code: ErrorCode, id: Option<&RequestId>, out: &mut Outbox) {
+    out.ignored(Ignored::Refused(code));
+    out.reply(realtime::error(code, id));
+}
+
+impl Session for Realtime {
+    const PROTOCOL: Protocol = Protocol::Realtime;
+
+    fn upgrade_credentials(&mut self) -> Option<Credentials> {
+        None
+    }
+
+    fn auth_timeout(&self) -> Option<Duration> {
+        Some(self.auth_timeout)
+    }
+
+    fn before_auth(&mut self, frame: &[u8], out: &mut Outbox) -> Option<Credentials> {
+        match realtime::decode(frame) {
+            Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
+            Ok(ClientFrame::GetUnreadCount { id }) => {
+                refuse(ErrorCode::NotAuthenticated, id.as_ref(), out);
+            }
+            Ok(ClientFrame::AuthRequest { token, partner, id }) => {
+                self.auth_id = id;
+                return Some(Credentials {
+                    partner: Some(partner),
+                    token: Some(token),
+                });
+            }
+            Err(error) => undecodable(error, out),
+        }
+        None
+    }
+
+    fn token_refused(&mut self, error: AuthError, out: &mut Outbox) -> AfterRefusal {
+        self.failures += 1;
+        out.reply(realtime::auth_failure(error.code(), self.auth_id.as_ref()));
+        if self.failures >= MAX_AUTH_FAILURES {
+            AfterRefusal::Close
+        } else {
+            AfterRefusal::TryAgain
+        }
+    }
+
+    fn admission_refused(&mut self, reason: CloseReason, out: &mut Outbox) {
+        let code = match reason {
+            CloseReason::OriginNotAllowed => AuthErrorCode::OriginNotAllowed,
+            _ => AuthErrorCode::TryAgainLater,
+        };
+        out.reply(realtime::auth_failure(code, self.auth_id.as_ref()));
+    }
+
+    fn open(&mut self, counts: &mut CountSubscription, out: &mut Outbox) {
+        let (value, _) = counts.take();
+        out.reply(realtime::auth_success(self.auth_id.take().as_ref()));
+        out.push(realtime::unread_count(value.count, None), None);
+    }
+
+    fn on_text(&mut self, frame: &[u8], counts: &mut CountSubscription, out: &mut Outbox) {
+        match realtime::decode(frame) {
+            Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
+            Ok(ClientFrame::GetUnreadCount { id }) => {
+                // A change not yet pushed is delivered by this reply (it carries the
+                // same count), so it is not pushed again.
+                let unseen_change = counts.receiver.has_changed().unwrap_or(false);
+                let value = out.take_count(counts);
+                let source_time = if unseen_change {
+                    value.source_time()
+                } else {
+                    None
+                };
+                out.push(
+                    realtime::unread_count(value.count, id.as_ref()),
+                    source_time,
+                );
+            }
+            Ok(ClientFrame::AuthRequest { id, .. }) => {
+                refuse(ErrorCode::AlreadyAuthenticated, id.as_ref(), out);
+            }
+            Err(error) => undecodable(error, out),
+        }
+    }
+
+    fn on_binary(&mut self, out: &mut Outbox) {
+        out.ignored(Ignored::Binary);
+        out.reply(realtime::error(ErrorCode::Malformed, None));
+    }
+
+    fn wants_counts(&self) -> bool {
+        true
+    }
+
+    fn on_count(&mut self, value: CountValue, out: &mut Outbox) {
+        out.push(
+            realtime::unread_count(value.count, None),
+            value.source_time(),
+        );
+    }
+
+    fn ping_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    fn on_ping(&mut self, _unix_seconds: u64, _out: &mut Outbox) {}
+}

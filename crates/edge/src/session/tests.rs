@@ -1,0 +1,608 @@
+//! Sessions driven end to end through the driver, on a socket made of channels: what a
+//! client of each protocol sees, frame by frame.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use fanout_protocol::cable;
+use futures::StreamExt;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::{Cable, CloseReason, Credentials, Realtime};
+use crate::config::EdgeConfig;
+use crate::table::CountValue;
+use crate::testing::harness::{self, Harness, SECRET, token};
+
+fn start_cable() -> Harness {
+    start_cable_with(true)
+}
+
+fn start_cable_with(ready: bool) -> Harness {
+    harness::start(
+        ready,
+        |_| {},
+        |config| {
+            let credentials = Credentials {
+                partner: Some("acme".to_owned()),
+                token: Some(token(SECRET, "bob", 60)),
+            };
+            Cable::new(credentials, config)
+        },
+    )
+}
+
+fn start_realtime(ready: bool, configure: impl FnOnce(&mut EdgeConfig)) -> Harness {
+    harness::start(ready, configure, Realtime::new)
+}
+
+fn auth_request(token: &str, partner: &str, id: &str) -> String {
+    format!(r#"{{"type":"authrequest","token":"{token}","partner":"{partner}","id":{id}}}"#)
+}
+
+impl Harness {
+    async fn authenticate(&mut self) {
+        self.send(&auth_request(
+            &token(SECRET, "bob", 60),
+            "acme",
+            r#""auth""#,
+        ));
+        assert_eq!(
+            self.next().await,
+            r#"{"type":"authresponse","success":true,"id":"auth"}"#
+        );
+    }
+}
+
+mod actioncable {
+    use super::*;
+
+    const SUBSCRIBE: &str =
+        r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+    const CONFIRM: &str =
+        r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"confirm_subscription"}"#;
+
+    fn count_frame(count: u64) -> String {
+        cable::unread_count(r#"{"channel":"PartnerChannel"}"#, count)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn welcome_subscribe_count_and_changes() {
+        let mut harness = start_cable();
+        assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);
+        harness.set_count(4, 1);
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.next().await, count_frame(4));
+        harness.set_count(5, 2);
+        assert_eq!(harness.next().await, count_frame(5));
+        // An older version never reaches the client.
+        harness.set_count(99, 1);
+        harness.set_count(6, 3);
+        assert_eq!(harness.next().await, count_frame(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn commands_sent_before_the_welcome_are_processed_after_it() {
+        let mut harness = start_cable();
+        // Queued before the session has run at all.
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.next().await, count_frame(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_every_three_seconds() {
+        let mut harness = start_cable();
+        assert_eq!(harness.next().await, r#"{"type":"welcome"}"#);
+        let ping = harness.next().await;
+        let parsed: serde_json::Value = serde_json::from_str(&ping).unwrap();
+        assert_eq!(parsed["type"], "ping");
+        assert!(parsed["message"].as_u64().unwrap() > 1_600_000_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn duplicate_subscribe_is_ignored_and_unknown_channel_rejected() {
+        let mut harness = start_cable();
+        harness.next().await;
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(harness.next().await, count_frame(0));
+        harness.send(SUBSCRIBE);
+        harness.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"AdminChannel\"}"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"identifier":"{\"channel\":\"AdminChannel\"}","type":"reject_subscription"}"#
+        );
+        assert_eq!(
+            harness
+                .node
+                .metrics
+                .ignored_frame_count("cable", "duplicate_subscribe"),
+            1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_frames_are_ignored_without_closing() {
+        let mut harness = start_cable();
+        harness.next().await;
+        for frame in [
+            "garbage",
+            "{}",
+            r#"{"command":"subscribe","identifier":7}"#,
+            r#"{"command":"dance"}"#,
+        ] {
+            harness.send(frame);
+        }
+        harness
+            .peer
+            .to_session
+            .unbounded_send(Ok(Message::Binary(vec![1, 2, 3].into())))
+            .unwrap();
+        harness.send(SUBSCRIBE);
+        assert_eq!(harness.next().await, CONFIRM);
+        assert_eq!(
+            harness
+                .node
+                .metrics
+                .ignored_frame_count("cable", "malformed"),
+            1
+        );
+        assert_eq!(
+            harness
+                .node
+                .metrics
+                .ignored_frame_count("cable", "unknown_command"),
+            2
+        );
+        assert_eq!(
+            harness
+                .node
+                .metrics
+                .ignored_frame_count("cable", "bad_identifier"),
+            1
+        );
+        assert_eq!(
+            harness.node.metrics.ignored_frame_count("cable", "binary"),
+            1
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unsubscribe_stops_pushes() {
+        let mut harness = start_cable();
+        harness.next().await;
+        harness.send(SUBSCRIBE);
+        harness.next().await;
+        harness.next().await;
+        harness
+            .send(r#"{"command":"unsubscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#);
+        tokio::task::yield_now().await;
+        harness.set_count(3, 1);
+        // The next frame is the ping 3 s after the start, not a count.
+        let frame = harness.next().await;
+        assert!(frame.starts_with(r#"{"type":"ping""#), "{frame}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_sends_server_restart_with_reconnect() {
+        let mut harness = start_cable();
+        harness.next().await;
+        harness.shutdown.cancel();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+        );
+        assert_eq!(harness.next_close().await, None);
+        assert_eq!(harness.session.await.unwrap(), CloseReason::ServerRestart);
+    }
+
+    /// Drift fixed: `/realtime` got 1012 here, `/cable` got nothing.
+    #[tokio::test(start_paused = true)]
+    async fn shut_down_while_waiting_for_the_table_gets_server_restart() {
+        let mut harness = start_cable_with(false);
+        tokio::task::yield_now().await;
+        harness.shutdown.cancel();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+        );
+        assert_eq!(harness.next_close().await, None);
+        assert_eq!(harness.session.await.unwrap(), CloseReason::ServerRestart);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_token_gets_the_unauthorized_disconnect_and_no_welcome() {
+        let mut harness = harness::start(
+            true,
+            |_| {},
+            |config| {
+                let credentials = Credentials {
+                    partner: Some("acme".to_owned()),
+                    token: Some(token("wrong-secret-0123456789", "bob", 60)),
+                };
+                Cable::new(credentials, config)
+            },
+        );
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#
+        );
+        assert_eq!(harness.next_close().await, None);
+        assert_eq!(harness.session.await.unwrap(), CloseReason::Unauthorized);
+        assert_eq!(
+            harness.node.metrics.auth_failure_count("invalid_signature"),
+            1
+        );
+        assert_eq!(harness.node.metrics.handshake_count("unauthorized"), 1);
+        assert_eq!(harness.node.metrics.close_count("cable", "unauthorized"), 1);
+    }
+}
+
+/// Drift fixed: `fanout_edge_connections` counted `/realtime` sockets from the upgrade
+/// but `/cable` ones only once the table was ready; both count from the upgrade now.
+#[tokio::test(start_paused = true)]
+async fn both_protocols_count_a_connection_from_the_upgrade_to_the_close() {
+    let mut cable = start_cable_with(false);
+    let mut realtime = start_realtime(false, |_| {});
+    tokio::task::yield_now().await;
+    assert_eq!(cable.node.metrics.open_connections("cable"), 1);
+    assert_eq!(realtime.node.metrics.open_connections("realtime"), 1);
+    cable.shutdown.cancel();
+    realtime.shutdown.cancel();
+    cable.next().await;
+    assert_eq!(cable.next_close().await, None);
+    assert_eq!(
+        realtime.next_close().await,
+        Some((1012, "server restart".to_owned()))
+    );
+    cable.session.await.unwrap();
+    realtime.session.await.unwrap();
+    assert_eq!(cable.node.metrics.open_connections("cable"), 0);
+    assert_eq!(realtime.node.metrics.open_connections("realtime"), 0);
+}
+
+mod realtime {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn auth_then_the_count_then_every_change() {
+        let mut harness = start_realtime(true, |_| {});
+        harness.set_count(4, 1);
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":4}"#);
+        harness.set_count(5, 2);
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":5}"#);
+        // An older version never reaches the client.
+        harness.set_count(99, 1);
+        harness.set_count(6, 3);
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":6}"#);
+        harness.send(r#"{"type":"get_unread_count","id":"q1"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"unread_count","count":6,"id":"q1"}"#
+        );
+        harness.send(r#"{"type":"get_unread_count","id":12}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"unread_count","count":6,"id":12}"#
+        );
+        assert_eq!(harness.node.metrics.handshake_count("accepted"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_that_delivers_a_change_is_not_followed_by_the_same_push() {
+        let mut harness = start_realtime(true, |_| {});
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+        // Both are pending when the session next runs; the request is served first
+        // and its reply carries the new count.
+        harness.set_count(8, 1);
+        harness.send(r#"{"type":"get_unread_count","id":1}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"unread_count","count":8,"id":1}"#
+        );
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_auth_pings_are_answered_and_everything_else_refused() {
+        let mut harness = start_realtime(true, |_| {});
+        harness.set_count(3, 1);
+        harness.send(r#"{"type":"ping","id":"p"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong","id":"p"}"#);
+        harness.send(r#"{"type":"get_unread_count","id":"x"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"not_authenticated","id":"x"}"#
+        );
+        harness.send(r#"{"type":"subscribe","id":2}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"unknown_type","id":2}"#
+        );
+        harness.send("garbage");
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed"}"#
+        );
+        harness.send(r#"{"type":"authrequest","partner":"acme","id":3}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed","id":3}"#
+        );
+        harness
+            .peer
+            .to_session
+            .unbounded_send(Ok(Message::Binary(vec![1, 2].into())))
+            .unwrap();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed"}"#
+        );
+        // A count change reaches no one before auth.
+        harness.set_count(4, 2);
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+        let metrics = &harness.node.metrics;
+        assert_eq!(
+            metrics.ignored_frame_count("realtime", "not_authenticated"),
+            1
+        );
+        assert_eq!(metrics.ignored_frame_count("realtime", "unknown_type"), 1);
+        assert_eq!(metrics.ignored_frame_count("realtime", "not_json"), 1);
+        assert_eq!(metrics.ignored_frame_count("realtime", "missing_field"), 1);
+        assert_eq!(metrics.ignored_frame_count("realtime", "binary"), 1);
+        // Malformed requests are not failed auth attempts.
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":4}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_auth_requests_are_served_and_a_second_auth_refused() {
+        let mut harness = start_realtime(true, |_| {});
+        harness.authenticate().await;
+        harness.next().await;
+        harness.send(r#"{"type":"ping","id":-1.5}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong","id":-1.5}"#);
+        harness.send(&auth_request(&token(SECRET, "eve", 60), "acme", "9"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"already_authenticated","id":9}"#
+        );
+        harness.send(r#"{"type":"get_unread_count","id":"z","id":"y"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed"}"#
+        );
+        harness.send(r#"{"id":"t"}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"malformed","id":"t"}"#
+        );
+        // Still bob's count: the second token changed nothing.
+        harness.node.table.apply(
+            "acme/eve",
+            CountValue {
+                count: 50,
+                version: 1,
+                occurred_at_ms: 0,
+                changes: 0,
+            },
+        );
+        harness.send(r#"{"type":"get_unread_count"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+        let metrics = &harness.node.metrics;
+        assert_eq!(
+            metrics.ignored_frame_count("realtime", "already_authenticated"),
+            1
+        );
+        assert_eq!(metrics.ignored_frame_count("realtime", "duplicate_key"), 1);
+        assert_eq!(metrics.ignored_frame_count("realtime", "missing_type"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn three_refused_tokens_close_with_4401() {
+        let mut harness = start_realtime(true, |_| {});
+        harness.send(&auth_request(
+            &token("wrong-secret", "bob", 60),
+            "acme",
+            "1",
+        ));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"invalid_signature","id":1}"#
+        );
+        harness.send(&auth_request(&token(SECRET, "bob", -600), "acme", "2"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"expired","id":2}"#
+        );
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "initech", "3"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"unknown_partner","id":3}"#
+        );
+        assert_eq!(
+            harness.next_close().await,
+            Some((4401, "authentication failed".to_owned()))
+        );
+        harness.session.await.unwrap();
+        let metrics = &harness.node.metrics;
+        assert_eq!(metrics.auth_failure_count("invalid_signature"), 1);
+        assert_eq!(metrics.auth_failure_count("expired"), 1);
+        assert_eq!(metrics.auth_failure_count("unknown_partner"), 1);
+        assert_eq!(metrics.handshake_count("unauthorized"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_good_token_after_two_refused_ones_is_accepted() {
+        let mut harness = start_realtime(true, |_| {});
+        for id in ["1", "2"] {
+            harness.send(&auth_request("not-a-jwt", "acme", id));
+            assert_eq!(
+                harness.next().await,
+                format!(
+                    r#"{{"type":"authresponse","success":false,"error":"malformed_token","id":{id}}}"#
+                )
+            );
+        }
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_auth_in_time_closes_with_4408() {
+        let mut harness = start_realtime(true, |_| {});
+        let started = Instant::now();
+        // Requests do not extend the deadline.
+        tokio::time::sleep(Duration::from_millis(9_000)).await;
+        harness.send(r#"{"type":"ping"}"#);
+        assert_eq!(harness.next().await, r#"{"type":"pong"}"#);
+        assert_eq!(
+            harness.next_close().await,
+            Some((4408, "auth timeout".to_owned()))
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(10_000) && waited < Duration::from_millis(12_000),
+            "{waited:?}"
+        );
+        assert_eq!(harness.node.metrics.handshake_count("auth_timeout"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_authresponse_waits_for_a_caught_up_table() {
+        let mut harness = start_realtime(false, |_| {});
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "acme", "1"));
+        let early = tokio::time::timeout(Duration::from_secs(30), harness.next()).await;
+        assert!(early.is_err(), "replied before ready: {early:?}");
+        harness.set_count(2, 1);
+        harness.ready.send(true).unwrap();
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":true,"id":1}"#
+        );
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":2}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_closes_with_1012_before_and_after_auth() {
+        let mut before = start_realtime(true, |_| {});
+        before.shutdown.cancel();
+        assert_eq!(
+            before.next_close().await,
+            Some((1012, "server restart".to_owned()))
+        );
+        before.session.await.unwrap();
+
+        let mut after = start_realtime(true, |_| {});
+        after.authenticate().await;
+        after.next().await;
+        after.shutdown.cancel();
+        assert_eq!(
+            after.next_close().await,
+            Some((1012, "server restart".to_owned()))
+        );
+        after.session.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_oversized_frame_closes_with_1009() {
+        let mut harness = start_realtime(true, |_| {});
+        harness
+            .peer
+            .to_session
+            .unbounded_send(Err(WsError::Capacity(
+                tokio_tungstenite::tungstenite::error::CapacityError::MessageTooLong {
+                    size: 100_000,
+                    max_size: 65_536,
+                },
+            )))
+            .unwrap();
+        match harness.peer.from_session.next().await.unwrap() {
+            Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1009),
+            other => panic!("expected a close, got {other:?}"),
+        }
+        assert_eq!(harness.session.await.unwrap(), CloseReason::FrameTooLarge);
+        assert_eq!(harness.node.metrics.limited_count("frame_size"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn more_requests_per_second_than_allowed_close_with_4429() {
+        let mut harness = start_realtime(true, |config| config.max_commands_per_second = 5);
+        harness.authenticate().await;
+        // A burst of five is fine; the sixth in the same instant is not.
+        for _ in 0..6 {
+            harness.send(r#"{"type":"ping"}"#);
+        }
+        assert_eq!(harness.close_code().await, 4429);
+        assert_eq!(harness.session.await.unwrap(), CloseReason::RateLimited);
+        assert_eq!(harness.node.metrics.limited_count("command_rate"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_origin_off_the_partners_list_is_refused_after_auth() {
+        let mut harness = start_realtime(true, |config| {
+            if let Some(acme) = config.partners.get_mut("acme") {
+                acme.allowed_origins = vec!["https://other.acme.com".to_owned()];
+            }
+        });
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "acme", "1"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"origin_not_allowed","id":1}"#
+        );
+        assert_eq!(harness.close_code().await, 4403);
+        assert_eq!(
+            harness.session.await.unwrap(),
+            CloseReason::OriginNotAllowed
+        );
+        assert_eq!(harness.node.metrics.limited_count("origin"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_partner_gets_try_again_later_and_1013() {
+        let mut harness = start_realtime(true, |config| {
+            if let Some(acme) = config.partners.get_mut("acme") {
+                acme.max_connections = Some(1);
+            }
+        });
+        // Another connection of the partner holds its one place.
+        let _held = harness.node.limits.partner_place("acme").unwrap();
+        harness.send(&auth_request(&token(SECRET, "bob", 60), "acme", "1"));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"authresponse","success":false,"error":"try_again_later","id":1}"#
+        );
+        assert_eq!(harness.close_code().await, 1013);
+        assert_eq!(harness.node.metrics.limited_count("partner_connections"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_the_session_had_no_turn_for_are_coalesced() {
+        let mut harness = start_realtime(true, |_| {});
+        harness.authenticate().await;
+        // 10 000 changes arrive before the session runs again: it holds one value, not
+        // a queue, and writes only the newest.
+        for version in 1..=10_000 {
+            harness.set_count(version, version);
+        }
+        tokio::task::yield_now().await;
+        let mut last = String::new();
+        while let Ok(Some(Message::Text(frame))) =
+            tokio::time::timeout(Duration::from_millis(50), harness.peer.from_session.next()).await
+        {
+            last = frame.to_string();
+        }
+        assert_eq!(last, r#"{"type":"unread_count","count":10000}"#);
+        let coalesced = harness.node.metrics.coalesced_count();
+        assert!(coalesced >= 9_990, "{coalesced}");
+    }
+}
