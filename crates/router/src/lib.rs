@@ -20,5 +20,5 @@ mod service;
 pub mod state;
 
 pub use fanout_unread as unread;
-pub use metrics::RouterMetrics;
+pub use metrics::{EventResult, RouterMetrics};
 pub use service::{RouterConfig, RouterError, run};

@@ -1,5 +1,31 @@
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// What became of a user event: the `result` label of `fanout_router_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventResult {
+    /// It changed the user's state.
+    Applied,
+    /// It changed nothing (a duplicate, or a read of what was read).
+    Unchanged,
+    /// At or below the offset the state already includes: the current count re-sent.
+    Replayed,
+    /// It could not be read, and was skipped.
+    Invalid,
+}
+
+impl EventResult {
+    pub const ALL: [Self; 4] = [Self::Applied, Self::Unchanged, Self::Replayed, Self::Invalid];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Unchanged => "unchanged",
+            Self::Replayed => "replayed",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
 /// The router's metrics. Each method is the one place that both logs and counts.
 #[derive(Clone)]
 pub struct RouterMetrics {
@@ -13,8 +39,6 @@ pub struct RouterMetrics {
 }
 
 impl RouterMetrics {
-    pub const RESULTS: [&'static str; 4] = ["applied", "unchanged", "replayed", "invalid"];
-
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
         let events = IntCounterVec::new(
             Opts::new(
@@ -46,8 +70,8 @@ impl RouterMetrics {
         registry.register(Box::new(users.clone()))?;
         registry.register(Box::new(restored_records.clone()))?;
         registry.register(Box::new(evicted_ranges.clone()))?;
-        for result in Self::RESULTS {
-            events.with_label_values(&[result]);
+        for result in EventResult::ALL {
+            events.with_label_values(&[result.as_str()]);
         }
         Ok(Self {
             events,
@@ -60,13 +84,13 @@ impl RouterMetrics {
         })
     }
 
-    pub(crate) fn event(&self, result: &'static str) {
-        self.events.with_label_values(&[result]).inc();
+    pub(crate) fn event(&self, result: EventResult) {
+        self.events.with_label_values(&[result.as_str()]).inc();
     }
 
     pub(crate) fn invalid_event(&self, partition: i32, offset: i64, why: &str) {
         tracing::warn!(partition, offset, why, "skipping an invalid user event");
-        self.event("invalid");
+        self.event(EventResult::Invalid);
     }
 
     pub(crate) fn restored(

@@ -17,7 +17,7 @@ use rdkafka::{ClientContext, Message};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::RouterMetrics;
+use crate::metrics::{EventResult, RouterMetrics};
 use crate::restore::{RestoreError, restore_partitions};
 use crate::state::{UserRecord, op_of};
 
@@ -348,7 +348,7 @@ impl Router<'_> {
         }
         match output {
             Output::Replayed { count } => {
-                self.metrics.event("replayed");
+                self.metrics.event(EventResult::Replayed);
                 let delivery = self
                     .send(&self.topics.unread_counts, partition, key, &count)
                     .await?;
@@ -356,7 +356,7 @@ impl Router<'_> {
             }
             Output::Unchanged { evicted_ranges } => {
                 self.metrics.evicted(evicted_ranges);
-                self.metrics.event("unchanged");
+                self.metrics.event(EventResult::Unchanged);
                 Ok(Vec::new())
             }
             Output::Applied {
@@ -365,7 +365,7 @@ impl Router<'_> {
                 evicted_ranges,
             } => {
                 self.metrics.evicted(evicted_ranges);
-                self.metrics.event("applied");
+                self.metrics.event(EventResult::Applied);
                 let mut deliveries = Vec::with_capacity(2);
                 if let Some(count) = count {
                     deliveries.push(
