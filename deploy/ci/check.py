@@ -24,14 +24,14 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
 }
 ROLES = {"ingest", "router", "edge"}
-# fanout's own defaults (crates/fanout/src/config.rs, crates/edge/src/config.rs), used
+# fanout's own defaults (crates/app/src/config.rs, crates/edge/src/config.rs), used
 # when the mounted fanout.toml leaves a key out.
 DEFAULT_ADMIN_LISTEN = "0.0.0.0:9090"
 DEFAULT_EDGE_LISTEN = "0.0.0.0:8080"
 DEFAULT_DRAIN_WINDOW_MS = 10_000
 CONFIG_MOUNT = "/etc/fanout/config"
 # The environment variable that overrides edge.secrets_file (figment: FANOUT_ + the key
-# path joined by a double underscore, crates/fanout/src/config.rs).
+# path joined by a double underscore, crates/app/src/config.rs).
 SECRETS_FILE_ENV = "FANOUT_EDGE__SECRETS_FILE"
 # The partner Secret's name, without a kustomize hash suffix: a suffix changes with the
 # content, so every change would roll the edges instead of being hot-reloaded.
