@@ -4,6 +4,7 @@
 //! token, as ingest and the router are.
 //!
 //! - [`node`]: the node's shared state, and the one admission check.
+//! - [`close`]: why a session ended, and what each protocol tells its client.
 //! - [`session`]: the one session driver (admission, limits, pushes, drain, goodbye)
 //!   and each protocol's state machine: ActionCable on `/cable`, JSON on `/realtime`.
 //! - [`server`]: the accept loop and the WebSocket handshake.
@@ -18,6 +19,7 @@
 //! - [`telemetry`]: one method per notable event, logging and counting it.
 
 pub mod auth;
+pub mod close;
 mod config;
 pub mod drain;
 pub mod feed;

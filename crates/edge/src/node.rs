@@ -8,7 +8,6 @@ use tokio::sync::watch;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::EdgeConfig;
 use crate::limits::{ConnectionLimits, Limit, PartnerPlace, origin_allowed};
-use crate::session::CloseReason;
 use crate::table::CountTable;
 use crate::telemetry::EdgeMetrics;
 
@@ -35,8 +34,10 @@ pub struct Admitted {
 pub enum Refused {
     /// The token: the protocol tells the client why.
     Token(AuthError),
-    /// A limit or the origin allow-list, after the token named the partner.
-    Closed(CloseReason),
+    /// The page's origin is not on the allow-list of the partner the token named.
+    Origin,
+    /// The partner is at its connection limit on this node.
+    PartnerFull,
 }
 
 impl Node {
@@ -65,14 +66,14 @@ impl Node {
         })?;
         if !origin_allowed(self.allowed_origins(&identity.partner), origin) {
             self.metrics.limited(Limit::Origin);
-            return Err(Refused::Closed(CloseReason::OriginNotAllowed));
+            return Err(Refused::Origin);
         }
         let place = self
             .limits
             .partner_place(&identity.partner)
             .map_err(|limit| {
                 self.metrics.limited(limit);
-                Refused::Closed(CloseReason::ConnectionLimit)
+                Refused::PartnerFull
             })?;
         Ok(Admitted {
             identity,

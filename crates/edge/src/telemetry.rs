@@ -9,8 +9,8 @@ use prometheus::{
 };
 
 use crate::auth::AuthError;
+use crate::close::{CloseReason, Protocol};
 use crate::limits::Limit;
-use crate::session::{CloseReason, Protocol};
 
 /// How a WebSocket handshake ended: the `result` label of
 /// `fanout_edge_handshakes_total`.

@@ -14,7 +14,12 @@ pub enum EventResult {
 }
 
 impl EventResult {
-    pub const ALL: [Self; 4] = [Self::Applied, Self::Unchanged, Self::Replayed, Self::Invalid];
+    pub const ALL: [Self; 4] = [
+        Self::Applied,
+        Self::Unchanged,
+        Self::Replayed,
+        Self::Invalid,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -10,7 +10,6 @@
 //! nothing here changes.
 
 mod cable;
-mod close;
 mod realtime;
 
 use std::time::Duration;
@@ -21,8 +20,8 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
+pub use crate::close::{CloseReason, Goodbye, Protocol};
 pub use cable::{Cable, PARTNER_CHANNEL};
-pub use close::{CloseReason, Goodbye};
 pub use realtime::{MAX_AUTH_FAILURES, Realtime};
 
 use crate::auth::AuthError;
@@ -30,24 +29,6 @@ use crate::limits::{CommandRate, Limit};
 use crate::node::{Admitted, Node, Refused};
 use crate::table::{CountSubscription, CountValue};
 use crate::telemetry::{Handshake, Ignored};
-
-/// The protocols the edge speaks: the `protocol` label of its metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// ActionCable on `/cable`.
-    Cable,
-    /// The JSON protocol on `/realtime`.
-    Realtime,
-}
-
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Cable => "cable",
-            Self::Realtime => "realtime",
-        }
-    }
-}
 
 /// How long a session that has been told to leave may take before it is dropped: a
 /// client that stopped reading cannot hold up a drain.
@@ -347,20 +328,21 @@ where
                 Ok(admitted) => return Ok(Ok(admitted)),
                 Err(refused) => refused,
             };
-            match refused {
+            let reason = match refused {
                 Refused::Token(error) => {
                     if self.protocol.token_refused(error, &mut self.out) == AfterRefusal::Close {
                         self.node.metrics.handshake(Handshake::Unauthorized);
                         return self.close(CloseReason::Unauthorized).await.map(Err);
                     }
                     self.write().await?;
+                    continue;
                 }
-                Refused::Closed(reason) => {
-                    self.node.metrics.handshake(Handshake::Limited);
-                    self.protocol.admission_refused(reason, &mut self.out);
-                    return self.close(reason).await.map(Err);
-                }
-            }
+                Refused::Origin => CloseReason::OriginNotAllowed,
+                Refused::PartnerFull => CloseReason::ConnectionLimit,
+            };
+            self.node.metrics.handshake(Handshake::Limited);
+            self.protocol.admission_refused(reason, &mut self.out);
+            return self.close(reason).await.map(Err);
         }
     }
 

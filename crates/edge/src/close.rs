@@ -6,7 +6,23 @@ use fanout_protocol::close::{
     CLOSE_RATE_LIMITED, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER,
 };
 
-use super::Protocol;
+/// The protocols the edge speaks: the `protocol` label of its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// ActionCable on `/cable`.
+    Cable,
+    /// The JSON protocol on `/realtime`.
+    Realtime,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cable => "cable",
+            Self::Realtime => "realtime",
+        }
+    }
+}
 
 /// Why a session ended: the `reason` label of `fanout_edge_closes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
