@@ -1,6 +1,7 @@
 //! The ActionCable session (`/cable`) as a state machine: authenticated by the upgrade
 //! request's query, `welcome` once admitted, pings every `ping_interval_ms`, and
-//! `PartnerChannel` subscriptions that get the current count and every change.
+//! subscriptions to its channels: `PartnerChannel` gets the current count and every
+//! change. A new channel is a [`Channel`] variant and its arms here.
 
 use std::time::Duration;
 
@@ -13,13 +14,34 @@ use crate::limits::Limit;
 use crate::table::{CountSubscription, CountValue};
 use crate::telemetry::Ignored;
 
-/// The one channel fanout serves.
+/// The channel of the user's unread count.
 pub const PARTNER_CHANNEL: &str = "PartnerChannel";
+
+/// The channels a client can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Channel {
+    /// The user's unread count.
+    Partner,
+}
+
+impl Channel {
+    fn named(name: &str) -> Option<Self> {
+        match name {
+            PARTNER_CHANNEL => Some(Self::Partner),
+            _ => None,
+        }
+    }
+}
+
+/// One subscription: its identifier, echoed byte for byte in its frames.
+struct Subscription {
+    identifier: String,
+    channel: Channel,
+}
 
 pub struct Cable {
     credentials: Option<Credentials>,
-    /// Subscribed identifiers, each echoed byte for byte in its frames.
-    subscriptions: Vec<String>,
+    subscriptions: Vec<Subscription>,
     max_subscriptions: usize,
     ping_interval: Duration,
 }
@@ -36,15 +58,19 @@ impl Cable {
     }
 
     fn subscribe(&mut self, identifier: String, counts: &mut CountSubscription, out: &mut Outbox) {
-        let Some(channel) = cable::parse_identifier(&identifier) else {
+        let Some(parsed) = cable::parse_identifier(&identifier) else {
             out.ignored(Ignored::BadIdentifier);
             return;
         };
-        if channel.channel != PARTNER_CHANNEL {
+        let Some(channel) = Channel::named(&parsed.channel) else {
             out.reply(cable::reject_subscription(&identifier));
             return;
-        }
-        if self.subscriptions.contains(&identifier) {
+        };
+        if self
+            .subscriptions
+            .iter()
+            .any(|subscription| subscription.identifier == identifier)
+        {
             // Rails ignores a subscribe to an identifier already subscribed.
             out.ignored(Ignored::DuplicateSubscribe);
             return;
@@ -54,16 +80,23 @@ impl Cable {
             out.reply(cable::reject_subscription(&identifier));
             return;
         }
-        // A change not yet pushed to the existing subscriptions goes to them too, since
-        // reading the value below marks it seen.
-        let others_missed_a_change = counts.receiver.has_changed().unwrap_or(false);
-        let value = out.take_count(counts);
-        out.reply(cable::confirm_subscription(&identifier));
-        out.push(cable::unread_count(&identifier, value.count), None);
-        if others_missed_a_change {
-            self.on_count(value, out);
+        match channel {
+            Channel::Partner => {
+                // A change not yet pushed to the existing subscriptions goes to them
+                // too, since reading the value below marks it seen.
+                let others_missed_a_change = counts.receiver.has_changed().unwrap_or(false);
+                let value = out.take_count(counts);
+                out.reply(cable::confirm_subscription(&identifier));
+                out.push(cable::unread_count(&identifier, value.count), None);
+                if others_missed_a_change {
+                    self.on_count(value, out);
+                }
+            }
         }
-        self.subscriptions.push(identifier);
+        self.subscriptions.push(Subscription {
+            identifier,
+            channel,
+        });
     }
 }
 
@@ -107,7 +140,7 @@ impl Session for Cable {
             Command::Subscribe { identifier } => self.subscribe(identifier, counts, out),
             Command::Unsubscribe { identifier } => {
                 self.subscriptions
-                    .retain(|subscribed| *subscribed != identifier);
+                    .retain(|subscription| subscription.identifier != identifier);
             }
             // PartnerChannel has no actions: like Rails for an unknown action, no reply.
             Command::Message { .. } => out.ignored(Ignored::UnknownAction),
@@ -119,15 +152,19 @@ impl Session for Cable {
     }
 
     fn wants_counts(&self) -> bool {
-        !self.subscriptions.is_empty()
+        self.subscriptions
+            .iter()
+            .any(|subscription| subscription.channel == Channel::Partner)
     }
 
     fn on_count(&mut self, value: CountValue, out: &mut Outbox) {
-        for identifier in &self.subscriptions {
-            out.push(
-                cable::unread_count(identifier, value.count),
-                value.source_time(),
-            );
+        for subscription in &self.subscriptions {
+            match subscription.channel {
+                Channel::Partner => out.push(
+                    cable::unread_count(&subscription.identifier, value.count),
+                    value.source_time(),
+                ),
+            }
         }
     }
 
