@@ -1,5 +1,6 @@
 //! `fanout bench`: load against fanout's stages, measured from outside.
 //!
+//! - [`BenchCommand`]: the command line, parsed into each scenario's options.
 //! - [`router`]: one router's throughput through a broker.
 //! - [`ws`]: the WebSocket scenarios (`idle`, `group-message`, `steady`, `push-rate`,
 //!   `connect-storm`, `scale-out`): client connections spread over worker processes
@@ -8,6 +9,7 @@
 //!   latency goes in an HDR histogram and the result is written as JSON and SVG
 //!   ([`report`]).
 
+mod command;
 mod load;
 mod pool;
 pub mod report;
@@ -16,4 +18,5 @@ pub mod target;
 pub mod worker;
 pub mod ws;
 
+pub use command::BenchCommand;
 pub use router::{RouterBenchOptions, RouterBenchResult, create_topics, router};

@@ -79,37 +79,74 @@ impl Scenario {
     }
 }
 
-/// A deployment already running, instead of one the bench starts.
-#[derive(Debug, Clone, Default)]
+/// A deployment already running, instead of one the bench starts: named by
+/// `--edge-url`; without it the other fields are not used.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ExternalTarget {
+    /// A running edge (`ws://host:port`; repeat for several) instead of starting one.
+    #[arg(long = "edge-url")]
     pub edge_urls: Vec<String>,
+    /// The pid of each running edge, in `--edge-url` order, to read its RSS.
+    #[arg(long = "edge-pid")]
     pub edge_pids: Vec<u32>,
+    /// The running deployment's Kafka (needed by group-message, steady, push-rate).
+    #[arg(long)]
     pub brokers: Option<String>,
+    /// The running deployment's partner code.
+    #[arg(long)]
     pub partner: Option<String>,
+    /// That partner's signing secret.
+    #[arg(long)]
     pub secret: Option<String>,
+    /// The running deployment's topic prefix, if any.
+    #[arg(long)]
     pub topic_prefix: Option<String>,
 }
 
-/// What `fanout bench <scenario>` does; `None` takes the scenario's default.
-#[derive(Debug, Clone)]
+impl ExternalTarget {
+    /// Whether the run measures a running deployment (`--edge-url` given).
+    fn is_named(&self) -> bool {
+        !self.edge_urls.is_empty()
+    }
+}
+
+/// Options of the WebSocket scenarios. Without `--edge-url` the bench starts what it
+/// needs itself: an embedded Kafka, edge processes, and ingest and router processes.
+#[derive(Debug, Clone, clap::Args)]
 pub struct WsBenchOptions {
-    pub scenario: Scenario,
+    /// Connections (default: the scenario's).
+    #[arg(long)]
     pub connections: Option<u64>,
+    /// Client worker processes (default: one per 15000 connections; at most 18000 each).
+    #[arg(long)]
     pub workers: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Protocol::Cable)]
     pub protocol: Protocol,
-    pub duration: Option<Duration>,
-    /// `steady`: changes per second (default 20000); `push-rate`: count records per
-    /// second (default [`DEFAULT_PUSH_RATE`]; 0: as fast as the producer goes).
+    /// How long the load runs (idle, scale-out: how long connections are held).
+    #[arg(long)]
+    pub duration_seconds: Option<f64>,
+    /// steady: changes per second (default 20000). push-rate: count records per
+    /// second (default 200000; 0: as fast as the producer goes).
+    #[arg(long)]
     pub rate: Option<u64>,
-    /// `group-message`: messages sent, one after the other.
+    /// group-message: messages sent, one after the other, each to every user.
+    #[arg(long, default_value_t = 5)]
     pub messages: u64,
-    /// `scale-out`: edge processes (default 4); other scenarios use 1.
+    /// Edge processes to start (scale-out: 4, others: 1).
+    #[arg(long)]
     pub edges: Option<usize>,
+    /// Partitions of the topics the bench creates.
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// Connections being set up at once per worker (`connect-storm`: all).
+    /// Connections being set up at once per worker (connect-storm: all at once).
+    #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
+    #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
-    pub external: Option<ExternalTarget>,
+    #[command(flatten)]
+    pub external: ExternalTarget,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
@@ -230,12 +267,13 @@ pub(super) struct Target {
     pub(super) local: Option<LocalDeployment>,
 }
 
-async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::Result<Target> {
-    if let Some(external) = &options.external {
-        anyhow::ensure!(
-            !external.edge_urls.is_empty(),
-            "--edge-url is required with a running deployment"
-        );
+async fn target(
+    scenario: Scenario,
+    options: &WsBenchOptions,
+    run_dir: &std::path::Path,
+) -> anyhow::Result<Target> {
+    if options.external.is_named() {
+        let external = &options.external;
         let partner = external
             .partner
             .clone()
@@ -244,12 +282,11 @@ async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::
             .secret
             .clone()
             .context("--secret is required with --edge-url")?;
-        let needs_kafka =
-            options.scenario.needs_pipeline() || options.scenario == Scenario::PushRate;
+        let needs_kafka = scenario.needs_pipeline() || scenario == Scenario::PushRate;
         anyhow::ensure!(
             !needs_kafka || external.brokers.is_some(),
             "--brokers is required for {} with --edge-url",
-            options.scenario.name()
+            scenario.name()
         );
         let edges = external
             .edge_urls
@@ -274,14 +311,14 @@ async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::
             local: None,
         });
     }
-    let edges = match options.scenario {
+    let edges = match scenario {
         Scenario::ScaleOut => options.edges.unwrap_or(4),
         _ => options.edges.unwrap_or(1),
     };
     anyhow::ensure!(edges >= 1, "--edges must be at least 1");
     let local = LocalDeployment::start(&LocalOptions {
         edges,
-        pipeline: options.scenario.needs_pipeline(),
+        pipeline: scenario.needs_pipeline(),
         partitions: options.partitions,
         run_dir,
     })
@@ -289,7 +326,7 @@ async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::
     Ok(Target {
         description: format!(
             "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
-            if options.scenario.needs_pipeline() {
+            if scenario.needs_pipeline() {
                 ", ingest and router processes"
             } else {
                 ""
@@ -305,8 +342,7 @@ async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::
 }
 
 /// Runs a scenario and writes `<out_dir>/<scenario>.json` and `.svg`.
-pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
-    let scenario = options.scenario;
+pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     let connections = options
         .connections
         .unwrap_or_else(|| scenario.default_connections());
@@ -320,9 +356,10 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         "{connections} connections need at least {} workers (at most {MAX_CONNECTIONS_PER_WORKER} each: the open-file limit)",
         connections.div_ceil(MAX_CONNECTIONS_PER_WORKER)
     );
-    let duration = options
-        .duration
-        .unwrap_or_else(|| scenario.default_duration());
+    let duration = options.duration_seconds.map_or_else(
+        || scenario.default_duration(),
+        |seconds| Duration::from_secs_f64(seconds.max(0.0)),
+    );
     super::target::raise_open_file_limit();
     std::fs::create_dir_all(&options.out_dir)
         .with_context(|| format!("creating {}", options.out_dir.display()))?;
@@ -330,7 +367,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     std::fs::create_dir_all(&run_dir)?;
     let mut machine = Machine::read();
 
-    let mut target = target(options, &run_dir).await?;
+    let mut target = target(scenario, options, &run_dir).await?;
     let baselines: Vec<Option<u64>> = target
         .edges
         .iter()
