@@ -6,11 +6,13 @@
 //!   `connect-storm`, `scale-out`): client connections spread over worker processes
 //!   ([`worker`], driven by `pool`), against edges the bench starts itself
 //!   ([`target`]) or a running deployment; the producing scenarios' load is in `load`;
+//!   the workers' reports and the processes' RSS and CPU are merged in `measure`;
 //!   latency goes in an HDR histogram and the result is written as JSON and SVG
 //!   ([`report`]).
 
 mod command;
 mod load;
+mod measure;
 mod pool;
 pub mod report;
 pub mod router;

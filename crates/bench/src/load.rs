@@ -16,8 +16,9 @@ use rand::{Rng as _, SeedableRng as _};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
 use super::pool::WorkerPool;
+use super::target::Target;
 use super::worker::now_us;
-use super::ws::{PushResult, Target, progress_bar};
+use super::ws::{PushResult, progress_bar};
 
 /// When each (user, count) was caused: the send time of the event that raised `user`'s
 /// count to `count`.

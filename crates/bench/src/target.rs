@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fanout_kafka::{EmbeddedKafka, Topics};
+use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
+
+use crate::ws::{Scenario, WsBenchOptions};
 
 /// Raises this process's soft open-file limit to the hard one (children inherit it).
 pub fn raise_open_file_limit() -> u64 {
@@ -37,6 +39,155 @@ pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
 /// librdkafka settings for every client of a local deployment on the embedded
 /// cluster: see [`fanout_kafka::EMBEDDED_CLIENT_SETTINGS`].
 pub const LOW_LATENCY_CLIENT: [(&str, &str); 2] = fanout_kafka::EMBEDDED_CLIENT_SETTINGS;
+
+/// A deployment already running, instead of one the bench starts: named by
+/// `--edge-url`; without it the other fields are not used.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExternalTarget {
+    /// A running edge (`ws://host:port`; repeat for several) instead of starting one.
+    #[arg(long = "edge-url")]
+    pub edge_urls: Vec<String>,
+    /// The pid of each running edge, in `--edge-url` order, to read its RSS.
+    #[arg(long = "edge-pid")]
+    pub edge_pids: Vec<u32>,
+    /// The running deployment's Kafka (needed by group-message, steady, push-rate).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The running deployment's partner code.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// That partner's signing secret.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// The running deployment's topic prefix, if any.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+}
+
+impl ExternalTarget {
+    /// Whether the run measures a running deployment (`--edge-url` given).
+    fn is_named(&self) -> bool {
+        !self.edge_urls.is_empty()
+    }
+}
+
+/// Where the load goes: edges, Kafka, and the credentials to mint tokens.
+pub(crate) struct Target {
+    pub(crate) description: String,
+    pub(crate) edges: Vec<EdgeTarget>,
+    pub(crate) kafka: Option<KafkaSettings>,
+    pub(crate) topics: Topics,
+    pub(crate) partner: String,
+    pub(crate) secret: String,
+    /// The deployment the bench started (dropping it stops it), if it did.
+    pub(crate) local: Option<LocalDeployment>,
+}
+
+impl Target {
+    /// The running deployment `--edge-url` names, or a local one started for the
+    /// scenario (with ingest and router if its events go through them).
+    pub(crate) async fn set_up(
+        scenario: Scenario,
+        options: &WsBenchOptions,
+        run_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        if options.external.is_named() {
+            Self::running(scenario, &options.external)
+        } else {
+            Self::start_local(scenario, options, run_dir).await
+        }
+    }
+
+    fn running(scenario: Scenario, external: &ExternalTarget) -> anyhow::Result<Self> {
+        let partner = external
+            .partner
+            .clone()
+            .context("--partner is required with --edge-url")?;
+        let secret = external
+            .secret
+            .clone()
+            .context("--secret is required with --edge-url")?;
+        let needs_kafka = scenario.needs_pipeline() || scenario == Scenario::PushRate;
+        anyhow::ensure!(
+            !needs_kafka || external.brokers.is_some(),
+            "--brokers is required for {} with --edge-url",
+            scenario.name()
+        );
+        let edges = external
+            .edge_urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| EdgeTarget {
+                url: url.clone(),
+                admin: None,
+                pid: external.edge_pids.get(index).copied(),
+            })
+            .collect();
+        Ok(Self {
+            description: format!("running deployment ({})", external.edge_urls.join(", ")),
+            edges,
+            kafka: external.brokers.clone().map(KafkaSettings::new),
+            topics: external
+                .topic_prefix
+                .as_deref()
+                .map_or_else(Topics::default, Topics::with_prefix),
+            partner,
+            secret,
+            local: None,
+        })
+    }
+
+    async fn start_local(
+        scenario: Scenario,
+        options: &WsBenchOptions,
+        run_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let edges = match scenario {
+            Scenario::ScaleOut => options.edges.unwrap_or(4),
+            _ => options.edges.unwrap_or(1),
+        };
+        anyhow::ensure!(edges >= 1, "--edges must be at least 1");
+        let local = LocalDeployment::start(&LocalOptions {
+            edges,
+            pipeline: scenario.needs_pipeline(),
+            partitions: options.partitions,
+            run_dir,
+        })
+        .await?;
+        Ok(Self {
+            description: format!(
+                "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
+                if scenario.needs_pipeline() {
+                    ", ingest and router processes"
+                } else {
+                    ""
+                }
+            ),
+            edges: local.edges.clone(),
+            kafka: Some(KafkaSettings::new(local.kafka.bootstrap_servers())),
+            topics: local.topics.clone(),
+            partner: local.partner.clone(),
+            secret: local.secret.clone(),
+            local: Some(local),
+        })
+    }
+
+    /// Each edge's RSS in KiB (`None`: no pid, or unreadable).
+    pub(crate) fn edge_rss_kib(&self) -> Vec<Option<u64>> {
+        self.edges
+            .iter()
+            .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
+            .collect()
+    }
+
+    /// Fails if a process the bench started has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.local.as_mut() {
+            Some(local) => local.check_alive(),
+            None => Ok(()),
+        }
+    }
+}
 
 /// One edge the clients connect to.
 #[derive(Debug, Clone)]

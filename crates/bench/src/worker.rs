@@ -121,6 +121,19 @@ pub fn histogram_pairs(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Kinds of failure a worker reports; more are counted as failed, not named.
+const MAX_ERROR_KINDS: usize = 8;
+
+/// Adds `count` failures of kind `error` to (kind, count) pairs; a new kind only while
+/// there are fewer than `max_kinds`.
+pub fn tally_error(errors: &mut Vec<(String, u64)>, error: &str, count: u64, max_kinds: usize) {
+    if let Some(entry) = errors.iter_mut().find(|(known, _)| known == error) {
+        entry.1 += count;
+    } else if errors.len() < max_kinds {
+        errors.push((error.to_owned(), count));
+    }
+}
+
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -157,11 +170,7 @@ impl Shared {
     fn fail(&self, error: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = errors.iter_mut().find(|(known, _)| *known == error) {
-            entry.1 += 1;
-        } else if errors.len() < 8 {
-            errors.push((error, 1));
-        }
+        tally_error(&mut errors, &error, 1, MAX_ERROR_KINDS);
     }
 
     fn record(histogram: &Mutex<Option<Histogram<u64>>>, value: u64) {
