@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use fanout_app::config::{Config, Listen};
+use fanout_edge::{PartnerConfig, SecretConfig};
 use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, Command};
@@ -234,11 +236,20 @@ impl LocalDeployment {
         .context("starting the embedded Kafka")?;
         std::fs::create_dir_all(options.run_dir)
             .with_context(|| format!("creating {}", options.run_dir.display()))?;
+        let partner = "bench".to_owned();
+        let secret = fanout_app::tools::random_hex(24);
+        let config = shared_config(
+            kafka.bootstrap_servers(),
+            &topics,
+            &run_id,
+            &partner,
+            &secret,
+        );
         let mut deployment = Self {
             kafka,
             topics,
-            partner: "bench".to_owned(),
-            secret: fanout_app::tools::random_hex(24),
+            partner,
+            secret,
             edges: Vec::new(),
             children: Vec::new(),
             admins: Vec::new(),
@@ -246,11 +257,9 @@ impl LocalDeployment {
         if options.pipeline {
             for role in ["ingest", "router"] {
                 let admin_port = free_port()?;
-                let config = deployment.config(&run_id, None, &admin_port)?;
-                deployment.admins.push(format!("http://{admin_port}"));
                 let path = options.run_dir.join(format!("{role}.toml"));
-                std::fs::write(&path, config)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                write_role_config(&config, None, &admin_port, &path)?;
+                deployment.admins.push(format!("http://{admin_port}"));
                 let child = spawn_role(role, &path, &options.run_dir.join(format!("{role}.log")))?;
                 deployment.children.push(child);
             }
@@ -258,9 +267,8 @@ impl LocalDeployment {
         for index in 0..options.edges {
             let edge_port = free_port()?;
             let admin_port = free_port()?;
-            let config = deployment.config(&run_id, Some(&edge_port), &admin_port)?;
             let path = options.run_dir.join(format!("edge-{index}.toml"));
-            std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+            write_role_config(&config, Some(&edge_port), &admin_port, &path)?;
             let child = spawn_role(
                 "edge",
                 &path,
@@ -276,43 +284,6 @@ impl LocalDeployment {
         }
         deployment.wait_ready(Duration::from_secs(60)).await?;
         Ok(deployment)
-    }
-
-    /// A role's config file.
-    fn config(
-        &self,
-        run_id: &str,
-        edge_listen: Option<&str>,
-        admin_listen: &str,
-    ) -> anyhow::Result<String> {
-        let quote = |value: &str| serde_json::to_string(value);
-        let topics = &self.topics;
-        Ok(format!(
-            "[kafka]\nbrokers = {brokers}\nclient = {{ {client} }}\n\n\
-             [topics]\nmessage_events = {message_events}\nuser_events = {user_events}\n\
-             router_state = {router_state}\nunread_counts = {unread_counts}\ndead_letter = {dead_letter}\n\n\
-             [listen]\nedge = {edge}\nadmin = {admin}\n\n\
-             [ingest]\ngroup_id = {ingest_group}\n\n\
-             [router]\ngroup_id = {router_group}\n\n\
-             [edge.partners.{partner}]\nsecrets = [{{ secret = {secret} }}]\n",
-            brokers = quote(self.kafka.bootstrap_servers())?,
-            client = LOW_LATENCY_CLIENT
-                .iter()
-                .map(|(key, value)| Ok(format!("{} = {}", quote(key)?, quote(value)?)))
-                .collect::<Result<Vec<_>, serde_json::Error>>()?
-                .join(", "),
-            message_events = quote(&topics.message_events)?,
-            user_events = quote(&topics.user_events)?,
-            router_state = quote(&topics.router_state)?,
-            unread_counts = quote(&topics.unread_counts)?,
-            dead_letter = quote(&topics.dead_letter)?,
-            edge = quote(edge_listen.unwrap_or("127.0.0.1:0"))?,
-            admin = quote(admin_listen)?,
-            ingest_group = quote(&format!("bench-{run_id}-ingest"))?,
-            router_group = quote(&format!("bench-{run_id}-router"))?,
-            partner = self.partner,
-            secret = quote(&self.secret)?,
-        ))
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -356,6 +327,68 @@ impl LocalDeployment {
         }
         Ok(())
     }
+}
+
+/// The config every role of a local deployment shares: the embedded Kafka (with
+/// [`LOW_LATENCY_CLIENT`]), the run's topics and consumer groups, the bench's partner;
+/// every other key its default.
+fn shared_config(
+    brokers: &str,
+    topics: &Topics,
+    run_id: &str,
+    partner: &str,
+    secret: &str,
+) -> Config {
+    let mut config = Config {
+        kafka: KafkaSettings::new(brokers),
+        topics: topics.clone(),
+        ..Config::default()
+    };
+    config.kafka.client = LOW_LATENCY_CLIENT
+        .iter()
+        .map(|(property, value)| ((*property).to_owned(), (*value).to_owned()))
+        .collect();
+    config.ingest.group_id = format!("bench-{run_id}-ingest");
+    config.router.group_id = format!("bench-{run_id}-router");
+    config.edge.partners.insert(
+        partner.to_owned(),
+        PartnerConfig {
+            secrets: vec![SecretConfig {
+                kid: None,
+                secret: secret.to_owned(),
+            }],
+            ..PartnerConfig::default()
+        },
+    );
+    config
+}
+
+/// Writes [`role_config`] to `path`.
+fn write_role_config(
+    shared: &Config,
+    edge_listen: Option<&str>,
+    admin_listen: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let text = role_config(shared, edge_listen, admin_listen)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A role's config file, as the role loads it: the shared config with these listen
+/// addresses (no edge: any free port, unused).
+fn role_config(
+    shared: &Config,
+    edge_listen: Option<&str>,
+    admin_listen: &str,
+) -> anyhow::Result<String> {
+    let config = Config {
+        listen: Listen {
+            edge: edge_listen.unwrap_or("127.0.0.1:0").to_owned(),
+            admin: admin_listen.to_owned(),
+        },
+        ..shared.clone()
+    };
+    toml::to_string(&config).context("writing a role's config as TOML")
 }
 
 /// `127.0.0.1:<port>` with a port free right now (the child binds it a moment later).
@@ -452,4 +485,41 @@ pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
 /// Where a run's child configs and logs go.
 pub fn run_dir(out_dir: &Path, scenario: &str) -> PathBuf {
     out_dir.join(format!("{scenario}-run"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn role_configs_are_valid_and_read_back_as_written() {
+        let topics = Topics::with_prefix("bench-0a1b-");
+        let shared = shared_config(
+            "127.0.0.1:39092",
+            &topics,
+            "0a1b",
+            "bench",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let text = role_config(&shared, Some("127.0.0.1:38080"), "127.0.0.1:39090").unwrap();
+        let read: Config = toml::from_str(&text).unwrap();
+        read.validate().unwrap();
+        assert_eq!(read.listen.edge, "127.0.0.1:38080");
+        assert_eq!(read.listen.admin, "127.0.0.1:39090");
+        assert_eq!(read.topics, topics);
+        assert_eq!(read.kafka.client["fetch.wait.max.ms"], "5");
+        assert_eq!(read.router.group_id, "bench-0a1b-router");
+        assert_eq!(
+            read.edge.partners["bench"].secrets[0].secret,
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            read,
+            Config {
+                listen: read.listen.clone(),
+                ..shared
+            }
+        );
+    }
 }
