@@ -8,10 +8,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use bytes::Bytes;
 use fanout_app::config::{Config, Listen};
 use fanout_edge::{PartnerConfig, SecretConfig};
 use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
 
 use crate::ws::{Scenario, WsBenchOptions};
@@ -439,38 +442,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((user + system) / 100.0)
 }
 
-/// A minimal HTTP/1.1 GET: (status, body). Enough for /readyz and /metrics.
+/// GET `path` from `base` (`http://host:port`, a child's admin port): (status, body),
+/// for /readyz and /metrics. One connection per request, at most 5 s for all of it.
 pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let host = base
-        .strip_prefix("http://")
-        .unwrap_or(base)
-        .trim_end_matches('/');
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Empty<Bytes>>();
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(host).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        anyhow::Ok(response)
+        let response = client.get(uri).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+    tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .context("HTTP request timed out")??;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+        .with_context(|| format!("GET {url} timed out"))?
+        .with_context(|| format!("GET {url}"))
 }
 
 /// The value of an unlabelled (or exactly labelled) sample in Prometheus text.
