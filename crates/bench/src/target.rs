@@ -293,10 +293,8 @@ impl LocalDeployment {
         let deadline = Instant::now() + timeout;
         for admin in self.admins.clone() {
             loop {
-                for child in &mut self.children {
-                    if let Some(status) = child.try_wait()? {
-                        anyhow::bail!("a child process exited during startup: {status}");
-                    }
+                if let Some(status) = self.exited_child()? {
+                    anyhow::bail!("a child process exited during startup: {status}");
                 }
                 if let Ok((200, _)) = http_get(&admin, "/readyz").await {
                     break;
@@ -323,12 +321,20 @@ impl LocalDeployment {
 
     /// Fails if a child process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("a child process exited: {status}");
-            }
+        if let Some(status) = self.exited_child()? {
+            anyhow::bail!("a child process exited: {status}");
         }
         Ok(())
+    }
+
+    /// The exit status of the first child that has exited, if one has.
+    fn exited_child(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        for child in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -401,32 +407,43 @@ fn free_port() -> anyhow::Result<String> {
 }
 
 fn spawn_role(role: &str, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("finding this binary")?;
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    Command::new(exe)
+    this_binary(log)?
         .arg(role)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
         .env_remove("FANOUT_CONFIG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(log_file)
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting fanout {role}"))
+}
+
+/// This binary, to start as a child process (a role, a bench worker): logging at
+/// `warn` to `log`, killed if dropped. The caller adds the arguments and stdio.
+pub(crate) fn this_binary(log: &Path) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .env("RUST_LOG", "warn")
+        .stderr(log_file)
+        .kill_on_drop(true);
+    Ok(command)
 }
 
 /// VmRSS of `pid` in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    kib_field(&status, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The value of a `Name:   1234 kB` line of a /proc file, in KiB.
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// CPU time (user + system) `pid` has used so far, in seconds, from /proc.

@@ -418,17 +418,13 @@ impl Client<'_> {
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .map_err(|error| format!("upgrade: {error}"))?;
-        let send = |frame: String| Message::Text(frame.into());
         if self.spec.protocol == Protocol::Realtime {
             let auth = serde_json::json!({
                 "type": "authrequest",
                 "token": token,
                 "partner": self.spec.partner,
             });
-            socket
-                .send(send(auth.to_string()))
-                .await
-                .map_err(|error| format!("send: {error}"))?;
+            send_text(&mut socket, auth.to_string()).await?;
         }
         let mut authenticated = false;
         while let Some(frame) = socket.next().await {
@@ -452,10 +448,7 @@ impl Client<'_> {
                         .fetch_max(now, Ordering::Relaxed);
                     Shared::record(&self.shared.handshake, now.saturating_sub(started_us));
                     if self.spec.protocol == Protocol::Cable {
-                        socket
-                            .send(send(SUBSCRIBE.to_owned()))
-                            .await
-                            .map_err(|error| format!("send: {error}"))?;
+                        send_text(&mut socket, SUBSCRIBE.to_owned()).await?;
                     }
                     continue;
                 }
@@ -473,6 +466,16 @@ impl Client<'_> {
         }
         Err("connection ended during setup".to_owned())
     }
+}
+
+async fn send_text(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    text: String,
+) -> Result<(), String> {
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|error| format!("send: {error}"))
 }
 
 /// The count of an `unread_count` frame of either protocol, without a JSON parse: the
