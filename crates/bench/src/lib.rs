@@ -1,7 +1,7 @@
 //! `fanout bench`: load against fanout's stages, measured from outside.
 //!
 //! - [`BenchCommand`]: the command line, parsed into each scenario's options.
-//! - [`router`]: one router's throughput through a broker.
+//! - [`router()`]: one router's throughput through a broker.
 //! - [`ws`]: the WebSocket scenarios (`idle`, `group-message`, `steady`, `push-rate`,
 //!   `connect-storm`, `scale-out`): client connections spread over worker processes
 //!   ([`worker`], driven by `pool`), against edges the bench starts itself

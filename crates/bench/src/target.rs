@@ -30,7 +30,7 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Source addresses for worker `worker` of a run: 127.<run>.<worker>.1, .2, ... `run`
+/// Source addresses for worker `worker` of a run: `127.<run>.<worker>.1`, `.2`, ... `run`
 /// (1 to 254, random per run) keeps a run off the ports a previous run's connections
 /// still hold in TIME_WAIT; 127.0.0.1, which the edges and Kafka use, is never one.
 pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
