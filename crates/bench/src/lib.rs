@@ -1,14 +1,18 @@
 //! `fanout bench`: load against fanout's stages, measured from outside.
 //!
-//! - [`router`]: one router's throughput through a broker.
+//! - [`BenchCommand`]: the command line, parsed into each scenario's options.
+//! - [`router()`]: one router's throughput through a broker.
 //! - [`ws`]: the WebSocket scenarios (`idle`, `group-message`, `steady`, `push-rate`,
 //!   `connect-storm`, `scale-out`): client connections spread over worker processes
 //!   ([`worker`], driven by `pool`), against edges the bench starts itself
 //!   ([`target`]) or a running deployment; the producing scenarios' load is in `load`;
+//!   the workers' reports and the processes' RSS and CPU are merged in `measure`;
 //!   latency goes in an HDR histogram and the result is written as JSON and SVG
 //!   ([`report`]).
 
+mod command;
 mod load;
+mod measure;
 mod pool;
 pub mod report;
 pub mod router;
@@ -16,4 +20,5 @@ pub mod target;
 pub mod worker;
 pub mod ws;
 
+pub use command::BenchCommand;
 pub use router::{RouterBenchOptions, RouterBenchResult, create_topics, router};

@@ -16,8 +16,9 @@ use rand::{Rng as _, SeedableRng as _};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
 use super::pool::WorkerPool;
+use super::target::Target;
 use super::worker::now_us;
-use super::ws::{PushResult, Target, progress_bar};
+use super::ws::{PushResult, progress_bar};
 
 /// When each (user, count) was caused: the send time of the event that raised `user`'s
 /// count to `count`.
@@ -151,15 +152,31 @@ async fn warm_up(
     Ok(())
 }
 
-fn warm_up_event(partner: &str, user_prefix: &str) -> v1::MessageEvent {
-    message_created(
-        partner,
+/// A producer of message events, warmed up with an event to a user nobody is
+/// connected as.
+async fn warm_event_producer(
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+) -> anyhow::Result<(ThreadedProducer<Deliveries>, Deliveries)> {
+    let (producer, deliveries) = producer(kafka, &[])?;
+    let warm = message_created(
+        &target.partner,
         format!("{user_prefix}warm-up"),
         format!("{user_prefix}warm-up"),
         1,
         vec![format!("{user_prefix}warm-up")],
         now_us(),
+    );
+    warm_up(
+        &producer,
+        &deliveries,
+        &target.topics.message_events,
+        &event_key(&warm),
+        &warm.encode_to_vec(),
     )
+    .await?;
+    Ok((producer, deliveries))
 }
 
 /// Waits until pushes stop arriving (or `expected` arrived), at most `limit`.
@@ -207,16 +224,7 @@ pub(super) async fn group_message(
     sends: &mut Sends,
     pushes: &mut PushResult,
 ) -> anyhow::Result<()> {
-    let (producer, deliveries) = producer(kafka, &[])?;
-    let warm = warm_up_event(&target.partner, user_prefix);
-    warm_up(
-        &producer,
-        &deliveries,
-        &target.topics.message_events,
-        &event_key(&warm),
-        &warm.encode_to_vec(),
-    )
-    .await?;
+    let (producer, deliveries) = warm_event_producer(kafka, target, user_prefix).await?;
     let recipients: Vec<String> = (0..users)
         .map(|user| format!("{user_prefix}{user}"))
         .collect();
@@ -274,16 +282,7 @@ pub(super) async fn steady(
     pushes: &mut PushResult,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(rate > 0, "--rate must be at least 1");
-    let (producer, deliveries) = producer(kafka, &[])?;
-    let warm = warm_up_event(&target.partner, user_prefix);
-    warm_up(
-        &producer,
-        &deliveries,
-        &target.topics.message_events,
-        &event_key(&warm),
-        &warm.encode_to_vec(),
-    )
-    .await?;
+    let (producer, deliveries) = warm_event_producer(kafka, target, user_prefix).await?;
     let mut rng = StdRng::seed_from_u64(seed);
     let bar = progress_bar(duration.as_secs().max(1), "seconds");
     let started = Instant::now();

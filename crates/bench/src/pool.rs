@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use indicatif::ProgressBar;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
+use super::target::this_binary;
 use super::worker::{Progress, WorkerMessage, WorkerReport, WorkerSpec};
 
 /// The worker processes and what they last reported.
@@ -30,22 +31,15 @@ impl WorkerPool {
         specs: &[WorkerSpec],
         run_dir: &std::path::Path,
     ) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("finding this binary")?;
         let (messages_tx, messages) = mpsc::unbounded_channel();
         let mut children = Vec::new();
         let mut stdins = Vec::new();
         for (index, spec) in specs.iter().enumerate() {
-            let log_path = run_dir.join(format!("worker-{index}.log"));
-            let log = std::fs::File::create(&log_path)
-                .with_context(|| format!("creating {}", log_path.display()))?;
-            let mut child = Command::new(&exe)
+            let mut child = this_binary(&run_dir.join(format!("worker-{index}.log")))?
                 .args(["bench", "worker", "--spec"])
                 .arg(serde_json::to_string(spec)?)
-                .env("RUST_LOG", "warn")
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
-                .stderr(log)
-                .kill_on_drop(true)
                 .spawn()
                 .context("starting a bench worker")?;
             let stdout = child.stdout.take().context("worker stdout")?;

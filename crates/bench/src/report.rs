@@ -73,11 +73,8 @@ impl Machine {
             .find_map(|line| line.strip_prefix("model name"))
             .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
             .unwrap_or_default();
-        let memory_kib: f64 = read("/proc/meminfo")
-            .lines()
-            .find_map(|line| line.strip_prefix("MemTotal:"))
-            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0.0);
+        let memory_kib = super::target::kib_field(&read("/proc/meminfo"), "MemTotal:")
+            .map_or(0.0, |kib| kib as f64);
         Self {
             cpus: std::thread::available_parallelism().map_or(0, usize::from),
             cpu_model,

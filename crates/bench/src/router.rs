@@ -20,16 +20,22 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 /// What `fanout bench router` does.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct RouterBenchOptions {
-    /// A running broker; `None` starts the embedded one.
+    /// A running broker (default: the embedded one).
+    #[arg(long)]
     pub brokers: Option<String>,
     /// User events in the backlog.
+    #[arg(long, default_value_t = 500_000)]
     pub events: u64,
-    /// Distinct users (spread over two partners).
+    /// Distinct users.
+    // Spread over two partners.
+    #[arg(long, default_value_t = 10_000)]
     pub users: u64,
-    /// Partitions of the fresh topics.
+    /// Partitions of the fresh topics the run creates.
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 

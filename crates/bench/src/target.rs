@@ -8,9 +8,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use fanout_kafka::{EmbeddedKafka, Topics};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use bytes::Bytes;
+use fanout_app::config::{Config, Listen};
+use fanout_edge::{PartnerConfig, SecretConfig};
+use fanout_kafka::{EmbeddedKafka, KafkaSettings, Topics};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use tokio::process::{Child, Command};
+
+use crate::ws::{Scenario, WsBenchOptions};
 
 /// Raises this process's soft open-file limit to the hard one (children inherit it).
 pub fn raise_open_file_limit() -> u64 {
@@ -23,7 +30,7 @@ pub fn raise_open_file_limit() -> u64 {
     }
 }
 
-/// Source addresses for worker `worker` of a run: 127.<run>.<worker>.1, .2, ... `run`
+/// Source addresses for worker `worker` of a run: `127.<run>.<worker>.1`, `.2`, ... `run`
 /// (1 to 254, random per run) keeps a run off the ports a previous run's connections
 /// still hold in TIME_WAIT; 127.0.0.1, which the edges and Kafka use, is never one.
 pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
@@ -37,6 +44,155 @@ pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
 /// librdkafka settings for every client of a local deployment on the embedded
 /// cluster: see [`fanout_kafka::EMBEDDED_CLIENT_SETTINGS`].
 pub const LOW_LATENCY_CLIENT: [(&str, &str); 2] = fanout_kafka::EMBEDDED_CLIENT_SETTINGS;
+
+/// A deployment already running, instead of one the bench starts: named by
+/// `--edge-url`; without it the other fields are not used.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExternalTarget {
+    /// A running edge (`ws://host:port`; repeat for several) instead of starting one.
+    #[arg(long = "edge-url")]
+    pub edge_urls: Vec<String>,
+    /// The pid of each running edge, in `--edge-url` order, to read its RSS.
+    #[arg(long = "edge-pid")]
+    pub edge_pids: Vec<u32>,
+    /// The running deployment's Kafka (needed by group-message, steady, push-rate).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The running deployment's partner code.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// That partner's signing secret.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// The running deployment's topic prefix, if any.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+}
+
+impl ExternalTarget {
+    /// Whether the run measures a running deployment (`--edge-url` given).
+    fn is_named(&self) -> bool {
+        !self.edge_urls.is_empty()
+    }
+}
+
+/// Where the load goes: edges, Kafka, and the credentials to mint tokens.
+pub(crate) struct Target {
+    pub(crate) description: String,
+    pub(crate) edges: Vec<EdgeTarget>,
+    pub(crate) kafka: Option<KafkaSettings>,
+    pub(crate) topics: Topics,
+    pub(crate) partner: String,
+    pub(crate) secret: String,
+    /// The deployment the bench started (dropping it stops it), if it did.
+    pub(crate) local: Option<LocalDeployment>,
+}
+
+impl Target {
+    /// The running deployment `--edge-url` names, or a local one started for the
+    /// scenario (with ingest and router if its events go through them).
+    pub(crate) async fn set_up(
+        scenario: Scenario,
+        options: &WsBenchOptions,
+        run_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        if options.external.is_named() {
+            Self::running(scenario, &options.external)
+        } else {
+            Self::start_local(scenario, options, run_dir).await
+        }
+    }
+
+    fn running(scenario: Scenario, external: &ExternalTarget) -> anyhow::Result<Self> {
+        let partner = external
+            .partner
+            .clone()
+            .context("--partner is required with --edge-url")?;
+        let secret = external
+            .secret
+            .clone()
+            .context("--secret is required with --edge-url")?;
+        let needs_kafka = scenario.needs_pipeline() || scenario == Scenario::PushRate;
+        anyhow::ensure!(
+            !needs_kafka || external.brokers.is_some(),
+            "--brokers is required for {} with --edge-url",
+            scenario.name()
+        );
+        let edges = external
+            .edge_urls
+            .iter()
+            .enumerate()
+            .map(|(index, url)| EdgeTarget {
+                url: url.clone(),
+                admin: None,
+                pid: external.edge_pids.get(index).copied(),
+            })
+            .collect();
+        Ok(Self {
+            description: format!("running deployment ({})", external.edge_urls.join(", ")),
+            edges,
+            kafka: external.brokers.clone().map(KafkaSettings::new),
+            topics: external
+                .topic_prefix
+                .as_deref()
+                .map_or_else(Topics::default, Topics::with_prefix),
+            partner,
+            secret,
+            local: None,
+        })
+    }
+
+    async fn start_local(
+        scenario: Scenario,
+        options: &WsBenchOptions,
+        run_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let edges = match scenario {
+            Scenario::ScaleOut => options.edges.unwrap_or(4),
+            _ => options.edges.unwrap_or(1),
+        };
+        anyhow::ensure!(edges >= 1, "--edges must be at least 1");
+        let local = LocalDeployment::start(&LocalOptions {
+            edges,
+            pipeline: scenario.needs_pipeline(),
+            partitions: options.partitions,
+            run_dir,
+        })
+        .await?;
+        Ok(Self {
+            description: format!(
+                "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
+                if scenario.needs_pipeline() {
+                    ", ingest and router processes"
+                } else {
+                    ""
+                }
+            ),
+            edges: local.edges.clone(),
+            kafka: Some(KafkaSettings::new(local.kafka.bootstrap_servers())),
+            topics: local.topics.clone(),
+            partner: local.partner.clone(),
+            secret: local.secret.clone(),
+            local: Some(local),
+        })
+    }
+
+    /// Each edge's RSS in KiB (`None`: no pid, or unreadable).
+    pub(crate) fn edge_rss_kib(&self) -> Vec<Option<u64>> {
+        self.edges
+            .iter()
+            .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
+            .collect()
+    }
+
+    /// Fails if a process the bench started has exited.
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.local.as_mut() {
+            Some(local) => local.check_alive(),
+            None => Ok(()),
+        }
+    }
+}
 
 /// One edge the clients connect to.
 #[derive(Debug, Clone)]
@@ -83,11 +239,20 @@ impl LocalDeployment {
         .context("starting the embedded Kafka")?;
         std::fs::create_dir_all(options.run_dir)
             .with_context(|| format!("creating {}", options.run_dir.display()))?;
+        let partner = "bench".to_owned();
+        let secret = fanout_app::tools::random_hex(24);
+        let config = shared_config(
+            kafka.bootstrap_servers(),
+            &topics,
+            &run_id,
+            &partner,
+            &secret,
+        );
         let mut deployment = Self {
             kafka,
             topics,
-            partner: "bench".to_owned(),
-            secret: fanout_app::tools::random_hex(24),
+            partner,
+            secret,
             edges: Vec::new(),
             children: Vec::new(),
             admins: Vec::new(),
@@ -95,11 +260,9 @@ impl LocalDeployment {
         if options.pipeline {
             for role in ["ingest", "router"] {
                 let admin_port = free_port()?;
-                let config = deployment.config(&run_id, None, &admin_port)?;
-                deployment.admins.push(format!("http://{admin_port}"));
                 let path = options.run_dir.join(format!("{role}.toml"));
-                std::fs::write(&path, config)
-                    .with_context(|| format!("writing {}", path.display()))?;
+                write_role_config(&config, None, &admin_port, &path)?;
+                deployment.admins.push(format!("http://{admin_port}"));
                 let child = spawn_role(role, &path, &options.run_dir.join(format!("{role}.log")))?;
                 deployment.children.push(child);
             }
@@ -107,9 +270,8 @@ impl LocalDeployment {
         for index in 0..options.edges {
             let edge_port = free_port()?;
             let admin_port = free_port()?;
-            let config = deployment.config(&run_id, Some(&edge_port), &admin_port)?;
             let path = options.run_dir.join(format!("edge-{index}.toml"));
-            std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+            write_role_config(&config, Some(&edge_port), &admin_port, &path)?;
             let child = spawn_role(
                 "edge",
                 &path,
@@ -127,51 +289,12 @@ impl LocalDeployment {
         Ok(deployment)
     }
 
-    /// A role's config file.
-    fn config(
-        &self,
-        run_id: &str,
-        edge_listen: Option<&str>,
-        admin_listen: &str,
-    ) -> anyhow::Result<String> {
-        let quote = |value: &str| serde_json::to_string(value);
-        let topics = &self.topics;
-        Ok(format!(
-            "[kafka]\nbrokers = {brokers}\nclient = {{ {client} }}\n\n\
-             [topics]\nmessage_events = {message_events}\nuser_events = {user_events}\n\
-             router_state = {router_state}\nunread_counts = {unread_counts}\ndead_letter = {dead_letter}\n\n\
-             [listen]\nedge = {edge}\nadmin = {admin}\n\n\
-             [ingest]\ngroup_id = {ingest_group}\n\n\
-             [router]\ngroup_id = {router_group}\n\n\
-             [edge.partners.{partner}]\nsecrets = [{{ secret = {secret} }}]\n",
-            brokers = quote(self.kafka.bootstrap_servers())?,
-            client = LOW_LATENCY_CLIENT
-                .iter()
-                .map(|(key, value)| Ok(format!("{} = {}", quote(key)?, quote(value)?)))
-                .collect::<Result<Vec<_>, serde_json::Error>>()?
-                .join(", "),
-            message_events = quote(&topics.message_events)?,
-            user_events = quote(&topics.user_events)?,
-            router_state = quote(&topics.router_state)?,
-            unread_counts = quote(&topics.unread_counts)?,
-            dead_letter = quote(&topics.dead_letter)?,
-            edge = quote(edge_listen.unwrap_or("127.0.0.1:0"))?,
-            admin = quote(admin_listen)?,
-            ingest_group = quote(&format!("bench-{run_id}-ingest"))?,
-            router_group = quote(&format!("bench-{run_id}-router"))?,
-            partner = self.partner,
-            secret = quote(&self.secret)?,
-        ))
-    }
-
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         for admin in self.admins.clone() {
             loop {
-                for child in &mut self.children {
-                    if let Some(status) = child.try_wait()? {
-                        anyhow::bail!("a child process exited during startup: {status}");
-                    }
+                if let Some(status) = self.exited_child()? {
+                    anyhow::bail!("a child process exited during startup: {status}");
                 }
                 if let Ok((200, _)) = http_get(&admin, "/readyz").await {
                     break;
@@ -198,13 +321,83 @@ impl LocalDeployment {
 
     /// Fails if a child process has exited.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
-        for child in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("a child process exited: {status}");
-            }
+        if let Some(status) = self.exited_child()? {
+            anyhow::bail!("a child process exited: {status}");
         }
         Ok(())
     }
+
+    /// The exit status of the first child that has exited, if one has.
+    fn exited_child(&mut self) -> anyhow::Result<Option<std::process::ExitStatus>> {
+        for child in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Some(status));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The config every role of a local deployment shares: the embedded Kafka (with
+/// [`LOW_LATENCY_CLIENT`]), the run's topics and consumer groups, the bench's partner;
+/// every other key its default.
+fn shared_config(
+    brokers: &str,
+    topics: &Topics,
+    run_id: &str,
+    partner: &str,
+    secret: &str,
+) -> Config {
+    let mut config = Config {
+        kafka: KafkaSettings::new(brokers),
+        topics: topics.clone(),
+        ..Config::default()
+    };
+    config.kafka.client = LOW_LATENCY_CLIENT
+        .iter()
+        .map(|(property, value)| ((*property).to_owned(), (*value).to_owned()))
+        .collect();
+    config.ingest.group_id = format!("bench-{run_id}-ingest");
+    config.router.group_id = format!("bench-{run_id}-router");
+    config.edge.partners.insert(
+        partner.to_owned(),
+        PartnerConfig {
+            secrets: vec![SecretConfig {
+                kid: None,
+                secret: secret.to_owned(),
+            }],
+            ..PartnerConfig::default()
+        },
+    );
+    config
+}
+
+/// Writes [`role_config`] to `path`.
+fn write_role_config(
+    shared: &Config,
+    edge_listen: Option<&str>,
+    admin_listen: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    let text = role_config(shared, edge_listen, admin_listen)?;
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A role's config file, as the role loads it: the shared config with these listen
+/// addresses (no edge: any free port, unused).
+fn role_config(
+    shared: &Config,
+    edge_listen: Option<&str>,
+    admin_listen: &str,
+) -> anyhow::Result<String> {
+    let config = Config {
+        listen: Listen {
+            edge: edge_listen.unwrap_or("127.0.0.1:0").to_owned(),
+            admin: admin_listen.to_owned(),
+        },
+        ..shared.clone()
+    };
+    toml::to_string(&config).context("writing a role's config as TOML")
 }
 
 /// `127.0.0.1:<port>` with a port free right now (the child binds it a moment later).
@@ -214,32 +407,43 @@ fn free_port() -> anyhow::Result<String> {
 }
 
 fn spawn_role(role: &str, config: &Path, log: &Path) -> anyhow::Result<Child> {
-    let exe = std::env::current_exe().context("finding this binary")?;
-    let log_file =
-        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    Command::new(exe)
+    this_binary(log)?
         .arg(role)
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn")
         .env_remove("FANOUT_CONFIG")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(log_file)
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting fanout {role}"))
+}
+
+/// This binary, to start as a child process (a role, a bench worker): logging at
+/// `warn` to `log`, killed if dropped. The caller adds the arguments and stdio.
+pub(crate) fn this_binary(log: &Path) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .env("RUST_LOG", "warn")
+        .stderr(log_file)
+        .kill_on_drop(true);
+    Ok(command)
 }
 
 /// VmRSS of `pid` in KiB, from /proc.
 pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+    kib_field(&status, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The value of a `Name:   1234 kB` line of a /proc file, in KiB.
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 /// CPU time (user + system) `pid` has used so far, in seconds, from /proc.
@@ -255,38 +459,24 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((user + system) / 100.0)
 }
 
-/// A minimal HTTP/1.1 GET: (status, body). Enough for /readyz and /metrics.
+/// GET `path` from `base` (`http://host:port`, a child's admin port): (status, body),
+/// for /readyz and /metrics. One connection per request, at most 5 s for all of it.
 pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let host = base
-        .strip_prefix("http://")
-        .unwrap_or(base)
-        .trim_end_matches('/');
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Empty<Bytes>>();
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(host).await?;
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await?;
-        anyhow::Ok(response)
+        let response = client.get(uri).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
     };
-    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+    tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .context("HTTP request timed out")??;
-    let text = String::from_utf8_lossy(&response);
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no HTTP status")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+        .with_context(|| format!("GET {url} timed out"))?
+        .with_context(|| format!("GET {url}"))
 }
 
 /// The value of an unlabelled (or exactly labelled) sample in Prometheus text.
@@ -301,4 +491,41 @@ pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
 /// Where a run's child configs and logs go.
 pub fn run_dir(out_dir: &Path, scenario: &str) -> PathBuf {
     out_dir.join(format!("{scenario}-run"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn role_configs_are_valid_and_read_back_as_written() {
+        let topics = Topics::with_prefix("bench-0a1b-");
+        let shared = shared_config(
+            "127.0.0.1:39092",
+            &topics,
+            "0a1b",
+            "bench",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let text = role_config(&shared, Some("127.0.0.1:38080"), "127.0.0.1:39090").unwrap();
+        let read: Config = toml::from_str(&text).unwrap();
+        read.validate().unwrap();
+        assert_eq!(read.listen.edge, "127.0.0.1:38080");
+        assert_eq!(read.listen.admin, "127.0.0.1:39090");
+        assert_eq!(read.topics, topics);
+        assert_eq!(read.kafka.client["fetch.wait.max.ms"], "5");
+        assert_eq!(read.router.group_id, "bench-0a1b-router");
+        assert_eq!(
+            read.edge.partners["bench"].secrets[0].secret,
+            "0123456789abcdef0123456789abcdef"
+        );
+        assert_eq!(
+            read,
+            Config {
+                listen: read.listen.clone(),
+                ..shared
+            }
+        );
+    }
 }

@@ -121,6 +121,19 @@ pub fn histogram_pairs(histogram: &Histogram<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Kinds of failure a worker reports; more are counted as failed, not named.
+const MAX_ERROR_KINDS: usize = 8;
+
+/// Adds `count` failures of kind `error` to (kind, count) pairs; a new kind only while
+/// there are fewer than `max_kinds`.
+pub fn tally_error(errors: &mut Vec<(String, u64)>, error: &str, count: u64, max_kinds: usize) {
+    if let Some(entry) = errors.iter_mut().find(|(known, _)| known == error) {
+        entry.1 += count;
+    } else if errors.len() < max_kinds {
+        errors.push((error.to_owned(), count));
+    }
+}
+
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -157,11 +170,7 @@ impl Shared {
     fn fail(&self, error: String) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         let mut errors = self.errors.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(entry) = errors.iter_mut().find(|(known, _)| *known == error) {
-            entry.1 += 1;
-        } else if errors.len() < 8 {
-            errors.push((error, 1));
-        }
+        tally_error(&mut errors, &error, 1, MAX_ERROR_KINDS);
     }
 
     fn record(histogram: &Mutex<Option<Histogram<u64>>>, value: u64) {
@@ -409,17 +418,13 @@ impl Client<'_> {
             tokio_tungstenite::client_async_with_config(request, stream, Some(config))
                 .await
                 .map_err(|error| format!("upgrade: {error}"))?;
-        let send = |frame: String| Message::Text(frame.into());
         if self.spec.protocol == Protocol::Realtime {
             let auth = serde_json::json!({
                 "type": "authrequest",
                 "token": token,
                 "partner": self.spec.partner,
             });
-            socket
-                .send(send(auth.to_string()))
-                .await
-                .map_err(|error| format!("send: {error}"))?;
+            send_text(&mut socket, auth.to_string()).await?;
         }
         let mut authenticated = false;
         while let Some(frame) = socket.next().await {
@@ -443,10 +448,7 @@ impl Client<'_> {
                         .fetch_max(now, Ordering::Relaxed);
                     Shared::record(&self.shared.handshake, now.saturating_sub(started_us));
                     if self.spec.protocol == Protocol::Cable {
-                        socket
-                            .send(send(SUBSCRIBE.to_owned()))
-                            .await
-                            .map_err(|error| format!("send: {error}"))?;
+                        send_text(&mut socket, SUBSCRIBE.to_owned()).await?;
                     }
                     continue;
                 }
@@ -464,6 +466,16 @@ impl Client<'_> {
         }
         Err("connection ended during setup".to_owned())
     }
+}
+
+async fn send_text(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    text: String,
+) -> Result<(), String> {
+    socket
+        .send(Message::Text(text.into()))
+        .await
+        .map_err(|error| format!("send: {error}"))
 }
 
 /// The count of an `unread_count` frame of either protocol, without a JSON parse: the

@@ -6,22 +6,22 @@
 //! `push-rate`, count records) are stamped with their send time when produced, and
 //! each client notes when the count they caused arrived.
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::Context as _;
-use fanout_kafka::{KafkaSettings, Topics};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng as _;
 use serde::Serialize;
 
 use super::load::{Sends, group_message, hold, push_rate, steady};
+use super::measure::{
+    CpuMeter, EdgeRss, Latencies, connection_result, count_received_pushes, edge_results,
+};
 use super::pool::WorkerPool;
 use super::report::{LatencySummary, Machine, plot_latency};
-use super::target::{
-    EdgeTarget, LocalDeployment, LocalOptions, cpu_seconds, http_get, metric_value, rss_kib,
-};
-use super::worker::{LatencySource, Protocol, WorkerSpec, new_histogram};
+use super::target::{ExternalTarget, Target};
+use super::worker::{LatencySource, Protocol, WorkerSpec};
 
 /// The named scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -74,42 +74,48 @@ impl Scenario {
     }
 
     /// Scenarios whose events go through ingest and router.
-    fn needs_pipeline(self) -> bool {
+    pub(crate) fn needs_pipeline(self) -> bool {
         matches!(self, Self::GroupMessage | Self::Steady)
     }
 }
 
-/// A deployment already running, instead of one the bench starts.
-#[derive(Debug, Clone, Default)]
-pub struct ExternalTarget {
-    pub edge_urls: Vec<String>,
-    pub edge_pids: Vec<u32>,
-    pub brokers: Option<String>,
-    pub partner: Option<String>,
-    pub secret: Option<String>,
-    pub topic_prefix: Option<String>,
-}
-
-/// What `fanout bench <scenario>` does; `None` takes the scenario's default.
-#[derive(Debug, Clone)]
+/// Options of the WebSocket scenarios. Without `--edge-url` the bench starts what it
+/// needs itself: an embedded Kafka, edge processes, and ingest and router processes.
+#[derive(Debug, Clone, clap::Args)]
 pub struct WsBenchOptions {
-    pub scenario: Scenario,
+    /// Connections (default: the scenario's).
+    #[arg(long)]
     pub connections: Option<u64>,
+    /// Client worker processes (default: one per 15000 connections; at most 18000 each).
+    #[arg(long)]
     pub workers: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Protocol::Cable)]
     pub protocol: Protocol,
-    pub duration: Option<Duration>,
-    /// `steady`: changes per second (default 20000); `push-rate`: count records per
-    /// second (default [`DEFAULT_PUSH_RATE`]; 0: as fast as the producer goes).
+    /// How long the load runs (idle, scale-out: how long connections are held).
+    #[arg(long)]
+    pub duration_seconds: Option<f64>,
+    /// steady: changes per second (default 20000). push-rate: count records per
+    /// second (default 200000; 0: as fast as the producer goes).
+    #[arg(long)]
     pub rate: Option<u64>,
-    /// `group-message`: messages sent, one after the other.
+    /// group-message: messages sent, one after the other, each to every user.
+    #[arg(long, default_value_t = 5)]
     pub messages: u64,
-    /// `scale-out`: edge processes (default 4); other scenarios use 1.
+    /// Edge processes to start (scale-out: 4, others: 1).
+    #[arg(long)]
     pub edges: Option<usize>,
+    /// Partitions of the topics the bench creates.
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// Connections being set up at once per worker (`connect-storm`: all).
+    /// Connections being set up at once per worker (connect-storm: all at once).
+    #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
+    #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
-    pub external: Option<ExternalTarget>,
+    #[command(flatten)]
+    pub external: ExternalTarget,
+    #[arg(long, default_value_t = 1)]
     pub seed: u64,
 }
 
@@ -219,125 +225,142 @@ pub struct WsBenchResult {
     pub plot_file: String,
 }
 
-/// Where the load goes: edges, Kafka, and the credentials to mint tokens.
-pub(super) struct Target {
-    pub(super) description: String,
-    pub(super) edges: Vec<EdgeTarget>,
-    pub(super) kafka: Option<KafkaSettings>,
-    pub(super) topics: Topics,
-    pub(super) partner: String,
-    pub(super) secret: String,
-    pub(super) local: Option<LocalDeployment>,
-}
-
-async fn target(options: &WsBenchOptions, run_dir: &std::path::Path) -> anyhow::Result<Target> {
-    if let Some(external) = &options.external {
-        anyhow::ensure!(
-            !external.edge_urls.is_empty(),
-            "--edge-url is required with a running deployment"
-        );
-        let partner = external
-            .partner
-            .clone()
-            .context("--partner is required with --edge-url")?;
-        let secret = external
-            .secret
-            .clone()
-            .context("--secret is required with --edge-url")?;
-        let needs_kafka =
-            options.scenario.needs_pipeline() || options.scenario == Scenario::PushRate;
-        anyhow::ensure!(
-            !needs_kafka || external.brokers.is_some(),
-            "--brokers is required for {} with --edge-url",
-            options.scenario.name()
-        );
-        let edges = external
-            .edge_urls
-            .iter()
-            .enumerate()
-            .map(|(index, url)| EdgeTarget {
-                url: url.clone(),
-                admin: None,
-                pid: external.edge_pids.get(index).copied(),
-            })
-            .collect();
-        return Ok(Target {
-            description: format!("running deployment ({})", external.edge_urls.join(", ")),
-            edges,
-            kafka: external.brokers.clone().map(KafkaSettings::new),
-            topics: external
-                .topic_prefix
-                .as_deref()
-                .map_or_else(Topics::default, Topics::with_prefix),
-            partner,
-            secret,
-            local: None,
-        });
-    }
-    let edges = match options.scenario {
-        Scenario::ScaleOut => options.edges.unwrap_or(4),
-        _ => options.edges.unwrap_or(1),
-    };
-    anyhow::ensure!(edges >= 1, "--edges must be at least 1");
-    let local = LocalDeployment::start(&LocalOptions {
-        edges,
-        pipeline: options.scenario.needs_pipeline(),
-        partitions: options.partitions,
-        run_dir,
-    })
-    .await?;
-    Ok(Target {
-        description: format!(
-            "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
-            if options.scenario.needs_pipeline() {
-                ", ingest and router processes"
-            } else {
-                ""
-            }
-        ),
-        edges: local.edges.clone(),
-        kafka: Some(KafkaSettings::new(local.kafka.bootstrap_servers())),
-        topics: local.topics.clone(),
-        partner: local.partner.clone(),
-        secret: local.secret.clone(),
-        local: Some(local),
-    })
-}
-
-/// Runs a scenario and writes `<out_dir>/<scenario>.json` and `.svg`.
-pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
-    let scenario = options.scenario;
-    let connections = options
-        .connections
-        .unwrap_or_else(|| scenario.default_connections());
-    anyhow::ensure!(connections > 0, "--connections must be at least 1");
-    let workers = options
-        .workers
-        .unwrap_or_else(|| usize::try_from(connections.div_ceil(15_000)).unwrap_or(1));
-    anyhow::ensure!(workers > 0, "--workers must be at least 1");
-    anyhow::ensure!(
-        connections.div_ceil(workers as u64) <= MAX_CONNECTIONS_PER_WORKER,
-        "{connections} connections need at least {} workers (at most {MAX_CONNECTIONS_PER_WORKER} each: the open-file limit)",
-        connections.div_ceil(MAX_CONNECTIONS_PER_WORKER)
-    );
-    let duration = options
-        .duration
-        .unwrap_or_else(|| scenario.default_duration());
+/// Runs a scenario and writes `<out_dir>/<scenario>.json` and `.svg`: the target set
+/// up, the workers started and their connections subscribed, the load run, the workers'
+/// reports merged, the result written.
+pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
+    let size = RunSize::of(scenario, options)?;
     super::target::raise_open_file_limit();
-    std::fs::create_dir_all(&options.out_dir)
-        .with_context(|| format!("creating {}", options.out_dir.display()))?;
-    let run_dir = super::target::run_dir(&options.out_dir, scenario.name());
-    std::fs::create_dir_all(&run_dir)?;
+    let run_dir = create_run_dir(&options.out_dir, scenario)?;
     let mut machine = Machine::read();
 
-    let mut target = target(options, &run_dir).await?;
-    let baselines: Vec<Option<u64>> = target
-        .edges
-        .iter()
-        .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
-        .collect();
-    let run_id = fanout_app::tools::random_hex(4);
-    let user_prefix = format!("b{run_id}-u");
+    let mut target = Target::set_up(scenario, options, &run_dir).await?;
+    let mut rss = EdgeRss {
+        baseline: target.edge_rss_kib(),
+        ..EdgeRss::default()
+    };
+    let user_prefix = format!("b{}-u", fanout_app::tools::random_hex(4));
+    let specs = worker_specs(scenario, options, &size, &target, &user_prefix);
+    let mut pool = start_workers(&specs, &run_dir).await?;
+
+    // The CPU each process spends on the connections (connect-storm) or the load.
+    let cpu_meter = CpuMeter::of(&target);
+    let cpu_before_connecting = cpu_meter.read(&pool);
+    connect_all(&mut pool, scenario, size.connections).await?;
+    // Let allocations settle (first pings, buffers) before the RSS is read.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rss.subscribed = target.edge_rss_kib();
+
+    let cpu_before = if scenario == Scenario::ConnectStorm {
+        cpu_before_connecting
+    } else {
+        cpu_meter.read(&pool)
+    };
+    let load = run_load(scenario, options, &size, &mut pool, &target, &user_prefix).await?;
+    target.check_alive()?;
+    rss.end = target.edge_rss_kib();
+    let cpu = cpu_meter.read(&pool).used_since(&cpu_before);
+    let reports = pool.finish().await?;
+    machine.load_at_end = super::report::load_average();
+
+    let connections = connection_result(&reports, size.connections);
+    let latencies = Latencies::merge(&reports, &load.sends)?;
+    let mut pushes = load.pushes;
+    count_received_pushes(&reports, &mut pushes);
+    let (edges, rss_per_connection_bytes) = edge_results(&target, size.connections, &rss).await;
+
+    let result_path = output_file(&options.out_dir, scenario, "json");
+    let plot_path = output_file(&options.out_dir, scenario, "svg");
+    let latency = LatencySummary::of(&latencies.push);
+    let check = target_check(
+        scenario,
+        &connections,
+        &latency,
+        &pushes,
+        rss_per_connection_bytes,
+    );
+    let result = WsBenchResult {
+        scenario: scenario.name(),
+        target: target.description.clone(),
+        protocol: options.protocol,
+        workers: specs.len(),
+        duration_seconds: size.duration.as_secs_f64(),
+        machine,
+        connections,
+        handshake_latency: LatencySummary::of(&latencies.handshake),
+        latency,
+        pushes,
+        per_message: latencies
+            .per_message
+            .iter()
+            .map(LatencySummary::of)
+            .collect(),
+        edges,
+        rss_per_connection_bytes,
+        cpu,
+        check,
+        result_file: result_path.display().to_string(),
+        plot_file: plot_path.display().to_string(),
+    };
+    write_result(&result, &latencies, &result_path, &plot_path)?;
+    // Stops the deployment the bench started, if it did.
+    drop(target);
+    Ok(result)
+}
+
+/// How many connections, over how many worker processes, and how long the load runs.
+struct RunSize {
+    connections: u64,
+    workers: usize,
+    duration: Duration,
+}
+
+impl RunSize {
+    /// The options' figures, or the scenario's defaults.
+    fn of(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<Self> {
+        let connections = options
+            .connections
+            .unwrap_or_else(|| scenario.default_connections());
+        anyhow::ensure!(connections > 0, "--connections must be at least 1");
+        let workers = options
+            .workers
+            .unwrap_or_else(|| usize::try_from(connections.div_ceil(15_000)).unwrap_or(1));
+        anyhow::ensure!(workers > 0, "--workers must be at least 1");
+        anyhow::ensure!(
+            connections.div_ceil(workers as u64) <= MAX_CONNECTIONS_PER_WORKER,
+            "{connections} connections need at least {} workers (at most {MAX_CONNECTIONS_PER_WORKER} each: the open-file limit)",
+            connections.div_ceil(MAX_CONNECTIONS_PER_WORKER)
+        );
+        let duration = options.duration_seconds.map_or_else(
+            || scenario.default_duration(),
+            |seconds| Duration::from_secs_f64(seconds.max(0.0)),
+        );
+        Ok(Self {
+            connections,
+            workers,
+            duration,
+        })
+    }
+}
+
+/// Creates the output directory and, in it, the run's directory for child configs and
+/// logs.
+fn create_run_dir(out_dir: &Path, scenario: Scenario) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let run_dir = super::target::run_dir(out_dir, scenario.name());
+    std::fs::create_dir_all(&run_dir)?;
+    Ok(run_dir)
+}
+
+/// What each worker process does: worker `w` holds users `w * per_worker..`, each
+/// connection on its own source port of a few 127.x.y.z addresses.
+fn worker_specs(
+    scenario: Scenario,
+    options: &WsBenchOptions,
+    size: &RunSize,
+    target: &Target,
+    user_prefix: &str,
+) -> Vec<WorkerSpec> {
     let latency_source = if scenario == Scenario::PushRate {
         LatencySource::CountIsSendTime
     } else {
@@ -348,9 +371,10 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     } else {
         options.connect_concurrency
     };
-    let per_worker = connections.div_ceil(workers as u64);
+    let connections = size.connections;
+    let per_worker = connections.div_ceil(size.workers as u64);
     let run_octet: u8 = rand::rng().random_range(1..=254);
-    let specs: Vec<WorkerSpec> = (0..workers)
+    (0..size.workers)
         .map(|worker| {
             let first_user = worker as u64 * per_worker;
             let count = per_worker.min(connections.saturating_sub(first_user));
@@ -360,7 +384,7 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
                 protocol: options.protocol,
                 partner: target.partner.clone(),
                 secret: target.secret.clone(),
-                user_prefix: user_prefix.clone(),
+                user_prefix: user_prefix.to_owned(),
                 first_user,
                 connections: count,
                 source_addresses: super::target::source_addresses(
@@ -374,36 +398,27 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
             }
         })
         .filter(|spec| spec.connections > 0)
-        .collect();
-    let mut pool = WorkerPool::spawn(&specs, &run_dir).await?;
+        .collect()
+}
+
+/// Starts the worker processes and waits until each has minted its tokens.
+async fn start_workers(specs: &[WorkerSpec], run_dir: &Path) -> anyhow::Result<WorkerPool> {
+    let mut pool = WorkerPool::spawn(specs, run_dir).await?;
     pool.wait(Duration::from_secs(120), None, |pool| {
         pool.ready == pool.specs
     })
     .await
     .context("waiting for the workers to mint tokens")?;
+    Ok(pool)
+}
 
-    // The CPU each process spends on the connections (connect-storm) or the load.
-    let edge_pids: Vec<Option<u32>> = target.edges.iter().map(|edge| edge.pid).collect();
-    let pipeline_pids = target
-        .local
-        .as_ref()
-        .map(LocalDeployment::pipeline_pids)
-        .unwrap_or_default();
-    let cpu_snapshot = |pool: &WorkerPool| CpuSnapshot {
-        at: Instant::now(),
-        edges: edge_pids
-            .iter()
-            .map(|pid| pid.and_then(cpu_seconds).unwrap_or(0.0))
-            .collect(),
-        pipeline: pipeline_pids
-            .iter()
-            .filter_map(|pid| cpu_seconds(*pid))
-            .sum(),
-        bench: cpu_seconds(std::process::id()).unwrap_or(0.0),
-        clients: pool.pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum(),
-    };
-    // Connect.
-    let storm_cpu_before = cpu_snapshot(&pool);
+/// Tells every worker to connect its clients and waits until each connection is
+/// subscribed or has failed.
+async fn connect_all(
+    pool: &mut WorkerPool,
+    scenario: Scenario,
+    connections: u64,
+) -> anyhow::Result<()> {
     let bar = progress_bar(connections, "subscribed");
     pool.broadcast("connect").await?;
     pool.wait(Duration::from_secs(300), Some(&bar), |pool| {
@@ -421,32 +436,43 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         connected.subscribed,
         connected.failed
     );
-    // Let allocations settle (first pings, buffers) before the RSS is read.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let subscribed_rss: Vec<Option<u64>> = target
-        .edges
-        .iter()
-        .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
-        .collect();
+    Ok(())
+}
 
-    let cpu_before = if scenario == Scenario::ConnectStorm {
-        storm_cpu_before
-    } else {
-        cpu_snapshot(&pool)
-    };
+/// What a scenario's load sent (to turn receipts into latencies) and produced.
+struct Load {
+    sends: Sends,
+    pushes: PushResult,
+}
+
+/// Runs the scenario's load on the subscribed connections: hold them (idle,
+/// scale-out), nothing (connect-storm: the connecting was the load), or produce.
+async fn run_load(
+    scenario: Scenario,
+    options: &WsBenchOptions,
+    size: &RunSize,
+    pool: &mut WorkerPool,
+    target: &Target,
+    user_prefix: &str,
+) -> anyhow::Result<Load> {
     let mut sends = Sends::default();
     let mut pushes = PushResult::default();
-    let users = connections;
+    let users = size.connections;
+    let kafka = || {
+        target
+            .kafka
+            .clone()
+            .with_context(|| format!("{} needs Kafka", scenario.name()))
+    };
     match scenario {
-        Scenario::Idle | Scenario::ScaleOut => hold(&mut pool, duration).await?,
+        Scenario::Idle | Scenario::ScaleOut => hold(pool, size.duration).await?,
         Scenario::ConnectStorm => {}
         Scenario::GroupMessage => {
-            let kafka = target.kafka.clone().context("group-message needs Kafka")?;
             group_message(
-                &mut pool,
-                &kafka,
-                &target,
-                &user_prefix,
+                pool,
+                &kafka()?,
+                target,
+                user_prefix,
                 users,
                 options.messages,
                 &mut sends,
@@ -455,15 +481,14 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
             .await?;
         }
         Scenario::Steady => {
-            let kafka = target.kafka.clone().context("steady needs Kafka")?;
             steady(
-                &mut pool,
-                &kafka,
-                &target,
-                &user_prefix,
+                pool,
+                &kafka()?,
+                target,
+                user_prefix,
                 users,
                 options.rate.unwrap_or(20_000),
-                duration,
+                size.duration,
                 options.seed,
                 &mut sends,
                 &mut pushes,
@@ -471,14 +496,13 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
             .await?;
         }
         Scenario::PushRate => {
-            let kafka = target.kafka.clone().context("push-rate needs Kafka")?;
             push_rate(
-                &mut pool,
-                &kafka,
-                &target,
-                &user_prefix,
+                pool,
+                &kafka()?,
+                target,
+                user_prefix,
                 users,
-                duration,
+                size.duration,
                 match options.rate {
                     None => Some(DEFAULT_PUSH_RATE),
                     Some(0) => None,
@@ -489,158 +513,19 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
             .await?;
         }
     }
-    if let Some(local) = target.local.as_mut() {
-        local.check_alive()?;
-    }
-    let end_rss: Vec<Option<u64>> = target
-        .edges
-        .iter()
-        .map(|edge| edge.pid.and_then(|pid| rss_kib(pid).ok()))
-        .collect();
-    let cpu_after = cpu_snapshot(&pool);
-    let cpu = CpuResult {
-        wall_seconds: cpu_after.at.duration_since(cpu_before.at).as_secs_f64(),
-        edges: cpu_after
-            .edges
-            .iter()
-            .zip(&cpu_before.edges)
-            .map(|(after, before)| after - before)
-            .collect(),
-        ingest_and_router: cpu_after.pipeline - cpu_before.pipeline,
-        bench_and_kafka: cpu_after.bench - cpu_before.bench,
-        clients: cpu_after.clients - cpu_before.clients,
-    };
-    let reports = pool.finish().await?;
-    machine.load_at_end = super::report::load_average();
+    Ok(Load { sends, pushes })
+}
 
-    // Merge the workers' reports.
-    let mut latency = new_histogram()?;
-    let mut handshake = new_histogram()?;
-    let mut connection_result = ConnectionResult {
-        requested: connections,
-        ..ConnectionResult::default()
-    };
-    let started_us = reports
-        .iter()
-        .map(|report| report.connect_started_us)
-        .filter(|started| *started > 0)
-        .min()
-        .unwrap_or(0);
-    let mut last_authenticated_us = 0;
-    let mut last_subscribed_us = 0;
-    let mut first_push_us = u64::MAX;
-    let mut last_push_us = 0;
-    let mut per_message = (0..sends.rounds.len())
-        .map(|_| new_histogram())
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    for report in &reports {
-        connection_result.authenticated += report.progress.authenticated;
-        connection_result.subscribed += report.progress.subscribed;
-        connection_result.failed += report.progress.failed;
-        for (error, count) in &report.errors {
-            match connection_result
-                .errors
-                .iter_mut()
-                .find(|(known, _)| known == error)
-            {
-                Some(entry) => entry.1 += count,
-                None => connection_result.errors.push((error.clone(), *count)),
-            }
-        }
-        last_authenticated_us = last_authenticated_us.max(report.last_authenticated_us);
-        last_subscribed_us = last_subscribed_us.max(report.last_subscribed_us);
-        if report.first_push_us > 0 {
-            first_push_us = first_push_us.min(report.first_push_us);
-        }
-        last_push_us = last_push_us.max(report.last_push_us);
-        for (value, count) in &report.latency_us {
-            latency.saturating_record_n((*value).max(1), *count);
-        }
-        for (value, count) in &report.handshake_us {
-            handshake.saturating_record_n((*value).max(1), *count);
-        }
-        for (user, count, received_us) in &report.receipts {
-            if let Some(sent_us) = sends.sent_at(*user, *count) {
-                let micros = received_us.saturating_sub(sent_us).max(1);
-                latency.saturating_record(micros);
-                if let Some(round) = usize::try_from(*count)
-                    .ok()
-                    .and_then(|count| per_message.get_mut(count.wrapping_sub(1)))
-                {
-                    round.saturating_record(micros);
-                }
-            }
-        }
-    }
-    let seconds = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
-    let rate = |count: u64, seconds: f64| {
-        if seconds > 0.0 {
-            count as f64 / seconds
-        } else {
-            0.0
-        }
-    };
-    connection_result.authenticate_seconds = seconds(started_us, last_authenticated_us);
-    connection_result.handshakes_per_second = rate(
-        connection_result.authenticated,
-        connection_result.authenticate_seconds,
-    );
-    connection_result.subscribe_seconds = seconds(started_us, last_subscribed_us);
-    connection_result.subscribed_per_second = rate(
-        connection_result.subscribed,
-        connection_result.subscribe_seconds,
-    );
-    pushes.received = reports.iter().map(|report| report.progress.pushes).sum();
-    if last_push_us > 0 && first_push_us < u64::MAX {
-        pushes.seconds = seconds(first_push_us, last_push_us);
-        pushes.per_second = rate(pushes.received, pushes.seconds);
-    }
-
-    let mut edges = Vec::new();
-    let edge_count = target.edges.len() as u64;
-    let (mut growth_bytes, mut growth_connections) = (0.0, 0_u64);
-    for (index, edge) in target.edges.iter().enumerate() {
-        let index_u64 = index as u64;
-        // Connection i goes to edge i % edges.
-        let on_edge = (0..connections)
-            .skip(usize::try_from(index_u64).unwrap_or(0))
-            .step_by(usize::try_from(edge_count).unwrap_or(1))
-            .count() as u64;
-        let baseline = baselines[index];
-        let end = end_rss[index];
-        let per_connection = match (baseline, end) {
-            (Some(baseline), Some(end)) if on_edge > 0 => {
-                let bytes = (end.saturating_sub(baseline) * 1024) as f64;
-                growth_bytes += bytes;
-                growth_connections += on_edge;
-                Some(bytes / on_edge as f64)
-            }
-            _ => None,
-        };
-        let edge_pushes_total = match &edge.admin {
-            Some(admin) => http_get(admin, "/metrics")
-                .await
-                .ok()
-                .and_then(|(_, body)| metric_value(&body, "fanout_edge_pushes_total")),
-            None => None,
-        };
-        edges.push(EdgeResult {
-            url: edge.url.clone(),
-            pid: edge.pid,
-            connections: on_edge,
-            rss_baseline_kib: baseline,
-            rss_subscribed_kib: subscribed_rss[index],
-            rss_end_kib: end,
-            rss_per_connection_bytes: per_connection,
-            edge_pushes_total,
-        });
-    }
-    let rss_per_connection_bytes =
-        (growth_connections > 0).then(|| growth_bytes / growth_connections as f64);
-    let latency_summary = LatencySummary::of(&latency);
-    let handshake_summary = LatencySummary::of(&handshake);
-    let all_subscribed = connection_result.subscribed == connections;
-    let check = match scenario {
+/// The scenario's target figure, and whether the run met it.
+fn target_check(
+    scenario: Scenario,
+    connections: &ConnectionResult,
+    latency: &LatencySummary,
+    pushes: &PushResult,
+    rss_per_connection_bytes: Option<f64>,
+) -> Option<TargetCheck> {
+    let all_subscribed = connections.subscribed == connections.requested;
+    match scenario {
         Scenario::Idle => rss_per_connection_bytes.map(|bytes| TargetCheck {
             metric: "RSS per subscribed connection (bytes)",
             target: "<= 4096".to_owned(),
@@ -656,14 +541,14 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         Scenario::GroupMessage => Some(TargetCheck {
             metric: "produce → every socket p99 (ms)",
             target: "<= 100".to_owned(),
-            measured: latency_summary.p99_ms,
-            met: latency_summary.samples > 0 && latency_summary.p99_ms <= 100.0,
+            measured: latency.p99_ms,
+            met: latency.samples > 0 && latency.p99_ms <= 100.0,
         }),
         Scenario::Steady => Some(TargetCheck {
             metric: "produce → socket p99 (ms)",
             target: "<= 10".to_owned(),
-            measured: latency_summary.p99_ms,
-            met: latency_summary.samples > 0 && latency_summary.p99_ms <= 10.0,
+            measured: latency.p99_ms,
+            met: latency.samples > 0 && latency.p99_ms <= 10.0,
         }),
         Scenario::PushRate => Some(TargetCheck {
             metric: "pushes delivered per second",
@@ -674,56 +559,41 @@ pub async fn run(options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
         Scenario::ConnectStorm => Some(TargetCheck {
             metric: "authenticated handshakes per second",
             target: ">= 10000".to_owned(),
-            measured: connection_result.handshakes_per_second,
-            met: all_subscribed && connection_result.handshakes_per_second >= 10_000.0,
+            measured: connections.handshakes_per_second,
+            met: all_subscribed && connections.handshakes_per_second >= 10_000.0,
         }),
-    };
-    let result_file = options.out_dir.join(format!("{}.json", scenario.name()));
-    let plot_file = options.out_dir.join(format!("{}.svg", scenario.name()));
-    let title = format!(
-        "fanout bench {}: {connections} connections, {} edge(s)",
-        scenario.name(),
-        target.edges.len()
-    );
-    plot_latency(
-        &plot_file,
-        &title,
-        &[
-            ("produce → client receive", &latency),
-            ("connect → authenticated", &handshake),
-        ],
-    )?;
-    let result = WsBenchResult {
-        scenario: scenario.name(),
-        target: target.description.clone(),
-        protocol: options.protocol,
-        workers: specs.len(),
-        duration_seconds: duration.as_secs_f64(),
-        machine,
-        connections: connection_result,
-        handshake_latency: handshake_summary,
-        latency: latency_summary,
-        pushes,
-        per_message: per_message.iter().map(LatencySummary::of).collect(),
-        edges,
-        rss_per_connection_bytes,
-        cpu,
-        check,
-        result_file: result_file.display().to_string(),
-        plot_file: plot_file.display().to_string(),
-    };
-    std::fs::write(&result_file, serde_json::to_vec_pretty(&result)?)
-        .with_context(|| format!("writing {}", result_file.display()))?;
-    drop(target);
-    Ok(result)
+    }
 }
 
-struct CpuSnapshot {
-    at: Instant,
-    edges: Vec<f64>,
-    pipeline: f64,
-    bench: f64,
-    clients: f64,
+/// `<out_dir>/<scenario>.<extension>`.
+fn output_file(out_dir: &Path, scenario: Scenario, extension: &str) -> PathBuf {
+    out_dir.join(format!("{}.{extension}", scenario.name()))
+}
+
+/// Writes the latency plot and the result JSON.
+fn write_result(
+    result: &WsBenchResult,
+    latencies: &Latencies,
+    result_path: &Path,
+    plot_path: &Path,
+) -> anyhow::Result<()> {
+    let title = format!(
+        "fanout bench {}: {} connections, {} edge(s)",
+        result.scenario,
+        result.connections.requested,
+        result.edges.len()
+    );
+    plot_latency(
+        plot_path,
+        &title,
+        &[
+            ("produce → client receive", &latencies.push),
+            ("connect → authenticated", &latencies.handshake),
+        ],
+    )?;
+    std::fs::write(result_path, serde_json::to_vec_pretty(result)?)
+        .with_context(|| format!("writing {}", result_path.display()))?;
+    Ok(())
 }
 
 /// A human summary of a result.

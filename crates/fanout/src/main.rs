@@ -11,7 +11,6 @@ use fanout_app::config::Config;
 use fanout_app::dev::{DevOptions, banner};
 use fanout_app::stages::{self, Role};
 use fanout_app::tools::{EventSpec, mint_token, produce};
-use fanout_bench::ws::Scenario;
 use fanout_kafka::KafkaSettings;
 use tokio_util::sync::CancellationToken;
 
@@ -57,134 +56,7 @@ enum Command {
     Token(TokenArgs),
     /// Measure a stage under load; prints the result as JSON.
     #[command(subcommand)]
-    Bench(BenchArgs),
-}
-
-#[derive(Subcommand)]
-enum BenchArgs {
-    /// One router's throughput through a broker: a backlog of user events is produced,
-    /// then a router is timed from its first processed event to its last.
-    Router {
-        /// A running broker (default: the embedded one).
-        #[arg(long)]
-        brokers: Option<String>,
-        /// User events in the backlog.
-        #[arg(long, default_value_t = 500_000)]
-        events: u64,
-        /// Distinct users.
-        #[arg(long, default_value_t = 10_000)]
-        users: u64,
-        /// Partitions of the fresh topics the run creates.
-        #[arg(long, default_value_t = 4)]
-        partitions: i32,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-    },
-    /// N connections subscribed and held; the edge's RSS per connection.
-    Idle(WsArgs),
-    /// One message to every connected user; produce → every socket latency.
-    GroupMessage(WsArgs),
-    /// A steady rate of changes (`--rate`) spread over the connected users.
-    Steady(WsArgs),
-    /// Count records straight to unread-counts as fast as they go; pushes per second.
-    PushRate(WsArgs),
-    /// N clients connecting at once; authenticated handshakes per second.
-    ConnectStorm(WsArgs),
-    /// Several edge processes (`--edges`, default 4), N connections over them.
-    ScaleOut(WsArgs),
-    /// One process of bench clients (started by the scenarios).
-    #[command(hide = true)]
-    Worker {
-        /// The worker's spec, JSON.
-        #[arg(long)]
-        spec: String,
-    },
-}
-
-/// Options of the WebSocket scenarios. Without `--edge-url` the bench starts what it
-/// needs itself: an embedded Kafka, edge processes, and ingest and router processes.
-#[derive(Args)]
-struct WsArgs {
-    /// Connections (default: the scenario's).
-    #[arg(long)]
-    connections: Option<u64>,
-    /// Client worker processes (default: one per 15000 connections; at most 18000 each).
-    #[arg(long)]
-    workers: Option<usize>,
-    #[arg(long, value_enum, default_value_t = fanout_bench::worker::Protocol::Cable)]
-    protocol: fanout_bench::worker::Protocol,
-    /// How long the load runs (idle, scale-out: how long connections are held).
-    #[arg(long)]
-    duration_seconds: Option<f64>,
-    /// steady: changes per second (default 20000). push-rate: count records per
-    /// second (default 200000; 0: as fast as the producer goes).
-    #[arg(long)]
-    rate: Option<u64>,
-    /// group-message: messages sent, one after the other, each to every user.
-    #[arg(long, default_value_t = 5)]
-    messages: u64,
-    /// Edge processes to start (scale-out: 4, others: 1).
-    #[arg(long)]
-    edges: Option<usize>,
-    /// Partitions of the topics the bench creates.
-    #[arg(long, default_value_t = 4)]
-    partitions: i32,
-    /// Connections being set up at once per worker (connect-storm: all at once).
-    #[arg(long, default_value_t = 256)]
-    connect_concurrency: usize,
-    /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
-    #[arg(long, default_value = "target/bench")]
-    out_dir: PathBuf,
-    /// A running edge (`ws://host:port`; repeat for several) instead of starting one.
-    #[arg(long = "edge-url")]
-    edge_urls: Vec<String>,
-    /// The pid of each running edge, in `--edge-url` order, to read its RSS.
-    #[arg(long = "edge-pid")]
-    edge_pids: Vec<u32>,
-    /// The running deployment's Kafka (needed by group-message, steady, push-rate).
-    #[arg(long)]
-    brokers: Option<String>,
-    /// The running deployment's partner code.
-    #[arg(long)]
-    partner: Option<String>,
-    /// That partner's signing secret.
-    #[arg(long)]
-    secret: Option<String>,
-    /// The running deployment's topic prefix, if any.
-    #[arg(long)]
-    topic_prefix: Option<String>,
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-}
-
-impl WsArgs {
-    fn into_options(self, scenario: Scenario) -> fanout_bench::ws::WsBenchOptions {
-        let external = (!self.edge_urls.is_empty()).then_some(fanout_bench::ws::ExternalTarget {
-            edge_urls: self.edge_urls,
-            edge_pids: self.edge_pids,
-            brokers: self.brokers,
-            partner: self.partner,
-            secret: self.secret,
-            topic_prefix: self.topic_prefix,
-        });
-        fanout_bench::ws::WsBenchOptions {
-            scenario,
-            connections: self.connections,
-            workers: self.workers,
-            protocol: self.protocol,
-            duration: self
-                .duration_seconds
-                .map(|seconds| Duration::from_secs_f64(seconds.max(0.0))),
-            rate: self.rate,
-            messages: self.messages,
-            edges: self.edges,
-            partitions: self.partitions,
-            connect_concurrency: self.connect_concurrency,
-            out_dir: self.out_dir,
-            external,
-            seed: self.seed,
-        }
-    }
+    Bench(fanout_bench::BenchCommand),
 }
 
 #[derive(Args)]
@@ -448,14 +320,6 @@ async fn run_role(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs a WebSocket scenario: a human summary on stderr, the result as JSON on stdout.
-async fn run_ws_bench(scenario: Scenario, args: WsArgs) -> anyhow::Result<()> {
-    let result = fanout_bench::ws::run(&args.into_options(scenario)).await?;
-    eprintln!("{}", fanout_bench::ws::summary(&result));
-    println!("{}", serde_json::to_string_pretty(&result)?);
-    Ok(())
-}
-
 async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     match command {
@@ -518,37 +382,7 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
             )?;
             println!("{token}");
         }
-        Command::Bench(BenchArgs::Router {
-            brokers,
-            events,
-            users,
-            partitions,
-            seed,
-        }) => {
-            let options = fanout_bench::RouterBenchOptions {
-                brokers,
-                events,
-                users,
-                partitions,
-                seed,
-            };
-            let result = fanout_bench::router(&options).await?;
-            println!("{}", serde_json::to_string_pretty(&result)?);
-        }
-        Command::Bench(BenchArgs::Worker { spec }) => {
-            let spec = serde_json::from_str(&spec).context("parsing the worker spec")?;
-            fanout_bench::worker::run(spec).await?;
-        }
-        Command::Bench(BenchArgs::Idle(args)) => run_ws_bench(Scenario::Idle, args).await?,
-        Command::Bench(BenchArgs::GroupMessage(args)) => {
-            run_ws_bench(Scenario::GroupMessage, args).await?;
-        }
-        Command::Bench(BenchArgs::Steady(args)) => run_ws_bench(Scenario::Steady, args).await?,
-        Command::Bench(BenchArgs::PushRate(args)) => run_ws_bench(Scenario::PushRate, args).await?,
-        Command::Bench(BenchArgs::ConnectStorm(args)) => {
-            run_ws_bench(Scenario::ConnectStorm, args).await?;
-        }
-        Command::Bench(BenchArgs::ScaleOut(args)) => run_ws_bench(Scenario::ScaleOut, args).await?,
+        Command::Bench(bench) => bench.execute().await?,
     }
     Ok(ExitCode::SUCCESS)
 }

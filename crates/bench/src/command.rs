@@ -1,0 +1,63 @@
+//! `fanout bench`'s command line: one subcommand per scenario, each parsed into the
+//! options of the code that runs it, and what each prints.
+
+use anyhow::Context as _;
+
+use crate::router::{RouterBenchOptions, router};
+use crate::ws::{Scenario, WsBenchOptions};
+
+/// The subcommands of `fanout bench`.
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchCommand {
+    /// One router's throughput through a broker: a backlog of user events is produced,
+    /// then a router is timed from its first processed event to its last.
+    Router(RouterBenchOptions),
+    /// N connections subscribed and held; the edge's RSS per connection.
+    Idle(WsBenchOptions),
+    /// One message to every connected user; produce → every socket latency.
+    GroupMessage(WsBenchOptions),
+    /// A steady rate of changes (`--rate`) spread over the connected users.
+    Steady(WsBenchOptions),
+    /// Count records straight to unread-counts as fast as they go; pushes per second.
+    PushRate(WsBenchOptions),
+    /// N clients connecting at once; authenticated handshakes per second.
+    ConnectStorm(WsBenchOptions),
+    /// Several edge processes (`--edges`, default 4), N connections over them.
+    ScaleOut(WsBenchOptions),
+    /// One process of bench clients (started by the scenarios).
+    #[command(hide = true)]
+    Worker {
+        /// The worker's spec, JSON.
+        #[arg(long)]
+        spec: String,
+    },
+}
+
+impl BenchCommand {
+    /// Runs the command. A WebSocket scenario prints a human summary on stderr and its
+    /// result as JSON on stdout; `router` prints its result as JSON; `worker` is one
+    /// process of clients, talking to the scenario that started it.
+    pub async fn execute(self) -> anyhow::Result<()> {
+        let (scenario, options) = match self {
+            Self::Router(options) => {
+                let result = router(&options).await?;
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::Worker { spec } => {
+                let spec = serde_json::from_str(&spec).context("parsing the worker spec")?;
+                return crate::worker::run(spec).await;
+            }
+            Self::Idle(options) => (Scenario::Idle, options),
+            Self::GroupMessage(options) => (Scenario::GroupMessage, options),
+            Self::Steady(options) => (Scenario::Steady, options),
+            Self::PushRate(options) => (Scenario::PushRate, options),
+            Self::ConnectStorm(options) => (Scenario::ConnectStorm, options),
+            Self::ScaleOut(options) => (Scenario::ScaleOut, options),
+        };
+        let result = crate::ws::run(scenario, &options).await?;
+        eprintln!("{}", crate::ws::summary(&result));
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        Ok(())
+    }
+}

@@ -1,0 +1,343 @@
+//! What a WebSocket scenario measured: the edges' RSS and every process's CPU time,
+//! read from /proc, and the workers' reports merged into connection counts, push
+//! rates and latency histograms.
+
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+use super::load::Sends;
+use super::pool::WorkerPool;
+use super::target::{LocalDeployment, Target, cpu_seconds, http_get, metric_value};
+use super::worker::{WorkerReport, new_histogram, tally_error};
+use super::ws::{ConnectionResult, CpuResult, EdgeResult, PushResult};
+
+/// Each edge's RSS in KiB (`None`: no pid, or unreadable) at three points of a run.
+#[derive(Default)]
+pub(crate) struct EdgeRss {
+    pub(crate) baseline: Vec<Option<u64>>,
+    /// Right after every connection was subscribed.
+    pub(crate) subscribed: Vec<Option<u64>>,
+    pub(crate) end: Vec<Option<u64>>,
+}
+
+/// The processes whose CPU time a result splits out.
+pub(crate) struct CpuMeter {
+    edge_pids: Vec<Option<u32>>,
+    /// Ingest and router, when the bench started them.
+    pipeline_pids: Vec<u32>,
+}
+
+/// CPU seconds each process had used at an instant.
+pub(crate) struct CpuSnapshot {
+    at: Instant,
+    edges: Vec<f64>,
+    pipeline: f64,
+    bench: f64,
+    clients: f64,
+}
+
+impl CpuMeter {
+    pub(crate) fn of(target: &Target) -> Self {
+        Self {
+            edge_pids: target.edges.iter().map(|edge| edge.pid).collect(),
+            pipeline_pids: target
+                .local
+                .as_ref()
+                .map(LocalDeployment::pipeline_pids)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// CPU seconds each process has used so far.
+    pub(crate) fn read(&self, pool: &WorkerPool) -> CpuSnapshot {
+        CpuSnapshot {
+            at: Instant::now(),
+            edges: self
+                .edge_pids
+                .iter()
+                .map(|pid| pid.and_then(cpu_seconds).unwrap_or(0.0))
+                .collect(),
+            pipeline: self
+                .pipeline_pids
+                .iter()
+                .filter_map(|pid| cpu_seconds(*pid))
+                .sum(),
+            bench: cpu_seconds(std::process::id()).unwrap_or(0.0),
+            clients: pool.pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum(),
+        }
+    }
+}
+
+impl CpuSnapshot {
+    /// The CPU seconds each process used from `before` to this snapshot.
+    pub(crate) fn used_since(&self, before: &Self) -> CpuResult {
+        CpuResult {
+            wall_seconds: self.at.duration_since(before.at).as_secs_f64(),
+            edges: self
+                .edges
+                .iter()
+                .zip(&before.edges)
+                .map(|(after, before)| after - before)
+                .collect(),
+            ingest_and_router: self.pipeline - before.pipeline,
+            bench_and_kafka: self.bench - before.bench,
+            clients: self.clients - before.clients,
+        }
+    }
+}
+
+/// Seconds between two Unix-microsecond times (0 if `to` is not after `from`).
+fn seconds_between(from_us: u64, to_us: u64) -> f64 {
+    to_us.saturating_sub(from_us) as f64 / 1e6
+}
+
+/// `count` per second over `seconds` (0 over no time).
+fn per_second(count: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        count as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// The connections over every worker: how many got how far, why the others failed,
+/// and how fast they authenticated and subscribed from the first `connect`.
+pub(crate) fn connection_result(reports: &[WorkerReport], requested: u64) -> ConnectionResult {
+    let mut result = ConnectionResult {
+        requested,
+        ..ConnectionResult::default()
+    };
+    for report in reports {
+        result.authenticated += report.progress.authenticated;
+        result.subscribed += report.progress.subscribed;
+        result.failed += report.progress.failed;
+        for (error, count) in &report.errors {
+            tally_error(&mut result.errors, error, *count, usize::MAX);
+        }
+    }
+    let started_us = reports
+        .iter()
+        .map(|report| report.connect_started_us)
+        .filter(|started| *started > 0)
+        .min()
+        .unwrap_or(0);
+    let last_authenticated_us = reports
+        .iter()
+        .map(|report| report.last_authenticated_us)
+        .max()
+        .unwrap_or(0);
+    let last_subscribed_us = reports
+        .iter()
+        .map(|report| report.last_subscribed_us)
+        .max()
+        .unwrap_or(0);
+    result.authenticate_seconds = seconds_between(started_us, last_authenticated_us);
+    result.handshakes_per_second = per_second(result.authenticated, result.authenticate_seconds);
+    result.subscribe_seconds = seconds_between(started_us, last_subscribed_us);
+    result.subscribed_per_second = per_second(result.subscribed, result.subscribe_seconds);
+    result
+}
+
+/// Pushes received over every worker, and how fast from the first to the last.
+pub(crate) fn count_received_pushes(reports: &[WorkerReport], pushes: &mut PushResult) {
+    pushes.received = reports.iter().map(|report| report.progress.pushes).sum();
+    let first_push_us = reports
+        .iter()
+        .map(|report| report.first_push_us)
+        .filter(|first| *first > 0)
+        .min();
+    let last_push_us = reports
+        .iter()
+        .map(|report| report.last_push_us)
+        .max()
+        .unwrap_or(0);
+    if let Some(first_push_us) = first_push_us
+        && last_push_us > 0
+    {
+        pushes.seconds = seconds_between(first_push_us, last_push_us);
+        pushes.per_second = per_second(pushes.received, pushes.seconds);
+    }
+}
+
+/// The latencies over every worker, in microseconds.
+pub(crate) struct Latencies {
+    /// Produce → client receive, per push.
+    pub(crate) push: Histogram<u64>,
+    /// Connect start → authenticated, per connection.
+    pub(crate) handshake: Histogram<u64>,
+    /// `group-message`: the pushes of each message.
+    pub(crate) per_message: Vec<Histogram<u64>>,
+}
+
+impl Latencies {
+    /// The workers' histograms added up, and their receipts turned into latencies by
+    /// when the bench sent what caused them.
+    pub(crate) fn merge(reports: &[WorkerReport], sends: &Sends) -> anyhow::Result<Self> {
+        let mut latencies = Self {
+            push: new_histogram()?,
+            handshake: new_histogram()?,
+            per_message: (0..sends.rounds.len())
+                .map(|_| new_histogram())
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
+        for report in reports {
+            record_pairs(&mut latencies.push, &report.latency_us);
+            record_pairs(&mut latencies.handshake, &report.handshake_us);
+            for (user, count, received_us) in &report.receipts {
+                let Some(sent_us) = sends.sent_at(*user, *count) else {
+                    continue;
+                };
+                let micros = received_us.saturating_sub(sent_us).max(1);
+                latencies.push.saturating_record(micros);
+                // Count k of every user comes from message k.
+                if let Some(message) = usize::try_from(*count)
+                    .ok()
+                    .and_then(|count| latencies.per_message.get_mut(count.wrapping_sub(1)))
+                {
+                    message.saturating_record(micros);
+                }
+            }
+        }
+        Ok(latencies)
+    }
+}
+
+/// Adds (value, count) pairs, the form workers report, to a histogram.
+fn record_pairs(histogram: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
+    for (value, count) in pairs {
+        histogram.saturating_record_n((*value).max(1), *count);
+    }
+}
+
+/// Connections on edge `index` of `edges`: connection `i` goes to edge `i % edges`.
+fn connections_on_edge(connections: u64, edges: u64, index: u64) -> u64 {
+    connections.saturating_sub(index).div_ceil(edges.max(1))
+}
+
+/// Each edge's connections, RSS and pushes, and over all edges the RSS growth per
+/// connection.
+pub(crate) async fn edge_results(
+    target: &Target,
+    connections: u64,
+    rss: &EdgeRss,
+) -> (Vec<EdgeResult>, Option<f64>) {
+    let mut edges = Vec::new();
+    let (mut growth_bytes, mut growth_connections) = (0.0, 0_u64);
+    for (index, edge) in target.edges.iter().enumerate() {
+        let on_edge = connections_on_edge(connections, target.edges.len() as u64, index as u64);
+        let baseline = rss.baseline[index];
+        let end = rss.end[index];
+        let per_connection = match (baseline, end) {
+            (Some(baseline), Some(end)) if on_edge > 0 => {
+                let bytes = (end.saturating_sub(baseline) * 1024) as f64;
+                growth_bytes += bytes;
+                growth_connections += on_edge;
+                Some(bytes / on_edge as f64)
+            }
+            _ => None,
+        };
+        let edge_pushes_total = match &edge.admin {
+            Some(admin) => http_get(admin, "/metrics")
+                .await
+                .ok()
+                .and_then(|(_, body)| metric_value(&body, "fanout_edge_pushes_total")),
+            None => None,
+        };
+        edges.push(EdgeResult {
+            url: edge.url.clone(),
+            pid: edge.pid,
+            connections: on_edge,
+            rss_baseline_kib: baseline,
+            rss_subscribed_kib: rss.subscribed[index],
+            rss_end_kib: end,
+            rss_per_connection_bytes: per_connection,
+            edge_pushes_total,
+        });
+    }
+    let rss_per_connection_bytes =
+        (growth_connections > 0).then(|| growth_bytes / growth_connections as f64);
+    (edges, rss_per_connection_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::worker::Progress;
+
+    #[test]
+    fn connections_are_spread_round_robin_over_the_edges() {
+        for connections in 0..20_u64 {
+            for edges in 1..5_u64 {
+                for index in 0..edges {
+                    let round_robin = (0..connections)
+                        .filter(|connection| connection % edges == index)
+                        .count() as u64;
+                    assert_eq!(
+                        connections_on_edge(connections, edges, index),
+                        round_robin,
+                        "{connections} connections, edge {index} of {edges}"
+                    );
+                }
+            }
+        }
+    }
+
+    fn report(subscribed: u64, failed: u64, errors: &[(&str, u64)]) -> WorkerReport {
+        WorkerReport {
+            progress: Progress {
+                authenticated: subscribed,
+                subscribed,
+                failed,
+                pushes: 0,
+            },
+            errors: errors
+                .iter()
+                .map(|(error, count)| ((*error).to_owned(), *count))
+                .collect(),
+            ..WorkerReport::default()
+        }
+    }
+
+    #[test]
+    fn the_workers_connections_add_up_from_the_first_connect() {
+        let mut first = report(3, 1, &[("unauthorized", 1)]);
+        first.connect_started_us = 2_000_000;
+        first.last_authenticated_us = 2_500_000;
+        first.last_subscribed_us = 3_000_000;
+        let mut second = report(1, 2, &[("unauthorized", 1), ("closed by the edge", 1)]);
+        second.connect_started_us = 1_000_000;
+        second.last_authenticated_us = 2_000_000;
+        second.last_subscribed_us = 2_000_000;
+        let result = connection_result(&[first, second], 7);
+        assert_eq!(result.requested, 7);
+        assert_eq!(result.subscribed, 4);
+        assert_eq!(result.failed, 3);
+        assert_eq!(
+            result.errors,
+            [
+                ("unauthorized".to_owned(), 2),
+                ("closed by the edge".to_owned(), 1)
+            ]
+        );
+        assert_eq!(result.authenticate_seconds, 1.5);
+        assert_eq!(result.subscribe_seconds, 2.0);
+        assert_eq!(result.subscribed_per_second, 2.0);
+    }
+
+    #[test]
+    fn receipts_become_latencies_by_their_send_time() {
+        let sends = Sends {
+            rounds: vec![1_000, 5_000],
+            ..Sends::default()
+        };
+        let mut worker = report(2, 0, &[]);
+        worker.receipts = vec![(0, 1, 3_000), (1, 2, 6_000), (1, 3, 9_000)];
+        let latencies = Latencies::merge(&[worker], &sends).unwrap();
+        // The third count was caused by no message the bench sent.
+        assert_eq!(latencies.push.len(), 2);
+        assert_eq!(latencies.per_message[0].max(), 2_000);
+        assert_eq!(latencies.per_message[1].max(), 1_000);
+    }
+}
