@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use fanout_kafka::KafkaSettings;
-use fanout_schema::{user_key, v1};
+use fanout_schema::{unix_micros, user_key, v1};
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -17,7 +17,6 @@ use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
 use super::pool::WorkerPool;
 use super::target::Target;
-use super::worker::now_us;
 use super::ws::{PushResult, progress_bar};
 
 /// When each (user, count) was caused: the send time of the event that raised `user`'s
@@ -166,7 +165,7 @@ async fn warm_event_producer(
         format!("{user_prefix}warm-up"),
         1,
         vec![format!("{user_prefix}warm-up")],
-        now_us(),
+        unix_micros(),
     );
     warm_up(
         &producer,
@@ -231,7 +230,7 @@ pub(super) async fn group_message(
     let bar = progress_bar(messages * users, "pushes");
     let started = Instant::now();
     for message in 0..messages {
-        let sent_us = now_us();
+        let sent_us = unix_micros();
         let event = message_created(
             &target.partner,
             format!("{user_prefix}group-{message}"),
@@ -296,7 +295,7 @@ pub(super) async fn steady(
             let user = rng.random_range(0..users);
             let sent = sends.per_user.entry(user).or_default();
             let seq = sent.len() as u64 + 1;
-            let sent_us = now_us();
+            let sent_us = unix_micros();
             let event = message_created(
                 &target.partner,
                 format!("{user_prefix}{user}-{seq}"),
@@ -397,7 +396,7 @@ pub(super) async fn push_rate(
         }
         for _ in 0..1000 {
             let (key, user) = &keys[usize::try_from(produced % users).unwrap_or(0)];
-            let sent_us = now_us();
+            let sent_us = unix_micros();
             let record = v1::UnreadCount {
                 partner: target.partner.clone(),
                 user: user.clone(),

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fanout_schema::unix_micros;
 use futures::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -134,13 +135,6 @@ pub fn tally_error(errors: &mut Vec<(String, u64)>, error: &str, count: u64, max
     }
 }
 
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[derive(Default)]
 struct Shared {
     authenticated: AtomicU64,
@@ -181,7 +175,7 @@ impl Shared {
     }
 
     fn push_received(&self, latency: LatencySource, user: u64, count: u64) {
-        let now = now_us();
+        let now = unix_micros();
         self.pushes.fetch_add(1, Ordering::Relaxed);
         let _ = self
             .first_push_us
@@ -240,7 +234,7 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     while let Some(command) = commands.next_line().await? {
         match command.trim() {
             "connect" if connect_started_us == 0 => {
-                connect_started_us = now_us();
+                connect_started_us = unix_micros();
                 start_clients(&spec, &edges, std::mem::take(&mut tokens), &shared);
                 let shared = shared.clone();
                 reporter = Some(tokio::spawn(async move {
@@ -351,7 +345,7 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 impl Client<'_> {
     async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
         let permit = setup.acquire().await.map_err(|error| error.to_string())?;
-        let started_us = now_us();
+        let started_us = unix_micros();
         let mut socket = tokio::time::timeout(SETUP_TIMEOUT, self.setup(token, started_us))
             .await
             .map_err(|_| "setup timed out".to_owned())??;
@@ -359,7 +353,7 @@ impl Client<'_> {
         self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
         self.shared
             .last_subscribed_us
-            .fetch_max(now_us(), Ordering::Relaxed);
+            .fetch_max(unix_micros(), Ordering::Relaxed);
         while let Some(frame) = socket.next().await {
             match frame.map_err(|error| format!("read: {error}"))? {
                 Message::Text(text) => {
@@ -441,7 +435,7 @@ impl Client<'_> {
                 };
                 if welcomed {
                     authenticated = true;
-                    let now = now_us();
+                    let now = unix_micros();
                     self.shared.authenticated.fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .last_authenticated_us

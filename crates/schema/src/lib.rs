@@ -43,13 +43,20 @@ pub fn split_user_key(key: &str) -> Option<(&str, &str)> {
     key.split_once(KEY_SEPARATOR)
 }
 
-/// Milliseconds since the Unix epoch: the clock of `occurred_at_ms` and of every latency
-/// measured against it.
-pub fn unix_millis() -> i64 {
+/// Microseconds since the Unix epoch (0 before it): the one clock of fanout's
+/// timestamps, [`unix_millis`] included. Unsigned, because its users (the bench's send
+/// and receive stamps, which also travel as unread counts) keep times as `u64`.
+pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+        .map(|elapsed| u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch: the clock of `occurred_at_ms` and of every latency
+/// measured against it. [`unix_micros`] in milliseconds, rounded down.
+pub fn unix_millis() -> i64 {
+    i64::try_from(unix_micros() / 1000).unwrap_or(i64::MAX)
 }
 
 /// The `content-type` header value that marks a record as proto3 JSON.
@@ -71,6 +78,19 @@ mod tests {
         assert_eq!(key, "acme/team/alice");
         assert_eq!(split_user_key(&key), Some(("acme", "team/alice")));
         assert_eq!(split_user_key("nokey"), None);
+    }
+
+    #[test]
+    fn unix_millis_is_unix_micros_in_milliseconds() {
+        let before_us = unix_micros();
+        let millis = unix_millis();
+        let after_us = unix_micros();
+        let before_ms = i64::try_from(before_us / 1000).unwrap();
+        let after_ms = i64::try_from(after_us / 1000).unwrap();
+        assert!(
+            before_ms <= millis && millis <= after_ms,
+            "{before_us} {millis} {after_us}"
+        );
     }
 
     #[test]
