@@ -4,7 +4,7 @@
 use anyhow::Context as _;
 
 use crate::router::{RouterBenchOptions, router};
-use crate::ws::{Scenario, WsBenchOptions};
+use crate::scenario::{Scenario, WsBenchOptions};
 
 /// The subcommands of `fanout bench`.
 #[derive(Debug, clap::Subcommand)]
@@ -56,7 +56,7 @@ impl BenchCommand {
             Self::ScaleOut(options) => (Scenario::ScaleOut, options),
         };
         let result = crate::ws::run(scenario, &options).await?;
-        eprintln!("{}", crate::ws::summary(&result));
+        eprintln!("{}", crate::result::summary(&result));
         println!("{}", serde_json::to_string_pretty(&result)?);
         Ok(())
     }

@@ -15,9 +15,9 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 
-use super::pool::WorkerPool;
+use super::pool::{WorkerPool, progress_bar};
+use super::result::PushResult;
 use super::target::Target;
-use super::ws::{PushResult, progress_bar};
 
 /// When each (user, count) was caused: the send time of the event that raised `user`'s
 /// count to `count`.

@@ -8,9 +8,10 @@ use hdrhistogram::Histogram;
 
 use super::load::Sends;
 use super::pool::WorkerPool;
-use super::target::{LocalDeployment, Target, cpu_seconds, http_get, metric_value};
+use super::result::{ConnectionResult, CpuResult, EdgeResult, PushResult};
+use super::system::{cpu_seconds, http_get, metric_value};
+use super::target::{LocalDeployment, Target};
 use super::worker::{WorkerReport, new_histogram, tally_error};
-use super::ws::{ConnectionResult, CpuResult, EdgeResult, PushResult};
 
 /// Each edge's RSS in KiB (`None`: no pid, or unreadable) at three points of a run.
 #[derive(Default)]

@@ -1,15 +1,15 @@
 //! The bench's worker processes: started with their specs, told what to do on their
-//! stdin, heard from on their stdout.
+//! stdin, heard from on their stdout; and the progress bar shown while waiting on them.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use indicatif::ProgressBar;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 use tokio::process::{Child, ChildStdin};
 use tokio::sync::mpsc;
 
-use super::target::this_binary;
+use super::system::this_binary;
 use super::worker::{Progress, WorkerMessage, WorkerReport, WorkerSpec};
 
 /// The worker processes and what they last reported.
@@ -162,4 +162,17 @@ impl WorkerPool {
         }
         Ok(self.reports.into_iter().flatten().collect())
     }
+}
+
+/// A bar on stderr for what the workers report while a scenario waits on them
+/// (`what`: the unit it counts).
+pub(super) fn progress_bar(length: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>12} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}) {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(what.to_owned());
+    bar
 }

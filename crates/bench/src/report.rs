@@ -73,7 +73,7 @@ impl Machine {
             .find_map(|line| line.strip_prefix("model name"))
             .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
             .unwrap_or_default();
-        let memory_kib = super::target::kib_field(&read("/proc/meminfo"), "MemTotal:")
+        let memory_kib = super::system::kib_field(&read("/proc/meminfo"), "MemTotal:")
             .map_or(0.0, |kib| kib as f64);
         Self {
             cpus: std::thread::available_parallelism().map_or(0, usize::from),

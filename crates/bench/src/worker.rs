@@ -204,7 +204,7 @@ fn emit(message: &WorkerMessage) {
 pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     anyhow::ensure!(!spec.edge_urls.is_empty(), "no edge URL");
     anyhow::ensure!(!spec.source_addresses.is_empty(), "no source address");
-    super::target::raise_open_file_limit();
+    super::system::raise_open_file_limit();
     let edges = spec
         .edge_urls
         .iter()

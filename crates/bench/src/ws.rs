@@ -10,114 +10,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::Rng as _;
-use serde::Serialize;
 
 use super::load::{Sends, group_message, hold, push_rate, steady};
 use super::measure::{
     CpuMeter, EdgeRss, Latencies, connection_result, count_received_pushes, edge_results,
 };
-use super::pool::WorkerPool;
+use super::pool::{WorkerPool, progress_bar};
 use super::report::{LatencySummary, Machine, plot_latency};
-use super::target::{ExternalTarget, Target};
-use super::worker::{LatencySource, Protocol, WorkerSpec};
-
-/// The named scenarios.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// N connections subscribed and held: the edge's RSS per connection.
-    Idle,
-    /// One message to every connected user: produce → every socket.
-    GroupMessage,
-    /// A steady rate of changes spread over the connected users.
-    Steady,
-    /// Count records written straight to unread-counts as fast as the producer can:
-    /// pushes delivered per second, router not in the loop.
-    PushRate,
-    /// N clients connecting at once: authenticated handshakes per second.
-    ConnectStorm,
-    /// Several edge processes, N connections over all of them.
-    ScaleOut,
-}
-
-impl Scenario {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Idle => "idle",
-            Self::GroupMessage => "group-message",
-            Self::Steady => "steady",
-            Self::PushRate => "push-rate",
-            Self::ConnectStorm => "connect-storm",
-            Self::ScaleOut => "scale-out",
-        }
-    }
-
-    fn default_connections(self) -> u64 {
-        match self {
-            Self::Idle => 19_000,
-            Self::GroupMessage | Self::ConnectStorm => 10_000,
-            Self::Steady => 15_000,
-            Self::PushRate => 2_000,
-            Self::ScaleOut => 60_000,
-        }
-    }
-
-    fn default_duration(self) -> Duration {
-        match self {
-            Self::Idle | Self::ScaleOut => Duration::from_secs(5),
-            Self::Steady => Duration::from_secs(30),
-            Self::PushRate => Duration::from_secs(10),
-            Self::GroupMessage | Self::ConnectStorm => Duration::ZERO,
-        }
-    }
-
-    /// Scenarios whose events go through ingest and router.
-    pub(crate) fn needs_pipeline(self) -> bool {
-        matches!(self, Self::GroupMessage | Self::Steady)
-    }
-}
-
-/// Options of the WebSocket scenarios. Without `--edge-url` the bench starts what it
-/// needs itself: an embedded Kafka, edge processes, and ingest and router processes.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WsBenchOptions {
-    /// Connections (default: the scenario's).
-    #[arg(long)]
-    pub connections: Option<u64>,
-    /// Client worker processes (default: one per 15000 connections; at most 18000 each).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Protocol::Cable)]
-    pub protocol: Protocol,
-    /// How long the load runs (idle, scale-out: how long connections are held).
-    #[arg(long)]
-    pub duration_seconds: Option<f64>,
-    /// steady: changes per second (default 20000). push-rate: count records per
-    /// second (default 200000; 0: as fast as the producer goes).
-    #[arg(long)]
-    pub rate: Option<u64>,
-    /// group-message: messages sent, one after the other, each to every user.
-    #[arg(long, default_value_t = 5)]
-    pub messages: u64,
-    /// Edge processes to start (scale-out: 4, others: 1).
-    #[arg(long)]
-    pub edges: Option<usize>,
-    /// Partitions of the topics the bench creates.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: i32,
-    /// Connections being set up at once per worker (connect-storm: all at once).
-    #[arg(long, default_value_t = 256)]
-    pub connect_concurrency: usize,
-    /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
-    #[arg(long, default_value = "target/bench")]
-    pub out_dir: PathBuf,
-    #[command(flatten)]
-    pub external: ExternalTarget,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-}
+use super::result::{ConnectionResult, PushResult, TargetCheck, WsBenchResult};
+use super::scenario::{Scenario, WsBenchOptions};
+use super::target::Target;
+use super::worker::{LatencySource, WorkerSpec};
 
 /// `push-rate`'s default count records per second: above what one edge delivers here
 /// (so it is saturated and coalesces), below the producer's own maximum, which would
@@ -129,108 +33,12 @@ pub const MAX_CONNECTIONS_PER_WORKER: u64 = 18_000;
 /// Connections per source address (an address has about 28k ephemeral ports).
 const CONNECTIONS_PER_SOURCE_ADDRESS: u64 = 8_000;
 
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ConnectionResult {
-    pub requested: u64,
-    pub authenticated: u64,
-    pub subscribed: u64,
-    pub failed: u64,
-    pub errors: Vec<(String, u64)>,
-    /// From the first `connect` to the last welcome/authresponse.
-    pub authenticate_seconds: f64,
-    /// Authenticated handshakes per second over `authenticate_seconds`.
-    pub handshakes_per_second: f64,
-    /// From the first `connect` to the last subscription confirmed with its count.
-    pub subscribe_seconds: f64,
-    pub subscribed_per_second: f64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct PushResult {
-    /// Pushes the run should cause if none were coalesced (`None`: not known).
-    pub expected: Option<u64>,
-    pub received: u64,
-    /// From the first push received to the last.
-    pub seconds: f64,
-    pub per_second: f64,
-    /// Events (or count records) produced, and how fast.
-    pub produced: u64,
-    pub produce_seconds: f64,
-    pub produced_per_second: f64,
-    pub produce_failures: u64,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct EdgeResult {
-    pub url: String,
-    pub pid: Option<u32>,
-    pub connections: u64,
-    pub rss_baseline_kib: Option<u64>,
-    /// Right after every connection was subscribed.
-    pub rss_subscribed_kib: Option<u64>,
-    /// At the end of the run.
-    pub rss_end_kib: Option<u64>,
-    /// (end RSS - baseline) / connections.
-    pub rss_per_connection_bytes: Option<f64>,
-    /// `fanout_edge_pushes_total` at the end (subscribe counts included).
-    pub edge_pushes_total: Option<f64>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct CpuResult {
-    pub wall_seconds: f64,
-    /// Each edge process (local edges, or `--edge-pid`).
-    pub edges: Vec<f64>,
-    /// Ingest and router processes together (local, group-message and steady).
-    pub ingest_and_router: f64,
-    /// The bench process: the embedded Kafka and the producer.
-    pub bench_and_kafka: f64,
-    /// The client worker processes together.
-    pub clients: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TargetCheck {
-    pub metric: &'static str,
-    pub target: String,
-    pub measured: f64,
-    pub met: bool,
-}
-
-/// The result of a WebSocket scenario, written as JSON.
-#[derive(Debug, Clone, Serialize)]
-pub struct WsBenchResult {
-    pub scenario: &'static str,
-    pub target: String,
-    pub protocol: Protocol,
-    pub workers: usize,
-    pub duration_seconds: f64,
-    pub machine: Machine,
-    pub connections: ConnectionResult,
-    /// Connect start → welcome (or authresponse), per connection.
-    pub handshake_latency: LatencySummary,
-    /// Produce → client receive, per push.
-    pub latency: LatencySummary,
-    pub pushes: PushResult,
-    /// `group-message`: latency of each message's pushes, in order.
-    pub per_message: Vec<LatencySummary>,
-    pub edges: Vec<EdgeResult>,
-    /// Over all edges: sum of RSS growth / sum of connections.
-    pub rss_per_connection_bytes: Option<f64>,
-    /// CPU seconds each process used during the load (after every connection was
-    /// subscribed), and the load's wall-clock seconds: where the 2 cores went.
-    pub cpu: CpuResult,
-    pub check: Option<TargetCheck>,
-    pub result_file: String,
-    pub plot_file: String,
-}
-
 /// Runs a scenario and writes `<out_dir>/<scenario>.json` and `.svg`: the target set
 /// up, the workers started and their connections subscribed, the load run, the workers'
 /// reports merged, the result written.
 pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     let size = RunSize::of(scenario, options)?;
-    super::target::raise_open_file_limit();
+    super::system::raise_open_file_limit();
     let run_dir = create_run_dir(&options.out_dir, scenario)?;
     let mut machine = Machine::read();
 
@@ -347,7 +155,7 @@ impl RunSize {
 /// logs.
 fn create_run_dir(out_dir: &Path, scenario: Scenario) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let run_dir = super::target::run_dir(out_dir, scenario.name());
+    let run_dir = super::system::run_dir(out_dir, scenario.name());
     std::fs::create_dir_all(&run_dir)?;
     Ok(run_dir)
 }
@@ -387,7 +195,7 @@ fn worker_specs(
                 user_prefix: user_prefix.to_owned(),
                 first_user,
                 connections: count,
-                source_addresses: super::target::source_addresses(
+                source_addresses: super::system::source_addresses(
                     run_octet,
                     worker,
                     usize::try_from(count.div_ceil(CONNECTIONS_PER_SOURCE_ADDRESS)).unwrap_or(1),
@@ -594,95 +402,4 @@ fn write_result(
     std::fs::write(result_path, serde_json::to_vec_pretty(result)?)
         .with_context(|| format!("writing {}", result_path.display()))?;
     Ok(())
-}
-
-/// A human summary of a result.
-pub fn summary(result: &WsBenchResult) -> String {
-    let mut lines = vec![format!(
-        "fanout bench {} ({}, {} workers, {:?})",
-        result.scenario, result.target, result.workers, result.protocol
-    )];
-    let connections = &result.connections;
-    lines.push(format!(
-        "connections: {}/{} subscribed, {} failed; {:.0} handshakes/s, {:.0} subscribed/s",
-        connections.subscribed,
-        connections.requested,
-        connections.failed,
-        connections.handshakes_per_second,
-        connections.subscribed_per_second
-    ));
-    for (error, count) in &connections.errors {
-        lines.push(format!("  {count} × {error}"));
-    }
-    lines.push(format!(
-        "handshake latency: {}",
-        result.handshake_latency.line()
-    ));
-    if result.pushes.received > 0 || result.pushes.produced > 0 {
-        lines.push(format!(
-            "pushes: {} received ({} expected) in {:.2} s = {:.0}/s; produced {} at {:.0}/s",
-            result.pushes.received,
-            result
-                .pushes
-                .expected
-                .map_or_else(|| "?".to_owned(), |expected| expected.to_string()),
-            result.pushes.seconds,
-            result.pushes.per_second,
-            result.pushes.produced,
-            result.pushes.produced_per_second
-        ));
-        lines.push(format!("push latency: {}", result.latency.line()));
-    }
-    for (index, message) in result.per_message.iter().enumerate() {
-        lines.push(format!("  message {}: {}", index + 1, message.line()));
-    }
-    for edge in &result.edges {
-        if let (Some(baseline), Some(end)) = (edge.rss_baseline_kib, edge.rss_end_kib) {
-            lines.push(format!(
-                "edge {}: {} connections, RSS {} KiB → {} KiB = {:.0} bytes/connection",
-                edge.url,
-                edge.connections,
-                baseline,
-                end,
-                edge.rss_per_connection_bytes.unwrap_or(0.0)
-            ));
-        }
-    }
-    let cpu = &result.cpu;
-    lines.push(format!(
-        "CPU seconds over {:.1} s of load: edges {:?}, ingest+router {:.1}, bench+Kafka {:.1}, clients {:.1}",
-        cpu.wall_seconds,
-        cpu.edges
-            .iter()
-            .map(|seconds| (seconds * 10.0).round() / 10.0)
-            .collect::<Vec<_>>(),
-        cpu.ingest_and_router,
-        cpu.bench_and_kafka,
-        cpu.clients
-    ));
-    if let Some(check) = &result.check {
-        lines.push(format!(
-            "target: {} {} — measured {:.2}: {}",
-            check.metric,
-            check.target,
-            check.measured,
-            if check.met { "MET" } else { "MISSED" }
-        ));
-    }
-    lines.push(format!(
-        "wrote {} and {}",
-        result.result_file, result.plot_file
-    ));
-    lines.join("\n")
-}
-
-pub(super) fn progress_bar(length: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::with_draw_target(Some(length), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{prefix:>12} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec}) {msg}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.set_prefix(what.to_owned());
-    bar
 }

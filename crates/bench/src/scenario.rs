@@ -1,0 +1,136 @@
+//! What a WebSocket scenario is asked to do: the named scenarios with their defaults,
+//! and the options of the command line, the running deployment it may name included.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::worker::Protocol;
+
+/// The named scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scenario {
+    /// N connections subscribed and held: the edge's RSS per connection.
+    Idle,
+    /// One message to every connected user: produce → every socket.
+    GroupMessage,
+    /// A steady rate of changes spread over the connected users.
+    Steady,
+    /// Count records written straight to unread-counts as fast as the producer can:
+    /// pushes delivered per second, router not in the loop.
+    PushRate,
+    /// N clients connecting at once: authenticated handshakes per second.
+    ConnectStorm,
+    /// Several edge processes, N connections over all of them.
+    ScaleOut,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::GroupMessage => "group-message",
+            Self::Steady => "steady",
+            Self::PushRate => "push-rate",
+            Self::ConnectStorm => "connect-storm",
+            Self::ScaleOut => "scale-out",
+        }
+    }
+
+    pub(crate) fn default_connections(self) -> u64 {
+        match self {
+            Self::Idle => 19_000,
+            Self::GroupMessage | Self::ConnectStorm => 10_000,
+            Self::Steady => 15_000,
+            Self::PushRate => 2_000,
+            Self::ScaleOut => 60_000,
+        }
+    }
+
+    pub(crate) fn default_duration(self) -> Duration {
+        match self {
+            Self::Idle | Self::ScaleOut => Duration::from_secs(5),
+            Self::Steady => Duration::from_secs(30),
+            Self::PushRate => Duration::from_secs(10),
+            Self::GroupMessage | Self::ConnectStorm => Duration::ZERO,
+        }
+    }
+
+    /// Scenarios whose events go through ingest and router.
+    pub(crate) fn needs_pipeline(self) -> bool {
+        matches!(self, Self::GroupMessage | Self::Steady)
+    }
+}
+
+/// Options of the WebSocket scenarios. Without `--edge-url` the bench starts what it
+/// needs itself: an embedded Kafka, edge processes, and ingest and router processes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WsBenchOptions {
+    /// Connections (default: the scenario's).
+    #[arg(long)]
+    pub connections: Option<u64>,
+    /// Client worker processes (default: one per 15000 connections; at most 18000 each).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    #[arg(long, value_enum, default_value_t = Protocol::Cable)]
+    pub protocol: Protocol,
+    /// How long the load runs (idle, scale-out: how long connections are held).
+    #[arg(long)]
+    pub duration_seconds: Option<f64>,
+    /// steady: changes per second (default 20000). push-rate: count records per
+    /// second (default 200000; 0: as fast as the producer goes).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// group-message: messages sent, one after the other, each to every user.
+    #[arg(long, default_value_t = 5)]
+    pub messages: u64,
+    /// Edge processes to start (scale-out: 4, others: 1).
+    #[arg(long)]
+    pub edges: Option<usize>,
+    /// Partitions of the topics the bench creates.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
+    /// Connections being set up at once per worker (connect-storm: all at once).
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
+    #[arg(long, default_value = "target/bench")]
+    pub out_dir: PathBuf,
+    #[command(flatten)]
+    pub external: ExternalTarget,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+/// A deployment already running, instead of one the bench starts: named by
+/// `--edge-url`; without it the other fields are not used.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ExternalTarget {
+    /// A running edge (`ws://host:port`; repeat for several) instead of starting one.
+    #[arg(long = "edge-url")]
+    pub edge_urls: Vec<String>,
+    /// The pid of each running edge, in `--edge-url` order, to read its RSS.
+    #[arg(long = "edge-pid")]
+    pub edge_pids: Vec<u32>,
+    /// The running deployment's Kafka (needed by group-message, steady, push-rate).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// The running deployment's partner code.
+    #[arg(long)]
+    pub partner: Option<String>,
+    /// That partner's signing secret.
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// The running deployment's topic prefix, if any.
+    #[arg(long)]
+    pub topic_prefix: Option<String>,
+}
+
+impl ExternalTarget {
+    /// Whether the run measures a running deployment (`--edge-url` given).
+    pub(crate) fn is_named(&self) -> bool {
+        !self.edge_urls.is_empty()
+    }
+}

@@ -1,0 +1,112 @@
+//! What the bench asks of this machine and process, needing no other part of the
+//! bench: this binary to start as a child, the open-file limit, the source addresses
+//! clients bind, /proc for a process's RSS and CPU time, a child's `/readyz` and
+//! `/metrics` over HTTP, and where a run's files go.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::process::Command;
+
+/// Raises this process's soft open-file limit to the hard one (children inherit it).
+pub fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(0, |(soft, _)| soft)
+        }
+    }
+}
+
+/// Source addresses for worker `worker` of a run: `127.<run>.<worker>.1`, `.2`, ... `run`
+/// (1 to 254, random per run) keeps a run off the ports a previous run's connections
+/// still hold in TIME_WAIT; 127.0.0.1, which the edges and Kafka use, is never one.
+pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
+    let run = run.clamp(1, 254);
+    let worker = u8::try_from(worker % 250).unwrap_or(0);
+    (1..=count.clamp(1, 250))
+        .map(|host| Ipv4Addr::new(127, run, worker, u8::try_from(host).unwrap_or(1)))
+        .collect()
+}
+
+/// This binary, to start as a child process (a role, a bench worker): logging at
+/// `warn` to `log`, killed if dropped. The caller adds the arguments and stdio.
+pub(crate) fn this_binary(log: &Path) -> anyhow::Result<Command> {
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut command = Command::new(exe);
+    command
+        .env("RUST_LOG", "warn")
+        .stderr(log_file)
+        .kill_on_drop(true);
+    Ok(command)
+}
+
+/// VmRSS of `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    kib_field(&status, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The value of a `Name:   1234 kB` line of a /proc file, in KiB.
+pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// CPU time (user + system) `pid` has used so far, in seconds, from /proc.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain.
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((user + system) / 100.0)
+}
+
+/// GET `path` from `base` (`http://host:port`, a child's admin port): (status, body),
+/// for /readyz and /metrics. One connection per request, at most 5 s for all of it.
+pub async fn http_get(base: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let uri: http::Uri = url.parse().with_context(|| format!("{url} is not a URL"))?;
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build_http::<Empty<Bytes>>();
+    let exchange = async {
+        let response = client.get(uri).await?;
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await?.to_bytes();
+        anyhow::Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .with_context(|| format!("GET {url} timed out"))?
+        .with_context(|| format!("GET {url}"))
+}
+
+/// The value of an unlabelled (or exactly labelled) sample in Prometheus text.
+pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(sample)?;
+        let value = rest.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// Where a run's child configs and logs go.
+pub fn run_dir(out_dir: &Path, scenario: &str) -> PathBuf {
+    out_dir.join(format!("{scenario}-run"))
+}
