@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use fanout_tests::*;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 fn count(count: u64) -> String {
     format!(r#"{{"type":"unread_count","count":{count}}}"#)
@@ -134,13 +133,11 @@ async fn no_data_before_auth() {
 }
 
 fn expired_token(partner: &TestPartner, user: &str) -> String {
-    let now = fanout_schema::unix_millis() / 1000;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &serde_json::json!({"uniqueId": user, "jti": "j1", "iat": now - 7200, "exp": now - 3600}),
-        &EncodingKey::from_secret(partner.secret.as_bytes()),
-    )
-    .unwrap()
+    TokenBuilder::new(user)
+        .claim("jti", "j1")
+        .claim_from_now("iat", -7200)
+        .claim_from_now("exp", -3600)
+        .sign(&partner.secret)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

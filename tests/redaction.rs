@@ -51,13 +51,11 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
     let good_cable = alpha.token("u1");
     let good_realtime = alpha.token("u2");
     let forged = TestPartner::new("alpha").token("u1");
-    let now = fanout_schema::unix_millis() / 1000;
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"uniqueId": "u3", "jti": "j3", "iat": now - 900, "exp": now - 600}),
-        &jsonwebtoken::EncodingKey::from_secret(alpha.secret.as_bytes()),
-    )
-    .unwrap();
+    let expired = TokenBuilder::new("u3")
+        .claim("jti", "j3")
+        .claim_from_now("iat", -900)
+        .claim_from_now("exp", -600)
+        .sign(&alpha.secret);
     let mut replies = Vec::new();
 
     let mut client = CableClient::connect(address, "alpha", &good_cable).await;

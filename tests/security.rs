@@ -7,12 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine as _;
 use fanout_edge::SecretConfig;
 use fanout_edge::table::CountValue;
 use fanout_tests::*;
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,46 +20,9 @@ const ALPHA_K1: &str = "alpha-secret-one-0123456789";
 const ALPHA_K2: &str = "alpha-secret-two-0123456789";
 const UNAUTHORIZED: &str = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
 
-fn now() -> i64 {
-    fanout_schema::unix_millis() / 1000
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn fresh_jti() -> String {
-    fanout_app::tools::random_hex(16)
-}
-
-/// Claims of a good token for `user`.
-fn good_claims(user: &str) -> Value {
-    json!({"uniqueId": user, "exp": now() + 300, "iat": now(), "jti": fresh_jti()})
-}
-
-fn sign(header: &Header, claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
-}
-
-fn kid(kid: &str) -> Header {
-    Header {
-        kid: Some(kid.to_owned()),
-        ..Header::new(Algorithm::HS256)
-    }
-}
-
-/// A token with any header and payload JSON, HMAC-SHA256-signed with `secret` over
-/// exactly those bytes: for headers the JWT library would not write.
-fn raw_token(header: &Value, claims: &Value, secret: &str) -> String {
-    use hmac::Mac as _;
-    let signing_input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+/// A good token for u1 under key id `kid`, to be signed with that key's secret.
+fn good(kid: &str) -> TokenBuilder {
+    TokenBuilder::new("u1").kid(kid)
 }
 
 /// Swaps one character of the part `index` (0 header, 1 payload, 2 signature).
@@ -89,279 +50,190 @@ struct Case {
 /// The bad tokens. Built afresh for each protocol, so that no case depends on another
 /// having spent a token id.
 fn bad_tokens(beta: &TestPartner) -> Vec<Case> {
-    let case = |name, partner, token, reason| Case {
-        name,
-        partner,
-        token,
-        reason,
-    };
-    let good = || sign(&kid("k1"), &good_claims("u1"), ALPHA_K1);
-    let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
-        let mut claims = good_claims("u1");
-        change(claims.as_object_mut().unwrap());
-        sign(&kid("k1"), &claims, ALPHA_K1)
-    };
-    let claims = good_claims("u1");
-    vec![
-        case(
+    let now = unix_seconds();
+    let signed = || good("k1").sign(ALPHA_K1);
+    // Each presented for alpha.
+    let for_alpha = [
+        (
             "alg none",
-            "alpha",
-            format!(
-                "{}.{}.",
-                b64(br#"{"alg":"none","typ":"JWT"}"#),
-                b64(claims.to_string().as_bytes())
-            ),
+            TokenBuilder::new("u1").header("alg", "none").unsigned(),
             "unsupported_algorithm",
         ),
-        case(
+        (
             "RS256 header, HMAC-signed with the partner secret (key confusion)",
-            "alpha",
-            raw_token(&json!({"alg": "RS256", "kid": "k1"}), &claims, ALPHA_K1),
+            good("k1")
+                .header("alg", "RS256")
+                .without_header("typ")
+                .sign(ALPHA_K1),
             "unsupported_algorithm",
         ),
-        case(
+        (
             "RS256 with an RSA-sized signature",
-            "alpha",
-            format!(
-                "{}.{}.{}",
-                b64(br#"{"alg":"RS256","typ":"JWT"}"#),
-                b64(claims.to_string().as_bytes()),
-                b64(&[7u8; 256])
-            ),
+            TokenBuilder::new("u1")
+                .header("alg", "RS256")
+                .signed_with(&[7u8; 256]),
             "unsupported_algorithm",
         ),
-        case(
+        (
             "HS512 with the right secret",
-            "alpha",
-            sign(
-                &Header {
-                    kid: Some("k1".into()),
-                    ..Header::new(Algorithm::HS512)
-                },
-                &good_claims("u1"),
-                ALPHA_K1,
-            ),
+            good("k1").hmac(Hmac::Hs512).sign(ALPHA_K1),
             "unsupported_algorithm",
         ),
-        case(
+        (
             "HS384 with the right secret",
-            "alpha",
-            sign(
-                &Header {
-                    kid: Some("k1".into()),
-                    ..Header::new(Algorithm::HS384)
-                },
-                &good_claims("u1"),
-                ALPHA_K1,
-            ),
+            good("k1").hmac(Hmac::Hs384).sign(ALPHA_K1),
             "unsupported_algorithm",
         ),
-        case(
+        (
             "alg in lower case",
-            "alpha",
-            raw_token(&json!({"alg": "hs256", "kid": "k1"}), &claims, ALPHA_K1),
+            good("k1")
+                .header("alg", "hs256")
+                .without_header("typ")
+                .sign(ALPHA_K1),
             "unsupported_algorithm",
         ),
-        case(
+        (
             "expired",
-            "alpha",
-            with(&|claims| {
-                claims.insert("exp".into(), json!(now() - 600));
-            }),
+            good("k1").claim("exp", now - 600).sign(ALPHA_K1),
             "expired",
         ),
-        case(
+        (
             "exp as a string",
-            "alpha",
-            with(&|claims| {
-                claims.insert("exp".into(), json!((now() + 300).to_string()));
-            }),
+            good("k1")
+                .claim("exp", (now + 300).to_string())
+                .sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "missing exp",
-            "alpha",
-            with(&|claims| {
-                claims.remove("exp");
-            }),
+            good("k1").without_claim("exp").sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "nbf in the future",
-            "alpha",
-            with(&|claims| {
-                claims.insert("nbf".into(), json!(now() + 120));
-            }),
+            good("k1").claim("nbf", now + 120).sign(ALPHA_K1),
             "not_yet_valid",
         ),
-        case(
+        (
             "iat in the future",
-            "alpha",
-            with(&|claims| {
-                claims.insert("iat".into(), json!(now() + 120));
-            }),
+            good("k1").claim("iat", now + 120).sign(ALPHA_K1),
             "issued_in_future",
         ),
-        case(
+        (
             "missing iat",
-            "alpha",
-            with(&|claims| {
-                claims.remove("iat");
-            }),
+            good("k1").without_claim("iat").sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "exp a month away",
-            "alpha",
-            with(&|claims| {
-                claims.insert("exp".into(), json!(now() + 30 * 86_400));
-            }),
+            good("k1").claim("exp", now + 30 * 86_400).sign(ALPHA_K1),
             "lifetime_too_long",
         ),
-        case(
+        (
             "wrong secret",
-            "alpha",
-            sign(
-                &kid("k1"),
-                &good_claims("u1"),
-                "not-alphas-secret-0123456789",
-            ),
+            good("k1").sign("not-alphas-secret-0123456789"),
             "invalid_signature",
         ),
-        case(
+        (
             "the other partner's secret, no kid",
-            "alpha",
             beta.token("u1"),
             "invalid_signature",
         ),
-        case(
+        (
             "the other partner's secret under a known kid",
-            "alpha",
-            sign(&kid("k2"), &good_claims("u1"), &beta.secret),
+            good("k2").sign(&beta.secret),
             "invalid_signature",
         ),
-        case(
-            "unknown kid",
-            "alpha",
-            sign(&kid("k9"), &good_claims("u1"), ALPHA_K1),
-            "unknown_key",
-        ),
-        case(
+        ("unknown kid", good("k9").sign(ALPHA_K1), "unknown_key"),
+        (
             "tampered payload",
-            "alpha",
             {
-                let token = good();
+                let token = signed();
                 let mut parts: Vec<&str> = token.split('.').collect();
-                let forged = good_claims("someone-else");
-                let forged = b64(forged.to_string().as_bytes());
+                let forged = TokenBuilder::new("someone-else").payload();
                 parts[1] = &forged;
                 parts.join(".")
             },
             "invalid_signature",
         ),
-        case(
+        (
             "tampered signature",
-            "alpha",
-            tamper(&good(), 2),
+            tamper(&signed(), 2),
             "invalid_signature",
         ),
-        case(
-            "tampered header",
-            "alpha",
-            tamper(&good(), 0),
-            "malformed_token",
-        ),
-        case(
+        ("tampered header", tamper(&signed(), 0), "malformed_token"),
+        (
             "truncated: no signature part",
-            "alpha",
             {
-                let token = good();
+                let token = signed();
                 token[..token.rfind('.').unwrap()].to_owned()
             },
             "malformed_token",
         ),
-        case(
-            "four parts",
-            "alpha",
-            format!("{}.e30", good()),
-            "malformed_token",
-        ),
-        case(
-            "not base64",
-            "alpha",
-            "!!!.###.$$$".into(),
-            "malformed_token",
-        ),
-        case("empty", "alpha", String::new(), "missing_token"),
-        case(
+        ("four parts", format!("{}.e30", signed()), "malformed_token"),
+        ("not base64", "!!!.###.$$$".into(), "malformed_token"),
+        ("empty", String::new(), "missing_token"),
+        (
             "huge (over max_token_bytes)",
-            "alpha",
-            with(&|claims| {
-                claims.insert("padding".into(), json!("x".repeat(6000)));
-            }),
+            good("k1").claim("padding", "x".repeat(6000)).sign(ALPHA_K1),
             "token_too_large",
         ),
-        case(
+        (
             "missing uniqueId",
-            "alpha",
-            with(&|claims| {
-                claims.remove("uniqueId");
-            }),
+            good("k1").without_claim("uniqueId").sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "uniqueId a number",
-            "alpha",
-            with(&|claims| {
-                claims.insert("uniqueId".into(), json!(42));
-            }),
+            good("k1").claim("uniqueId", 42).sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "uniqueId empty",
-            "alpha",
-            with(&|claims| {
-                claims.insert("uniqueId".into(), json!(""));
-            }),
+            good("k1").claim("uniqueId", "").sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "missing jti",
-            "alpha",
-            with(&|claims| {
-                claims.remove("jti");
-            }),
+            good("k1").without_claim("jti").sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "jti a number",
-            "alpha",
-            with(&|claims| {
-                claims.insert("jti".into(), json!(12345));
-            }),
+            good("k1").claim("jti", 12345).sign(ALPHA_K1),
             "invalid_claims",
         ),
-        case(
+        (
             "partner claim names the other partner",
-            "alpha",
-            with(&|claims| {
-                claims.insert("partner".into(), json!("beta"));
-            }),
+            good("k1").partner("beta").sign(ALPHA_K1),
             "partner_mismatch",
         ),
-        case(
+    ];
+    let elsewhere = [
+        (
             "a good token for an unconfigured partner",
             "initech",
-            good(),
+            signed(),
             "unknown_partner",
         ),
-        case(
+        (
             "a good token with no partner",
             "",
-            good(),
+            signed(),
             "unknown_partner",
         ),
-    ]
+    ];
+    for_alpha
+        .into_iter()
+        .map(|(name, token, reason)| (name, "alpha", token, reason))
+        .chain(elsewhere)
+        .map(|(name, partner, token, reason)| Case {
+            name,
+            partner,
+            token,
+            reason,
+        })
+        .collect()
 }
 
 fn query_value(value: &str) -> String {
@@ -432,7 +304,7 @@ async fn every_bad_token_is_refused_with_its_reason_on_both_protocols() {
     }
 
     // Replayed: a good token works once, on either protocol, and then on neither.
-    let once = sign(&kid("k2"), &good_claims("u1"), ALPHA_K2);
+    let once = good("k2").sign(ALPHA_K2);
     let mut first = cable(edge.address, "alpha", &once).await;
     assert_eq!(first.welcome_and_subscribe().await, count_frame(0));
     let mut replay = cable(edge.address, "alpha", &once).await;
@@ -441,7 +313,7 @@ async fn every_bad_token_is_refused_with_its_reason_on_both_protocols() {
         realtime_auth(edge.address, "alpha", &once).await["error"],
         "replayed"
     );
-    let other = sign(&kid("k1"), &good_claims("u1"), ALPHA_K1);
+    let other = good("k1").sign(ALPHA_K1);
     assert_eq!(
         realtime_auth(edge.address, "alpha", &other).await["success"],
         true
@@ -1056,7 +928,10 @@ async fn a_client_that_stops_reading_costs_one_pending_count() {
 async fn a_changed_secrets_file_is_used_without_a_restart() {
     let alpha = TestPartner::new("alpha");
     let mut cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
-    let directory = std::env::temp_dir().join(format!("fanout-secrets-{}", fresh_jti()));
+    let directory = std::env::temp_dir().join(format!(
+        "fanout-secrets-{}",
+        fanout_app::tools::random_hex(8)
+    ));
     std::fs::create_dir_all(&directory).unwrap();
     let file = directory.join("partners.toml");
     let write = |text: &str| {
@@ -1073,7 +948,7 @@ async fn a_changed_secrets_file_is_used_without_a_restart() {
     cluster.config.edge.secrets_reload_interval_ms = 50;
     let edge = start_edge(&cluster.config).await;
     let metrics = &edge.node.metrics;
-    let gamma = |kid_name: &str, secret: &str| sign(&kid(kid_name), &good_claims("u1"), secret);
+    let gamma = |kid: &str, secret: &str| good(kid).sign(secret);
 
     assert_eq!(
         realtime_auth(edge.address, "gamma", &gamma("g1", ALPHA_K1)).await["success"],
