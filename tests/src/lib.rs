@@ -59,6 +59,7 @@ impl TestPartner {
 
 pub mod metrics_doc;
 pub mod node;
+pub mod process;
 pub mod scenarios;
 pub mod tansu;
 pub mod token;
@@ -427,6 +428,12 @@ impl CableClient {
         subprotocols: Option<&str>,
     ) -> Self {
         let url = format!("ws://{address}/cable?jwt={token}&partner={partner}");
+        Self::connect_url(&url, subprotocols).await
+    }
+
+    /// Connects to `url` (`ws://host:port/cable?jwt=...&partner=...`) offering
+    /// `subprotocols`, if any.
+    pub async fn connect_url(url: &str, subprotocols: Option<&str>) -> Self {
         let mut request = url.into_client_request().unwrap();
         if let Some(offer) = subprotocols {
             request.headers_mut().insert(
