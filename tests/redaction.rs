@@ -6,9 +6,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use fanout_app::stages::{self, SpawnedEdge};
 use fanout_tests::*;
-use tokio_util::sync::CancellationToken;
 
 /// Every log line, as written.
 #[derive(Clone, Default)]
@@ -37,16 +35,8 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
 
     let alpha = TestPartner::new("alpha");
     let cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
-    let registry = prometheus::Registry::new();
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let SpawnedEdge {
-        stage,
-        node,
-        address,
-    } = stages::spawn_edge(&cluster.config, listener, &registry, shutdown.clone()).unwrap();
-    let mut ready = node.ready.clone();
-    ready.wait_for(|ready| *ready).await.unwrap();
+    let edge = start_edge(&cluster.config).await;
+    let address = edge.address;
 
     let good_cable = alpha.token("u1");
     let good_realtime = alpha.token("u2");
@@ -73,12 +63,8 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
         let mut refused = RealtimeClient::connect(address).await;
         replies.push(refused.authenticate("alpha", token, "1").await);
     }
-    RunningStages {
-        shutdown,
-        stages: vec![stage],
-    }
-    .stop()
-    .await;
+    let registry = edge.registry.clone();
+    edge.running.stop().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let metrics = {

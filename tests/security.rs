@@ -52,8 +52,72 @@ struct Case {
 fn bad_tokens(beta: &TestPartner) -> Vec<Case> {
     let now = unix_seconds();
     let signed = || good("k1").sign(ALPHA_K1);
-    // Each presented for alpha.
-    let for_alpha = [
+    // alpha's good token with one claim set to a value, or removed (`None`).
+    let claims = [
+        ("expired", "exp", Some(json!(now - 600)), "expired"),
+        (
+            "exp as a string",
+            "exp",
+            Some(json!((now + 300).to_string())),
+            "invalid_claims",
+        ),
+        ("missing exp", "exp", None, "invalid_claims"),
+        (
+            "nbf in the future",
+            "nbf",
+            Some(json!(now + 120)),
+            "not_yet_valid",
+        ),
+        (
+            "iat in the future",
+            "iat",
+            Some(json!(now + 120)),
+            "issued_in_future",
+        ),
+        ("missing iat", "iat", None, "invalid_claims"),
+        (
+            "exp a month away",
+            "exp",
+            Some(json!(now + 30 * 86_400)),
+            "lifetime_too_long",
+        ),
+        (
+            "huge (over max_token_bytes)",
+            "padding",
+            Some(json!("x".repeat(6000))),
+            "token_too_large",
+        ),
+        ("missing uniqueId", "uniqueId", None, "invalid_claims"),
+        (
+            "uniqueId a number",
+            "uniqueId",
+            Some(json!(42)),
+            "invalid_claims",
+        ),
+        (
+            "uniqueId empty",
+            "uniqueId",
+            Some(json!("")),
+            "invalid_claims",
+        ),
+        ("missing jti", "jti", None, "invalid_claims"),
+        ("jti a number", "jti", Some(json!(12345)), "invalid_claims"),
+        (
+            "partner claim names the other partner",
+            "partner",
+            Some(json!("beta")),
+            "partner_mismatch",
+        ),
+    ]
+    .map(|(name, claim, value, reason)| {
+        let token = match value {
+            Some(value) => good("k1").claim(claim, value),
+            None => good("k1").without_claim(claim),
+        };
+        (name, token.sign(ALPHA_K1), reason)
+    });
+    // Algorithms, keys, signatures and the token's form.
+    let others = [
         (
             "alg none",
             TokenBuilder::new("u1").header("alg", "none").unsigned(),
@@ -91,43 +155,6 @@ fn bad_tokens(beta: &TestPartner) -> Vec<Case> {
                 .without_header("typ")
                 .sign(ALPHA_K1),
             "unsupported_algorithm",
-        ),
-        (
-            "expired",
-            good("k1").claim("exp", now - 600).sign(ALPHA_K1),
-            "expired",
-        ),
-        (
-            "exp as a string",
-            good("k1")
-                .claim("exp", (now + 300).to_string())
-                .sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "missing exp",
-            good("k1").without_claim("exp").sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "nbf in the future",
-            good("k1").claim("nbf", now + 120).sign(ALPHA_K1),
-            "not_yet_valid",
-        ),
-        (
-            "iat in the future",
-            good("k1").claim("iat", now + 120).sign(ALPHA_K1),
-            "issued_in_future",
-        ),
-        (
-            "missing iat",
-            good("k1").without_claim("iat").sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "exp a month away",
-            good("k1").claim("exp", now + 30 * 86_400).sign(ALPHA_K1),
-            "lifetime_too_long",
         ),
         (
             "wrong secret",
@@ -173,41 +200,6 @@ fn bad_tokens(beta: &TestPartner) -> Vec<Case> {
         ("four parts", format!("{}.e30", signed()), "malformed_token"),
         ("not base64", "!!!.###.$$$".into(), "malformed_token"),
         ("empty", String::new(), "missing_token"),
-        (
-            "huge (over max_token_bytes)",
-            good("k1").claim("padding", "x".repeat(6000)).sign(ALPHA_K1),
-            "token_too_large",
-        ),
-        (
-            "missing uniqueId",
-            good("k1").without_claim("uniqueId").sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "uniqueId a number",
-            good("k1").claim("uniqueId", 42).sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "uniqueId empty",
-            good("k1").claim("uniqueId", "").sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "missing jti",
-            good("k1").without_claim("jti").sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "jti a number",
-            good("k1").claim("jti", 12345).sign(ALPHA_K1),
-            "invalid_claims",
-        ),
-        (
-            "partner claim names the other partner",
-            good("k1").partner("beta").sign(ALPHA_K1),
-            "partner_mismatch",
-        ),
     ];
     let elsewhere = [
         (
@@ -223,8 +215,9 @@ fn bad_tokens(beta: &TestPartner) -> Vec<Case> {
             "unknown_partner",
         ),
     ];
-    for_alpha
+    claims
         .into_iter()
+        .chain(others)
         .map(|(name, token, reason)| (name, "alpha", token, reason))
         .chain(elsewhere)
         .map(|(name, partner, token, reason)| Case {
@@ -332,9 +325,8 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
     let beta = TestPartner::new("beta");
     let cluster = TestCluster::start(2, &[alpha.clone(), beta.clone()]);
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let producer = cluster.producer();
     let users = ["u1", "u2", "u3"];
     // alpha's uN gets N messages, beta's uN gets 10 + N.
@@ -458,9 +450,7 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
             *index + 1
         );
     }
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 /// Opens `/cable` with the raw query and an optional `Origin`: the socket, or the HTTP
@@ -731,41 +721,24 @@ async fn origins_off_the_partners_allow_list_are_refused() {
     let edge = start_edge(&cluster.config).await;
     let metrics = &edge.node.metrics;
 
-    assert_eq!(
-        cable_handshake(
-            edge.address,
-            "alpha",
-            &alpha.token("u1"),
-            Some("https://evil.example")
-        )
-        .await
-        .err(),
-        Some(403)
-    );
-    let mut allowed = cable_handshake(
-        edge.address,
-        "alpha",
-        &alpha.token("u1"),
-        Some("https://app.alpha.example"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(allowed.next_text().await, r#"{"type":"welcome"}"#);
-    // Not a browser: no Origin, allowed.
-    let mut native = cable_handshake(edge.address, "alpha", &alpha.token("u1"), None)
-        .await
-        .unwrap();
-    assert_eq!(native.next_text().await, r#"{"type":"welcome"}"#);
-    // beta has no list: any origin.
-    let mut other = cable_handshake(
-        edge.address,
-        "beta",
-        &beta.token("u1"),
-        Some("https://evil.example"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(other.next_text().await, r#"{"type":"welcome"}"#);
+    // /cable: the upgrade is refused (403) or welcomed.
+    for (partner, origin, refused) in [
+        (&alpha, Some("https://evil.example"), Some(403)),
+        (&alpha, Some("https://app.alpha.example"), None),
+        // Not a browser: no Origin, allowed.
+        (&alpha, None, None),
+        // beta has no list: any origin.
+        (&beta, Some("https://evil.example"), None),
+    ] {
+        let token = partner.token("u1");
+        match cable_handshake(edge.address, &partner.code, &token, origin).await {
+            Err(status) => assert_eq!(Some(status), refused, "{origin:?}"),
+            Ok(mut welcomed) => {
+                assert_eq!(refused, None, "{origin:?} was let in");
+                assert_eq!(welcomed.next_text().await, r#"{"type":"welcome"}"#);
+            }
+        }
+    }
     // /realtime learns the partner from the token.
     let mut realtime = realtime_with_origin(edge.address, "https://evil.example").await;
     realtime

@@ -35,6 +35,15 @@ pub fn write_config(config: &Config, path: &Path) {
     std::fs::write(path, text).unwrap();
 }
 
+/// `fanout dev` on free ports: the arguments before any of the test's own.
+pub const DEV_ON_FREE_PORTS: [&str; 5] = [
+    "dev",
+    "--listen",
+    "127.0.0.1:0",
+    "--admin-listen",
+    "127.0.0.1:0",
+];
+
 /// The `fanout` binary: `Fanout(env!("CARGO_BIN_EXE_fanout"))` in the tests of the
 /// crate that builds it.
 #[derive(Debug, Clone, Copy)]
@@ -207,35 +216,39 @@ impl FanoutProcess {
 
     /// The `address` field of the JSON log event `message`, once it is logged.
     pub async fn logged_address(&mut self, message: &str) -> SocketAddr {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            if let Some(event) = self.logged(message) {
-                return event["address"].as_str().unwrap().parse().unwrap();
-            }
-            self.assert_running();
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never logged {message:?}: {}",
-                self.name,
-                self.logs_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let event = self
+            .wait_for(&format!("logged {message:?}"), |process| {
+                process.logged(message)
+            })
+            .await;
+        event["address"].as_str().unwrap().parse().unwrap()
     }
 
     /// Waits for a stdout line that `matches`, and returns it.
     pub async fn wait_for_stdout(&mut self, matches: impl Fn(&str) -> bool) -> String {
+        self.wait_for("printed the line awaited", |process| {
+            process
+                .stdout_lines()
+                .into_iter()
+                .find(|line| matches(line))
+        })
+        .await
+    }
+
+    /// Polls `found` until it finds something; the process must keep running meanwhile.
+    async fn wait_for<T>(&mut self, what: &str, found: impl Fn(&Self) -> Option<T>) -> T {
         let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            if let Some(line) = self.stdout_lines().into_iter().find(|line| matches(line)) {
-                return line;
+            if let Some(value) = found(self) {
+                return value;
             }
             self.assert_running();
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "{} never printed the line awaited: {:?}",
+                "{} never {what}; stdout: {:?}; stderr: {}",
                 self.name,
-                self.stdout_lines()
+                self.stdout_lines(),
+                self.logs_text()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use fanout_app::config::{Config, Listen};
 use fanout_kafka::KafkaSettings;
-use fanout_tests::process::{Fanout, temp_dir, write_config};
+use fanout_tests::process::{DEV_ON_FREE_PORTS, Fanout, temp_dir, write_config};
 
 /// Run with no inherited `FANOUT_*`/`RUST_LOG` surprises.
 const FANOUT: Fanout = Fanout(env!("CARGO_BIN_EXE_fanout"));
@@ -181,15 +181,8 @@ fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
 /// lines.
 async fn dev_output(args: &[&str], env: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
     let mut args = args.to_vec();
-    args.extend([
-        "dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--partitions",
-        "1",
-    ]);
+    args.extend(DEV_ON_FREE_PORTS);
+    args.extend(["--partitions", "1"]);
     // Debug level for fanout and the Kafka client library's bridged log records.
     let mut env = env.to_vec();
     env.push(("RUST_LOG", "debug"));

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use fanout_tests::process::{Fanout, FanoutProcess, http_get, temp_dir};
+use fanout_tests::process::{DEV_ON_FREE_PORTS, Fanout, FanoutProcess, http_get, temp_dir};
 use fanout_tests::{CableClient, DEADLINE, count_frame};
 
 const FANOUT: Fanout = Fanout(env!("CARGO_BIN_EXE_fanout"));
@@ -19,20 +19,14 @@ async fn connect(url: &str) -> CableClient {
 /// Starts `fanout dev` on free ports and returns it with the facts it wrote.
 async fn start_dev() -> (FanoutProcess, serde_json::Value) {
     let info_path = temp_dir("dev-cli").join("info.json");
-    let mut dev = FANOUT.start(
-        &[
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--partitions",
-            "2",
-            "--info-file",
-            info_path.to_str().unwrap(),
-        ],
-        &[],
-    );
+    let mut args = DEV_ON_FREE_PORTS.to_vec();
+    args.extend([
+        "--partitions",
+        "2",
+        "--info-file",
+        info_path.to_str().unwrap(),
+    ]);
+    let mut dev = FANOUT.start(&args, &[]);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !info_path.exists() {
         assert!(
