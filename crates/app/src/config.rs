@@ -446,7 +446,7 @@ mod tests {
         }
         assert!(
             undocumented.is_empty(),
-            "document these keys in crates/fanout/src/default-config.toml: {undocumented:#?}"
+            "document these keys in crates/app/src/default-config.toml: {undocumented:#?}"
         );
         let default_keys: BTreeSet<&str> = defaults.iter().map(|(key, _)| key.as_str()).collect();
         let extra: Vec<&&str> = file_keys.difference(&default_keys).collect();
