@@ -13,10 +13,11 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
     let partner = TestPartner::new("acme");
     let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
     let config = &cluster.config;
-    let (ingest, ingest_metrics) = start_ingest(config);
-    let (router, router_metrics) = start_router(config);
-    let edge = start_edge(config).await;
-    let healths = [ingest.health(), router.health(), edge.running.health()];
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
+    let ingest_metrics = &pipeline.ingest_metrics;
+    let router_metrics = &pipeline.router_metrics;
+    let healths = pipeline.healths();
     wait_until("every stage to be ready", || {
         healths.iter().all(|health| health.is_ready())
     })
@@ -59,7 +60,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!ingest.any_stopped() && !router.any_stopped() && !edge.running.any_stopped());
+    assert!(!pipeline.any_stopped());
     cluster
         .embedded()
         .with_cluster(|kafka| kafka.broker_up(1))
@@ -137,9 +138,7 @@ async fn stages_ride_out_a_broker_outage_request_errors_and_latency() {
     assert!(ingest_metrics.kafka_error_count() > 0);
     assert!(router_metrics.kafka_error_count() > 0);
     assert!(edge.node.metrics.kafka_error_count() > 0);
-    assert!(!ingest.any_stopped() && !router.any_stopped() && !edge.running.any_stopped());
+    assert!(!pipeline.any_stopped());
 
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }

@@ -14,9 +14,8 @@ async fn subprotocol_fallback_and_unsubscribe_as_rails() {
     let partner = TestPartner::new("acme");
     let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     // The official client's offer: actioncable-v1-json is echoed.
     let client = CableClient::connect(edge.address, "acme", &partner.token("jane")).await;
     assert_eq!(client.protocol.as_deref(), Some("actioncable-v1-json"));
@@ -63,9 +62,7 @@ async fn subprotocol_fallback_and_unsubscribe_as_rails() {
     );
     assert_eq!(bare.next_frame().await.unwrap(), count_frame(1));
 
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 use fanout_schema::v1;
 use fanout_tests::*;
 use prost::Message as _;
-use rdkafka::Message as _;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::Headers as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 fn encoded(event: &v1::MessageEvent) -> Vec<u8> {
     event.encode_to_vec()
@@ -120,38 +118,18 @@ async fn advances_offset_past_poison_messages() {
     .await;
 
     // Every poison record is on dead-letter, unchanged, with its reason.
-    let dead_letters: StreamConsumer = config.kafka.assign_consumer_config().create().unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&config.topics.dead_letter, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    dead_letters.assign(&assignment).unwrap();
-    let mut seen: BTreeMap<String, (Vec<u8>, String)> = BTreeMap::new();
+    let dead_letters = DeadLetterReader::new(&config);
+    let mut seen: BTreeMap<String, DeadLetter> = BTreeMap::new();
     while seen.len() < cases.len() {
-        let message = tokio::time::timeout(DEADLINE, dead_letters.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let reason = message
-            .headers()
-            .unwrap()
-            .iter()
-            .find(|header| header.key == "fanout-error")
-            .and_then(|header| header.value)
-            .map(|value| String::from_utf8(value.to_vec()).unwrap())
-            .unwrap();
-        let key = String::from_utf8(message.key().unwrap().to_vec()).unwrap();
-        seen.insert(
-            key,
-            (message.payload().unwrap_or_default().to_vec(), reason),
-        );
+        let record = dead_letters.next().await;
+        seen.insert(record.key.clone(), record);
     }
     let mut expected_by_reason: BTreeMap<&str, u64> = BTreeMap::new();
     for (key, payload, _, reason) in &cases {
-        let (dead_payload, dead_reason) = &seen[*key];
-        assert_eq!(dead_reason, reason, "{key}");
+        let record = &seen[*key];
+        assert_eq!(record.error.as_deref(), Some(*reason), "{key}");
         assert_eq!(
-            dead_payload, payload,
+            &record.payload, payload,
             "{key}: the payload is kept as it was"
         );
         *expected_by_reason.entry(reason).or_default() += 1;

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use fanout_tests::*;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
 fn count(count: u64) -> String {
     format!(r#"{{"type":"unread_count","count":{count}}}"#)
@@ -18,9 +17,8 @@ async fn auth_then_the_current_count_then_changes_and_replies_with_echoed_ids() 
     let alpha = TestPartner::new("alpha");
     let cluster = TestCluster::start(2, std::slice::from_ref(&alpha));
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let producer = cluster.producer();
 
     produce_event(
@@ -76,9 +74,7 @@ async fn auth_then_the_current_count_then_changes_and_replies_with_echoed_ids() 
         edge.node.metrics.open_connections("realtime") == 0
     })
     .await;
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,9 +82,8 @@ async fn no_data_before_auth() {
     let alpha = TestPartner::new("alpha");
     let cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     produce_event(
         &cluster.producer(),
         config,
@@ -128,19 +123,15 @@ async fn no_data_before_auth() {
             .ignored_frame_count("realtime", "not_authenticated"),
         1
     );
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 fn expired_token(partner: &TestPartner, user: &str) -> String {
-    let now = fanout_schema::unix_millis() / 1000;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &serde_json::json!({"uniqueId": user, "jti": "j1", "iat": now - 7200, "exp": now - 3600}),
-        &EncodingKey::from_secret(partner.secret.as_bytes()),
-    )
-    .unwrap()
+    TokenBuilder::new(user)
+        .claim("jti", "j1")
+        .claim_from_now("iat", -7200)
+        .claim_from_now("exp", -3600)
+        .sign(&partner.secret)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,9 +215,8 @@ async fn the_same_unique_id_under_two_partners_never_shares_a_count() {
     let beta = TestPartner::new("beta");
     let cluster = TestCluster::start(2, &[alpha.clone(), beta.clone()]);
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let producer = cluster.producer();
 
     let mut alpha_client = RealtimeClient::connect(edge.address).await;
@@ -283,9 +273,7 @@ async fn the_same_unique_id_under_two_partners_never_shares_a_count() {
         crossing.authenticate("alpha", &beta.token("u1"), "1").await,
         r#"{"type":"authresponse","success":false,"error":"invalid_signature","id":1}"#
     );
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,7 @@
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use fanout_app::stages::{self, SpawnedEdge};
 use fanout_tests::*;
-use tokio_util::sync::CancellationToken;
 
 /// Every log line, as written.
 #[derive(Clone, Default)]
@@ -37,27 +35,17 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
 
     let alpha = TestPartner::new("alpha");
     let cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
-    let registry = prometheus::Registry::new();
-    let shutdown = CancellationToken::new();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let SpawnedEdge {
-        stage,
-        node,
-        address,
-    } = stages::spawn_edge(&cluster.config, listener, &registry, shutdown.clone()).unwrap();
-    let mut ready = node.ready.clone();
-    ready.wait_for(|ready| *ready).await.unwrap();
+    let edge = start_edge(&cluster.config).await;
+    let address = edge.address;
 
     let good_cable = alpha.token("u1");
     let good_realtime = alpha.token("u2");
     let forged = TestPartner::new("alpha").token("u1");
-    let now = fanout_schema::unix_millis() / 1000;
-    let expired = jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &serde_json::json!({"uniqueId": "u3", "jti": "j3", "iat": now - 900, "exp": now - 600}),
-        &jsonwebtoken::EncodingKey::from_secret(alpha.secret.as_bytes()),
-    )
-    .unwrap();
+    let expired = TokenBuilder::new("u3")
+        .claim("jti", "j3")
+        .claim_from_now("iat", -900)
+        .claim_from_now("exp", -600)
+        .sign(&alpha.secret);
     let mut replies = Vec::new();
 
     let mut client = CableClient::connect(address, "alpha", &good_cable).await;
@@ -75,12 +63,8 @@ async fn tokens_never_reach_logs_metrics_or_replies() {
         let mut refused = RealtimeClient::connect(address).await;
         replies.push(refused.authenticate("alpha", token, "1").await);
     }
-    RunningStages {
-        shutdown,
-        stages: vec![stage],
-    }
-    .stop()
-    .await;
+    let registry = edge.registry.clone();
+    edge.running.stop().await;
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let metrics = {

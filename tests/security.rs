@@ -7,12 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use base64::Engine as _;
 use fanout_edge::SecretConfig;
 use fanout_edge::table::CountValue;
 use fanout_tests::*;
 use futures::{SinkExt, StreamExt};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -22,46 +20,9 @@ const ALPHA_K1: &str = "alpha-secret-one-0123456789";
 const ALPHA_K2: &str = "alpha-secret-two-0123456789";
 const UNAUTHORIZED: &str = r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#;
 
-fn now() -> i64 {
-    fanout_schema::unix_millis() / 1000
-}
-
-fn b64(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn fresh_jti() -> String {
-    fanout_app::tools::random_hex(16)
-}
-
-/// Claims of a good token for `user`.
-fn good_claims(user: &str) -> Value {
-    json!({"uniqueId": user, "exp": now() + 300, "iat": now(), "jti": fresh_jti()})
-}
-
-fn sign(header: &Header, claims: &Value, secret: &str) -> String {
-    jsonwebtoken::encode(header, claims, &EncodingKey::from_secret(secret.as_bytes())).unwrap()
-}
-
-fn kid(kid: &str) -> Header {
-    Header {
-        kid: Some(kid.to_owned()),
-        ..Header::new(Algorithm::HS256)
-    }
-}
-
-/// A token with any header and payload JSON, HMAC-SHA256-signed with `secret` over
-/// exactly those bytes: for headers the JWT library would not write.
-fn raw_token(header: &Value, claims: &Value, secret: &str) -> String {
-    use hmac::Mac as _;
-    let signing_input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(claims.to_string().as_bytes())
-    );
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+/// A good token for u1 under key id `kid`, to be signed with that key's secret.
+fn good(kid: &str) -> TokenBuilder {
+    TokenBuilder::new("u1").kid(kid)
 }
 
 /// Swaps one character of the part `index` (0 header, 1 payload, 2 signature).
@@ -89,279 +50,183 @@ struct Case {
 /// The bad tokens. Built afresh for each protocol, so that no case depends on another
 /// having spent a token id.
 fn bad_tokens(beta: &TestPartner) -> Vec<Case> {
-    let case = |name, partner, token, reason| Case {
-        name,
-        partner,
-        token,
-        reason,
-    };
-    let good = || sign(&kid("k1"), &good_claims("u1"), ALPHA_K1);
-    let with = |change: &dyn Fn(&mut serde_json::Map<String, Value>)| {
-        let mut claims = good_claims("u1");
-        change(claims.as_object_mut().unwrap());
-        sign(&kid("k1"), &claims, ALPHA_K1)
-    };
-    let claims = good_claims("u1");
-    vec![
-        case(
-            "alg none",
-            "alpha",
-            format!(
-                "{}.{}.",
-                b64(br#"{"alg":"none","typ":"JWT"}"#),
-                b64(claims.to_string().as_bytes())
-            ),
-            "unsupported_algorithm",
-        ),
-        case(
-            "RS256 header, HMAC-signed with the partner secret (key confusion)",
-            "alpha",
-            raw_token(&json!({"alg": "RS256", "kid": "k1"}), &claims, ALPHA_K1),
-            "unsupported_algorithm",
-        ),
-        case(
-            "RS256 with an RSA-sized signature",
-            "alpha",
-            format!(
-                "{}.{}.{}",
-                b64(br#"{"alg":"RS256","typ":"JWT"}"#),
-                b64(claims.to_string().as_bytes()),
-                b64(&[7u8; 256])
-            ),
-            "unsupported_algorithm",
-        ),
-        case(
-            "HS512 with the right secret",
-            "alpha",
-            sign(
-                &Header {
-                    kid: Some("k1".into()),
-                    ..Header::new(Algorithm::HS512)
-                },
-                &good_claims("u1"),
-                ALPHA_K1,
-            ),
-            "unsupported_algorithm",
-        ),
-        case(
-            "HS384 with the right secret",
-            "alpha",
-            sign(
-                &Header {
-                    kid: Some("k1".into()),
-                    ..Header::new(Algorithm::HS384)
-                },
-                &good_claims("u1"),
-                ALPHA_K1,
-            ),
-            "unsupported_algorithm",
-        ),
-        case(
-            "alg in lower case",
-            "alpha",
-            raw_token(&json!({"alg": "hs256", "kid": "k1"}), &claims, ALPHA_K1),
-            "unsupported_algorithm",
-        ),
-        case(
-            "expired",
-            "alpha",
-            with(&|claims| {
-                claims.insert("exp".into(), json!(now() - 600));
-            }),
-            "expired",
-        ),
-        case(
+    let now = unix_seconds();
+    let signed = || good("k1").sign(ALPHA_K1);
+    // alpha's good token with one claim set to a value, or removed (`None`).
+    let claims = [
+        ("expired", "exp", Some(json!(now - 600)), "expired"),
+        (
             "exp as a string",
-            "alpha",
-            with(&|claims| {
-                claims.insert("exp".into(), json!((now() + 300).to_string()));
-            }),
+            "exp",
+            Some(json!((now + 300).to_string())),
             "invalid_claims",
         ),
-        case(
-            "missing exp",
-            "alpha",
-            with(&|claims| {
-                claims.remove("exp");
-            }),
-            "invalid_claims",
-        ),
-        case(
+        ("missing exp", "exp", None, "invalid_claims"),
+        (
             "nbf in the future",
-            "alpha",
-            with(&|claims| {
-                claims.insert("nbf".into(), json!(now() + 120));
-            }),
+            "nbf",
+            Some(json!(now + 120)),
             "not_yet_valid",
         ),
-        case(
+        (
             "iat in the future",
-            "alpha",
-            with(&|claims| {
-                claims.insert("iat".into(), json!(now() + 120));
-            }),
+            "iat",
+            Some(json!(now + 120)),
             "issued_in_future",
         ),
-        case(
-            "missing iat",
-            "alpha",
-            with(&|claims| {
-                claims.remove("iat");
-            }),
-            "invalid_claims",
-        ),
-        case(
+        ("missing iat", "iat", None, "invalid_claims"),
+        (
             "exp a month away",
-            "alpha",
-            with(&|claims| {
-                claims.insert("exp".into(), json!(now() + 30 * 86_400));
-            }),
+            "exp",
+            Some(json!(now + 30 * 86_400)),
             "lifetime_too_long",
         ),
-        case(
+        (
+            "huge (over max_token_bytes)",
+            "padding",
+            Some(json!("x".repeat(6000))),
+            "token_too_large",
+        ),
+        ("missing uniqueId", "uniqueId", None, "invalid_claims"),
+        (
+            "uniqueId a number",
+            "uniqueId",
+            Some(json!(42)),
+            "invalid_claims",
+        ),
+        (
+            "uniqueId empty",
+            "uniqueId",
+            Some(json!("")),
+            "invalid_claims",
+        ),
+        ("missing jti", "jti", None, "invalid_claims"),
+        ("jti a number", "jti", Some(json!(12345)), "invalid_claims"),
+        (
+            "partner claim names the other partner",
+            "partner",
+            Some(json!("beta")),
+            "partner_mismatch",
+        ),
+    ]
+    .map(|(name, claim, value, reason)| {
+        let token = match value {
+            Some(value) => good("k1").claim(claim, value),
+            None => good("k1").without_claim(claim),
+        };
+        (name, token.sign(ALPHA_K1), reason)
+    });
+    // Algorithms, keys, signatures and the token's form.
+    let others = [
+        (
+            "alg none",
+            TokenBuilder::new("u1").header("alg", "none").unsigned(),
+            "unsupported_algorithm",
+        ),
+        (
+            "RS256 header, HMAC-signed with the partner secret (key confusion)",
+            good("k1")
+                .header("alg", "RS256")
+                .without_header("typ")
+                .sign(ALPHA_K1),
+            "unsupported_algorithm",
+        ),
+        (
+            "RS256 with an RSA-sized signature",
+            TokenBuilder::new("u1")
+                .header("alg", "RS256")
+                .signed_with(&[7u8; 256]),
+            "unsupported_algorithm",
+        ),
+        (
+            "HS512 with the right secret",
+            good("k1").hmac(Hmac::Hs512).sign(ALPHA_K1),
+            "unsupported_algorithm",
+        ),
+        (
+            "HS384 with the right secret",
+            good("k1").hmac(Hmac::Hs384).sign(ALPHA_K1),
+            "unsupported_algorithm",
+        ),
+        (
+            "alg in lower case",
+            good("k1")
+                .header("alg", "hs256")
+                .without_header("typ")
+                .sign(ALPHA_K1),
+            "unsupported_algorithm",
+        ),
+        (
             "wrong secret",
-            "alpha",
-            sign(
-                &kid("k1"),
-                &good_claims("u1"),
-                "not-alphas-secret-0123456789",
-            ),
+            good("k1").sign("not-alphas-secret-0123456789"),
             "invalid_signature",
         ),
-        case(
+        (
             "the other partner's secret, no kid",
-            "alpha",
             beta.token("u1"),
             "invalid_signature",
         ),
-        case(
+        (
             "the other partner's secret under a known kid",
-            "alpha",
-            sign(&kid("k2"), &good_claims("u1"), &beta.secret),
+            good("k2").sign(&beta.secret),
             "invalid_signature",
         ),
-        case(
-            "unknown kid",
-            "alpha",
-            sign(&kid("k9"), &good_claims("u1"), ALPHA_K1),
-            "unknown_key",
-        ),
-        case(
+        ("unknown kid", good("k9").sign(ALPHA_K1), "unknown_key"),
+        (
             "tampered payload",
-            "alpha",
             {
-                let token = good();
+                let token = signed();
                 let mut parts: Vec<&str> = token.split('.').collect();
-                let forged = good_claims("someone-else");
-                let forged = b64(forged.to_string().as_bytes());
+                let forged = TokenBuilder::new("someone-else").payload();
                 parts[1] = &forged;
                 parts.join(".")
             },
             "invalid_signature",
         ),
-        case(
+        (
             "tampered signature",
-            "alpha",
-            tamper(&good(), 2),
+            tamper(&signed(), 2),
             "invalid_signature",
         ),
-        case(
-            "tampered header",
-            "alpha",
-            tamper(&good(), 0),
-            "malformed_token",
-        ),
-        case(
+        ("tampered header", tamper(&signed(), 0), "malformed_token"),
+        (
             "truncated: no signature part",
-            "alpha",
             {
-                let token = good();
+                let token = signed();
                 token[..token.rfind('.').unwrap()].to_owned()
             },
             "malformed_token",
         ),
-        case(
-            "four parts",
-            "alpha",
-            format!("{}.e30", good()),
-            "malformed_token",
-        ),
-        case(
-            "not base64",
-            "alpha",
-            "!!!.###.$$$".into(),
-            "malformed_token",
-        ),
-        case("empty", "alpha", String::new(), "missing_token"),
-        case(
-            "huge (over max_token_bytes)",
-            "alpha",
-            with(&|claims| {
-                claims.insert("padding".into(), json!("x".repeat(6000)));
-            }),
-            "token_too_large",
-        ),
-        case(
-            "missing uniqueId",
-            "alpha",
-            with(&|claims| {
-                claims.remove("uniqueId");
-            }),
-            "invalid_claims",
-        ),
-        case(
-            "uniqueId a number",
-            "alpha",
-            with(&|claims| {
-                claims.insert("uniqueId".into(), json!(42));
-            }),
-            "invalid_claims",
-        ),
-        case(
-            "uniqueId empty",
-            "alpha",
-            with(&|claims| {
-                claims.insert("uniqueId".into(), json!(""));
-            }),
-            "invalid_claims",
-        ),
-        case(
-            "missing jti",
-            "alpha",
-            with(&|claims| {
-                claims.remove("jti");
-            }),
-            "invalid_claims",
-        ),
-        case(
-            "jti a number",
-            "alpha",
-            with(&|claims| {
-                claims.insert("jti".into(), json!(12345));
-            }),
-            "invalid_claims",
-        ),
-        case(
-            "partner claim names the other partner",
-            "alpha",
-            with(&|claims| {
-                claims.insert("partner".into(), json!("beta"));
-            }),
-            "partner_mismatch",
-        ),
-        case(
+        ("four parts", format!("{}.e30", signed()), "malformed_token"),
+        ("not base64", "!!!.###.$$$".into(), "malformed_token"),
+        ("empty", String::new(), "missing_token"),
+    ];
+    let elsewhere = [
+        (
             "a good token for an unconfigured partner",
             "initech",
-            good(),
+            signed(),
             "unknown_partner",
         ),
-        case(
+        (
             "a good token with no partner",
             "",
-            good(),
+            signed(),
             "unknown_partner",
         ),
-    ]
+    ];
+    claims
+        .into_iter()
+        .chain(others)
+        .map(|(name, token, reason)| (name, "alpha", token, reason))
+        .chain(elsewhere)
+        .map(|(name, partner, token, reason)| Case {
+            name,
+            partner,
+            token,
+            reason,
+        })
+        .collect()
 }
 
 fn query_value(value: &str) -> String {
@@ -432,7 +297,7 @@ async fn every_bad_token_is_refused_with_its_reason_on_both_protocols() {
     }
 
     // Replayed: a good token works once, on either protocol, and then on neither.
-    let once = sign(&kid("k2"), &good_claims("u1"), ALPHA_K2);
+    let once = good("k2").sign(ALPHA_K2);
     let mut first = cable(edge.address, "alpha", &once).await;
     assert_eq!(first.welcome_and_subscribe().await, count_frame(0));
     let mut replay = cable(edge.address, "alpha", &once).await;
@@ -441,7 +306,7 @@ async fn every_bad_token_is_refused_with_its_reason_on_both_protocols() {
         realtime_auth(edge.address, "alpha", &once).await["error"],
         "replayed"
     );
-    let other = sign(&kid("k1"), &good_claims("u1"), ALPHA_K1);
+    let other = good("k1").sign(ALPHA_K1);
     assert_eq!(
         realtime_auth(edge.address, "alpha", &other).await["success"],
         true
@@ -460,9 +325,8 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
     let beta = TestPartner::new("beta");
     let cluster = TestCluster::start(2, &[alpha.clone(), beta.clone()]);
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let producer = cluster.producer();
     let users = ["u1", "u2", "u3"];
     // alpha's uN gets N messages, beta's uN gets 10 + N.
@@ -586,9 +450,7 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
             *index + 1
         );
     }
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 /// Opens `/cable` with the raw query and an optional `Origin`: the socket, or the HTTP
@@ -859,41 +721,24 @@ async fn origins_off_the_partners_allow_list_are_refused() {
     let edge = start_edge(&cluster.config).await;
     let metrics = &edge.node.metrics;
 
-    assert_eq!(
-        cable_handshake(
-            edge.address,
-            "alpha",
-            &alpha.token("u1"),
-            Some("https://evil.example")
-        )
-        .await
-        .err(),
-        Some(403)
-    );
-    let mut allowed = cable_handshake(
-        edge.address,
-        "alpha",
-        &alpha.token("u1"),
-        Some("https://app.alpha.example"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(allowed.next_text().await, r#"{"type":"welcome"}"#);
-    // Not a browser: no Origin, allowed.
-    let mut native = cable_handshake(edge.address, "alpha", &alpha.token("u1"), None)
-        .await
-        .unwrap();
-    assert_eq!(native.next_text().await, r#"{"type":"welcome"}"#);
-    // beta has no list: any origin.
-    let mut other = cable_handshake(
-        edge.address,
-        "beta",
-        &beta.token("u1"),
-        Some("https://evil.example"),
-    )
-    .await
-    .unwrap();
-    assert_eq!(other.next_text().await, r#"{"type":"welcome"}"#);
+    // /cable: the upgrade is refused (403) or welcomed.
+    for (partner, origin, refused) in [
+        (&alpha, Some("https://evil.example"), Some(403)),
+        (&alpha, Some("https://app.alpha.example"), None),
+        // Not a browser: no Origin, allowed.
+        (&alpha, None, None),
+        // beta has no list: any origin.
+        (&beta, Some("https://evil.example"), None),
+    ] {
+        let token = partner.token("u1");
+        match cable_handshake(edge.address, &partner.code, &token, origin).await {
+            Err(status) => assert_eq!(Some(status), refused, "{origin:?}"),
+            Ok(mut welcomed) => {
+                assert_eq!(refused, None, "{origin:?} was let in");
+                assert_eq!(welcomed.next_text().await, r#"{"type":"welcome"}"#);
+            }
+        }
+    }
     // /realtime learns the partner from the token.
     let mut realtime = realtime_with_origin(edge.address, "https://evil.example").await;
     realtime
@@ -1056,7 +901,10 @@ async fn a_client_that_stops_reading_costs_one_pending_count() {
 async fn a_changed_secrets_file_is_used_without_a_restart() {
     let alpha = TestPartner::new("alpha");
     let mut cluster = TestCluster::start(1, std::slice::from_ref(&alpha));
-    let directory = std::env::temp_dir().join(format!("fanout-secrets-{}", fresh_jti()));
+    let directory = std::env::temp_dir().join(format!(
+        "fanout-secrets-{}",
+        fanout_app::tools::random_hex(8)
+    ));
     std::fs::create_dir_all(&directory).unwrap();
     let file = directory.join("partners.toml");
     let write = |text: &str| {
@@ -1073,7 +921,7 @@ async fn a_changed_secrets_file_is_used_without_a_restart() {
     cluster.config.edge.secrets_reload_interval_ms = 50;
     let edge = start_edge(&cluster.config).await;
     let metrics = &edge.node.metrics;
-    let gamma = |kid_name: &str, secret: &str| sign(&kid(kid_name), &good_claims("u1"), secret);
+    let gamma = |kid: &str, secret: &str| good(kid).sign(secret);
 
     assert_eq!(
         realtime_auth(edge.address, "gamma", &gamma("g1", ALPHA_K1)).await["success"],

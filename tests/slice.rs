@@ -3,9 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use fanout_tests::*;
-use rdkafka::Message as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers as _;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_reach_each_partners_client_exactly_and_never_cross_partners() {
@@ -17,9 +14,9 @@ async fn undecodable_record_goes_to_dead_letter_and_ingest_goes_on() {
     let alpha = TestPartner::new("alpha");
     let cluster = TestCluster::start(2, std::slice::from_ref(&alpha));
     let config = &cluster.config;
-    let (ingest, ingest_metrics) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
+    let ingest_metrics = &pipeline.ingest_metrics;
     let producer = cluster.producer();
 
     produce_raw(
@@ -53,39 +50,16 @@ async fn undecodable_record_goes_to_dead_letter_and_ingest_goes_on() {
     assert_eq!(ingest_metrics.accepted_count(), 1);
 
     // Both poison records are on dead-letter, unchanged, with the reason in a header.
-    let consumer: StreamConsumer = config.kafka.assign_consumer_config().create().unwrap();
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&config.topics.dead_letter, 0, rdkafka::Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let dead_letters = DeadLetterReader::new(config);
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let message = tokio::time::timeout(DEADLINE, consumer.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        let headers = message.headers().unwrap();
-        let error = headers
-            .iter()
-            .find(|header| header.key == "fanout-error")
-            .and_then(|header| header.value)
-            .map(|value| String::from_utf8_lossy(value).into_owned());
-        let source = headers
-            .iter()
-            .find(|header| header.key == "fanout-source")
-            .and_then(|header| header.value)
-            .map(|value| String::from_utf8_lossy(value).into_owned())
-            .unwrap();
+        let record = dead_letters.next().await;
+        let source = record.source.unwrap();
         assert!(
             source.starts_with(&config.topics.message_events),
             "{source}"
         );
-        seen.push((
-            String::from_utf8_lossy(message.key().unwrap()).into_owned(),
-            message.payload().unwrap().to_vec(),
-            error,
-        ));
+        seen.push((record.key, record.payload, record.error));
     }
     seen.sort();
     assert_eq!(
@@ -104,9 +78,7 @@ async fn undecodable_record_goes_to_dead_letter_and_ingest_goes_on() {
         ]
     );
 
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

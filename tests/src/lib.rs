@@ -51,16 +51,20 @@ impl TestPartner {
         }
     }
 
+    /// A good token of this partner's for `user`.
     pub fn token(&self, user: &str) -> String {
-        fanout_app::tools::mint_token(&self.secret, user, Duration::from_secs(3600), None, None)
-            .unwrap()
+        TokenBuilder::new(user).sign(&self.secret)
     }
 }
 
 pub mod metrics_doc;
 pub mod node;
+pub mod process;
 pub mod scenarios;
 pub mod tansu;
+pub mod token;
+
+pub use token::{Hmac, TokenBuilder, unix_seconds};
 
 /// The Kafka a test runs against.
 pub enum Broker {
@@ -209,6 +213,8 @@ pub struct RunningEdge {
     pub node: Arc<fanout_edge::Node>,
     pub address: SocketAddr,
     pub running: RunningStages,
+    /// The edge's metrics, in a registry of their own.
+    pub registry: prometheus::Registry,
 }
 
 /// Starts an edge on a free loopback port and waits until its table is caught up.
@@ -225,17 +231,12 @@ pub async fn start_edge_at(config: &Config, address: SocketAddr) -> RunningEdge 
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .unwrap_or_else(|error| panic!("binding an edge to {address}: {error}"));
+    let registry = prometheus::Registry::new();
     let SpawnedEdge {
         stage,
         node,
         address,
-    } = stages::spawn_edge(
-        config,
-        listener,
-        &prometheus::Registry::new(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    } = stages::spawn_edge(config, listener, &registry, shutdown.clone()).unwrap();
     let mut ready = node.ready.clone();
     tokio::time::timeout(DEADLINE, ready.wait_for(|ready| *ready))
         .await
@@ -248,6 +249,54 @@ pub async fn start_edge_at(config: &Config, address: SocketAddr) -> RunningEdge 
             shutdown,
             stages: vec![stage],
         },
+        registry,
+    }
+}
+
+/// Ingest, the router and an edge, the whole path, each as [`start_ingest`],
+/// [`start_router`] and [`start_edge`] start it.
+pub struct RunningPipeline {
+    pub ingest: RunningStages,
+    pub ingest_metrics: fanout_ingest::IngestMetrics,
+    pub router: RunningStages,
+    pub router_metrics: fanout_router::RouterMetrics,
+    pub edge: RunningEdge,
+}
+
+/// Starts ingest, the router and an edge, and waits until the edge's table is caught up.
+pub async fn start_pipeline(config: &Config) -> RunningPipeline {
+    let (ingest, ingest_metrics) = start_ingest(config);
+    let (router, router_metrics) = start_router(config);
+    let edge = start_edge(config).await;
+    RunningPipeline {
+        ingest,
+        ingest_metrics,
+        router,
+        router_metrics,
+        edge,
+    }
+}
+
+impl RunningPipeline {
+    /// Each stage's health: ingest's, the router's, the edge's.
+    pub fn healths(&self) -> [fanout_kafka::StageHealth; 3] {
+        [
+            self.ingest.health(),
+            self.router.health(),
+            self.edge.running.health(),
+        ]
+    }
+
+    /// Whether any stage has stopped (by error or otherwise).
+    pub fn any_stopped(&self) -> bool {
+        self.ingest.any_stopped() || self.router.any_stopped() || self.edge.running.any_stopped()
+    }
+
+    /// Stops ingest, then the router, then the edge.
+    pub async fn stop(self) {
+        self.ingest.stop().await;
+        self.router.stop().await;
+        self.edge.running.stop().await;
     }
 }
 
@@ -424,6 +473,12 @@ impl CableClient {
         subprotocols: Option<&str>,
     ) -> Self {
         let url = format!("ws://{address}/cable?jwt={token}&partner={partner}");
+        Self::connect_url(&url, subprotocols).await
+    }
+
+    /// Connects to `url` (`ws://host:port/cable?jwt=...&partner=...`) offering
+    /// `subprotocols`, if any.
+    pub async fn connect_url(url: &str, subprotocols: Option<&str>) -> Self {
         let mut request = url.into_client_request().unwrap();
         if let Some(offer) = subprotocols {
             request.headers_mut().insert(
@@ -592,6 +647,58 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A record on dead-letter: the original's key and payload, and the headers ingest adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub key: String,
+    pub payload: Vec<u8>,
+    /// `fanout-error`: the rejection's reason.
+    pub error: Option<String>,
+    /// `fanout-source`: `topic/partition/offset` of the original.
+    pub source: Option<String>,
+}
+
+/// Reads the dead-letter topic (one partition) from its beginning.
+pub struct DeadLetterReader(rdkafka::consumer::StreamConsumer);
+
+impl DeadLetterReader {
+    pub fn new(config: &Config) -> Self {
+        use rdkafka::consumer::Consumer as _;
+        let consumer: rdkafka::consumer::StreamConsumer =
+            config.kafka.assign_consumer_config().create().unwrap();
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment
+            .add_partition_offset(&config.topics.dead_letter, 0, rdkafka::Offset::Beginning)
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        Self(consumer)
+    }
+
+    /// The next record; fails the test at the deadline.
+    pub async fn next(&self) -> DeadLetter {
+        use rdkafka::Message as _;
+        use rdkafka::message::Headers as _;
+        let message = tokio::time::timeout(DEADLINE, self.0.recv())
+            .await
+            .expect("no dead-letter record before the deadline")
+            .unwrap();
+        let header = |name: &str| {
+            message
+                .headers()?
+                .iter()
+                .find(|header| header.key == name)
+                .and_then(|header| header.value)
+                .map(|value| String::from_utf8(value.to_vec()).unwrap())
+        };
+        DeadLetter {
+            key: String::from_utf8(message.key().unwrap().to_vec()).unwrap(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+            error: header("fanout-error"),
+            source: header("fanout-source"),
+        }
     }
 }
 

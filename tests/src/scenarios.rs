@@ -414,9 +414,8 @@ pub async fn exact_frames_across_partners(
     let beta = TestPartner::new("beta");
     let cluster = start_cluster(&[alpha.clone(), beta.clone()]);
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let producer = cluster.producer();
 
     // The same uniqueId under two partners: two different users.
@@ -519,7 +518,5 @@ pub async fn exact_frames_across_partners(
     assert_eq!(edge.node.table.get("alpha/u1").map(|v| v.count), Some(0));
     assert_eq!(edge.node.table.get("beta/u1").map(|v| v.count), Some(1));
 
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }

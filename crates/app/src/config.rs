@@ -3,12 +3,11 @@
 //! with its default and what it does, is in `default-config.toml` beside this file,
 //! which `fanout default-config` prints.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use fanout_edge::EdgeConfig;
 use fanout_ingest::IngestConfig;
-use fanout_kafka::{KafkaSettings, Topics};
+use fanout_kafka::{InvalidSetting, KafkaSettings, Topics};
 use fanout_router::RouterConfig;
 use figment::Figment;
 use figment::error::Kind;
@@ -115,17 +114,20 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what serde cannot, naming the key of the first problem.
+    /// Checks what serde cannot, naming the key of the first problem: each section as
+    /// its stage checks it, then what spans sections.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.kafka
-            .validate()
-            .map_err(|error| invalid(format!("kafka.{}", error.key), error.reason))?;
-        self.validate_topics()?;
-        self.validate_ingest()?;
-        self.validate_router()?;
-        self.edge
-            .validate()
-            .map_err(|error| invalid(format!("edge.{}", error.key), error.reason))?;
+        self.kafka.validate().map_err(in_section("kafka"))?;
+        self.topics.validate().map_err(in_section("topics"))?;
+        self.ingest.validate().map_err(in_section("ingest"))?;
+        if self.ingest.group_id == self.router.group_id {
+            return Err(invalid(
+                "ingest.group_id",
+                "must differ from router.group_id",
+            ));
+        }
+        self.router.validate().map_err(in_section("router"))?;
+        self.edge.validate().map_err(in_section("edge"))?;
         validate_address("listen.edge", &self.listen.edge)?;
         validate_address("listen.admin", &self.listen.admin)?;
         // Port 0 (any free port) twice is two ports.
@@ -146,100 +148,14 @@ impl Config {
         }
         Ok(())
     }
-
-    fn validate_topics(&self) -> Result<(), ConfigError> {
-        let topics = [
-            ("topics.message_events", &self.topics.message_events),
-            ("topics.user_events", &self.topics.user_events),
-            ("topics.router_state", &self.topics.router_state),
-            ("topics.unread_counts", &self.topics.unread_counts),
-            ("topics.dead_letter", &self.topics.dead_letter),
-        ];
-        let mut seen = BTreeSet::new();
-        for (key, topic) in topics {
-            let legal = !topic.is_empty()
-                && topic.len() <= 249
-                && topic != "."
-                && topic != ".."
-                && topic
-                    .bytes()
-                    .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
-            if !legal {
-                return Err(invalid(
-                    key,
-                    format!("{topic:?} is not a Kafka topic name (1-249 of [A-Za-z0-9._-])"),
-                ));
-            }
-            if !seen.insert(topic.as_str()) {
-                return Err(invalid(
-                    key,
-                    format!("{topic:?} is also used for another topic"),
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_ingest(&self) -> Result<(), ConfigError> {
-        let ingest = &self.ingest;
-        if ingest.group_id.trim().is_empty() {
-            return Err(invalid("ingest.group_id", "must not be empty"));
-        }
-        if ingest.group_id == self.router.group_id {
-            return Err(invalid(
-                "ingest.group_id",
-                "must differ from router.group_id",
-            ));
-        }
-        for (key, value) in [
-            ("ingest.max_in_flight", ingest.max_in_flight as u64),
-            (
-                "ingest.limits.max_record_bytes",
-                ingest.limits.max_record_bytes as u64,
-            ),
-            (
-                "ingest.limits.max_recipients",
-                ingest.limits.max_recipients as u64,
-            ),
-            (
-                "ingest.limits.max_id_bytes",
-                ingest.limits.max_id_bytes as u64,
-            ),
-            ("ingest.limits.max_seq", ingest.limits.max_seq),
-        ] {
-            positive(key, value)?;
-        }
-        Ok(())
-    }
-
-    fn validate_router(&self) -> Result<(), ConfigError> {
-        let router = &self.router;
-        if router.group_id.trim().is_empty() {
-            return Err(invalid("router.group_id", "must not be empty"));
-        }
-        for (key, value) in [
-            ("router.max_in_flight", router.max_in_flight as u64),
-            ("router.restore_timeout_ms", router.restore_timeout_ms),
-            (
-                "router.revoke_flush_timeout_ms",
-                router.revoke_flush_timeout_ms,
-            ),
-            (
-                "router.max_settled_ranges_per_user",
-                router.max_settled_ranges_per_user as u64,
-            ),
-        ] {
-            positive(key, value)?;
-        }
-        Ok(())
-    }
 }
 
-fn positive(key: &str, value: u64) -> Result<(), ConfigError> {
-    if value == 0 {
-        return Err(invalid(key, "must be positive"));
+/// A stage's refusal of its own section, its key made a full key (`ingest.` + key).
+fn in_section(section: &'static str) -> impl FnOnce(InvalidSetting) -> ConfigError {
+    move |error| {
+        let InvalidSetting { key, reason } = error.in_section(section);
+        ConfigError::Invalid { key, reason }
     }
-    Ok(())
 }
 
 /// `host:port`, the host an IP address or a name, the port a number.
@@ -317,6 +233,8 @@ mod tests {
     // figment's Jail runs each test with its own environment and working directory, one
     // at a time; its closures return figment's (large) error type.
     #![allow(clippy::unwrap_used, clippy::result_large_err)]
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -398,6 +316,13 @@ mod tests {
         assert!(nested.starts_with("ingest.limits.max_seq:"), "{nested}");
         let zero = load_error("[router]\nmax_in_flight = 0\n");
         assert_eq!(zero, "router.max_in_flight: must be positive");
+        let ingest_zero = load_error("[ingest.limits]\nmax_seq = 0\n");
+        assert_eq!(ingest_zero, "ingest.limits.max_seq: must be positive");
+        let shared_group = load_error("[router]\ngroup_id = \"fanout-ingest\"\n");
+        assert_eq!(
+            shared_group,
+            "ingest.group_id: must differ from router.group_id"
+        );
         let grace = load_error("[edge]\ndrain_window_ms = 40000\n");
         assert!(
             grace.starts_with("shutdown.grace_ms: must be longer"),

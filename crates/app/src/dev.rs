@@ -11,20 +11,50 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::logging::LogFormat;
 use crate::stages::{self, Role};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct DevOptions {
-    /// Address for the WebSocket listener; port 0 picks a free one.
+    /// Address of the WebSocket listener (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
-    /// Address for the admin port (`/metrics`, `/healthz`, `/readyz`).
+    /// Address of the admin port: /metrics, /healthz, /readyz (port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: String,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 4)]
     pub partitions: i32,
+    /// The demo partner's code.
+    #[arg(long, default_value = "demo")]
     pub partner: String,
-    /// The demo partner's secret; random when not given.
+    /// The demo partner's secret (random if not given).
+    #[arg(long)]
     pub secret: Option<String>,
+    /// The user the printed token is for.
+    #[arg(long, default_value = "demo-user")]
     pub user: String,
+    /// Also write the printed facts as JSON to this file.
+    #[arg(long)]
     pub info_file: Option<PathBuf>,
+}
+
+impl DevOptions {
+    /// `fanout dev`: runs until SIGTERM or SIGINT, printing the banner (one JSON object
+    /// with [`LogFormat::Json`]) once the edge is ready.
+    pub async fn execute(self, format: LogFormat) -> anyhow::Result<()> {
+        let shutdown = CancellationToken::new();
+        stages::cancel_on_signal(shutdown.clone());
+        run(self, shutdown, |info| match format {
+            LogFormat::Text => println!("{}", banner(info)),
+            // One object, so that every line of the output parses.
+            LogFormat::Json => match serde_json::to_string(info) {
+                Ok(json) => println!("{json}"),
+                Err(error) => tracing::error!(%error, "cannot print the dev info"),
+            },
+        })
+        .await
+    }
 }
 
 /// What `fanout dev` prints on start, and writes as JSON with `--info-file`.

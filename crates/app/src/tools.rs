@@ -59,52 +59,141 @@ pub fn mint_token(
     .context("signing the token")
 }
 
+/// `fanout token`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenOptions {
+    /// The partner secret to sign with.
+    #[arg(long, env = "FANOUT_TOKEN_SECRET")]
+    pub secret: String,
+    /// The user (`uniqueId` claim).
+    #[arg(long)]
+    pub user: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: u64,
+    /// Key id to put in the header (for partners with several secrets).
+    #[arg(long)]
+    pub kid: Option<String>,
+    /// Add a `partner` claim.
+    #[arg(long)]
+    pub partner: Option<String>,
+}
+
+impl TokenOptions {
+    /// Prints the token.
+    pub fn execute(&self) -> anyhow::Result<()> {
+        let token = mint_token(
+            &self.secret,
+            &self.user,
+            Duration::from_secs(self.ttl_seconds),
+            self.kid.as_deref(),
+            self.partner.as_deref(),
+        )?;
+        println!("{token}");
+        Ok(())
+    }
+}
+
+/// `fanout produce`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProduceOptions {
+    /// Kafka bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// The message-events topic.
+    #[arg(long, default_value = "message-events")]
+    pub topic: String,
+    /// Send the proto3 JSON form (with `content-type: application/json`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub event: EventSpec,
+}
+
+impl ProduceOptions {
+    /// Produces the event and prints its id.
+    pub async fn execute(&self) -> anyhow::Result<()> {
+        let kafka = KafkaSettings::new(self.brokers.clone());
+        let event = produce(&kafka, &self.topic, &self.event, self.json).await?;
+        println!("produced event {} to {}", event.event_id, self.topic);
+        Ok(())
+    }
+}
+
+/// Which message an event is about.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MessageRef {
+    #[arg(long)]
+    pub partner: String,
+    #[arg(long)]
+    pub conversation: String,
+    /// The message's per-conversation sequence number.
+    #[arg(long)]
+    pub seq: u64,
+}
+
 /// What to produce: one message event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Subcommand)]
 pub enum EventSpec {
+    /// A message was posted.
     Created {
-        conversation: String,
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
+        /// The sender.
+        #[arg(long)]
         from: String,
+        /// A recipient (repeat for several).
+        #[arg(long = "to", required = true)]
         to: Vec<String>,
+        #[arg(long)]
         message_id: Option<String>,
     },
+    /// A user read one message.
     Read {
-        conversation: String,
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
+        #[arg(long)]
         user: String,
     },
+    /// A user read a conversation up to a seq.
     ConversationRead {
-        conversation: String,
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
+        #[arg(long)]
         user: String,
     },
+    /// A message was deleted for its recipients.
     Deleted {
-        conversation: String,
-        seq: u64,
+        #[command(flatten)]
+        message: MessageRef,
+        #[arg(long = "to", required = true)]
         to: Vec<String>,
     },
 }
 
 impl EventSpec {
-    fn conversation(&self) -> &str {
+    fn message(&self) -> &MessageRef {
         match self {
-            Self::Created { conversation, .. }
-            | Self::Read { conversation, .. }
-            | Self::ConversationRead { conversation, .. }
-            | Self::Deleted { conversation, .. } => conversation,
+            Self::Created { message, .. }
+            | Self::Read { message, .. }
+            | Self::ConversationRead { message, .. }
+            | Self::Deleted { message, .. } => message,
         }
     }
 
     /// The event, stamped now with a fresh id.
-    pub fn to_event(&self, partner: &str) -> v1::MessageEvent {
+    pub fn to_event(&self) -> v1::MessageEvent {
+        let MessageRef {
+            partner,
+            conversation,
+            seq,
+        } = self.message().clone();
         let event = match self.clone() {
             Self::Created {
-                conversation,
-                seq,
                 from,
                 to,
                 message_id,
+                ..
             } => Event::MessageCreated(v1::MessageCreated {
                 conversation_id: conversation,
                 seq,
@@ -112,30 +201,18 @@ impl EventSpec {
                 sender: from,
                 recipients: to,
             }),
-            Self::Read {
-                conversation,
-                seq,
-                user,
-            } => Event::MessageRead(v1::MessageRead {
+            Self::Read { user, .. } => Event::MessageRead(v1::MessageRead {
                 conversation_id: conversation,
                 seq,
                 user,
                 message_id: format!("m{seq}"),
             }),
-            Self::ConversationRead {
-                conversation,
-                seq,
-                user,
-            } => Event::ConversationRead(v1::ConversationRead {
+            Self::ConversationRead { user, .. } => Event::ConversationRead(v1::ConversationRead {
                 conversation_id: conversation,
                 seq,
                 user,
             }),
-            Self::Deleted {
-                conversation,
-                seq,
-                to,
-            } => Event::MessageDeleted(v1::MessageDeleted {
+            Self::Deleted { to, .. } => Event::MessageDeleted(v1::MessageDeleted {
                 conversation_id: conversation,
                 seq,
                 message_id: format!("m{seq}"),
@@ -144,7 +221,7 @@ impl EventSpec {
         };
         v1::MessageEvent {
             event_id: random_hex(8),
-            partner: partner.to_owned(),
+            partner,
             occurred_at_ms: fanout_schema::unix_millis(),
             event: Some(event),
         }
@@ -171,7 +248,6 @@ pub fn encode_event(
 pub async fn produce(
     kafka: &KafkaSettings,
     topic: &str,
-    partner: &str,
     spec: &EventSpec,
     json: bool,
 ) -> anyhow::Result<v1::MessageEvent> {
@@ -179,10 +255,10 @@ pub async fn produce(
         .producer_client_config(&[("message.timeout.ms", "10000")])
         .create()
         .context("creating the producer")?;
-    let event = spec.to_event(partner);
+    let event = spec.to_event();
     let (payload, content_type) = encode_event(&event, json)?;
     let mut record = FutureRecord::to(topic)
-        .key(spec.conversation())
+        .key(&spec.message().conversation)
         .payload(&payload);
     if let Some(content_type) = content_type {
         record = record.headers(OwnedHeaders::new().insert(KafkaHeader {
@@ -246,33 +322,34 @@ mod tests {
     #[test]
     fn produced_events_pass_ingest_validation() {
         let limits = fanout_ingest::IngestLimits::default();
+        let message = MessageRef {
+            partner: "demo".into(),
+            conversation: "c1".into(),
+            seq: 1,
+        };
         let specs = [
             EventSpec::Created {
-                conversation: "c1".into(),
-                seq: 1,
+                message: message.clone(),
                 from: "alice".into(),
                 to: vec!["bob".into()],
                 message_id: None,
             },
             EventSpec::Read {
-                conversation: "c1".into(),
-                seq: 1,
+                message: message.clone(),
                 user: "bob".into(),
             },
             EventSpec::ConversationRead {
-                conversation: "c1".into(),
-                seq: 1,
+                message: message.clone(),
                 user: "bob".into(),
             },
             EventSpec::Deleted {
-                conversation: "c1".into(),
-                seq: 1,
+                message,
                 to: vec!["bob".into()],
             },
         ];
         for spec in specs {
             for json in [false, true] {
-                let event = spec.to_event("demo");
+                let event = spec.to_event();
                 let (payload, content_type) = encode_event(&event, json).unwrap();
                 let decoded =
                     fanout_ingest::decode_event(&payload, content_type.map(str::as_bytes), &limits)

@@ -5,36 +5,15 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Output;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use fanout_app::config::{Config, Listen};
+use fanout_kafka::KafkaSettings;
+use fanout_tests::process::{DEV_ON_FREE_PORTS, Fanout, temp_dir, write_config};
 
-const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "fanout-config-cli-{}-{}",
-        std::process::id(),
-        fanout_app::tools::random_hex(4)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// Runs `fanout` with `args` and no inherited `FANOUT_*`/`RUST_LOG` surprises.
-fn fanout(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(FANOUT);
-    command.args(args).env_remove("RUST_LOG");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FANOUT_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(env.iter().copied()).output().unwrap()
-}
+/// Run with no inherited `FANOUT_*`/`RUST_LOG` surprises.
+const FANOUT: Fanout = Fanout(env!("CARGO_BIN_EXE_fanout"));
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
@@ -48,7 +27,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 
 #[test]
 fn check_config_exits_64_with_a_reason_naming_the_key() {
-    let dir = temp_dir();
+    let dir = temp_dir("config-cli");
     let cases = [
         // An unknown key, nested.
         (
@@ -81,7 +60,7 @@ fn check_config_exits_64_with_a_reason_naming_the_key() {
     ];
     for (index, (text, key)) in cases.iter().enumerate() {
         let file = write(&dir, &format!("bad-{index}.toml"), text);
-        let output = fanout(&["check-config", &file], &[]);
+        let output = FANOUT.output(&["check-config", &file], &[]);
         assert_eq!(
             output.status.code(),
             Some(64),
@@ -97,7 +76,7 @@ fn check_config_exits_64_with_a_reason_naming_the_key() {
 
     // An environment override is checked too, and named by its variable.
     let good = write(&dir, "good.toml", "[kafka]\nbrokers = \"k1:9092\"\n");
-    let output = fanout(
+    let output = FANOUT.output(
         &["check-config", &good],
         &[("FANOUT_ROUTER__MAX_IN_FLIGHT", "many")],
     );
@@ -108,29 +87,29 @@ fn check_config_exits_64_with_a_reason_naming_the_key() {
         "{}",
         stderr(&output)
     );
-    let output = fanout(&["check-config", &good], &[("FANOUT_ROUTR__GROUP_ID", "x")]);
+    let output = FANOUT.output(&["check-config", &good], &[("FANOUT_ROUTR__GROUP_ID", "x")]);
     assert_eq!(output.status.code(), Some(64));
     assert!(stderr(&output).contains("routr"), "{}", stderr(&output));
 
     let missing = dir.join("missing.toml");
-    let output = fanout(&["check-config", missing.to_str().unwrap()], &[]);
+    let output = FANOUT.output(&["check-config", missing.to_str().unwrap()], &[]);
     assert_eq!(output.status.code(), Some(64));
     assert!(stderr(&output).contains("does not exist"));
 
-    let output = fanout(&["check-config", &good], &[]);
+    let output = FANOUT.output(&["check-config", &good], &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(String::from_utf8_lossy(&output.stdout).contains("ok"));
 }
 
 #[test]
 fn default_config_prints_the_documented_defaults_and_checks_clean() {
-    let output = fanout(&["default-config"], &[]);
+    let output = FANOUT.output(&["default-config"], &[]);
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).unwrap();
     assert_eq!(text, fanout_app::config::DEFAULT_CONFIG_TOML);
-    let dir = temp_dir();
+    let dir = temp_dir("config-cli");
     let file = write(&dir, "default.toml", &text);
-    let output = fanout(&["check-config", &file], &[]);
+    let output = FANOUT.output(&["check-config", &file], &[]);
     assert!(output.status.success(), "{}", stderr(&output));
 }
 
@@ -150,23 +129,25 @@ fn nobody_connected(listener: &TcpListener) -> bool {
 
 #[test]
 fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
-    let dir = temp_dir();
+    let dir = temp_dir("config-cli");
     let (edge_port, edge_address) = held_port();
     let (admin_port, admin_address) = held_port();
     let (broker_port, broker_address) = held_port();
-    let config = |extra: &str| {
-        format!(
-            "[kafka]\nbrokers = \"{broker_address}\"\n\
-             [listen]\nedge = \"{edge_address}\"\nadmin = \"{admin_address}\"\n{extra}"
-        )
+    let good = Config {
+        kafka: KafkaSettings::new(&broker_address),
+        listen: Listen {
+            edge: edge_address.clone(),
+            admin: admin_address,
+        },
+        ..Config::default()
     };
-    let bad = write(
-        &dir,
-        "bad.toml",
-        &config("[edge]\nhandshake_timeout_ms = 0\n"),
-    );
+    let mut bad = good.clone();
+    bad.edge.handshake_timeout_ms = 0;
+    let bad_path = dir.join("bad.toml");
+    write_config(&bad, &bad_path);
+    let bad = bad_path.to_str().unwrap();
     for role in ["edge", "ingest", "router"] {
-        let output = fanout(&[role, "--config", &bad], &[]);
+        let output = FANOUT.output(&[role, "--config", bad], &[]);
         assert_eq!(
             output.status.code(),
             Some(64),
@@ -184,8 +165,9 @@ fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
 
     // The control: with a good config the edge does try to bind, and the held port
     // makes that fail, so the run above would have shown a bind before validation.
-    let good = write(&dir, "good.toml", &config(""));
-    let output = fanout(&["edge", "--config", &good], &[]);
+    let good_path = dir.join("good.toml");
+    write_config(&good, &good_path);
+    let output = FANOUT.output(&["edge", "--config", good_path.to_str().unwrap()], &[]);
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(
         stderr(&output).contains(&format!("binding {edge_address}")),
@@ -195,80 +177,22 @@ fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
     drop((edge_port, admin_port));
 }
 
-/// Reads `reader` line by line into a shared buffer until it closes.
-fn collect_lines(
-    reader: impl tokio::io::AsyncRead + Unpin + Send + 'static,
-) -> (
-    tokio::task::JoinHandle<Vec<String>>,
-    tokio::sync::mpsc::UnboundedReceiver<String>,
-) {
-    let (lines_tx, lines_rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = tokio::spawn(async move {
-        let mut lines = BufReader::new(reader).lines();
-        let mut all = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            let _ = lines_tx.send(line.clone());
-            all.push(line);
-        }
-        all
-    });
-    (task, lines_rx)
-}
-
 /// Runs `fanout dev` until it is ready, then SIGTERM; returns stdout's and stderr's
 /// lines.
 async fn dev_output(args: &[&str], env: &[(&str, &str)]) -> (Vec<String>, Vec<String>) {
-    let mut command = tokio::process::Command::new(FANOUT);
-    command
-        .args(args)
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--partitions",
-            "1",
-        ])
-        // Debug level for fanout and the Kafka client library's bridged log records.
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("FANOUT_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(env.iter().copied());
-    let mut dev = command.spawn().unwrap();
-    let (stdout_task, mut stdout_lines) = collect_lines(dev.stdout.take().unwrap());
-    let (stderr_task, _) = collect_lines(dev.stderr.take().unwrap());
+    let mut args = args.to_vec();
+    args.extend(DEV_ON_FREE_PORTS);
+    args.extend(["--partitions", "1"]);
+    // Debug level for fanout and the Kafka client library's bridged log records.
+    let mut env = env.to_vec();
+    env.push(("RUST_LOG", "debug"));
+    let mut dev = FANOUT.start(&args, &env);
     // Ready once the banner (or its JSON form) names the cable URL.
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = stdout_lines.recv().await {
-            if line.contains("cable") {
-                return;
-            }
-        }
-        panic!("dev mode closed stdout before its banner");
-    })
-    .await
-    .expect("dev mode never printed its banner");
-    let pid = dev.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(DEADLINE, dev.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    dev.wait_for_stdout(|line| line.contains("cable")).await;
+    dev.signal("TERM");
+    let status = dev.wait_exit().await;
     assert!(status.success(), "dev mode exited with {status}");
-    (stdout_task.await.unwrap(), stderr_task.await.unwrap())
+    (dev.stdout_lines(), dev.stderr_lines())
 }
 
 fn assert_json_logs(stderr_lines: &[String]) {
@@ -304,9 +228,9 @@ async fn log_format_json_makes_every_output_line_json() {
     }
 
     // A fatal error is a JSON log line too.
-    let dir = temp_dir();
+    let dir = temp_dir("config-cli");
     let bad = write(&dir, "bad.toml", "[edge]\nping_interval_mz = 1\n");
-    let output = fanout(&["--log-format", "json", "edge", "--config", &bad], &[]);
+    let output = FANOUT.output(&["--log-format", "json", "edge", "--config", &bad], &[]);
     assert_eq!(output.status.code(), Some(64));
     let lines: Vec<String> = stderr(&output).lines().map(str::to_owned).collect();
     assert_json_logs(&lines);

@@ -6,132 +6,34 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio::process::Command;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::{Message, http};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use fanout_tests::process::{DEV_ON_FREE_PORTS, Fanout, FanoutProcess, http_get, temp_dir};
+use fanout_tests::{CableClient, DEADLINE, count_frame};
 
-const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
-const DEADLINE: Duration = Duration::from_secs(60);
+const FANOUT: Fanout = Fanout(env!("CARGO_BIN_EXE_fanout"));
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-async fn connect(url: &str) -> Socket {
-    let mut request = url.into_client_request().unwrap();
-    request.headers_mut().insert(
-        http::header::SEC_WEBSOCKET_PROTOCOL,
-        http::HeaderValue::from_static("actioncable-v1-json"),
-    );
-    let (socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    socket
-}
-
-/// The next text frame other than a ping.
-async fn next_frame(socket: &mut Socket) -> String {
-    loop {
-        let message = tokio::time::timeout(DEADLINE, socket.next())
-            .await
-            .expect("no frame before the deadline")
-            .expect("socket closed")
-            .unwrap();
-        if let Message::Text(text) = message
-            && !text.as_str().starts_with(r#"{"type":"ping""#)
-        {
-            return text.as_str().to_owned();
-        }
-    }
-}
-
-async fn subscribe(socket: &mut Socket) -> String {
-    assert_eq!(next_frame(socket).await, r#"{"type":"welcome"}"#);
-    socket
-        .send(Message::Text(
-            r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#.into(),
-        ))
-        .await
-        .unwrap();
-    assert!(next_frame(socket).await.contains("confirm_subscription"));
-    next_frame(socket).await
-}
-
-fn count_frame(count: u64) -> String {
-    format!(
-        r#"{{"identifier":"{{\"channel\":\"PartnerChannel\"}}","message":{{"type":"unread_count","count":{count}}}}}"#
-    )
-}
-
-/// A plain HTTP/1.1 GET; returns the status code and the body.
-async fn http_get(base_url: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let address = base_url.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(address).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tokio::time::timeout(DEADLINE, stream.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap();
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-async fn fanout(args: &[&str]) -> String {
-    let output = tokio::time::timeout(DEADLINE, Command::new(FANOUT).args(args).output())
-        .await
-        .expect("fanout did not finish before the deadline")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "fanout {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+/// Connects to `url` as the quick start's client does, offering ActionCable's JSON.
+async fn connect(url: &str) -> CableClient {
+    CableClient::connect_url(url, Some("actioncable-v1-json")).await
 }
 
 /// Starts `fanout dev` on free ports and returns it with the facts it wrote.
-async fn start_dev() -> (tokio::process::Child, serde_json::Value) {
-    let dir = std::env::temp_dir().join(format!(
-        "fanout-dev-cli-{}-{}",
-        std::process::id(),
-        fanout_app::tools::random_hex(4)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let info_path = dir.join("info.json");
-    let mut dev = Command::new(FANOUT)
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--partitions",
-            "2",
-            "--info-file",
-        ])
-        .arg(&info_path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+async fn start_dev() -> (FanoutProcess, serde_json::Value) {
+    let info_path = temp_dir("dev-cli").join("info.json");
+    let mut args = DEV_ON_FREE_PORTS.to_vec();
+    args.extend([
+        "--partitions",
+        "2",
+        "--info-file",
+        info_path.to_str().unwrap(),
+    ]);
+    let mut dev = FANOUT.start(&args, &[]);
     let deadline = tokio::time::Instant::now() + DEADLINE;
     while !info_path.exists() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "dev mode never wrote its info file"
         );
-        assert!(dev.try_wait().unwrap().is_none(), "dev mode exited early");
+        dev.assert_running();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // The file is written in one go, but read it only once it parses.
@@ -159,152 +61,51 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     assert!(cable_url.contains(info["token"].as_str().unwrap()));
 
     let mut demo_user = connect(cable_url).await;
-    assert_eq!(subscribe(&mut demo_user).await, count_frame(0));
+    assert_eq!(demo_user.welcome_and_subscribe().await, count_frame(0));
 
-    let created = [
-        "produce",
-        "--brokers",
-        bootstrap,
-        "created",
-        "--partner",
-        "demo",
-        "--conversation",
-        "c1",
-        "--seq",
-        "1",
-        "--from",
-        "alice",
-        "--to",
-        "demo-user",
-    ];
-    assert!(fanout(&created).await.contains("produced event"));
-    assert_eq!(next_frame(&mut demo_user).await, count_frame(1));
-    let created_json = [
-        "produce",
-        "--brokers",
-        bootstrap,
-        "--json",
-        "created",
-        "--partner",
-        "demo",
-        "--conversation",
-        "c1",
-        "--seq",
-        "2",
-        "--from",
-        "alice",
-        "--to",
-        "demo-user",
-    ];
-    fanout(&created_json).await;
-    assert_eq!(next_frame(&mut demo_user).await, count_frame(2));
-    let read = [
-        "produce",
-        "--brokers",
-        bootstrap,
-        "conversation-read",
-        "--partner",
-        "demo",
-        "--conversation",
-        "c1",
-        "--seq",
-        "2",
-        "--user",
-        "demo-user",
-    ];
-    fanout(&read).await;
-    assert_eq!(next_frame(&mut demo_user).await, count_frame(0));
-
-    // The read and delete forms.
-    let produce = |args: &[&str]| {
-        let mut all = vec!["produce", "--brokers", bootstrap];
-        all.extend_from_slice(args);
-        all.iter()
-            .map(|arg| (*arg).to_owned())
-            .collect::<Vec<String>>()
-    };
-    for (args, count) in [
-        (
-            produce(&[
-                "created",
-                "--partner",
-                "demo",
-                "--conversation",
-                "c1",
-                "--seq",
-                "3",
-                "--from",
-                "alice",
-                "--to",
-                "demo-user",
-            ]),
-            1,
-        ),
-        (
-            produce(&[
-                "read",
-                "--partner",
-                "demo",
-                "--conversation",
-                "c1",
-                "--seq",
-                "3",
-                "--user",
-                "demo-user",
-            ]),
-            0,
-        ),
-        (
-            produce(&[
-                "created",
-                "--partner",
-                "demo",
-                "--conversation",
-                "c2",
-                "--seq",
-                "1",
-                "--from",
-                "alice",
-                "--to",
-                "demo-user",
-            ]),
-            1,
-        ),
-        (
-            produce(&[
-                "deleted",
-                "--partner",
-                "demo",
-                "--conversation",
-                "c2",
-                "--seq",
-                "1",
-                "--to",
-                "demo-user",
-            ]),
-            0,
-        ),
+    // Every event form, protobuf and JSON, each followed by the count it makes.
+    for (json, kind, conversation, seq, count) in [
+        (false, "created", "c1", "1", 1),
+        (true, "created", "c1", "2", 2),
+        (false, "conversation-read", "c1", "2", 0),
+        (false, "created", "c1", "3", 1),
+        (false, "read", "c1", "3", 0),
+        (false, "created", "c2", "1", 1),
+        (false, "deleted", "c2", "1", 0),
     ] {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        fanout(&args).await;
+        let mut args = vec!["produce", "--brokers", bootstrap];
+        if json {
+            args.push("--json");
+        }
+        args.extend([kind, "--partner", "demo"]);
+        args.extend(["--conversation", conversation, "--seq", seq]);
+        args.extend_from_slice(match kind {
+            "created" => &["--from", "alice", "--to", "demo-user"][..],
+            "deleted" => &["--to", "demo-user"],
+            _ => &["--user", "demo-user"],
+        });
+        assert!(FANOUT.stdout_of(&args).await.contains("produced event"));
         assert_eq!(
-            next_frame(&mut demo_user).await,
-            count_frame(count),
+            demo_user.next_frame().await,
+            Some(count_frame(count)),
             "after {args:?}"
         );
     }
 
     // The admin port: alive, ready, and metrics that saw the traffic above.
-    let admin_url = info["admin_url"].as_str().unwrap();
+    let admin = info["admin_url"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://");
     assert_eq!(
-        http_get(admin_url, "/healthz").await,
-        (200, "ok\n".to_owned())
+        http_get(admin, "/healthz").await,
+        Some((200, "ok\n".to_owned()))
     );
     assert_eq!(
-        http_get(admin_url, "/readyz").await,
-        (200, "ready\n".to_owned())
+        http_get(admin, "/readyz").await,
+        Some((200, "ready\n".to_owned()))
     );
-    let (status, metrics) = http_get(admin_url, "/metrics").await;
+    let (status, metrics) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     for expected in [
         "fanout_ingest_events_total{result=\"accepted\"} 7",
@@ -326,42 +127,29 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     assert!(families.contains_key("fanout_edge_connections"));
     let problems = fanout_tests::metrics_doc::problems(&families);
     assert!(problems.is_empty(), "{problems:#?}");
-    assert_eq!(http_get(admin_url, "/nope").await.0, 404);
+    assert_eq!(http_get(admin, "/nope").await.unwrap().0, 404);
 
     // A token minted by `fanout token` for another user opens that user's count.
-    let token = fanout(&["token", "--secret", secret, "--user", "alice"]).await;
+    let token = FANOUT
+        .stdout_of(&["token", "--secret", secret, "--user", "alice"])
+        .await;
     let websocket_url = info["websocket_url"].as_str().unwrap();
     let mut alice = connect(&format!(
         "{websocket_url}/cable?jwt={}&partner=demo",
         token.trim()
     ))
     .await;
-    assert_eq!(subscribe(&mut alice).await, count_frame(0));
+    assert_eq!(alice.welcome_and_subscribe().await, count_frame(0));
 
     // SIGTERM: clients are told to come back later, and dev mode exits cleanly.
-    let pid = dev.id().unwrap().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    dev.signal("TERM");
     assert_eq!(
-        next_frame(&mut alice).await,
-        r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
+        alice.next_frame().await.as_deref(),
+        Some(r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#)
     );
-    let status = tokio::time::timeout(DEADLINE, dev.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = dev.wait_exit().await;
     assert!(status.success(), "dev mode exited with {status}");
-    let banner = {
-        let mut stdout = dev.stdout.take().unwrap();
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
-            .await
-            .unwrap();
-        text
-    };
+    let banner = dev.stdout_lines().join("\n");
     assert!(
         banner.contains(cable_url),
         "the banner prints the URL: {banner}"
@@ -403,7 +191,7 @@ async fn a_json_record_produced_by_kcat_goes_end_to_end() {
     let (_dev, info) = start_dev().await;
     let bootstrap = info["kafka_bootstrap"].as_str().unwrap();
     let mut demo_user = connect(info["cable_url"].as_str().unwrap()).await;
-    assert_eq!(subscribe(&mut demo_user).await, count_frame(0));
+    assert_eq!(demo_user.welcome_and_subscribe().await, count_frame(0));
 
     // Exactly the README's command.
     let record = r#"{"eventId":"k1","partner":"demo","occurredAtMs":"1700000000000","messageCreated":{"conversationId":"c1","seq":"1","messageId":"m1","sender":"alice","recipients":["demo-user"]}}"#;
@@ -428,5 +216,5 @@ async fn a_json_record_produced_by_kcat_goes_end_to_end() {
         writeln!(stdin, "{record}").unwrap();
     }
     assert!(kcat.wait().unwrap().success());
-    assert_eq!(next_frame(&mut demo_user).await, count_frame(1));
+    assert_eq!(demo_user.next_frame().await, Some(count_frame(1)));
 }

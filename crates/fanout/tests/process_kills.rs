@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
+use fanout_tests::process::{Fanout, FanoutProcess, temp_dir, write_config};
 use fanout_tests::scenarios::{StreamShape, random_stream, recount, wait_for_counts};
 use fanout_tests::*;
 use futures::StreamExt;
@@ -17,116 +17,55 @@ use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rdkafka::producer::FutureRecord;
-use tokio::process::{Child, Command};
 
-const FANOUT: &str = env!("CARGO_BIN_EXE_fanout");
+const FANOUT: Fanout = Fanout(env!("CARGO_BIN_EXE_fanout"));
 const EVENTS: usize = 100_000;
 const MIN_KILLS: usize = 10;
 const MAX_KILLS: usize = 40;
 
-/// One role's process, restarted after each kill.
+/// One role's process, restarted after each kill, its logs appended to one file.
 struct Process {
     role: &'static str,
     config: PathBuf,
     log: PathBuf,
-    child: Option<Child>,
+    process: FanoutProcess,
 }
 
 impl Process {
     fn start(role: &'static str, config: &Path, log: PathBuf) -> Self {
-        let mut process = Self {
+        let process = Self::spawn(role, config, &log);
+        Self {
             role,
             config: config.to_owned(),
             log,
-            child: None,
-        };
-        process.spawn();
-        process
+            process,
+        }
     }
 
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(FANOUT)
-            .args([self.role, "--config"])
-            .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_KILLS_LOG").unwrap_or_else(|_| "warn".to_owned()),
-            )
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
+    fn spawn(role: &str, config: &Path, log: &Path) -> FanoutProcess {
+        let level = std::env::var("TEST_KILLS_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let args = [role, "--config", config.to_str().unwrap()];
+        FANOUT.start_logging_to(&args, &[("RUST_LOG", &level)], log)
     }
 
     /// SIGKILL, then a fresh process.
     async fn kill_and_restart(&mut self, pause: Duration) {
-        let mut child = self.child.take().unwrap();
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{} had exited by itself; see {}",
-            self.role,
-            self.log.display()
-        );
-        child.start_kill().unwrap(); // SIGKILL
-        child.wait().await.unwrap();
+        self.process.kill().await;
         tokio::time::sleep(pause).await;
-        self.spawn();
-    }
-
-    fn assert_running(&mut self) {
-        let child = self.child.as_mut().unwrap();
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "{} exited; see {}",
-            self.role,
-            self.log.display()
-        );
+        self.process = Self::spawn(self.role, &self.config, &self.log);
     }
 }
 
-fn write_config(dir: &Path, cluster: &TestCluster) -> PathBuf {
-    let config = &cluster.config;
-    let topics = &config.topics;
-    let text = format!(
-        r#"[kafka]
-brokers = "{brokers}"
-# A killed member's partitions move after its session times out.
-consumer = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
-
-[topics]
-message_events = "{message_events}"
-user_events = "{user_events}"
-router_state = "{router_state}"
-unread_counts = "{unread_counts}"
-dead_letter = "{dead_letter}"
-
-[ingest]
-group_id = "{ingest_group}"
-
-[router]
-group_id = "{router_group}"
-
-[listen]
-admin = "127.0.0.1:0"
-"#,
-        brokers = config.kafka.brokers,
-        message_events = topics.message_events,
-        user_events = topics.user_events,
-        router_state = topics.router_state,
-        unread_counts = topics.unread_counts,
-        dead_letter = topics.dead_letter,
-        ingest_group = config.ingest.group_id,
-        router_group = config.router.group_id,
-    );
+/// The cluster's config, with consumer sessions short enough for kills.
+fn write_role_config(dir: &Path, cluster: &TestCluster) -> PathBuf {
+    let mut config = cluster.config.clone();
+    // A killed member's partitions move after its session times out.
+    let consumer = &mut config.kafka.consumer;
+    consumer.insert("session.timeout.ms".to_owned(), "6000".to_owned());
+    consumer.insert("heartbeat.interval.ms".to_owned(), "1000".to_owned());
+    config.listen.admin = "127.0.0.1:0".to_owned();
     let path = dir.join("fanout.toml");
-    std::fs::write(&path, text).unwrap();
+    write_config(&config, &path);
     path
 }
 
@@ -160,13 +99,8 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
         .map(|code| TestPartner::new(code))
         .collect();
     let cluster = start_cluster(&partners);
-    let dir = std::env::temp_dir().join(format!(
-        "fanout-kills-{}-{}",
-        std::process::id(),
-        fanout_app::tools::random_hex(4)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config_path = write_config(&dir, &cluster);
+    let dir = temp_dir("kills");
+    let config_path = write_role_config(&dir, &cluster);
     let edge = start_edge(&cluster.config).await;
 
     let mut processes = vec![
@@ -225,7 +159,7 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
     )
     .await;
     for process in &mut processes {
-        process.assert_running();
+        process.process.assert_running();
     }
     assert!(kills.len() >= MIN_KILLS);
     assert!(

@@ -1,8 +1,8 @@
 use std::time::Duration;
 
 use fanout_kafka::{
-    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, drain_and_commit, enqueue,
-    store_offset,
+    AckPipeline, InvalidSetting, KafkaSettings, StageContext, StageHealth, Topics,
+    drain_and_commit, enqueue, require_positive, store_offset,
 };
 use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
 use prost::Message as _;
@@ -35,6 +35,23 @@ impl Default for IngestConfig {
             max_in_flight: 10_000,
             limits: IngestLimits::default(),
         }
+    }
+}
+
+impl IngestConfig {
+    /// Checks what serde cannot, naming the key within `[ingest]`.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.group_id.trim().is_empty() {
+            return Err(InvalidSetting::new("group_id", "must not be empty"));
+        }
+        let limits = &self.limits;
+        require_positive(&[
+            ("max_in_flight", self.max_in_flight as u64),
+            ("limits.max_record_bytes", limits.max_record_bytes as u64),
+            ("limits.max_recipients", limits.max_recipients as u64),
+            ("limits.max_id_bytes", limits.max_id_bytes as u64),
+            ("limits.max_seq", limits.max_seq),
+        ])
     }
 }
 
@@ -205,4 +222,55 @@ fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> 
         .iter()
         .find(|header| header.key.eq_ignore_ascii_case(name))
         .and_then(|header| header.value)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        IngestConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn an_empty_group_id_is_refused() {
+        let config = IngestConfig {
+            group_id: " ".to_owned(),
+            ..IngestConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "group_id: must not be empty"
+        );
+    }
+
+    /// Sets one bound to zero.
+    type Zero = fn(&mut IngestConfig);
+
+    #[test]
+    fn a_zero_bound_is_refused_naming_its_key() {
+        let zeroed: [(&str, Zero); 5] = [
+            ("max_in_flight", |config| config.max_in_flight = 0),
+            ("limits.max_record_bytes", |config| {
+                config.limits.max_record_bytes = 0;
+            }),
+            ("limits.max_recipients", |config| {
+                config.limits.max_recipients = 0;
+            }),
+            ("limits.max_id_bytes", |config| {
+                config.limits.max_id_bytes = 0
+            }),
+            ("limits.max_seq", |config| config.limits.max_seq = 0),
+        ];
+        for (key, zero) in zeroed {
+            let mut config = IngestConfig::default();
+            zero(&mut config);
+            assert_eq!(
+                config.validate().unwrap_err().to_string(),
+                format!("{key}: must be positive")
+            );
+        }
+    }
 }

@@ -10,7 +10,7 @@ mod settings;
 pub use embedded::{EMBEDDED_CLIENT_SETTINGS, EmbeddedKafka, EmbeddedKafkaError};
 pub use health::{KafkaClientMetrics, StageContext, StageHealth};
 pub use pipeline::{AckPipeline, Acked, drain_and_commit, enqueue, flush, store_offset};
-pub use settings::{InvalidSetting, KafkaSettings, Topics};
+pub use settings::{InvalidSetting, KafkaSettings, Topics, require_positive};
 
 /// Errors of this crate's helpers.
 #[derive(Debug, thiserror::Error)]

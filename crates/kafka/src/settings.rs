@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
@@ -34,6 +34,32 @@ impl Default for KafkaSettings {
 pub struct InvalidSetting {
     pub key: String,
     pub reason: String,
+}
+
+impl InvalidSetting {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same problem, its key now relative to the enclosing `section`
+    /// (`max_in_flight` in `ingest` is `ingest.max_in_flight`).
+    pub fn in_section(self, section: &str) -> Self {
+        Self {
+            key: format!("{section}.{}", self.key),
+            reason: self.reason,
+        }
+    }
+}
+
+/// Refuses the first of `settings` (key and value) that is zero.
+pub fn require_positive(settings: &[(&str, u64)]) -> Result<(), InvalidSetting> {
+    match settings.iter().find(|(_, value)| *value == 0) {
+        Some((key, _)) => Err(InvalidSetting::new(*key, "must be positive")),
+        None => Ok(()),
+    }
 }
 
 /// Properties fanout sets itself because its delivery guarantees depend on them.
@@ -207,6 +233,41 @@ impl Default for Topics {
 }
 
 impl Topics {
+    /// Checks that every name is a legal Kafka topic name and that no two stages share
+    /// a topic, naming the key within `[topics]`.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        let topics = [
+            ("message_events", &self.message_events),
+            ("user_events", &self.user_events),
+            ("router_state", &self.router_state),
+            ("unread_counts", &self.unread_counts),
+            ("dead_letter", &self.dead_letter),
+        ];
+        let mut seen = BTreeSet::new();
+        for (key, topic) in topics {
+            let legal = !topic.is_empty()
+                && topic.len() <= 249
+                && topic != "."
+                && topic != ".."
+                && topic
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+            if !legal {
+                return Err(InvalidSetting::new(
+                    key,
+                    format!("{topic:?} is not a Kafka topic name (1-249 of [A-Za-z0-9._-])"),
+                ));
+            }
+            if !seen.insert(topic.as_str()) {
+                return Err(InvalidSetting::new(
+                    key,
+                    format!("{topic:?} is also used for another topic"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Every topic with a prefix, so tests sharing a cluster never share topics.
     pub fn with_prefix(prefix: &str) -> Self {
         let defaults = Self::default();
@@ -325,6 +386,39 @@ mod tests {
             .unwrap_err();
         assert!(error.reason.contains("kafka.brokers"), "{error}");
         assert!(KafkaSettings::new(" , ").validate().is_err());
+    }
+
+    #[test]
+    fn an_illegal_topic_name_is_refused_naming_its_key() {
+        Topics::default().validate().unwrap();
+        for name in ["", ".", "..", "has space", &"t".repeat(250)] {
+            let topics = Topics {
+                router_state: name.to_owned(),
+                ..Topics::default()
+            };
+            let error = topics.validate().unwrap_err();
+            assert_eq!(error.key, "router_state", "{name:?}");
+            assert!(error.reason.contains("not a Kafka topic name"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_topic_used_twice_is_refused_at_its_second_key() {
+        let topics = Topics {
+            dead_letter: "user-events".to_owned(),
+            ..Topics::default()
+        };
+        let error = topics.validate().unwrap_err();
+        assert_eq!(error.key, "dead_letter");
+        assert!(error.reason.contains("also used"), "{error}");
+    }
+
+    #[test]
+    fn the_first_zero_setting_is_refused_by_key() {
+        require_positive(&[("a", 1), ("b", 2)]).unwrap();
+        let error = require_positive(&[("a", 1), ("b", 0), ("c", 0)]).unwrap_err();
+        assert_eq!(error.to_string(), "b: must be positive");
+        assert_eq!(error.in_section("s").key, "s.b");
     }
 
     #[test]

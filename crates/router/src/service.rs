@@ -3,8 +3,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use fanout_kafka::{
-    AckPipeline, KafkaSettings, StageContext, StageHealth, Topics, drain_and_commit, enqueue,
-    store_offset,
+    AckPipeline, InvalidSetting, KafkaSettings, StageContext, StageHealth, Topics,
+    drain_and_commit, enqueue, require_positive, store_offset,
 };
 use fanout_schema::{split_user_key, v1};
 use fanout_unread::Limits;
@@ -47,6 +47,24 @@ impl Default for RouterConfig {
             revoke_flush_timeout_ms: 10_000,
             max_settled_ranges_per_user: Limits::default().max_settled_ranges,
         }
+    }
+}
+
+impl RouterConfig {
+    /// Checks what serde cannot, naming the key within `[router]`.
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.group_id.trim().is_empty() {
+            return Err(InvalidSetting::new("group_id", "must not be empty"));
+        }
+        require_positive(&[
+            ("max_in_flight", self.max_in_flight as u64),
+            ("restore_timeout_ms", self.restore_timeout_ms),
+            ("revoke_flush_timeout_ms", self.revoke_flush_timeout_ms),
+            (
+                "max_settled_ranges_per_user",
+                self.max_settled_ranges_per_user as u64,
+            ),
+        ])
     }
 }
 
@@ -445,5 +463,53 @@ fn apply(
             .count_changed
             .then(|| record.count_record(partner, user).encode_to_vec()),
         evicted_ranges: outcome.evicted_ranges,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        RouterConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn an_empty_group_id_is_refused() {
+        let config = RouterConfig {
+            group_id: String::new(),
+            ..RouterConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "group_id: must not be empty"
+        );
+    }
+
+    /// Sets one bound to zero.
+    type Zero = fn(&mut RouterConfig);
+
+    #[test]
+    fn a_zero_bound_is_refused_naming_its_key() {
+        let zeroed: [(&str, Zero); 4] = [
+            ("max_in_flight", |config| config.max_in_flight = 0),
+            ("restore_timeout_ms", |config| config.restore_timeout_ms = 0),
+            ("revoke_flush_timeout_ms", |config| {
+                config.revoke_flush_timeout_ms = 0;
+            }),
+            ("max_settled_ranges_per_user", |config| {
+                config.max_settled_ranges_per_user = 0;
+            }),
+        ];
+        for (key, zero) in zeroed {
+            let mut config = RouterConfig::default();
+            zero(&mut config);
+            assert_eq!(
+                config.validate().unwrap_err().to_string(),
+                format!("{key}: must be positive")
+            );
+        }
     }
 }
