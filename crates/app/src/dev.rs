@@ -119,7 +119,7 @@ pub async fn run(
         admin_listener,
         shutdown.clone(),
     )?;
-    let (Some(edge), Some(edge_address)) = (started.edge.clone(), started.edge_address) else {
+    let Some((edge, edge_address)) = started.edge.clone() else {
         anyhow::bail!("the edge did not start");
     };
 

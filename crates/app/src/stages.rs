@@ -282,8 +282,8 @@ pub enum Role {
 /// Handles on the roles [`start_roles`] started.
 pub struct StartedRoles {
     pub stages: Vec<Stage>,
-    pub edge: Option<Arc<Node>>,
-    pub edge_address: Option<SocketAddr>,
+    /// With [`Role::Edge`]: its node and the address clients connect to.
+    pub edge: Option<(Arc<Node>, SocketAddr)>,
     pub admin_address: SocketAddr,
 }
 
@@ -306,13 +306,13 @@ pub fn start_roles(
             Role::Edge => {}
         }
     }
-    let (edge, edge_address) = if roles.contains(&Role::Edge) {
+    let edge = if roles.contains(&Role::Edge) {
         let listener = edge_listener.context("the edge role needs a listener")?;
         let started = spawn_edge(config, listener, &registry, shutdown.clone())?;
         stages.push(started.stage);
-        (Some(started.node), Some(started.address))
+        Some((started.node, started.address))
     } else {
-        (None, None)
+        None
     };
     let admin_address = admin_listener
         .local_addr()
@@ -333,7 +333,6 @@ pub fn start_roles(
     Ok(StartedRoles {
         stages,
         edge,
-        edge_address,
         admin_address,
     })
 }
