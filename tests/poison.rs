@@ -30,8 +30,8 @@ async fn advances_offset_past_poison_messages() {
         partner: "acme".into(),
         ..Default::default()
     });
-    // Field 14, length-delimited and empty: an event kind from a newer schema.
-    unknown_kind.extend_from_slice(&[0x72, 0x00]);
+    // Field 15, length-delimited and empty: an event kind from a newer schema.
+    unknown_kind.extend_from_slice(&[0x7a, 0x00]);
     let mut missing_partner = good.clone();
     missing_partner.partner.clear();
     let mut bad_partner = good.clone();

@@ -22,11 +22,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&descriptors),
     )?;
 
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // google.protobuf.Struct (MessageEvent.data) comes from pbjson-types, which carries
+    // its proto3 JSON mapping (a plain JSON object).
+    prost_build::Config::new()
+        .compile_well_known_types()
+        .extern_path(".google.protobuf", "::pbjson_types")
+        .compile_fds(descriptors)?;
 
     let descriptor_bytes = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
+        .extern_path(".google.protobuf", "::pbjson_types")
         .build(&[".fanout.v1"])?;
     Ok(())
 }

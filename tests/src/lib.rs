@@ -335,7 +335,7 @@ pub async fn produce_event(producer: &FutureProducer, config: &Config, event: &v
         Some(Event::MessageRead(e)) => e.conversation_id.clone(),
         Some(Event::ConversationRead(e)) => e.conversation_id.clone(),
         Some(Event::MessageDeleted(e)) => e.conversation_id.clone(),
-        None => String::new(),
+        Some(Event::Notification(_)) | None => String::new(),
     };
     produce_raw(
         producer,
@@ -356,6 +356,7 @@ pub mod event {
             event_id: id,
             partner: partner.to_owned(),
             occurred_at_ms: fanout_schema::unix_millis(),
+            data: None,
             event: Some(event),
         }
     }
@@ -394,6 +395,7 @@ pub mod event {
                 seq,
                 user: user.to_owned(),
                 message_id: format!("m{seq}"),
+                notify: Vec::new(),
             }),
         )
     }
@@ -411,6 +413,7 @@ pub mod event {
                 conversation_id: conversation.to_owned(),
                 seq,
                 user: user.to_owned(),
+                notify: Vec::new(),
             }),
         )
     }

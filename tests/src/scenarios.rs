@@ -145,6 +145,8 @@ pub fn recount(stream: &[v1::MessageEvent]) -> BTreeMap<String, u64> {
                     .or_insert(0);
                 *mark = (*mark).max(e.seq);
             }
+            // Counts untouched; its recipients are not named for counting.
+            Event::Notification(_) => {}
         }
         for user in users {
             counts.entry(format!("{partner}/{user}")).or_insert(0);

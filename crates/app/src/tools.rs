@@ -206,11 +206,13 @@ impl EventSpec {
                 seq,
                 user,
                 message_id: format!("m{seq}"),
+                notify: Vec::new(),
             }),
             Self::ConversationRead { user, .. } => Event::ConversationRead(v1::ConversationRead {
                 conversation_id: conversation,
                 seq,
                 user,
+                notify: Vec::new(),
             }),
             Self::Deleted { to, .. } => Event::MessageDeleted(v1::MessageDeleted {
                 conversation_id: conversation,
@@ -223,6 +225,7 @@ impl EventSpec {
             event_id: random_hex(8),
             partner,
             occurred_at_ms: fanout_schema::unix_millis(),
+            data: None,
             event: Some(event),
         }
     }

@@ -112,6 +112,7 @@ fn message_created(
         event_id,
         partner: partner.to_owned(),
         occurred_at_ms: i64::try_from(sent_us / 1000).unwrap_or(0),
+        data: None,
         event: Some(v1::message_event::Event::MessageCreated(
             v1::MessageCreated {
                 conversation_id: conversation,

@@ -209,6 +209,7 @@ async fn produce_backlog(
             kind: kind.into(),
             conversation_id: format!("c{conversation}"),
             seq: (*seq).max(1),
+            ..v1::UserEvent::default()
         };
         let key = user_key(&event.partner, &event.user);
         let payload = event.encode_to_vec();

@@ -217,6 +217,8 @@ pub fn validate(event: &v1::MessageEvent, limits: &IngestLimits) -> Result<(), R
             check_seq(deleted.seq, limits)?;
             check_recipients(&deleted.recipients, None, limits)
         }
+        // Not accepted yet: its validation and fan-out come next.
+        Some(Event::Notification(_)) => Err(Rejection::UnknownEvent),
     }
 }
 
@@ -233,6 +235,7 @@ pub fn fan_out(event: &v1::MessageEvent) -> Vec<v1::UserEvent> {
         kind: kind as i32,
         conversation_id: conversation_id.to_owned(),
         seq,
+        ..v1::UserEvent::default()
     };
     match &event.event {
         None => Vec::new(),
@@ -271,6 +274,7 @@ pub fn fan_out(event: &v1::MessageEvent) -> Vec<v1::UserEvent> {
                 )
             })
             .collect(),
+        Some(Event::Notification(_)) => Vec::new(),
     }
 }
 
@@ -293,6 +297,7 @@ mod tests {
             event_id: format!("e{seq}"),
             partner: partner.into(),
             occurred_at_ms: 1000,
+            data: None,
             event: Some(Event::MessageCreated(v1::MessageCreated {
                 conversation_id: "c1".into(),
                 seq,
@@ -391,6 +396,7 @@ mod tests {
                 conversation_id: "c1".into(),
                 seq: 4,
                 user: "bob".into(),
+                notify: Vec::new(),
             })),
             ..Default::default()
         };

@@ -337,10 +337,19 @@ impl Router<'_> {
                 .invalid_event(partition, offset, "value is not a UserEvent");
             return Ok(Vec::new());
         };
-        let Some(op) = op_of(&event) else {
-            self.metrics
-                .invalid_event(partition, offset, "unknown event kind");
-            return Ok(Vec::new());
+        let op = match op_of(&event) {
+            Ok(Some(op)) => op,
+            // Stream-only kinds (the sender's copy, notifications): no count changes,
+            // and the offset advances like any other's.
+            Ok(None) => {
+                self.metrics.event(EventResult::Unchanged);
+                return Ok(Vec::new());
+            }
+            Err(_) => {
+                self.metrics
+                    .invalid_event(partition, offset, "unknown event kind");
+                return Ok(Vec::new());
+            }
         };
         if !self.owned.partitions.contains_key(&partition) {
             // Not expected (assignment changes are applied before each record), but if

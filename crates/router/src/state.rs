@@ -101,21 +101,29 @@ fn ranges_from_proto(ranges: &[v1::SeqRange]) -> Vec<SeqRange> {
         .collect()
 }
 
-/// The state-machine operation a user event stands for; `None` for a kind this version
-/// does not know.
-pub fn op_of(event: &v1::UserEvent) -> Option<Op<'_>> {
-    let kind = match Kind::try_from(event.kind).ok()? {
-        Kind::Unspecified => return None,
+/// A user event of a kind this version does not know (or `KIND_UNSPECIFIED`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownKind(pub i32);
+
+/// The state-machine operation a user event stands for: `Ok(None)` for the kinds that
+/// never change counts (the sender's own copy of a message, a partner notification:
+/// they are for the user's event stream), an error for a kind this version does not
+/// know.
+pub fn op_of(event: &v1::UserEvent) -> Result<Option<Op<'_>>, UnknownKind> {
+    let unknown = UnknownKind(event.kind);
+    let kind = match Kind::try_from(event.kind).map_err(|_| unknown)? {
+        Kind::Unspecified => return Err(unknown),
+        Kind::Sent | Kind::Notification => return Ok(None),
         Kind::Created => OpKind::Created,
         Kind::MessageRead => OpKind::MessageRead,
         Kind::ConversationRead => OpKind::ConversationRead,
         Kind::Deleted => OpKind::Deleted,
     };
-    Some(Op {
+    Ok(Some(Op {
         conversation: &event.conversation_id,
         seq: event.seq,
         kind,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -164,8 +172,35 @@ mod tests {
             kind: 99,
             ..Default::default()
         };
-        assert_eq!(op_of(&event), None);
+        assert_eq!(op_of(&event), Err(UnknownKind(99)));
         let unspecified = v1::UserEvent::default();
-        assert_eq!(op_of(&unspecified), None);
+        assert_eq!(op_of(&unspecified), Err(UnknownKind(0)));
+    }
+
+    #[test]
+    fn sent_copies_and_notifications_change_no_count() {
+        for kind in [Kind::Sent, Kind::Notification] {
+            let event = v1::UserEvent {
+                kind: kind.into(),
+                conversation_id: "c1".into(),
+                seq: 3,
+                ..Default::default()
+            };
+            assert_eq!(op_of(&event), Ok(None), "{kind:?}");
+        }
+        let created = v1::UserEvent {
+            kind: Kind::Created.into(),
+            conversation_id: "c1".into(),
+            seq: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            op_of(&created),
+            Ok(Some(Op {
+                conversation: "c1",
+                seq: 3,
+                kind: OpKind::Created
+            }))
+        );
     }
 }

@@ -7,6 +7,8 @@
 //! The helpers here are the one place that knows how records are keyed, and the clock
 //! that stamps and measures `occurred_at_ms`.
 
+pub mod data;
+
 pub mod v1 {
     #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/fanout.v1.rs"));
@@ -99,6 +101,7 @@ mod tests {
             event_id: "e1".into(),
             partner: "acme".into(),
             occurred_at_ms: 1_700_000_000_000,
+            data: Some(data::parse_data(r#"{"text":"hi"}"#).unwrap()),
             event: Some(v1::message_event::Event::MessageCreated(
                 v1::MessageCreated {
                     conversation_id: "c1".into(),
@@ -117,6 +120,7 @@ mod tests {
                 "eventId": "e1",
                 "partner": "acme",
                 "occurredAtMs": "1700000000000",
+                "data": {"text": "hi"},
                 "messageCreated": {
                     "conversationId": "c1",
                     "seq": "7",
@@ -134,6 +138,38 @@ mod tests {
     }
 
     #[test]
+    fn notification_and_notify_have_their_json_form() {
+        let parsed: v1::MessageEvent = serde_json::from_str(
+            r#"{"partner":"acme","data":{"state":"typing"},
+                "notification":{"event":"typing.started","recipients":["bob","carol"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.event,
+            Some(v1::message_event::Event::Notification(v1::Notification {
+                event: "typing.started".into(),
+                recipients: vec!["bob".into(), "carol".into()],
+            }))
+        );
+        assert_eq!(
+            data::render_data(parsed.data.as_ref().unwrap()).unwrap(),
+            r#"{"state":"typing"}"#
+        );
+        let read: v1::MessageEvent = serde_json::from_str(
+            r#"{"partner":"acme","messageRead":{"conversationId":"c1","seq":"2","user":"bob","notify":["alice"]}}"#,
+        )
+        .unwrap();
+        let Some(v1::message_event::Event::MessageRead(read)) = read.event else {
+            panic!("not a read: {read:?}");
+        };
+        assert_eq!(read.notify, vec!["alice".to_owned()]);
+        // `data` is optional; JSON null is no data.
+        let without: v1::MessageEvent =
+            serde_json::from_str(r#"{"partner":"acme","data":null}"#).unwrap();
+        assert_eq!(without.data, None);
+    }
+
+    #[test]
     fn json_accepts_numbers_for_64_bit_fields_and_original_field_names() {
         let parsed: v1::MessageEvent = serde_json::from_str(
             r#"{"event_id":"e2","partner":"acme","occurred_at_ms":5,
@@ -148,6 +184,7 @@ mod tests {
                     conversation_id: "c1".into(),
                     seq: 3,
                     user: "bob".into(),
+                    notify: Vec::new(),
                 }
             ))
         );
