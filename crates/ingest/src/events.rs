@@ -1,5 +1,6 @@
 //! Pure decoding, validation and fan-out of message events. No I/O.
 
+use fanout_schema::data::{DataError, data_from_json, render_data};
 use fanout_schema::v1::{self, message_event::Event, user_event::Kind};
 use fanout_schema::{CONTENT_TYPE_JSON, CONTENT_TYPE_PROTOBUF, KEY_SEPARATOR};
 use prost::Message;
@@ -18,6 +19,8 @@ pub struct IngestLimits {
     /// Largest per-conversation sequence number (2^53, the largest integer JavaScript
     /// clients represent exactly).
     pub max_seq: u64,
+    /// Largest `data` an event may carry, in bytes of its JSON rendering.
+    pub max_data_bytes: usize,
 }
 
 impl Default for IngestLimits {
@@ -27,6 +30,7 @@ impl Default for IngestLimits {
             max_recipients: 100_000,
             max_id_bytes: 256,
             max_seq: 1 << 53,
+            max_data_bytes: 16 * 1024,
         }
     }
 }
@@ -59,7 +63,33 @@ pub enum Rejection {
     TooManyRecipients { count: usize, limit: usize },
     #[error("seq {seq} is outside 1..={max}")]
     InvalidSeq { seq: u64, max: u64 },
+    #[error("data is not a JSON object")]
+    DataNotObject,
+    #[error("data cannot be carried as JSON: {0}")]
+    InvalidData(String),
+    #[error("data of {size} bytes (as JSON) exceeds the limit of {limit}")]
+    DataTooLarge { size: usize, limit: usize },
+    #[error(
+        "notification event {0:?} is not a lowercase dotted name of at most {MAX_EVENT_NAME_BYTES} bytes"
+    )]
+    InvalidEventName(String),
+    #[error("notification event {0:?} is one of fanout's own names")]
+    ReservedEventName(String),
 }
+
+/// Longest notification event name, in bytes.
+pub const MAX_EVENT_NAME_BYTES: usize = 64;
+
+/// The event names fanout delivers itself; partners' notifications may not use them, nor
+/// anything starting with [`RESERVED_EVENT_PREFIX`].
+pub const RESERVED_EVENT_NAMES: [&str; 4] = [
+    "message.created",
+    "message.read",
+    "message.deleted",
+    "conversation.read",
+];
+/// The prefix of names fanout keeps for itself.
+pub const RESERVED_EVENT_PREFIX: &str = "fanout.";
 
 impl Rejection {
     pub fn reason(&self) -> &'static str {
@@ -75,11 +105,16 @@ impl Rejection {
             Self::NoRecipients => "no_recipients",
             Self::TooManyRecipients { .. } => "too_many_recipients",
             Self::InvalidSeq { .. } => "invalid_seq",
+            Self::DataNotObject => "data_not_object",
+            Self::InvalidData(_) => "invalid_data",
+            Self::DataTooLarge { .. } => "data_too_large",
+            Self::InvalidEventName(_) => "invalid_event_name",
+            Self::ReservedEventName(_) => "reserved_event_name",
         }
     }
 
     /// Every reason, for pre-registering metric label values.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 16] = [
         "oversized",
         "unsupported_content_type",
         "undecodable",
@@ -91,6 +126,11 @@ impl Rejection {
         "no_recipients",
         "too_many_recipients",
         "invalid_seq",
+        "data_not_object",
+        "invalid_data",
+        "data_too_large",
+        "invalid_event_name",
+        "reserved_event_name",
     ];
 }
 
@@ -120,10 +160,32 @@ pub fn decode_event(
     match media_type.as_str() {
         "" | CONTENT_TYPE_PROTOBUF | "application/protobuf" => v1::MessageEvent::decode(value)
             .map_err(|error| Rejection::UndecodableProtobuf(error.to_string())),
-        CONTENT_TYPE_JSON => serde_json::from_slice(value)
-            .map_err(|error| Rejection::UndecodableJson(error.to_string())),
+        CONTENT_TYPE_JSON => {
+            serde_json::from_slice(value).map_err(|error| json_rejection(value, &error))
+        }
         other => Err(Rejection::UnsupportedContentType(other.to_owned())),
     }
+}
+
+/// Why a JSON record did not decode: `data` by name when it is what failed (decoded a
+/// second time, only for records that failed), otherwise undecodable.
+fn json_rejection(value: &[u8], error: &serde_json::Error) -> Rejection {
+    if let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_slice(value)
+        && let Some(data) = fields.remove("data")
+        && !data.is_null()
+    {
+        match data_from_json(data) {
+            Err(DataError::NotAnObject) => return Rejection::DataNotObject,
+            Err(DataError::Invalid(detail)) => return Rejection::InvalidData(detail),
+            Ok(_) => {}
+        }
+    }
+    Rejection::UndecodableJson(error.to_string())
+}
+
+/// At most 80 characters of a refused value, for the rejection's detail.
+fn excerpt(value: &str) -> String {
+    value.chars().take(80).collect()
 }
 
 fn check_id(field: &'static str, value: &str, limits: &IngestLimits) -> Result<(), Rejection> {
@@ -172,15 +234,102 @@ fn check_recipients(
     Ok(())
 }
 
-/// Checks everything fan-out and the router rely on.
-pub fn validate(event: &v1::MessageEvent, limits: &IngestLimits) -> Result<(), Rejection> {
+/// Users named to receive something (read receipts): any number up to
+/// `max_recipients`, possibly none, each a valid id.
+fn check_users(
+    field: &'static str,
+    users: &[String],
+    limits: &IngestLimits,
+) -> Result<(), Rejection> {
+    if users.len() > limits.max_recipients {
+        return Err(Rejection::TooManyRecipients {
+            count: users.len(),
+            limit: limits.max_recipients,
+        });
+    }
+    users
+        .iter()
+        .try_for_each(|user| check_id(field, user, limits))
+}
+
+/// A notification's event name: `[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*`, at most
+/// [`MAX_EVENT_NAME_BYTES`], none of fanout's own.
+fn check_event_name(name: &str) -> Result<(), Rejection> {
+    if name.is_empty() {
+        return Err(Rejection::MissingField { field: "event" });
+    }
+    let is_segment = |segment: &str| {
+        let mut bytes = segment.bytes();
+        bytes.next().is_some_and(|first| first.is_ascii_lowercase())
+            && bytes.all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+    };
+    if name.len() > MAX_EVENT_NAME_BYTES || !name.split('.').all(is_segment) {
+        return Err(Rejection::InvalidEventName(excerpt(name)));
+    }
+    if RESERVED_EVENT_NAMES.contains(&name) || name.starts_with(RESERVED_EVENT_PREFIX) {
+        return Err(Rejection::ReservedEventName(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// `data` rendered as fanout delivers it (empty when the event carries none), within
+/// `max_data_bytes`.
+fn check_data(
+    data: Option<&fanout_schema::data::Struct>,
+    limits: &IngestLimits,
+) -> Result<String, Rejection> {
+    let Some(data) = data else {
+        return Ok(String::new());
+    };
+    let rendered = render_data(data).map_err(|error| match error {
+        DataError::NotAnObject => Rejection::DataNotObject,
+        DataError::Invalid(detail) => Rejection::InvalidData(detail),
+    })?;
+    if rendered.len() > limits.max_data_bytes {
+        return Err(Rejection::DataTooLarge {
+            size: rendered.len(),
+            limit: limits.max_data_bytes,
+        });
+    }
+    Ok(rendered)
+}
+
+/// A message event that passed [`validate`], with its `data` rendered once: what
+/// [`fan_out`] takes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidEvent {
+    event: v1::MessageEvent,
+    data_json: String,
+}
+
+impl ValidEvent {
+    pub fn event(&self) -> &v1::MessageEvent {
+        &self.event
+    }
+
+    /// The event's `data` as JSON text (see `fanout_schema::data`); empty without data.
+    pub fn data_json(&self) -> &str {
+        &self.data_json
+    }
+
+    pub fn into_event(self) -> v1::MessageEvent {
+        self.event
+    }
+}
+
+/// Checks everything fan-out and the router rely on, and renders `data`.
+pub fn validate(event: v1::MessageEvent, limits: &IngestLimits) -> Result<ValidEvent, Rejection> {
+    check_fields(&event, limits)?;
+    let data_json = check_data(event.data.as_ref(), limits)?;
+    Ok(ValidEvent { event, data_json })
+}
+
+fn check_fields(event: &v1::MessageEvent, limits: &IngestLimits) -> Result<(), Rejection> {
     if event.partner.is_empty() {
         return Err(Rejection::MissingPartner);
     }
     if !fanout_schema::is_valid_partner(&event.partner) {
-        return Err(Rejection::InvalidPartner(
-            event.partner.chars().take(80).collect(),
-        ));
+        return Err(Rejection::InvalidPartner(excerpt(&event.partner)));
     }
     if event.event_id.len() > limits.max_id_bytes {
         return Err(Rejection::IdTooLong {
@@ -205,77 +354,113 @@ pub fn validate(event: &v1::MessageEvent, limits: &IngestLimits) -> Result<(), R
         Some(Event::MessageRead(read)) => {
             check_id("conversation_id", &read.conversation_id, limits)?;
             check_seq(read.seq, limits)?;
-            check_id("user", &read.user, limits)
+            check_id("user", &read.user, limits)?;
+            check_users("notify", &read.notify, limits)
         }
         Some(Event::ConversationRead(read)) => {
             check_id("conversation_id", &read.conversation_id, limits)?;
             check_seq(read.seq, limits)?;
-            check_id("user", &read.user, limits)
+            check_id("user", &read.user, limits)?;
+            check_users("notify", &read.notify, limits)
         }
         Some(Event::MessageDeleted(deleted)) => {
             check_id("conversation_id", &deleted.conversation_id, limits)?;
             check_seq(deleted.seq, limits)?;
             check_recipients(&deleted.recipients, None, limits)
         }
-        // Not accepted yet: its validation and fan-out come next.
-        Some(Event::Notification(_)) => Err(Rejection::UnknownEvent),
+        Some(Event::Notification(notification)) => {
+            check_event_name(&notification.event)?;
+            check_recipients(&notification.recipients, None, limits)
+        }
     }
 }
 
-/// One user event per affected user: each distinct recipient other than the sender of
-/// a created message, the reader of a read, each distinct recipient of a deletion.
-/// Expects a [`validate`]d event.
-pub fn fan_out(event: &v1::MessageEvent) -> Vec<v1::UserEvent> {
+/// One user event per affected user, each carrying the event's data: each distinct
+/// recipient other than the sender of a created message (`KIND_CREATED`) and the sender
+/// itself (`KIND_SENT`, which never counts); the reader of a read, with its distinct
+/// `notify` users other than the reader; each distinct recipient of a deletion or of a
+/// notification (`KIND_NOTIFICATION`). Lazy: a message to many recipients is encoded one
+/// user event at a time.
+pub fn fan_out(valid: &ValidEvent) -> impl Iterator<Item = v1::UserEvent> + '_ {
+    let event = &valid.event;
     debug_assert!(!event.partner.contains(KEY_SEPARATOR));
-    let user_event = |user: &str, kind: Kind, conversation_id: &str, seq: u64| v1::UserEvent {
+    let base = v1::UserEvent {
         partner: event.partner.clone(),
-        user: user.to_owned(),
         event_id: event.event_id.clone(),
         occurred_at_ms: event.occurred_at_ms,
-        kind: kind as i32,
-        conversation_id: conversation_id.to_owned(),
-        seq,
+        data_json: valid.data_json.clone(),
         ..v1::UserEvent::default()
     };
-    match &event.event {
-        None => Vec::new(),
-        Some(Event::MessageCreated(created)) => distinct(&created.recipients)
-            .filter(|recipient| *recipient != created.sender)
-            .map(|recipient| {
-                user_event(
-                    recipient,
-                    Kind::Created,
-                    &created.conversation_id,
-                    created.seq,
-                )
-            })
-            .collect(),
-        Some(Event::MessageRead(read)) => {
-            vec![user_event(
-                &read.user,
-                Kind::MessageRead,
-                &read.conversation_id,
-                read.seq,
-            )]
-        }
-        Some(Event::ConversationRead(read)) => vec![user_event(
-            &read.user,
-            Kind::ConversationRead,
-            &read.conversation_id,
-            read.seq,
-        )],
-        Some(Event::MessageDeleted(deleted)) => distinct(&deleted.recipients)
-            .map(|recipient| {
-                user_event(
-                    recipient,
-                    Kind::Deleted,
-                    &deleted.conversation_id,
-                    deleted.seq,
-                )
-            })
-            .collect(),
-        Some(Event::Notification(_)) => Vec::new(),
-    }
+    // The fields every user's copy shares, and who gets which kind.
+    let (shared, targets): (v1::UserEvent, Vec<(&str, Kind)>) = match &event.event {
+        None => (base, Vec::new()),
+        Some(Event::MessageCreated(created)) => (
+            v1::UserEvent {
+                conversation_id: created.conversation_id.clone(),
+                seq: created.seq,
+                message_id: created.message_id.clone(),
+                sender: created.sender.clone(),
+                ..base
+            },
+            distinct(&created.recipients)
+                .filter(|recipient| *recipient != created.sender)
+                .map(|recipient| (recipient, Kind::Created))
+                .chain(std::iter::once((created.sender.as_str(), Kind::Sent)))
+                .collect(),
+        ),
+        Some(Event::MessageRead(read)) => (
+            v1::UserEvent {
+                conversation_id: read.conversation_id.clone(),
+                seq: read.seq,
+                message_id: read.message_id.clone(),
+                notify: notified(&read.notify, &read.user),
+                ..base
+            },
+            vec![(read.user.as_str(), Kind::MessageRead)],
+        ),
+        Some(Event::ConversationRead(read)) => (
+            v1::UserEvent {
+                conversation_id: read.conversation_id.clone(),
+                seq: read.seq,
+                notify: notified(&read.notify, &read.user),
+                ..base
+            },
+            vec![(read.user.as_str(), Kind::ConversationRead)],
+        ),
+        Some(Event::MessageDeleted(deleted)) => (
+            v1::UserEvent {
+                conversation_id: deleted.conversation_id.clone(),
+                seq: deleted.seq,
+                message_id: deleted.message_id.clone(),
+                ..base
+            },
+            distinct(&deleted.recipients)
+                .map(|recipient| (recipient, Kind::Deleted))
+                .collect(),
+        ),
+        Some(Event::Notification(notification)) => (
+            v1::UserEvent {
+                event_name: notification.event.clone(),
+                ..base
+            },
+            distinct(&notification.recipients)
+                .map(|recipient| (recipient, Kind::Notification))
+                .collect(),
+        ),
+    };
+    targets.into_iter().map(move |(user, kind)| v1::UserEvent {
+        user: user.to_owned(),
+        kind: kind.into(),
+        ..shared.clone()
+    })
+}
+
+/// A read's `notify` users, each once, without the reader (who has the read itself).
+fn notified(notify: &[String], reader: &str) -> Vec<String> {
+    distinct(notify)
+        .filter(|user| *user != reader)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The recipients in order of first appearance, each once.
@@ -308,20 +493,308 @@ mod tests {
         }
     }
 
+    /// The user events of a valid event.
+    fn fan(event: v1::MessageEvent) -> Vec<v1::UserEvent> {
+        fan_out(&validate(event, &IngestLimits::default()).unwrap()).collect()
+    }
+
+    fn with_data(mut event: v1::MessageEvent, json: &str) -> v1::MessageEvent {
+        event.data = Some(fanout_schema::data::parse_data(json).unwrap());
+        event
+    }
+
+    fn read(user: &str, notify: &[&str]) -> v1::MessageEvent {
+        v1::MessageEvent {
+            event_id: "r1".into(),
+            partner: "acme".into(),
+            event: Some(Event::MessageRead(v1::MessageRead {
+                conversation_id: "c1".into(),
+                seq: 2,
+                user: user.into(),
+                message_id: "m2".into(),
+                notify: notify.iter().map(|u| (*u).to_owned()).collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn notification(name: &str, recipients: &[&str]) -> v1::MessageEvent {
+        v1::MessageEvent {
+            event_id: "n1".into(),
+            partner: "acme".into(),
+            occurred_at_ms: 5,
+            event: Some(Event::Notification(v1::Notification {
+                event: name.into(),
+                recipients: recipients.iter().map(|r| (*r).to_owned()).collect(),
+            })),
+            ..Default::default()
+        }
+    }
+
     #[test]
-    fn created_fans_out_to_distinct_recipients_except_the_sender() {
+    fn created_fans_out_to_distinct_recipients_except_the_sender_and_a_copy_to_the_sender() {
         let event = created("acme", "alice", &["bob", "alice", "carol", "bob"], 3);
-        validate(&event, &IngestLimits::default()).unwrap();
-        let users: Vec<_> = fan_out(&event)
+        let users: Vec<_> = fan(event)
             .into_iter()
-            .map(|e| (e.user, e.kind, e.seq))
+            .map(|e| (e.user, e.kind, e.seq, e.message_id, e.sender))
+            .collect();
+        let row = |user: &str, kind: Kind| {
+            (
+                user.to_owned(),
+                kind as i32,
+                3,
+                "m3".to_owned(),
+                "alice".to_owned(),
+            )
+        };
+        assert_eq!(
+            users,
+            vec![
+                row("bob", Kind::Created),
+                row("carol", Kind::Created),
+                row("alice", Kind::Sent),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_user_event_carries_the_rendered_data() {
+        let sent = r#"{"text": "hi", "author": {"name": "Alice", "id": 7}, "score": 1.0}"#;
+        let rendered = r#"{"author":{"id":7,"name":"Alice"},"score":1,"text":"hi"}"#;
+        let events = [
+            created("acme", "alice", &["bob", "carol"], 3),
+            read("bob", &["alice"]),
+            notification("typing.started", &["bob"]),
+        ];
+        for event in events {
+            for user_event in fan(with_data(event, sent)) {
+                assert_eq!(user_event.data_json, rendered, "{user_event:?}");
+            }
+        }
+        // Without data, no data; `{}` is an empty object.
+        assert!(
+            fan(created("acme", "a", &["b"], 1))
+                .iter()
+                .all(|e| e.data_json.is_empty())
+        );
+        let empty = fan(with_data(created("acme", "a", &["b"], 1), "{}"));
+        assert!(empty.iter().all(|e| e.data_json == "{}"));
+    }
+
+    #[test]
+    fn reads_carry_their_notify_users_once_without_the_reader() {
+        let events = fan(read("bob", &["alice", "bob", "carol", "alice"]));
+        assert_eq!(
+            events.len(),
+            1,
+            "one event, the reader's: the router sends receipts"
+        );
+        let event = &events[0];
+        assert_eq!(
+            (event.user.as_str(), event.kind, event.message_id.as_str()),
+            ("bob", Kind::MessageRead as i32, "m2")
+        );
+        assert_eq!(event.notify, vec!["alice".to_owned(), "carol".to_owned()]);
+        let conversation_read = v1::MessageEvent {
+            partner: "acme".into(),
+            event: Some(Event::ConversationRead(v1::ConversationRead {
+                conversation_id: "c1".into(),
+                seq: 9,
+                user: "bob".into(),
+                notify: vec!["alice".into()],
+            })),
+            ..Default::default()
+        };
+        let events = fan(conversation_read);
+        assert_eq!(
+            (events[0].kind, events[0].seq, events[0].notify.clone()),
+            (Kind::ConversationRead as i32, 9, vec!["alice".to_owned()])
+        );
+    }
+
+    #[test]
+    fn notifications_fan_out_to_distinct_recipients() {
+        let events = fan(notification("typing.started", &["bob", "carol", "bob"]));
+        let users: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.user.as_str(),
+                    e.kind,
+                    e.event_name.as_str(),
+                    e.occurred_at_ms,
+                )
+            })
             .collect();
         assert_eq!(
             users,
             vec![
-                ("bob".into(), Kind::Created as i32, 3),
-                ("carol".into(), Kind::Created as i32, 3)
+                ("bob", Kind::Notification as i32, "typing.started", 5),
+                ("carol", Kind::Notification as i32, "typing.started", 5),
             ]
+        );
+        assert!(
+            events
+                .iter()
+                .all(|e| e.conversation_id.is_empty() && e.seq == 0)
+        );
+    }
+
+    #[test]
+    fn event_names_are_lowercase_dotted_and_not_fanouts_own() {
+        let limits = IngestLimits::default();
+        let reason = |name: &str| {
+            validate(notification(name, &["bob"]), &limits)
+                .err()
+                .map(|rejection| rejection.reason())
+        };
+        for good in [
+            "typing",
+            "typing.started",
+            "a1_b.c2",
+            "x.y.z",
+            &"a".repeat(64),
+            "message.updated",
+            "fanout",
+        ] {
+            assert_eq!(reason(good), None, "{good}");
+        }
+        for bad in [
+            "Typing",
+            "typing.",
+            ".typing",
+            "typing..started",
+            "1typing",
+            "typing.1x",
+            "typing-started",
+            "typing started",
+            "_x",
+            "typing.Started",
+            "tÿping",
+            &"a".repeat(65),
+        ] {
+            assert_eq!(reason(bad), Some("invalid_event_name"), "{bad}");
+        }
+        for reserved in [
+            "message.created",
+            "message.read",
+            "message.deleted",
+            "conversation.read",
+            "fanout.x",
+            "fanout.reset.all",
+        ] {
+            assert_eq!(reason(reserved), Some("reserved_event_name"), "{reserved}");
+        }
+        assert_eq!(reason(""), Some("missing_field"));
+        assert_eq!(
+            validate(notification("typing", &[]), &limits)
+                .unwrap_err()
+                .reason(),
+            "no_recipients"
+        );
+        assert_eq!(
+            validate(notification("typing", &["bob", ""]), &limits)
+                .unwrap_err()
+                .reason(),
+            "missing_field"
+        );
+    }
+
+    #[test]
+    fn notify_users_are_checked_as_recipients_are() {
+        let limits = IngestLimits {
+            max_recipients: 3,
+            ..IngestLimits::default()
+        };
+        let reason = |event| {
+            validate(event, &limits)
+                .err()
+                .map(|rejection| rejection.reason())
+        };
+        assert_eq!(reason(read("bob", &[])), None);
+        assert_eq!(reason(read("bob", &["a", "b", "c"])), None);
+        assert_eq!(
+            reason(read("bob", &["a", "b", "c", "d"])),
+            Some("too_many_recipients")
+        );
+        assert_eq!(reason(read("bob", &["a", ""])), Some("missing_field"));
+        let long = "x".repeat(limits.max_id_bytes + 1);
+        assert_eq!(reason(read("bob", &[long.as_str()])), Some("id_too_long"));
+    }
+
+    #[test]
+    fn data_is_a_bounded_json_object() {
+        let limits = IngestLimits {
+            max_data_bytes: 20,
+            ..IngestLimits::default()
+        };
+        let check = |event: v1::MessageEvent| {
+            validate(event, &limits).map(|valid| valid.data_json().to_owned())
+        };
+        // Measured on the rendering: 20 bytes pass, 21 do not.
+        let twenty = r#"{"t":"0123456789ab"}"#;
+        assert_eq!(twenty.len(), 20);
+        assert_eq!(
+            check(with_data(created("acme", "a", &["b"], 1), twenty)).unwrap(),
+            twenty
+        );
+        let over = with_data(created("acme", "a", &["b"], 1), r#"{"t":"0123456789abc"}"#);
+        assert_eq!(
+            check(over).unwrap_err(),
+            Rejection::DataTooLarge {
+                size: 21,
+                limit: 20
+            }
+        );
+        // Whitespace the partner sent does not count against it.
+        let spaced = with_data(
+            created("acme", "a", &["b"], 1),
+            r#"{ "t" :  "0123456789ab" }"#,
+        );
+        assert_eq!(check(spaced).unwrap(), twenty);
+        // Protobuf can carry what JSON cannot.
+        let mut not_finite = created("acme", "a", &["b"], 1);
+        not_finite.data = Some(
+            [("n".to_owned(), fanout_schema::data::Value::from(f64::NAN))]
+                .into_iter()
+                .collect(),
+        );
+        let bytes = not_finite.encode_to_vec();
+        let decoded = decode_event(&bytes, None, &limits).unwrap();
+        assert_eq!(check(decoded).unwrap_err().reason(), "invalid_data");
+    }
+
+    #[test]
+    fn json_records_name_bad_data() {
+        let limits = IngestLimits::default();
+        let reason = |json: &str| {
+            decode_event(json.as_bytes(), Some(b"application/json"), &limits)
+                .and_then(|event| validate(event, &limits))
+                .err()
+                .map(|rejection| rejection.reason())
+        };
+        let event = |data: &str| {
+            format!(
+                r#"{{"partner":"acme","data":{data},"notification":{{"event":"typing","recipients":["bob"]}}}}"#
+            )
+        };
+        assert_eq!(reason(&event(r#"{"text":"hi"}"#)), None);
+        assert_eq!(reason(&event("null")), None);
+        for not_object in [r#""hi""#, "[1,2]", "3", "true"] {
+            assert_eq!(
+                reason(&event(not_object)),
+                Some("data_not_object"),
+                "{not_object}"
+            );
+        }
+        assert_eq!(
+            reason(&event(r#"{"id":9007199254740993}"#)),
+            Some("invalid_data")
+        );
+        // Not about data: still undecodable.
+        assert_eq!(
+            reason(r#"{"partner":"acme","data":{},"notification":"x"}"#),
+            Some("undecodable")
         );
     }
 
@@ -342,7 +815,7 @@ mod tests {
         let limits = IngestLimits::default();
         let reason = |value: &[u8], content_type: Option<&[u8]>| {
             decode_event(value, content_type, &limits)
-                .and_then(|event| validate(&event, &limits).map(|()| event))
+                .and_then(|event| validate(event, &limits))
                 .unwrap_err()
                 .reason()
         };
@@ -381,7 +854,7 @@ mod tests {
             .collect();
         let refs: Vec<&str> = too_many.iter().map(String::as_str).collect();
         assert_eq!(
-            validate(&created("acme", "a", &refs, 1), &limits)
+            validate(created("acme", "a", &refs, 1), &limits)
                 .unwrap_err()
                 .reason(),
             "too_many_recipients"
@@ -400,7 +873,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        let events = fan_out(&read);
+        let events = fan(read);
         assert_eq!(events.len(), 1);
         assert_eq!(
             (events[0].kind, events[0].user.as_str()),
@@ -416,11 +889,7 @@ mod tests {
             })),
             ..Default::default()
         };
-        validate(&deleted, &IngestLimits::default()).unwrap();
-        let kinds: Vec<_> = fan_out(&deleted)
-            .into_iter()
-            .map(|e| (e.user, e.kind))
-            .collect();
+        let kinds: Vec<_> = fan(deleted).into_iter().map(|e| (e.user, e.kind)).collect();
         assert_eq!(
             kinds,
             vec![
@@ -448,7 +917,18 @@ mod tests {
             Rejection::NoRecipients,
             Rejection::TooManyRecipients { count: 0, limit: 0 },
             Rejection::InvalidSeq { seq: 0, max: 0 },
+            Rejection::DataNotObject,
+            Rejection::InvalidData(String::new()),
+            Rejection::DataTooLarge { size: 0, limit: 0 },
+            Rejection::InvalidEventName(String::new()),
+            Rejection::ReservedEventName(String::new()),
         ];
+        for reason in Rejection::REASONS {
+            assert!(
+                all.iter().any(|rejection| rejection.reason() == reason),
+                "{reason}"
+            );
+        }
         for rejection in all {
             assert!(
                 Rejection::REASONS.contains(&rejection.reason()),

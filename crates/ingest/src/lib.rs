@@ -6,6 +6,6 @@ pub mod events;
 mod metrics;
 mod service;
 
-pub use events::{IngestLimits, Rejection, decode_event, fan_out, validate};
+pub use events::{IngestLimits, Rejection, ValidEvent, decode_event, fan_out, validate};
 pub use metrics::IngestMetrics;
 pub use service::{IngestConfig, IngestError, run};

@@ -51,6 +51,7 @@ impl IngestConfig {
             ("limits.max_recipients", limits.max_recipients as u64),
             ("limits.max_id_bytes", limits.max_id_bytes as u64),
             ("limits.max_seq", limits.max_seq),
+            ("limits.max_data_bytes", limits.max_data_bytes as u64),
         ])
     }
 }
@@ -146,13 +147,12 @@ async fn handle(
 ) -> Result<Vec<DeliveryFuture>, IngestError> {
     let value = message.payload().unwrap_or_default();
     let content_type = header(message, CONTENT_TYPE_HEADER);
-    let decoded = decode_event(value, content_type, &config.limits)
-        .and_then(|event| validate(&event, &config.limits).map(|()| event));
-    match decoded {
-        Ok(event) => {
-            let user_events = fan_out(&event);
-            let mut deliveries = Vec::with_capacity(user_events.len());
-            for user_event in &user_events {
+    let checked = decode_event(value, content_type, &config.limits)
+        .and_then(|event| validate(event, &config.limits));
+    match checked {
+        Ok(valid) => {
+            let mut deliveries = Vec::new();
+            for user_event in fan_out(&valid) {
                 let key = user_key(&user_event.partner, &user_event.user);
                 let payload = user_event.encode_to_vec();
                 let record = FutureRecord::to(&topics.user_events)
@@ -164,7 +164,7 @@ async fn handle(
                         .map_err(IngestError::Client)?,
                 );
             }
-            metrics.accepted(user_events.len());
+            metrics.accepted(deliveries.len());
             Ok(deliveries)
         }
         Err(rejection) => {
@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn a_zero_bound_is_refused_naming_its_key() {
-        let zeroed: [(&str, Zero); 5] = [
+        let zeroed: [(&str, Zero); 6] = [
             ("max_in_flight", |config| config.max_in_flight = 0),
             ("limits.max_record_bytes", |config| {
                 config.limits.max_record_bytes = 0;
@@ -263,6 +263,9 @@ mod tests {
                 config.limits.max_id_bytes = 0
             }),
             ("limits.max_seq", |config| config.limits.max_seq = 0),
+            ("limits.max_data_bytes", |config| {
+                config.limits.max_data_bytes = 0;
+            }),
         ];
         for (key, zero) in zeroed {
             let mut config = IngestConfig::default();
