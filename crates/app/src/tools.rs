@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fanout_kafka::KafkaSettings;
+use fanout_schema::data::{DataError, Struct, parse_data};
 use fanout_schema::v1::{self, message_event::Event};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message as _;
@@ -132,6 +133,22 @@ pub struct MessageRef {
     pub seq: u64,
 }
 
+/// The partner's `data`, which every form may carry.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct DataArg {
+    /// A JSON object delivered with the event to every user it reaches, e.g.
+    /// '{"text":"hi"}'.
+    #[arg(long, value_name = "JSON", value_parser = parse_data_arg)]
+    pub data: Option<Struct>,
+}
+
+fn parse_data_arg(json: &str) -> Result<Struct, String> {
+    parse_data(json).map_err(|error| match error {
+        DataError::NotAnObject => r#"must be a JSON object, such as '{"text":"hi"}'"#.to_owned(),
+        DataError::Invalid(detail) => format!("must be a JSON object: {detail}"),
+    })
+}
+
 /// What to produce: one message event.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum EventSpec {
@@ -147,6 +164,8 @@ pub enum EventSpec {
         to: Vec<String>,
         #[arg(long)]
         message_id: Option<String>,
+        #[command(flatten)]
+        data: DataArg,
     },
     /// A user read one message.
     Read {
@@ -154,6 +173,11 @@ pub enum EventSpec {
         message: MessageRef,
         #[arg(long)]
         user: String,
+        /// A user who receives the read receipt (repeat for several).
+        #[arg(long)]
+        notify: Vec<String>,
+        #[command(flatten)]
+        data: DataArg,
     },
     /// A user read a conversation up to a seq.
     ConversationRead {
@@ -161,6 +185,11 @@ pub enum EventSpec {
         message: MessageRef,
         #[arg(long)]
         user: String,
+        /// A user who receives the read receipt (repeat for several).
+        #[arg(long)]
+        notify: Vec<String>,
+        #[command(flatten)]
+        data: DataArg,
     },
     /// A message was deleted for its recipients.
     Deleted {
@@ -168,64 +197,113 @@ pub enum EventSpec {
         message: MessageRef,
         #[arg(long = "to", required = true)]
         to: Vec<String>,
+        #[command(flatten)]
+        data: DataArg,
+    },
+    /// A partner-defined event (e.g. typing.started) for the recipients' streams; counts
+    /// are untouched.
+    Notification {
+        #[arg(long)]
+        partner: String,
+        /// Its name: lowercase and dotted, e.g. typing.started.
+        #[arg(long)]
+        event: String,
+        /// A recipient (repeat for several).
+        #[arg(long = "to", required = true)]
+        to: Vec<String>,
+        #[command(flatten)]
+        data: DataArg,
     },
 }
 
 impl EventSpec {
-    fn message(&self) -> &MessageRef {
+    fn partner(&self) -> &str {
         match self {
             Self::Created { message, .. }
             | Self::Read { message, .. }
             | Self::ConversationRead { message, .. }
-            | Self::Deleted { message, .. } => message,
+            | Self::Deleted { message, .. } => &message.partner,
+            Self::Notification { partner, .. } => partner,
+        }
+    }
+
+    /// The record key: the conversation, so a conversation's events keep their order;
+    /// a notification, which has none, is keyed by its partner.
+    fn record_key(&self) -> &str {
+        match self {
+            Self::Created { message, .. }
+            | Self::Read { message, .. }
+            | Self::ConversationRead { message, .. }
+            | Self::Deleted { message, .. } => &message.conversation,
+            Self::Notification { partner, .. } => partner,
+        }
+    }
+
+    fn data(&self) -> &DataArg {
+        match self {
+            Self::Created { data, .. }
+            | Self::Read { data, .. }
+            | Self::ConversationRead { data, .. }
+            | Self::Deleted { data, .. }
+            | Self::Notification { data, .. } => data,
         }
     }
 
     /// The event, stamped now with a fresh id.
     pub fn to_event(&self) -> v1::MessageEvent {
-        let MessageRef {
-            partner,
-            conversation,
-            seq,
-        } = self.message().clone();
         let event = match self.clone() {
             Self::Created {
+                message,
                 from,
                 to,
                 message_id,
                 ..
             } => Event::MessageCreated(v1::MessageCreated {
-                conversation_id: conversation,
-                seq,
-                message_id: message_id.unwrap_or_else(|| format!("m{seq}")),
+                conversation_id: message.conversation,
+                seq: message.seq,
+                message_id: message_id.unwrap_or_else(|| format!("m{}", message.seq)),
                 sender: from,
                 recipients: to,
             }),
-            Self::Read { user, .. } => Event::MessageRead(v1::MessageRead {
-                conversation_id: conversation,
-                seq,
+            Self::Read {
+                message,
                 user,
-                message_id: format!("m{seq}"),
-                notify: Vec::new(),
-            }),
-            Self::ConversationRead { user, .. } => Event::ConversationRead(v1::ConversationRead {
-                conversation_id: conversation,
-                seq,
+                notify,
+                ..
+            } => Event::MessageRead(v1::MessageRead {
+                conversation_id: message.conversation,
+                seq: message.seq,
                 user,
-                notify: Vec::new(),
+                message_id: format!("m{}", message.seq),
+                notify,
             }),
-            Self::Deleted { to, .. } => Event::MessageDeleted(v1::MessageDeleted {
-                conversation_id: conversation,
-                seq,
-                message_id: format!("m{seq}"),
+            Self::ConversationRead {
+                message,
+                user,
+                notify,
+                ..
+            } => Event::ConversationRead(v1::ConversationRead {
+                conversation_id: message.conversation,
+                seq: message.seq,
+                user,
+                notify,
+            }),
+            Self::Deleted { message, to, .. } => Event::MessageDeleted(v1::MessageDeleted {
+                conversation_id: message.conversation,
+                seq: message.seq,
+                message_id: format!("m{}", message.seq),
+                recipients: to,
+            }),
+            Self::Notification { event, to, .. } => Event::Notification(v1::Notification {
+                event,
                 recipients: to,
             }),
         };
         v1::MessageEvent {
             event_id: random_hex(8),
-            partner,
+            partner: self.partner().to_owned(),
             occurred_at_ms: fanout_schema::unix_millis(),
-            data: None,
+            data: self.data().data.clone(),
             event: Some(event),
         }
     }
@@ -261,7 +339,7 @@ pub async fn produce(
     let event = spec.to_event();
     let (payload, content_type) = encode_event(&event, json)?;
     let mut record = FutureRecord::to(topic)
-        .key(&spec.message().conversation)
+        .key(spec.record_key())
         .payload(&payload);
     if let Some(content_type) = content_type {
         record = record.headers(OwnedHeaders::new().insert(KafkaHeader {
@@ -330,24 +408,39 @@ mod tests {
             conversation: "c1".into(),
             seq: 1,
         };
+        let data = DataArg {
+            data: Some(parse_data(r#"{"text":"hi","n":1}"#).unwrap()),
+        };
         let specs = [
             EventSpec::Created {
                 message: message.clone(),
                 from: "alice".into(),
                 to: vec!["bob".into()],
                 message_id: None,
+                data: data.clone(),
             },
             EventSpec::Read {
                 message: message.clone(),
                 user: "bob".into(),
+                notify: vec!["alice".into()],
+                data: DataArg::default(),
             },
             EventSpec::ConversationRead {
                 message: message.clone(),
                 user: "bob".into(),
+                notify: Vec::new(),
+                data: data.clone(),
             },
             EventSpec::Deleted {
                 message,
                 to: vec!["bob".into()],
+                data: DataArg::default(),
+            },
+            EventSpec::Notification {
+                partner: "demo".into(),
+                event: "typing.started".into(),
+                to: vec!["bob".into()],
+                data,
             },
         ];
         for spec in specs {
@@ -359,7 +452,102 @@ mod tests {
                         .unwrap();
                 let valid = fanout_ingest::validate(decoded, &limits).unwrap();
                 assert_eq!(valid.event(), &event);
+                if event.data.is_some() {
+                    assert_eq!(valid.data_json(), r#"{"n":1,"text":"hi"}"#);
+                }
             }
+        }
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Produce {
+        #[command(subcommand)]
+        event: EventSpec,
+    }
+
+    fn parse(args: &[&str]) -> Result<EventSpec, String> {
+        use clap::Parser as _;
+        Produce::try_parse_from(std::iter::once("produce").chain(args.iter().copied()))
+            .map(|produce| produce.event)
+            .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn the_command_line_takes_data_notify_and_notifications() {
+        let read = parse(&[
+            "read",
+            "--partner",
+            "demo",
+            "--conversation",
+            "c1",
+            "--seq",
+            "3",
+            "--user",
+            "bob",
+            "--notify",
+            "alice",
+            "--notify",
+            "carol",
+            "--data",
+            r#"{"via":"cli"}"#,
+        ])
+        .unwrap();
+        let event = read.to_event();
+        let Some(Event::MessageRead(message_read)) = &event.event else {
+            panic!("{event:?}");
+        };
+        assert_eq!(
+            message_read.notify,
+            vec!["alice".to_owned(), "carol".to_owned()]
+        );
+        assert!(event.data.is_some());
+        let notification = parse(&[
+            "notification",
+            "--partner",
+            "demo",
+            "--event",
+            "typing.started",
+            "--to",
+            "bob",
+            "--to",
+            "carol",
+        ])
+        .unwrap();
+        assert_eq!(notification.record_key(), "demo");
+        let event = notification.to_event();
+        assert_eq!(
+            event.event,
+            Some(Event::Notification(v1::Notification {
+                event: "typing.started".into(),
+                recipients: vec!["bob".into(), "carol".into()],
+            }))
+        );
+        assert_eq!(event.data, None);
+    }
+
+    #[test]
+    fn data_that_is_not_a_json_object_is_refused_clearly() {
+        for bad in ["[1]", r#""hi""#, "3", "{not json"] {
+            let error = parse(&[
+                "created",
+                "--partner",
+                "demo",
+                "--conversation",
+                "c1",
+                "--seq",
+                "1",
+                "--from",
+                "a",
+                "--to",
+                "b",
+                "--data",
+                bad,
+            ])
+            .unwrap_err();
+            assert!(
+                error.contains("--data") && error.contains("must be a JSON object"),
+                "{error}"
+            );
         }
     }
 }
