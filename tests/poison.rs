@@ -41,9 +41,36 @@ async fn advances_offset_past_poison_messages() {
     let only_sender = event::created("acme", "c1", 1, "sam", &["sam"]);
     let absurd_seq = event::created("acme", "c1", u64::MAX, "sam", &["jane"]);
     let zero_seq = event::message_read("acme", "c1", 0, "jane");
+    let with_data = |mut event: v1::MessageEvent, json: &str| {
+        event.data = Some(fanout_schema::data::parse_data(json).unwrap());
+        event
+    };
+    let notification = |name: &str| v1::MessageEvent {
+        event_id: format!("n-{name}"),
+        partner: "acme".into(),
+        occurred_at_ms: fanout_schema::unix_millis(),
+        data: None,
+        event: Some(v1::message_event::Event::Notification(v1::Notification {
+            event: name.into(),
+            recipients: vec!["jane".into()],
+        })),
+    };
+    let max_data_bytes = config.ingest.limits.max_data_bytes;
+    let oversized_data = with_data(
+        event::created("acme", "c1", 2, "sam", &["jane"]),
+        &format!(r#"{{"text":"{}"}}"#, "x".repeat(max_data_bytes)),
+    );
+    // Good records between the new kinds of poison: they still go through.
+    let good_with_data = with_data(
+        event::created("acme", "c1", 3, "sam", &["jane"]),
+        r#"{"text":"hi","n":1}"#,
+    );
+    let good_notification = with_data(notification("typing.started"), r#"{"who":"sam"}"#);
+    let good_json = serde_json::to_vec(&good_with_data).unwrap();
 
     // (key, value, headers, the reason expected on dead-letter)
     type PoisonCase<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>, &'a str);
+    const JSON: (&str, &str) = ("content-type", "application/json");
     let cases: Vec<PoisonCase<'_>> = vec![
         (
             "undecodable",
@@ -97,8 +124,53 @@ async fn advances_offset_past_poison_messages() {
             vec![("content-type", "text/csv")],
             "unsupported_content_type",
         ),
+        (
+            "oversized-data",
+            encoded(&oversized_data),
+            vec![],
+            "data_too_large",
+        ),
+        (
+            "data-not-object",
+            br#"{"partner":"acme","data":"hi","notification":{"event":"typing","recipients":["jane"]}}"#
+                .to_vec(),
+            vec![JSON],
+            "data_not_object",
+        ),
+        (
+            "data-array",
+            br#"{"partner":"acme","data":[1],"messageCreated":{"conversationId":"c1","seq":"1","sender":"sam","recipients":["jane"]}}"#
+                .to_vec(),
+            vec![JSON],
+            "data_not_object",
+        ),
+        (
+            "bad-event-name",
+            encoded(&notification("Typing-Started")),
+            vec![],
+            "invalid_event_name",
+        ),
+        (
+            "reserved-event-name",
+            encoded(&notification("message.created")),
+            vec![],
+            "reserved_event_name",
+        ),
+        (
+            "fanout-event-name",
+            encoded(&notification("fanout.reset")),
+            vec![],
+            "reserved_event_name",
+        ),
     ];
-    for (key, payload, headers, _) in &cases {
+    // (key, value, headers) of good records, produced between the poison ones.
+    let goods: Vec<(&str, Vec<u8>, Vec<(&str, &str)>)> = vec![
+        ("good-data", encoded(&good_with_data), vec![]),
+        ("good-notification", encoded(&good_notification), vec![]),
+        ("good-json-data", good_json, vec![JSON]),
+    ];
+    let mut goods_between = goods.iter();
+    for (index, (key, payload, headers, _)) in cases.iter().enumerate() {
         produce_raw(
             &producer,
             &config.topics.message_events,
@@ -107,13 +179,27 @@ async fn advances_offset_past_poison_messages() {
             headers,
         )
         .await;
+        // The good ones among the last poison, the new kinds.
+        if index + goods.len() >= cases.len()
+            && let Some((key, payload, headers)) = goods_between.next()
+        {
+            produce_raw(
+                &producer,
+                &config.topics.message_events,
+                key,
+                payload,
+                headers,
+            )
+            .await;
+        }
     }
     // A good record after all the poison still goes through.
     produce_event(&producer, &config, &good).await;
-    let produced = i64::try_from(cases.len()).unwrap() + 1;
+    let accepted = u64::try_from(goods.len()).unwrap() + 1;
+    let produced = i64::try_from(cases.len() + goods.len()).unwrap() + 1;
 
-    wait_until("ingest to accept the good record", || {
-        metrics.accepted_count() == 1
+    wait_until("ingest to accept the good records", || {
+        metrics.accepted_count() == accepted
     })
     .await;
 
