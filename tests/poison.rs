@@ -164,7 +164,8 @@ async fn advances_offset_past_poison_messages() {
         ),
     ];
     // (key, value, headers) of good records, produced between the poison ones.
-    let goods: Vec<(&str, Vec<u8>, Vec<(&str, &str)>)> = vec![
+    type GoodCase<'a> = (&'a str, Vec<u8>, Vec<(&'a str, &'a str)>);
+    let goods: Vec<GoodCase<'_>> = vec![
         ("good-data", encoded(&good_with_data), vec![]),
         ("good-notification", encoded(&good_notification), vec![]),
         ("good-json-data", good_json, vec![JSON]),
