@@ -38,8 +38,8 @@ pub fn parse_data(json: &str) -> Result<Struct, DataError> {
 }
 
 /// A JSON value that must be an object into a Struct. Integers of magnitude 2^53 or
-/// more (written without fraction or exponent, below 2^64) are refused rather than
-/// rounded, as pbjson-types refuses them.
+/// more (written without fraction or exponent, up to 2^64 - 1 or down to -2^63) are
+/// refused rather than rounded, as pbjson-types refuses them.
 pub fn data_from_json(value: serde_json::Value) -> Result<Struct, DataError> {
     if !value.is_object() {
         return Err(DataError::NotAnObject);
@@ -217,13 +217,19 @@ mod tests {
             r#"{"n":9007199254740992}"#,
             r#"{"n":-9007199254740992}"#,
             r#"{"n":18446744073709551615}"#,
+            r#"{"n":-9223372036854775808}"#,
         ] {
             assert!(
                 matches!(parse_data(text), Err(DataError::Invalid(_))),
                 "{text}"
             );
         }
-        // Past u64, or written with an exponent or fraction: the nearest double.
+        // Past u64 (or i64, negative), or written with an exponent or fraction: the
+        // nearest double.
+        assert_eq!(
+            render_data(&parse_data(r#"{"n":-9223372036854775809}"#).unwrap()).unwrap(),
+            r#"{"n":-9.223372036854776e+18}"#
+        );
         assert_eq!(
             render_data(&parse_data(r#"{"n":18446744073709551617}"#).unwrap()).unwrap(),
             r#"{"n":1.8446744073709552e+19}"#
