@@ -202,12 +202,13 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
     // task would be as large as the largest of them for its whole life.
     let session = match route {
         Some(Route::Cable) => {
-            let cable = Cable::new(credentials, &node.config);
+            let cable = Cable::new(&node.config);
             Either::Left(Box::pin(session::run(
                 &mut socket,
                 &node,
                 cable,
                 origin,
+                Some(credentials),
                 &shutdown,
             )))
         }
@@ -218,6 +219,7 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
                 &node,
                 realtime,
                 origin,
+                None,
                 &shutdown,
             )))
         }

@@ -98,7 +98,7 @@ pub(crate) mod harness {
     use crate::config::{EdgeConfig, PartnerConfig, SecretConfig, SecretsFile};
     use crate::limits::ConnectionLimits;
     use crate::node::Node;
-    use crate::session::{CloseReason, Session};
+    use crate::session::{CloseReason, Credentials, Session};
     use crate::table::{CountTable, CountValue};
     use crate::telemetry::EdgeMetrics;
 
@@ -129,12 +129,13 @@ pub(crate) mod harness {
     }
 
     /// Starts a session of the protocol `make` builds, on a node whose table has
-    /// caught up (`ready`) or not, configured by `configure`. The page's origin is
-    /// `https://app.acme.com`.
+    /// caught up (`ready`) or not, configured by `configure`, with the `credentials`
+    /// of the upgrade request. The page's origin is `https://app.acme.com`.
     pub(crate) fn start<P>(
         ready: bool,
         configure: impl FnOnce(&mut EdgeConfig),
         make: impl FnOnce(&EdgeConfig) -> P,
+        credentials: Option<Credentials>,
     ) -> Harness
     where
         P: Session + Send + 'static,
@@ -168,7 +169,8 @@ pub(crate) mod harness {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let origin = Some("https://app.acme.com".to_owned());
-                crate::session::run(&mut socket, &node, protocol, origin, &shutdown).await
+                crate::session::run(&mut socket, &node, protocol, origin, credentials, &shutdown)
+                    .await
             })
         };
         Harness {

@@ -40,17 +40,14 @@ struct Subscription {
 }
 
 pub struct Cable {
-    credentials: Option<Credentials>,
     subscriptions: Vec<Subscription>,
     max_subscriptions: usize,
     ping_interval: Duration,
 }
 
 impl Cable {
-    /// A session for the credentials of the upgrade request's query.
-    pub fn new(credentials: Credentials, config: &EdgeConfig) -> Self {
+    pub fn new(config: &EdgeConfig) -> Self {
         Self {
-            credentials: Some(credentials),
             subscriptions: Vec::new(),
             max_subscriptions: config.max_subscriptions_per_connection,
             ping_interval: Duration::from_millis(config.ping_interval_ms),
@@ -93,6 +90,9 @@ impl Cable {
                 }
             }
         }
+        // Most clients subscribe once: room for exactly one more, not Vec's four, which
+        // every idle connection would carry.
+        self.subscriptions.reserve_exact(1);
         self.subscriptions.push(Subscription {
             identifier,
             channel,
@@ -103,16 +103,12 @@ impl Cable {
 impl Session for Cable {
     const PROTOCOL: Protocol = Protocol::Cable;
 
-    fn upgrade_credentials(&mut self) -> Option<Credentials> {
-        self.credentials.take()
-    }
-
     fn auth_timeout(&self) -> Option<Duration> {
         None
     }
 
     fn before_auth(&mut self, _frame: &[u8], _out: &mut Outbox) -> Option<Credentials> {
-        // Never called: the query's credentials are decided before any frame is read.
+        // Never called: the upgrade's query carries the credentials.
         None
     }
 
@@ -203,7 +199,7 @@ mod tests {
         let table = CountTable::new();
         table.apply("acme/bob", value(4, 1, 0));
         let mut counts = table.subscription("acme/bob");
-        let mut cable = Cable::new(Credentials::default(), &EdgeConfig::default());
+        let mut cable = Cable::new(&EdgeConfig::default());
         let mut out = Outbox::default();
         assert!(!cable.wants_counts());
         cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
@@ -241,7 +237,7 @@ mod tests {
             max_subscriptions_per_connection: 1,
             ..EdgeConfig::default()
         };
-        let mut cable = Cable::new(Credentials::default(), &config);
+        let mut cable = Cable::new(&config);
         let mut out = Outbox::default();
         cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
         out.take();

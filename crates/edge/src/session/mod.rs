@@ -112,15 +112,11 @@ pub enum AfterRefusal {
 }
 
 /// A protocol's session as a state machine: inputs in, [`Outbox`] entries out, no I/O.
-/// The driver calls it in this order: credentials (from the upgrade, or from frames
-/// before auth), then, once admitted and the table has caught up, [`Session::open`],
-/// then frames, count changes and ping ticks until the session ends.
+/// The driver calls it in this order: credentials (those the upgrade request carried,
+/// or else from frames before auth), then, once admitted and the table has caught up,
+/// [`Session::open`], then frames, count changes and ping ticks until the session ends.
 pub trait Session {
     const PROTOCOL: Protocol;
-
-    /// Credentials the upgrade request carried (ActionCable's query); taken once.
-    /// `None`: the protocol authenticates in band, with [`Session::before_auth`].
-    fn upgrade_credentials(&mut self) -> Option<Credentials>;
 
     /// How long a client may take to authenticate in band; `None` for none.
     fn auth_timeout(&self) -> Option<Duration>;
@@ -158,8 +154,9 @@ pub trait Session {
 }
 
 /// Runs one connection's session from just after the upgrade until it ends, and
-/// records why it ended. `origin` is the upgrade request's `Origin` header; `shutdown`
-/// is this session's turn to leave in the drain. A session told to leave that cannot
+/// records why it ended. `origin` is the upgrade request's `Origin` header;
+/// `credentials` what the request carried (ActionCable's query), `None` for a client
+/// that authenticates in band; `shutdown` is this session's turn to leave in the drain. A session told to leave that cannot
 /// (its client stopped reading, so the goodbye cannot be written) is dropped after
 /// [`GOODBYE_GRACE`].
 pub async fn run<S, P>(
@@ -167,6 +164,7 @@ pub async fn run<S, P>(
     node: &Node,
     protocol: P,
     origin: Option<String>,
+    credentials: Option<Credentials>,
     shutdown: &CancellationToken,
 ) -> CloseReason
 where
@@ -181,7 +179,7 @@ where
         rate: CommandRate::new(node.config.max_commands_per_second, Instant::now()),
         out: Outbox::default(),
     };
-    let session = driver.session(origin, shutdown);
+    let session = driver.session(origin, credentials, shutdown);
     tokio::pin!(session);
     let ended = tokio::select! {
         ended = &mut session => ended,
@@ -222,23 +220,19 @@ where
     async fn session(
         &mut self,
         origin: Option<String>,
+        credentials: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<CloseReason, WsError> {
-        let admitted = match self.admit(origin, shutdown).await? {
+        // Boxed, as the readiness wait below: a session passes through them once, and
+        // their state would otherwise size every session for its whole life.
+        let admitted = match Box::pin(self.admit(origin, credentials, shutdown)).await? {
             Ok(admitted) => admitted,
             Err(reason) => return Ok(reason),
         };
         self.node.metrics.handshake(Handshake::Accepted);
         // No first frame, and so no count, before the table has caught up: a count read
         // from a table still loading could be older than one the client already shows.
-        let mut ready = self.node.ready.clone();
-        let caught_up = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => false,
-            // An error means the feed is gone: the edge is stopping.
-            caught_up = ready.wait_for(|ready| *ready) => caught_up.is_ok(),
-        };
-        drop(ready);
+        let caught_up = Box::pin(caught_up(&self.node.ready, shutdown)).await;
         if !caught_up {
             return self.close(CloseReason::ServerRestart).await;
         }
@@ -284,6 +278,7 @@ where
     async fn admit(
         &mut self,
         origin: Option<String>,
+        mut from_upgrade: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<Result<Admitted, CloseReason>, WsError> {
         // Boxed: the deadline exists only until the client has authenticated.
@@ -292,7 +287,7 @@ where
             .auth_timeout()
             .map(|timeout| Box::pin(tokio::time::sleep(timeout)));
         loop {
-            let credentials = match self.protocol.upgrade_credentials() {
+            let credentials = match from_upgrade.take() {
                 Some(credentials) => credentials,
                 None => loop {
                     tokio::select! {
@@ -428,6 +423,20 @@ where
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, client_closed).await;
         self.socket.close().await
+    }
+}
+
+/// Whether the table has caught up; false when `shutdown` comes first, or the feed is
+/// gone (the edge is stopping).
+async fn caught_up(
+    ready: &tokio::sync::watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut ready = ready.clone();
+    tokio::select! {
+        biased;
+        () = shutdown.cancelled() => false,
+        caught_up = ready.wait_for(|ready| *ready) => caught_up.is_ok(),
     }
 }
 

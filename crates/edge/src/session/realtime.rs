@@ -58,10 +58,6 @@ fn refuse(code: ErrorCode, id: Option<&RequestId>, out: &mut Outbox) {
 impl Session for Realtime {
     const PROTOCOL: Protocol = Protocol::Realtime;
 
-    fn upgrade_credentials(&mut self) -> Option<Credentials> {
-        None
-    }
-
     fn auth_timeout(&self) -> Option<Duration> {
         Some(self.auth_timeout)
     }

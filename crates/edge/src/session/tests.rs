@@ -19,21 +19,20 @@ fn start_cable() -> Harness {
 }
 
 fn start_cable_with(ready: bool) -> Harness {
-    harness::start(
-        ready,
-        |_| {},
-        |config| {
-            let credentials = Credentials {
-                partner: Some("acme".to_owned()),
-                token: Some(token(SECRET, "bob", 60)),
-            };
-            Cable::new(credentials, config)
-        },
-    )
+    start_cable_with_token(ready, token(SECRET, "bob", 60))
+}
+
+/// An ActionCable session whose upgrade's query carried `token` for partner `acme`.
+fn start_cable_with_token(ready: bool, token: String) -> Harness {
+    let credentials = Credentials {
+        partner: Some("acme".to_owned()),
+        token: Some(token),
+    };
+    harness::start(ready, |_| {}, Cable::new, Some(credentials))
 }
 
 fn start_realtime(ready: bool, configure: impl FnOnce(&mut EdgeConfig)) -> Harness {
-    harness::start(ready, configure, Realtime::new)
+    harness::start(ready, configure, Realtime::new, None)
 }
 
 fn auth_request(token: &str, partner: &str, id: &str) -> String {
@@ -215,17 +214,7 @@ mod actioncable {
 
     #[tokio::test(start_paused = true)]
     async fn a_refused_token_gets_the_unauthorized_disconnect_and_no_welcome() {
-        let mut harness = harness::start(
-            true,
-            |_| {},
-            |config| {
-                let credentials = Credentials {
-                    partner: Some("acme".to_owned()),
-                    token: Some(token("wrong-secret-0123456789", "bob", 60)),
-                };
-                Cable::new(credentials, config)
-            },
-        );
+        let mut harness = start_cable_with_token(true, token("wrong-secret-0123456789", "bob", 60));
         assert_eq!(
             harness.next().await,
             r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#
