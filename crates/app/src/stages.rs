@@ -28,35 +28,38 @@ pub struct Stage {
     pub health: Option<StageHealth>,
 }
 
+/// Spawns a stage's service: `run` gets the stage's health to report to, and its
+/// result is named after the stage.
+fn spawn_stage<Fut>(name: &'static str, run: impl FnOnce(StageHealth) -> Fut) -> Stage
+where
+    Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let health = StageHealth::new();
+    Stage {
+        name,
+        task: tokio::spawn(run(health.clone())),
+        health: Some(health),
+    }
+}
+
 pub fn spawn_ingest(
     config: &Config,
     registry: &Registry,
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Stage, IngestMetrics)> {
     let metrics = IngestMetrics::new(registry).context("registering ingest metrics")?;
-    let health = StageHealth::new();
-    let task = {
-        let config = config.clone();
-        let metrics = metrics.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            fanout_ingest::run(
-                &config.kafka,
-                &config.topics,
-                &config.ingest,
-                metrics,
-                health,
-                shutdown,
-            )
+    let (config, stage_metrics) = (config.clone(), metrics.clone());
+    let stage = spawn_stage("ingest", move |health| async move {
+        let Config {
+            kafka,
+            topics,
+            ingest,
+            ..
+        } = &config;
+        fanout_ingest::run(kafka, topics, ingest, stage_metrics, health, shutdown)
             .await
             .context("ingest")
-        })
-    };
-    let stage = Stage {
-        name: "ingest",
-        task,
-        health: Some(health),
-    };
+    });
     Ok((stage, metrics))
 }
 
@@ -66,29 +69,18 @@ pub fn spawn_router(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Stage, RouterMetrics)> {
     let metrics = RouterMetrics::new(registry).context("registering router metrics")?;
-    let health = StageHealth::new();
-    let task = {
-        let config = config.clone();
-        let metrics = metrics.clone();
-        let health = health.clone();
-        tokio::spawn(async move {
-            fanout_router::run(
-                &config.kafka,
-                &config.topics,
-                &config.router,
-                metrics,
-                health,
-                shutdown,
-            )
+    let (config, stage_metrics) = (config.clone(), metrics.clone());
+    let stage = spawn_stage("router", move |health| async move {
+        let Config {
+            kafka,
+            topics,
+            router,
+            ..
+        } = &config;
+        fanout_router::run(kafka, topics, router, stage_metrics, health, shutdown)
             .await
             .context("router")
-        })
-    };
-    let stage = Stage {
-        name: "router",
-        task,
-        health: Some(health),
-    };
+    });
     Ok((stage, metrics))
 }
 
