@@ -29,9 +29,8 @@ async fn official_actioncable_client_sees_the_count_change() {
     let partner = TestPartner::new("acme");
     let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let producer = cluster.producer();
 
     let url = cable_url(edge.address, &partner.token("jane"));
@@ -64,9 +63,7 @@ async fn official_actioncable_client_sees_the_count_change() {
     // Closing stdin makes the client disconnect and exit cleanly.
     client.finish().await;
 
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
 
 /// How long the client may take to come back by itself. Its connection monitor polls

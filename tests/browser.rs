@@ -137,9 +137,8 @@ async fn official_client_and_realtime_in_headless_chromium_see_the_count_change(
     let partner = TestPartner::new("acme");
     let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
     let config = &cluster.config;
-    let (ingest, _) = start_ingest(config);
-    let (router, _) = start_router(config);
-    let edge = start_edge(config).await;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
     let metrics = &edge.node.metrics;
     let producer = cluster.producer();
 
@@ -210,7 +209,5 @@ async fn official_client_and_realtime_in_headless_chromium_see_the_count_change(
         assert!(events.is_empty(), "unexpected {source} events: {events:?}");
     }
 
-    ingest.stop().await;
-    router.stop().await;
-    edge.running.stop().await;
+    pipeline.stop().await;
 }
