@@ -49,9 +49,7 @@ pub use config::{
 pub use node::Node;
 pub use telemetry::EdgeMetrics;
 
-use crate::auth::Authenticator;
 use crate::feed::{Feed, FeedError};
-use crate::limits::ConnectionLimits;
 use crate::table::CountTable;
 
 /// Why the edge could not start, or stopped.
@@ -104,14 +102,7 @@ impl Edge {
             ready: ready_tx,
             health,
         };
-        let node = Arc::new(Node {
-            table,
-            auth: Authenticator::new(&config, &config.merged_secrets(&file)),
-            limits: ConnectionLimits::new(&config),
-            config,
-            metrics,
-            ready: ready_rx,
-        });
+        let node = Arc::new(Node::new(config, &file, table, metrics, ready_rx));
         Ok(Self {
             node,
             feed,

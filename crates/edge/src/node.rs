@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::auth::{AuthError, Authenticator, Identity};
-use crate::config::EdgeConfig;
+use crate::config::{EdgeConfig, SecretsFile};
 use crate::limits::{ConnectionLimits, Limit, PartnerPlace, origin_allowed};
 use crate::table::CountTable;
 use crate::telemetry::EdgeMetrics;
@@ -41,6 +41,24 @@ pub enum Refused {
 }
 
 impl Node {
+    /// A node for `config`, its partners' secrets those of the config plus `file`'s.
+    pub fn new(
+        config: EdgeConfig,
+        file: &SecretsFile,
+        table: Arc<CountTable>,
+        metrics: EdgeMetrics,
+        ready: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            table,
+            auth: Authenticator::new(&config, &config.merged_secrets(file)),
+            limits: ConnectionLimits::new(&config),
+            config,
+            metrics,
+            ready,
+        }
+    }
+
     /// The partner's origin allow-list (empty: any origin).
     pub fn allowed_origins(&self, partner: &str) -> &[String] {
         self.config

@@ -94,9 +94,7 @@ pub(crate) mod harness {
     use tokio_util::sync::CancellationToken;
 
     use super::{ChannelSocket, Peer};
-    use crate::auth::Authenticator;
     use crate::config::{EdgeConfig, PartnerConfig, SecretConfig, SecretsFile};
-    use crate::limits::ConnectionLimits;
     use crate::node::Node;
     use crate::session::{CloseReason, Credentials, Session};
     use crate::table::{CountTable, CountValue};
@@ -155,14 +153,13 @@ pub(crate) mod harness {
         configure(&mut config);
         let protocol = make(&config);
         let (ready_tx, ready_rx) = watch::channel(ready);
-        let node = Arc::new(Node {
-            table: Arc::new(CountTable::new()),
-            auth: Authenticator::new(&config, &config.merged_secrets(&SecretsFile::new())),
-            limits: ConnectionLimits::new(&config),
-            metrics: EdgeMetrics::new(&prometheus::Registry::new()).unwrap(),
+        let node = Arc::new(Node::new(
             config,
-            ready: ready_rx,
-        });
+            &SecretsFile::new(),
+            Arc::new(CountTable::new()),
+            EdgeMetrics::new(&prometheus::Registry::new()).unwrap(),
+            ready_rx,
+        ));
         let shutdown = CancellationToken::new();
         let session = {
             let node = node.clone();

@@ -232,7 +232,7 @@ where
         self.node.metrics.handshake(Handshake::Accepted);
         // No first frame, and so no count, before the table has caught up: a count read
         // from a table still loading could be older than one the client already shows.
-        let caught_up = Box::pin(caught_up(&self.node.ready, shutdown)).await;
+        let caught_up = Box::pin(table_caught_up(&self.node.ready, shutdown)).await;
         if !caught_up {
             return self.close(CloseReason::ServerRestart).await;
         }
@@ -428,7 +428,7 @@ where
 
 /// Whether the table has caught up; false when `shutdown` comes first, or the feed is
 /// gone (the edge is stopping).
-async fn caught_up(
+async fn table_caught_up(
     ready: &tokio::sync::watch::Receiver<bool>,
     shutdown: &CancellationToken,
 ) -> bool {
