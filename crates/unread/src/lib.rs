@@ -81,11 +81,15 @@
 
 mod range_set;
 mod snapshot;
+mod stream;
 
 use std::collections::BTreeMap;
 
 use range_set::RangeSet;
 pub use snapshot::{ConversationSnapshot, SeqRange, Snapshot, SnapshotError, SnapshotErrorKind};
+pub use stream::{
+    Applied, Input, Position, SeenSnapshot, Stream, StreamLimits, StreamSnapshot, User,
+};
 
 /// What happened to a message or a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -141,6 +145,9 @@ pub struct Outcome {
     /// `true` for a net no-op only when `evicted_ranges > 0`: an early read
     /// whose new settled range was evicted at once leaves the state as it was.
     pub state_changed: bool,
+    /// The op itself changed the state (evictions aside): for a read, it read
+    /// something not already read.
+    pub op_changed: bool,
     /// The user's unread count changed.
     pub count_changed: bool,
     /// How many settled ranges were evicted to respect
@@ -305,6 +312,7 @@ impl UserState {
         let evicted_ranges = self.evict_settled_over(limits.max_settled_ranges);
         Outcome {
             state_changed: op_changed_state || evicted_ranges > 0,
+            op_changed: op_changed_state,
             count_changed: self.unread_count != count_before,
             evicted_ranges,
         }

@@ -46,6 +46,17 @@ impl RangeSet {
         self.ranges.first().copied()
     }
 
+    /// Joins the two lowest ranges into one, filling the gap between them; returns
+    /// whether there were two. The set then holds every seq of the gap too.
+    pub(crate) fn fill_first_gap(&mut self) -> bool {
+        if self.ranges.len() < 2 {
+            return false;
+        }
+        self.ranges[0].last = self.ranges[1].last;
+        self.ranges.remove(1);
+        true
+    }
+
     pub(crate) fn pop_first(&mut self) -> Option<SeqRange> {
         if self.ranges.is_empty() {
             return None;

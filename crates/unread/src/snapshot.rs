@@ -64,7 +64,7 @@ pub struct SnapshotError {
 }
 
 impl SnapshotError {
-    fn new(conversation: &str, kind: SnapshotErrorKind, detail: String) -> Self {
+    pub(crate) fn new(conversation: &str, kind: SnapshotErrorKind, detail: String) -> Self {
         SnapshotError {
             conversation: conversation.to_owned(),
             kind,
@@ -187,7 +187,7 @@ impl UserState {
 }
 
 /// Checks one set's ranges and coalesces adjacent ones.
-fn normalize_ranges(
+pub(crate) fn normalize_ranges(
     conversation: &str,
     set_name: &str,
     read_mark: u64,

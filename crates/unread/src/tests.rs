@@ -71,16 +71,19 @@ fn conversation_snapshot(state: &UserState, id: &str) -> ConversationSnapshot {
 
 const CHANGED_COUNT: Outcome = Outcome {
     state_changed: true,
+    op_changed: true,
     count_changed: true,
     evicted_ranges: 0,
 };
 const CHANGED_STATE_ONLY: Outcome = Outcome {
     state_changed: true,
+    op_changed: true,
     count_changed: false,
     evicted_ranges: 0,
 };
 const NOTHING: Outcome = Outcome {
     state_changed: false,
+    op_changed: false,
     count_changed: false,
     evicted_ranges: 0,
 };
@@ -339,6 +342,7 @@ fn eviction_at_cap_drops_lowest_settled_range() {
         outcome,
         Outcome {
             state_changed: true,
+            op_changed: true,
             count_changed: false,
             evicted_ranges: 1
         }
@@ -647,6 +651,7 @@ fn early_read_evicted_at_once_reports_change_conservatively() {
         outcome,
         Outcome {
             state_changed: true,
+            op_changed: true,
             count_changed: false,
             evicted_ranges: 1
         }
