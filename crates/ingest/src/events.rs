@@ -369,6 +369,10 @@ fn check_fields(event: &v1::MessageEvent, limits: &IngestLimits) -> Result<(), R
             check_recipients(&deleted.recipients, None, limits)
         }
         Some(Event::Notification(notification)) => {
+            // The event id is how a repeated notification is known: required.
+            if event.event_id.is_empty() {
+                return Err(Rejection::MissingField { field: "event_id" });
+            }
             check_event_name(&notification.event)?;
             check_recipients(&notification.recipients, None, limits)
         }
@@ -686,6 +690,12 @@ mod tests {
             assert_eq!(reason(reserved), Some("reserved_event_name"), "{reserved}");
         }
         assert_eq!(reason(""), Some("missing_field"));
+        let mut anonymous = notification("typing", &["bob"]);
+        anonymous.event_id.clear();
+        assert_eq!(
+            validate(anonymous, &limits).unwrap_err().to_string(),
+            Rejection::MissingField { field: "event_id" }.to_string()
+        );
         assert_eq!(
             validate(notification("typing", &[]), &limits)
                 .unwrap_err()
@@ -775,7 +785,7 @@ mod tests {
         };
         let event = |data: &str| {
             format!(
-                r#"{{"partner":"acme","data":{data},"notification":{{"event":"typing","recipients":["bob"]}}}}"#
+                r#"{{"eventId":"n1","partner":"acme","data":{data},"notification":{{"event":"typing","recipients":["bob"]}}}}"#
             )
         };
         assert_eq!(reason(&event(r#"{"text":"hi"}"#)), None);

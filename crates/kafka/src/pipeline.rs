@@ -23,15 +23,23 @@ pub struct Acked {
     pub offset: i64,
 }
 
-type AckFuture = Pin<Box<dyn Future<Output = Result<Acked, KafkaError>> + Send>>;
+type AckFuture<T> = Pin<Box<dyn Future<Output = Result<(Acked, T), KafkaError>> + Send>>;
 
-/// Input records in flight, in input order.
-#[derive(Default)]
-pub struct AckPipeline {
-    in_flight: FuturesOrdered<AckFuture>,
+/// Input records in flight, in input order. Each may carry a `T` to act on once its
+/// outputs are acknowledged (the router writes a user's state only then).
+pub struct AckPipeline<T = ()> {
+    in_flight: FuturesOrdered<AckFuture<T>>,
 }
 
-impl AckPipeline {
+impl<T> Default for AckPipeline<T> {
+    fn default() -> Self {
+        Self {
+            in_flight: FuturesOrdered::new(),
+        }
+    }
+}
+
+impl<T: Send + 'static> AckPipeline<T> {
     pub fn new() -> Self {
         Self::default()
     }
@@ -45,13 +53,14 @@ impl AckPipeline {
     }
 
     /// Tracks an input record at `(topic, partition, offset)` whose outputs are
-    /// `deliveries` (possibly none).
-    pub fn push(
+    /// `deliveries` (possibly none), with `then` to hand back once they are acknowledged.
+    pub fn push_then(
         &mut self,
         topic: &str,
         partition: i32,
         offset: i64,
         deliveries: Vec<DeliveryFuture>,
+        then: T,
     ) {
         let acked = Acked {
             topic: topic.to_owned(),
@@ -66,15 +75,39 @@ impl AckPipeline {
                     Err(_canceled) => return Err(KafkaError::Canceled),
                 }
             }
-            Ok(acked)
+            Ok((acked, then))
         }));
+    }
+
+    /// The next input record whose outputs are all acknowledged, with its `then`, in
+    /// input order; `None` when nothing is in flight. An error means an output was not
+    /// delivered: the stage must not store that offset (it stops, and the record is
+    /// processed again).
+    pub async fn next_then(&mut self) -> Option<Result<(Acked, T), KafkaError>> {
+        self.in_flight.next().await
+    }
+}
+
+impl AckPipeline {
+    /// Tracks an input record at `(topic, partition, offset)` whose outputs are
+    /// `deliveries` (possibly none).
+    pub fn push(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        deliveries: Vec<DeliveryFuture>,
+    ) {
+        self.push_then(topic, partition, offset, deliveries, ());
     }
 
     /// The next input record whose outputs are all acknowledged, in input order; `None`
     /// when nothing is in flight. An error means an output was not delivered: the stage
     /// must not store that offset (it stops, and the record is processed again).
     pub async fn next(&mut self) -> Option<Result<Acked, KafkaError>> {
-        self.in_flight.next().await
+        self.next_then()
+            .await
+            .map(|acked| acked.map(|(acked, ())| acked))
     }
 }
 

@@ -217,6 +217,7 @@ pub struct Topics {
     pub user_events: String,
     pub router_state: String,
     pub unread_counts: String,
+    pub user_streams: String,
     pub dead_letter: String,
 }
 
@@ -227,6 +228,7 @@ impl Default for Topics {
             user_events: "user-events".to_owned(),
             router_state: "router-state".to_owned(),
             unread_counts: "unread-counts".to_owned(),
+            user_streams: "user-streams".to_owned(),
             dead_letter: "dead-letter".to_owned(),
         }
     }
@@ -241,6 +243,7 @@ impl Topics {
             ("user_events", &self.user_events),
             ("router_state", &self.router_state),
             ("unread_counts", &self.unread_counts),
+            ("user_streams", &self.user_streams),
             ("dead_letter", &self.dead_letter),
         ];
         let mut seen = BTreeSet::new();
@@ -276,12 +279,13 @@ impl Topics {
             user_events: format!("{prefix}{}", defaults.user_events),
             router_state: format!("{prefix}{}", defaults.router_state),
             unread_counts: format!("{prefix}{}", defaults.unread_counts),
+            user_streams: format!("{prefix}{}", defaults.user_streams),
             dead_letter: format!("{prefix}{}", defaults.dead_letter),
         }
     }
 
-    /// Each topic with its partition count: user-events, router-state and unread-counts
-    /// must share one so that partition p of each holds the same users.
+    /// Each topic with its partition count: user-events, router-state, unread-counts and
+    /// user-streams must share one so that partition p of each holds the same users.
     pub fn with_partitions(
         &self,
         input_partitions: i32,
@@ -292,6 +296,7 @@ impl Topics {
             (self.user_events.clone(), user_partitions),
             (self.router_state.clone(), user_partitions),
             (self.unread_counts.clone(), user_partitions),
+            (self.user_streams.clone(), user_partitions),
             (self.dead_letter.clone(), 1),
         ]
     }

@@ -40,6 +40,8 @@ pub struct RouterMetrics {
     restored_records: IntCounter,
     users: IntGauge,
     evicted_ranges: IntCounter,
+    streamed: IntCounter,
+    receipts: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
 }
 
@@ -69,6 +71,16 @@ impl RouterMetrics {
             "fanout_router_evicted_ranges_total",
             "Settled seq ranges evicted at the per-user cap",
         )?;
+        let streamed = IntCounter::new(
+            "fanout_router_stream_events_total",
+            "Events delivered to users' streams (written to user-streams)",
+        )?;
+        let receipts = IntCounter::new(
+            "fanout_router_receipts_total",
+            "Read receipts written back to user-events for notify users",
+        )?;
+        registry.register(Box::new(streamed.clone()))?;
+        registry.register(Box::new(receipts.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(restore_seconds.clone()))?;
         registry.register(Box::new(restored_users.clone()))?;
@@ -85,6 +97,8 @@ impl RouterMetrics {
             restored_records,
             users,
             evicted_ranges,
+            streamed,
+            receipts,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
         })
     }
@@ -128,6 +142,14 @@ impl RouterMetrics {
             return;
         }
         self.evicted_ranges.inc_by(ranges as u64);
+    }
+
+    pub(crate) fn streamed(&self) {
+        self.streamed.inc();
+    }
+
+    pub(crate) fn receipt(&self) {
+        self.receipts.inc();
     }
 
     /// The stage's Kafka client metrics (lag, errors).

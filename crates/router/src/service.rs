@@ -6,8 +6,8 @@ use fanout_kafka::{
     AckPipeline, InvalidSetting, KafkaSettings, StageContext, StageHealth, Topics,
     drain_and_commit, enqueue, require_positive, store_offset,
 };
-use fanout_schema::{split_user_key, v1};
-use fanout_unread::Limits;
+use fanout_schema::{split_user_key, user_key, v1};
+use fanout_unread::{Limits, StreamLimits};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EventResult, RouterMetrics};
 use crate::restore::{RestoreError, restore_partitions};
-use crate::state::{UserRecord, op_of};
+use crate::state::{Step, UserRecord, epoch_of, input_of, receipts_of};
 
 /// The router's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +166,7 @@ struct Router<'a> {
     topics: &'a Topics,
     config: &'a RouterConfig,
     limits: Limits,
+    stream_limits: StreamLimits,
     producer: FutureProducer<StageContext>,
     metrics: RouterMetrics,
     health: StageHealth,
@@ -211,6 +212,7 @@ pub async fn run(
         limits: Limits {
             max_settled_ranges: config.max_settled_ranges_per_user,
         },
+        stream_limits: StreamLimits::default(),
         producer,
         metrics,
         health: health.clone(),
@@ -218,7 +220,14 @@ pub async fn run(
             partitions: HashMap::new(),
         },
     };
-    let mut pipeline = AckPipeline::new();
+    // Two stages of acknowledgement: an input's outputs (count, stream event, receipts)
+    // first; only once they are in Kafka is the user's state written, in input order,
+    // and only once that is in Kafka is the input offset stored. A state on record
+    // therefore never covers an event whose stream record could still be lost: a crash
+    // at any point replays the event from an older state, which gives it the same
+    // position and the same content again (edges and receivers skip the repeat).
+    let mut outputs: AckPipeline<Option<StateWrite>> = AckPipeline::new();
+    let mut states = AckPipeline::new();
     // Assignment changes arrive inside the consumer's poll; this tick makes sure an
     // assignment is restored promptly even when no record follows it.
     let mut assignment_tick = tokio::time::interval(Duration::from_millis(100));
@@ -227,21 +236,25 @@ pub async fn run(
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some(acked) = pipeline.next(), if !pipeline.is_empty() => {
+            Some(acked) = states.next(), if !states.is_empty() => {
                 let acked = acked.map_err(RouterError::Delivery)?;
                 health.set_brokers_down(false);
                 store_offset(&consumer, &acked);
             }
+            Some(acked) = outputs.next_then(), if !outputs.is_empty() => {
+                let (acked, state) = acked.map_err(RouterError::Delivery)?;
+                router.write_state(&mut states, acked, state).await?;
+            }
             _ = assignment_tick.tick() => {
                 router.apply_assignment_changes(consumer.context().take()).await?;
             }
-            received = consumer.recv(), if pipeline.len() < config.max_in_flight => {
+            received = consumer.recv(), if outputs.len() + states.len() < config.max_in_flight => {
                 router.apply_assignment_changes(consumer.context().take()).await?;
                 match received {
                     Ok(message) => {
                         health.set_brokers_down(false);
-                        let deliveries = router.handle(&message).await?;
-                        pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
+                        let (deliveries, state) = router.handle(&message).await?;
+                        outputs.push_then(message.topic(), message.partition(), message.offset(), deliveries, state);
                     }
                     Err(error) => {
                         router.metrics.kafka().consumer_error(&error);
@@ -252,14 +265,52 @@ pub async fn run(
         }
     }
 
-    drain_and_commit(&mut pipeline, &consumer)
+    while let Some(acked) = outputs.next_then().await {
+        let (acked, state) = acked.map_err(RouterError::Delivery)?;
+        router.write_state(&mut states, acked, state).await?;
+    }
+    drain_and_commit(&mut states, &consumer)
         .await
         .map_err(RouterError::Delivery)?;
     tracing::info!("router stopped");
     Ok(())
 }
 
+/// A user's state record, to write once the outputs of the event that produced it are
+/// acknowledged.
+struct StateWrite {
+    key: String,
+    payload: Vec<u8>,
+}
+
 impl Router<'_> {
+    /// The second stage of an input whose outputs are acknowledged: its state record,
+    /// unless its partition was revoked meanwhile (the next owner replays the event from
+    /// the state on record, and a late write here could shadow the new owner's).
+    async fn write_state(
+        &self,
+        states: &mut AckPipeline,
+        acked: fanout_kafka::Acked,
+        state: Option<StateWrite>,
+    ) -> Result<(), RouterError> {
+        let mut deliveries = Vec::new();
+        if let Some(state) = state
+            && self.owned.partitions.contains_key(&acked.partition)
+        {
+            deliveries.push(
+                self.send(
+                    &self.topics.router_state,
+                    Some(acked.partition),
+                    &state.key,
+                    &state.payload,
+                )
+                .await?,
+            );
+        }
+        states.push(&acked.topic, acked.partition, acked.offset, deliveries);
+        Ok(())
+    }
+
     async fn apply_assignment_changes(
         &mut self,
         changes: Vec<AssignmentChange>,
@@ -316,162 +367,153 @@ impl Router<'_> {
         Ok(())
     }
 
+    /// Applies one user event: the outputs to send now, and the state to write once
+    /// they are acknowledged.
     async fn handle(
         &mut self,
         message: &BorrowedMessage<'_>,
-    ) -> Result<Vec<DeliveryFuture>, RouterError> {
+    ) -> Result<(Vec<DeliveryFuture>, Option<StateWrite>), RouterError> {
         let partition = message.partition();
         let offset = message.offset();
+        let nothing = || Ok((Vec::new(), None));
         let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
             self.metrics
                 .invalid_event(partition, offset, "key is missing or not UTF-8");
-            return Ok(Vec::new());
+            return nothing();
         };
         let Some((partner, user)) = split_user_key(key) else {
             self.metrics
                 .invalid_event(partition, offset, "key is not partner/user");
-            return Ok(Vec::new());
+            return nothing();
         };
         let Ok(event) = v1::UserEvent::decode(message.payload().unwrap_or_default()) else {
             self.metrics
                 .invalid_event(partition, offset, "value is not a UserEvent");
-            return Ok(Vec::new());
+            return nothing();
         };
-        let op = match op_of(&event) {
-            Ok(Some(op)) => op,
-            // Stream-only kinds (the sender's copy, notifications): no count changes,
-            // and the offset advances like any other's.
-            Ok(None) => {
-                self.metrics.event(EventResult::Unchanged);
-                return Ok(Vec::new());
-            }
-            Err(_) => {
-                self.metrics
-                    .invalid_event(partition, offset, "unknown event kind");
-                return Ok(Vec::new());
-            }
+        let Ok(input) = input_of(&event) else {
+            self.metrics
+                .invalid_event(partition, offset, "unknown event kind");
+            return nothing();
         };
         if !self.owned.partitions.contains_key(&partition) {
             // Not expected (assignment changes are applied before each record), but if
             // a record ever arrives first, restoring now keeps it correct.
             self.restore(vec![partition]).await?;
         }
-        let (output, is_new_user) = {
-            let users = self.owned.partitions.entry(partition).or_default();
-            let is_new_user = !users.contains_key(key);
-            if is_new_user {
-                users.insert(key.to_owned(), UserRecord::new());
+        let users = self.owned.partitions.entry(partition).or_default();
+        let (step, record) = match users.get_mut(key) {
+            Some(record) => {
+                let step = record.apply(&event, input, offset, &self.limits, &self.stream_limits);
+                (step, &*record)
             }
-            let Some(record) = users.get_mut(key) else {
-                return Ok(Vec::new());
-            };
-            (
-                apply(record, &event, op, offset, &self.limits, partner, user),
-                is_new_user,
-            )
+            None => {
+                // A user is kept from the first event that changes it: its epoch then
+                // comes from a record a replay sees again.
+                let timestamp = message
+                    .timestamp()
+                    .to_millis()
+                    .unwrap_or(event.occurred_at_ms);
+                let mut record = UserRecord::new(epoch_of(timestamp, offset));
+                let step = record.apply(&event, input, offset, &self.limits, &self.stream_limits);
+                if !matches!(step, Step::Applied { .. }) {
+                    self.metrics.event(EventResult::Unchanged);
+                    return nothing();
+                }
+                users.insert(key.to_owned(), record);
+                self.metrics.set_users(self.owned.user_count());
+                let Some(record) = self
+                    .owned
+                    .partitions
+                    .get(&partition)
+                    .and_then(|users| users.get(key))
+                else {
+                    return nothing();
+                };
+                (step, record)
+            }
         };
-        if is_new_user {
-            self.metrics.set_users(self.owned.user_count());
-        }
-        match output {
-            Output::Replayed { count } => {
+        match step {
+            Step::Replayed => {
                 self.metrics.event(EventResult::Replayed);
+                let count = record.count_record(partner, user).encode_to_vec();
                 let delivery = self
-                    .send(&self.topics.unread_counts, partition, key, &count)
+                    .send(&self.topics.unread_counts, Some(partition), key, &count)
                     .await?;
-                Ok(vec![delivery])
+                Ok((vec![delivery], None))
             }
-            Output::Unchanged { evicted_ranges } => {
+            Step::Unchanged { evicted_ranges } => {
                 self.metrics.evicted(evicted_ranges);
                 self.metrics.event(EventResult::Unchanged);
-                Ok(Vec::new())
+                nothing()
             }
-            Output::Applied {
-                state,
-                count,
+            Step::Applied {
+                count_changed,
+                delivered,
                 evicted_ranges,
             } => {
                 self.metrics.evicted(evicted_ranges);
                 self.metrics.event(EventResult::Applied);
+                let count =
+                    count_changed.then(|| record.count_record(partner, user).encode_to_vec());
+                let streamed = delivered.map(|position| {
+                    let stream = record
+                        .stream_record(&event, position, partner, user)
+                        .encode_to_vec();
+                    (stream, receipts_of(&event, position))
+                });
+                let state = StateWrite {
+                    key: key.to_owned(),
+                    payload: record.to_proto(partner, user).encode_to_vec(),
+                };
                 let mut deliveries = Vec::with_capacity(2);
                 if let Some(count) = count {
                     deliveries.push(
-                        self.send(&self.topics.unread_counts, partition, key, &count)
+                        self.send(&self.topics.unread_counts, Some(partition), key, &count)
                             .await?,
                     );
                 }
-                deliveries.push(
-                    self.send(&self.topics.router_state, partition, key, &state)
-                        .await?,
-                );
-                Ok(deliveries)
+                if let Some((stream, receipts)) = streamed {
+                    self.metrics.streamed();
+                    deliveries.push(
+                        self.send(&self.topics.user_streams, Some(partition), key, &stream)
+                            .await?,
+                    );
+                    for receipt in receipts {
+                        let receiver = user_key(&receipt.partner, &receipt.user);
+                        self.metrics.receipt();
+                        deliveries.push(
+                            self.send(
+                                &self.topics.user_events,
+                                None,
+                                &receiver,
+                                &receipt.encode_to_vec(),
+                            )
+                            .await?,
+                        );
+                    }
+                }
+                Ok((deliveries, Some(state)))
             }
         }
     }
 
+    /// Hands a record to the producer: to `partition`, or where its key hashes to (as
+    /// ingest's records to user-events do).
     async fn send(
         &self,
         topic: &str,
-        partition: i32,
+        partition: Option<i32>,
         key: &str,
         payload: &[u8],
     ) -> Result<DeliveryFuture, RouterError> {
-        let record = FutureRecord::to(topic)
-            .partition(partition)
-            .key(key)
-            .payload(payload);
+        let mut record = FutureRecord::to(topic).key(key).payload(payload);
+        if let Some(partition) = partition {
+            record = record.partition(partition);
+        }
         enqueue(&self.producer, record)
             .await
             .map_err(RouterError::Client)
-    }
-}
-
-/// What applying one event to a user's record produced, encoded and ready to send.
-enum Output {
-    /// A replay of an event the state already includes: the current count is sent again
-    /// in case its record was lost before the crash that caused the replay.
-    Replayed {
-        count: Vec<u8>,
-    },
-    Unchanged {
-        evicted_ranges: usize,
-    },
-    Applied {
-        state: Vec<u8>,
-        count: Option<Vec<u8>>,
-        evicted_ranges: usize,
-    },
-}
-
-fn apply(
-    record: &mut UserRecord,
-    event: &v1::UserEvent,
-    op: fanout_unread::Op<'_>,
-    offset: i64,
-    limits: &Limits,
-    partner: &str,
-    user: &str,
-) -> Output {
-    if offset <= record.last_offset {
-        return Output::Replayed {
-            count: record.count_record(partner, user).encode_to_vec(),
-        };
-    }
-    let outcome = record.state.apply(op, limits);
-    if !outcome.state_changed {
-        return Output::Unchanged {
-            evicted_ranges: outcome.evicted_ranges,
-        };
-    }
-    record.version += 1;
-    record.last_offset = offset;
-    record.occurred_at_ms = event.occurred_at_ms;
-    Output::Applied {
-        state: record.to_proto(partner, user).encode_to_vec(),
-        count: outcome
-            .count_changed
-            .then(|| record.count_record(partner, user).encode_to_vec()),
-        evicted_ranges: outcome.evicted_ranges,
     }
 }
 

@@ -2,39 +2,92 @@
 
 use fanout_schema::v1::{self, user_event::Kind};
 use fanout_unread::{
-    ConversationSnapshot, Op, OpKind, SeqRange, Snapshot, SnapshotError, UserState,
+    ConversationSnapshot, Input, Limits, Position, SeenSnapshot, SeqRange, Snapshot, SnapshotError,
+    StreamLimits, StreamSnapshot, User,
 };
 
-/// A user's state as the router keeps it: the unread state machine plus the bookkeeping
-/// that makes replays safe.
+/// A user's state as the router keeps it: the unread state and the stream (one state
+/// machine, [`User`]) plus the bookkeeping that makes replays safe.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserRecord {
-    pub state: UserState,
-    /// Grows by one with every change of `state`.
+    pub user: User,
+    /// Grows by one with every change of `user`.
     pub version: u64,
-    /// Offset, in this user's user-events partition, of the last event `state` includes;
+    /// Offset, in this user's user-events partition, of the last event `user` includes;
     /// -1 before any.
     pub last_offset: i64,
-    /// Source time of the last event that changed `state`.
+    /// Source time of the last event that changed `user`.
     pub occurred_at_ms: i64,
 }
 
+/// What applying one user event to a record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The record already includes this event: a replay after a crash or rebalance.
+    Replayed,
+    /// Nothing changed (a duplicate from upstream, a read of what was read).
+    Unchanged { evicted_ranges: usize },
+    /// The record changed: it must be written, with the count if it changed and the
+    /// stream event at `delivered` if the user is to see it.
+    Applied {
+        count_changed: bool,
+        delivered: Option<Position>,
+        evicted_ranges: usize,
+    },
+}
+
 impl UserRecord {
-    pub fn new() -> Self {
+    /// A user first seen now; its stream gets `epoch` (see [`epoch_of`]).
+    pub fn new(epoch: u64) -> Self {
         Self {
+            user: User::new(epoch),
+            version: 0,
             last_offset: -1,
-            ..Self::default()
+            occurred_at_ms: 0,
         }
     }
 
+    /// Applies `event`, found at `offset` of the user's user-events partition.
+    pub fn apply(
+        &mut self,
+        event: &v1::UserEvent,
+        input: Input<'_>,
+        offset: i64,
+        limits: &Limits,
+        stream_limits: &StreamLimits,
+    ) -> Step {
+        if offset <= self.last_offset {
+            return Step::Replayed;
+        }
+        let applied = self.user.apply(input, limits, stream_limits);
+        if !applied.state_changed {
+            return Step::Unchanged {
+                evicted_ranges: applied.counts.evicted_ranges,
+            };
+        }
+        self.version += 1;
+        self.last_offset = offset;
+        self.occurred_at_ms = event.occurred_at_ms;
+        Step::Applied {
+            count_changed: applied.counts.count_changed,
+            delivered: applied.delivered,
+            evicted_ranges: applied.counts.evicted_ranges,
+        }
+    }
+
+    pub fn unread_count(&self) -> u64 {
+        self.user.counts.unread_count()
+    }
+
     pub fn to_proto(&self, partner: &str, user: &str) -> v1::UserState {
-        let snapshot = self.state.snapshot();
+        let snapshot = self.user.counts.snapshot();
+        let stream = self.user.stream.snapshot();
         v1::UserState {
             partner: partner.to_owned(),
             user: user.to_owned(),
             version: self.version,
             last_offset: self.last_offset,
-            unread_count: self.state.unread_count(),
+            unread_count: self.unread_count(),
             occurred_at_ms: self.occurred_at_ms,
             conversations: snapshot
                 .conversations
@@ -46,11 +99,32 @@ impl UserRecord {
                     settled: ranges_to_proto(&conversation.settled),
                 })
                 .collect(),
+            stream_epoch: stream.position.epoch,
+            stream_offset: stream.position.offset,
+            stream_conversations: stream
+                .conversations
+                .into_iter()
+                .map(|seen| v1::StreamConversation {
+                    conversation_id: seen.conversation,
+                    messages: ranges_to_proto(&seen.messages),
+                    deleted: ranges_to_proto(&seen.deleted),
+                })
+                .collect(),
+            stream_notifications: stream.notifications,
+            stream_receipts: stream
+                .receipts
+                .into_iter()
+                .map(|(reader, position)| v1::ReaderPosition {
+                    reader,
+                    epoch: position.epoch,
+                    offset: position.offset,
+                })
+                .collect(),
         }
     }
 
     pub fn from_proto(record: v1::UserState) -> Result<Self, SnapshotError> {
-        let snapshot = Snapshot {
+        let counts = Snapshot {
             conversations: record
                 .conversations
                 .into_iter()
@@ -62,8 +136,37 @@ impl UserRecord {
                 })
                 .collect(),
         };
+        let stream = StreamSnapshot {
+            position: Position {
+                epoch: record.stream_epoch,
+                offset: record.stream_offset,
+            },
+            conversations: record
+                .stream_conversations
+                .into_iter()
+                .map(|seen| SeenSnapshot {
+                    conversation: seen.conversation_id,
+                    messages: ranges_from_proto(&seen.messages),
+                    deleted: ranges_from_proto(&seen.deleted),
+                })
+                .collect(),
+            notifications: record.stream_notifications,
+            receipts: record
+                .stream_receipts
+                .into_iter()
+                .map(|reader| {
+                    (
+                        reader.reader,
+                        Position {
+                            epoch: reader.epoch,
+                            offset: reader.offset,
+                        },
+                    )
+                })
+                .collect(),
+        };
         Ok(Self {
-            state: UserState::restore(snapshot)?,
+            user: User::restore(counts, stream)?,
             version: record.version,
             last_offset: record.last_offset,
             occurred_at_ms: record.occurred_at_ms,
@@ -74,11 +177,105 @@ impl UserRecord {
         v1::UnreadCount {
             partner: partner.to_owned(),
             user: user.to_owned(),
-            count: self.state.unread_count(),
+            count: self.unread_count(),
             version: self.version,
             occurred_at_ms: self.occurred_at_ms,
         }
     }
+
+    /// The stream record of `event`, delivered at `position`.
+    pub fn stream_record(
+        &self,
+        event: &v1::UserEvent,
+        position: Position,
+        partner: &str,
+        user: &str,
+    ) -> v1::StreamEvent {
+        let kind = Kind::try_from(event.kind).unwrap_or(Kind::Unspecified);
+        let reader = match kind {
+            Kind::MessageRead | Kind::ConversationRead => user.to_owned(),
+            Kind::Receipt => event.reader.clone(),
+            _ => String::new(),
+        };
+        v1::StreamEvent {
+            partner: partner.to_owned(),
+            user: user.to_owned(),
+            epoch: position.epoch,
+            offset: position.offset,
+            event: event_name(event).to_owned(),
+            data_json: event.data_json.clone(),
+            conversation_id: event.conversation_id.clone(),
+            seq: event.seq,
+            message_id: event.message_id.clone(),
+            sender: event.sender.clone(),
+            reader,
+            unread_count: self.unread_count(),
+            occurred_at_ms: event.occurred_at_ms,
+            event_id: event.event_id.clone(),
+        }
+    }
+}
+
+/// The name a stream event goes by: fanout's own names, or the partner's for a
+/// notification.
+pub fn event_name(event: &v1::UserEvent) -> &str {
+    let kind = match Kind::try_from(event.kind) {
+        Ok(Kind::Receipt) => Kind::try_from(event.receipt_of).unwrap_or(Kind::Unspecified),
+        Ok(kind) => kind,
+        Err(_) => Kind::Unspecified,
+    };
+    match kind {
+        Kind::Created | Kind::Sent => "message.created",
+        Kind::Deleted => "message.deleted",
+        Kind::MessageRead => "message.read",
+        Kind::ConversationRead => "conversation.read",
+        Kind::Notification => &event.event_name,
+        Kind::Unspecified | Kind::Receipt => "",
+    }
+}
+
+/// The read receipts a delivered read owes its `notify` users: one user event each,
+/// keyed to the notified user, carrying the position the read took for the reader.
+pub fn receipts_of(event: &v1::UserEvent, position: Position) -> Vec<v1::UserEvent> {
+    let is_read = matches!(
+        Kind::try_from(event.kind),
+        Ok(Kind::MessageRead | Kind::ConversationRead)
+    );
+    if !is_read {
+        return Vec::new();
+    }
+    event
+        .notify
+        .iter()
+        .filter(|notified| **notified != event.user)
+        .map(|notified| v1::UserEvent {
+            partner: event.partner.clone(),
+            user: notified.clone(),
+            event_id: event.event_id.clone(),
+            occurred_at_ms: event.occurred_at_ms,
+            kind: Kind::Receipt.into(),
+            conversation_id: event.conversation_id.clone(),
+            seq: event.seq,
+            data_json: event.data_json.clone(),
+            message_id: event.message_id.clone(),
+            reader: event.user.clone(),
+            receipt_of: event.kind,
+            reader_epoch: position.epoch,
+            reader_offset: position.offset,
+            ..v1::UserEvent::default()
+        })
+        .collect()
+}
+
+/// The epoch of a user first seen in the user-events record at `offset` with Kafka
+/// timestamp `timestamp_ms`: the same record always gives the same epoch, so a replay
+/// after a crash continues the same stream, while a user whose state was lost (and who
+/// is seen anew from a later record) gets another. Below 2^53, so JavaScript reads it
+/// exactly.
+pub fn epoch_of(timestamp_ms: i64, offset: i64) -> u64 {
+    let millis = u64::try_from(timestamp_ms).unwrap_or(0);
+    let offset = u64::try_from(offset).unwrap_or(0);
+    millis.saturating_mul(1000).saturating_add(offset % 1000)
 }
 
 fn ranges_to_proto(ranges: &[SeqRange]) -> Vec<v1::SeqRange> {
@@ -105,102 +302,206 @@ fn ranges_from_proto(ranges: &[v1::SeqRange]) -> Vec<SeqRange> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UnknownKind(pub i32);
 
-/// The state-machine operation a user event stands for: `Ok(None)` for the kinds that
-/// never change counts (the sender's own copy of a message, a partner notification:
-/// they are for the user's event stream), an error for a kind this version does not
-/// know.
-pub fn op_of(event: &v1::UserEvent) -> Result<Option<Op<'_>>, UnknownKind> {
+/// The state-machine input a user event stands for; an error for a kind this version
+/// does not know.
+pub fn input_of(event: &v1::UserEvent) -> Result<Input<'_>, UnknownKind> {
     let unknown = UnknownKind(event.kind);
-    let kind = match Kind::try_from(event.kind).map_err(|_| unknown)? {
+    let conversation = event.conversation_id.as_str();
+    let seq = event.seq;
+    Ok(match Kind::try_from(event.kind).map_err(|_| unknown)? {
         Kind::Unspecified => return Err(unknown),
-        Kind::Sent | Kind::Notification => return Ok(None),
-        Kind::Created => OpKind::Created,
-        Kind::MessageRead => OpKind::MessageRead,
-        Kind::ConversationRead => OpKind::ConversationRead,
-        Kind::Deleted => OpKind::Deleted,
-    };
-    Ok(Some(Op {
-        conversation: &event.conversation_id,
-        seq: event.seq,
-        kind,
-    }))
+        Kind::Created => Input::Created { conversation, seq },
+        Kind::Sent => Input::Sent { conversation, seq },
+        Kind::MessageRead => Input::MessageRead { conversation, seq },
+        Kind::ConversationRead => Input::ConversationRead { conversation, seq },
+        Kind::Deleted => Input::Deleted { conversation, seq },
+        Kind::Notification => Input::Notification {
+            id: &event.event_id,
+        },
+        Kind::Receipt => Input::Receipt {
+            reader: &event.reader,
+            position: Position {
+                epoch: event.reader_epoch,
+                offset: event.reader_offset,
+            },
+        },
+    })
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use fanout_unread::Limits;
+
+    fn event(kind: Kind, conversation: &str, seq: u64) -> v1::UserEvent {
+        v1::UserEvent {
+            partner: "acme".into(),
+            user: "bob".into(),
+            event_id: format!("e{seq}"),
+            kind: kind.into(),
+            conversation_id: conversation.into(),
+            seq,
+            ..Default::default()
+        }
+    }
+
+    fn apply(record: &mut UserRecord, event: &v1::UserEvent, offset: i64) -> Step {
+        record.apply(
+            event,
+            input_of(event).unwrap(),
+            offset,
+            &Limits::default(),
+            &StreamLimits::default(),
+        )
+    }
 
     #[test]
     fn record_round_trips_through_the_wire_schema() {
-        let mut record = UserRecord::new();
-        let limits = Limits::default();
-        for (kind, seq) in [
-            (OpKind::Created, 1),
-            (OpKind::Created, 2),
-            (OpKind::Created, 5),
-            (OpKind::MessageRead, 9),
-            (OpKind::ConversationRead, 1),
-        ] {
-            record.state.apply(
-                Op {
-                    conversation: "c1",
-                    seq,
-                    kind,
-                },
-                &limits,
-            );
+        let mut record = UserRecord::new(epoch_of(1_700_000_000_123, 4567));
+        let mut notification = event(Kind::Notification, "", 0);
+        notification.event_id = "n1".into();
+        notification.event_name = "typing.started".into();
+        let mut receipt = event(Kind::Receipt, "c1", 2);
+        receipt.reader = "ann".into();
+        receipt.receipt_of = Kind::MessageRead.into();
+        receipt.reader_epoch = 3;
+        receipt.reader_offset = 9;
+        let events = [
+            event(Kind::Created, "c1", 1),
+            event(Kind::Created, "c1", 2),
+            event(Kind::Created, "c1", 5),
+            event(Kind::Sent, "c2", 3),
+            event(Kind::MessageRead, "c1", 9),
+            event(Kind::ConversationRead, "c1", 1),
+            event(Kind::Deleted, "c1", 7),
+            notification,
+            receipt,
+        ];
+        for (offset, event) in events.iter().enumerate() {
+            apply(&mut record, event, offset as i64);
         }
-        record.version = 5;
-        record.last_offset = 41;
         record.occurred_at_ms = 77;
         let proto = record.to_proto("acme", "bob");
         assert_eq!(proto.unread_count, 2);
+        assert_eq!(proto.stream_epoch, 1_700_000_000_123_567);
+        assert_eq!(proto.stream_offset, 9);
         let back = UserRecord::from_proto(proto).unwrap();
         assert_eq!(back, record);
         let count = back.count_record("acme", "bob");
         assert_eq!(
             (count.count, count.version, count.occurred_at_ms),
-            (2, 5, 77)
+            (2, 9, 77)
         );
     }
 
     #[test]
-    fn unknown_kinds_are_not_operations() {
+    fn deliveries_take_consecutive_positions_and_replays_take_none() {
+        let mut record = UserRecord::new(5);
+        let created = event(Kind::Created, "c1", 1);
+        assert_eq!(
+            apply(&mut record, &created, 10),
+            Step::Applied {
+                count_changed: true,
+                delivered: Some(Position {
+                    epoch: 5,
+                    offset: 1
+                }),
+                evicted_ranges: 0
+            }
+        );
+        // The same record again (a router replay), then the same event at a new offset
+        // (an ingest replay): neither delivers.
+        assert_eq!(apply(&mut record, &created, 10), Step::Replayed);
+        assert_eq!(
+            apply(&mut record, &created, 11),
+            Step::Unchanged { evicted_ranges: 0 }
+        );
+        let read = event(Kind::ConversationRead, "c1", 1);
+        let Step::Applied { delivered, .. } = apply(&mut record, &read, 12) else {
+            panic!("the read applies");
+        };
+        assert_eq!(delivered.map(|p| p.offset), Some(2));
+        assert_eq!(
+            record
+                .stream_record(
+                    &read,
+                    Position {
+                        epoch: 5,
+                        offset: 2
+                    },
+                    "acme",
+                    "bob"
+                )
+                .reader,
+            "bob"
+        );
+    }
+
+    #[test]
+    fn a_delivered_read_owes_each_notify_user_a_receipt_but_the_reader_none() {
+        let mut read = event(Kind::MessageRead, "c1", 4);
+        read.notify = vec!["ann".into(), "bob".into(), "cy".into()];
+        read.data_json = r#"{"by":"bob"}"#.into();
+        let position = Position {
+            epoch: 8,
+            offset: 3,
+        };
+        let receipts = receipts_of(&read, position);
+        let users: Vec<&str> = receipts.iter().map(|r| r.user.as_str()).collect();
+        assert_eq!(users, ["ann", "cy"]);
+        let receipt = &receipts[0];
+        assert_eq!(receipt.kind, i32::from(Kind::Receipt));
+        assert_eq!(receipt.receipt_of, i32::from(Kind::MessageRead));
+        assert_eq!(
+            (
+                receipt.reader.as_str(),
+                receipt.reader_epoch,
+                receipt.reader_offset
+            ),
+            ("bob", 8, 3)
+        );
+        assert_eq!(receipt.data_json, read.data_json);
+        assert_eq!(event_name(receipt), "message.read");
+        assert!(receipts_of(&event(Kind::Created, "c1", 4), position).is_empty());
+    }
+
+    #[test]
+    fn unknown_kinds_are_not_inputs() {
         let event = v1::UserEvent {
             kind: 99,
             ..Default::default()
         };
-        assert_eq!(op_of(&event), Err(UnknownKind(99)));
+        assert_eq!(input_of(&event), Err(UnknownKind(99)));
         let unspecified = v1::UserEvent::default();
-        assert_eq!(op_of(&unspecified), Err(UnknownKind(0)));
+        assert_eq!(input_of(&unspecified), Err(UnknownKind(0)));
     }
 
     #[test]
-    fn sent_copies_and_notifications_change_no_count() {
-        for kind in [Kind::Sent, Kind::Notification] {
-            let event = v1::UserEvent {
-                kind: kind.into(),
-                conversation_id: "c1".into(),
-                seq: 3,
-                ..Default::default()
-            };
-            assert_eq!(op_of(&event), Ok(None), "{kind:?}");
+    fn event_names() {
+        for (kind, name) in [
+            (Kind::Created, "message.created"),
+            (Kind::Sent, "message.created"),
+            (Kind::Deleted, "message.deleted"),
+            (Kind::MessageRead, "message.read"),
+            (Kind::ConversationRead, "conversation.read"),
+        ] {
+            assert_eq!(event_name(&event(kind, "c1", 1)), name);
         }
-        let created = v1::UserEvent {
-            kind: Kind::Created.into(),
-            conversation_id: "c1".into(),
-            seq: 3,
-            ..Default::default()
-        };
+        let mut notification = event(Kind::Notification, "", 0);
+        notification.event_name = "typing.started".into();
+        assert_eq!(event_name(&notification), "typing.started");
+    }
+
+    #[test]
+    fn epochs_are_the_same_for_the_same_record_and_fit_javascript() {
         assert_eq!(
-            op_of(&created),
-            Ok(Some(Op {
-                conversation: "c1",
-                seq: 3,
-                kind: OpKind::Created
-            }))
+            epoch_of(1_700_000_000_000, 42),
+            epoch_of(1_700_000_000_000, 42)
         );
+        assert_ne!(
+            epoch_of(1_700_000_000_000, 42),
+            epoch_of(1_700_000_000_001, 42)
+        );
+        assert!(epoch_of(4_102_444_800_000, 999_999) < 1 << 53);
     }
 }
