@@ -102,7 +102,7 @@ pub fn spawn_edge(
     let edge = Edge::new(
         config.edge.clone(),
         config.kafka.clone(),
-        config.topics.unread_counts.clone(),
+        &config.topics,
         listener,
         registry,
         health.clone(),

@@ -196,7 +196,38 @@ impl Authenticator {
         partner: Option<&str>,
         token: Option<&str>,
     ) -> Result<Identity, AuthError> {
-        self.authenticate_at(partner, token, fanout_schema::unix_millis() / 1000)
+        self.authenticate_at(
+            partner,
+            token,
+            fanout_schema::unix_millis() / 1000,
+            Use::Once,
+        )
+    }
+
+    /// Verifies a stream subscription's token (a RoomChannel `pubsub_token`) for
+    /// `partner`, or, without one, for the partner its `partner` claim names. Unlike
+    /// [`Authenticator::authenticate`] it does not spend the token: as Chatwoot's
+    /// pubsub_token, it is presented again on every reconnect (the official client
+    /// resubscribes with the same identifier), until it expires.
+    pub fn authenticate_subscription(
+        &self,
+        partner: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        let claimed;
+        let partner = match partner.filter(|code| !code.is_empty()) {
+            Some(partner) => Some(partner),
+            None => {
+                claimed = token.and_then(claimed_partner);
+                claimed.as_deref()
+            }
+        };
+        self.authenticate_at(
+            partner,
+            token,
+            fanout_schema::unix_millis() / 1000,
+            Use::Again,
+        )
     }
 
     fn authenticate_at(
@@ -204,6 +235,7 @@ impl Authenticator {
         partner: Option<&str>,
         token: Option<&str>,
         now: i64,
+        usage: Use,
     ) -> Result<Identity, AuthError> {
         let partner = partner
             .filter(|code| !code.is_empty())
@@ -240,7 +272,7 @@ impl Authenticator {
         let mut last_error = AuthError::InvalidSignature;
         for key in candidates {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => return self.accept(partner, data.claims, now),
+                Ok(data) => return self.accept(partner, data.claims, now, usage),
                 Err(error) => {
                     last_error = map_error(error.kind());
                     // Any error but a bad signature is a property of the token itself,
@@ -255,7 +287,13 @@ impl Authenticator {
     }
 
     /// The checks on a token whose signature, `exp` and `nbf` verified.
-    fn accept(&self, partner: &str, claims: Claims, now: i64) -> Result<Identity, AuthError> {
+    fn accept(
+        &self,
+        partner: &str,
+        claims: Claims,
+        now: i64,
+        usage: Use,
+    ) -> Result<Identity, AuthError> {
         let user = bounded_string(claims.unique_id, MAX_USER_ID_BYTES)?;
         let jti = bounded_string(claims.jti, MAX_JTI_BYTES)?;
         let iat = claims
@@ -284,6 +322,12 @@ impl Authenticator {
             Some(Value::String(_)) => return Err(AuthError::PartnerMismatch),
             Some(_) => return Err(AuthError::InvalidClaims),
         }
+        if usage == Use::Again {
+            return Ok(Identity {
+                partner: partner.to_owned(),
+                user,
+            });
+        }
         // Remembered until the token can no longer pass `exp`, leeway included.
         let forget_at = exp.saturating_add(self.leeway_seconds);
         self.replay
@@ -305,6 +349,30 @@ fn bounded_string(claim: Option<Value>, max_bytes: usize) -> Result<String, Auth
         Some(Value::String(text)) if !text.is_empty() && text.len() <= max_bytes => Ok(text),
         _ => Err(AuthError::InvalidClaims),
     }
+}
+
+/// Whether verifying a token spends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Use {
+    /// A connection's token: refused if presented again on this node.
+    Once,
+    /// A subscription's token: presented again on every reconnect.
+    Again,
+}
+
+/// The `partner` claim of a token, read before verification only to pick the keys to
+/// verify it with (verification then checks the claim against that partner).
+fn claimed_partner(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct RawClaims {
+        partner: Option<String>,
+    }
+    let encoded = token.split('.').nth(1)?;
+    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded)
+        .ok()?;
+    serde_json::from_slice::<RawClaims>(&decoded).ok()?.partner
 }
 
 /// The `alg` of a token's header, read without trusting anything else in it.

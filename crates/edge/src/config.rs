@@ -40,6 +40,11 @@ pub struct EdgeConfig {
     /// ActionCable subscriptions one connection may hold; one more is rejected
     /// (`reject_subscription`).
     pub max_subscriptions_per_connection: usize,
+    /// Stream events waiting to be written to one connection; a client that falls
+    /// further behind has its stream subscription ended (`events_ended` on `/realtime`,
+    /// a RoomChannel `stream_overflow` message on `/cable`) and subscribes again. Counts
+    /// are not queued: they coalesce.
+    pub max_stream_queue: usize,
     /// Commands (ActionCable) or requests (`/realtime`) one connection may send per
     /// second, in bursts of up to as many; more close the connection (4429, and
     /// ActionCable's `invalid_request` disconnect first).
@@ -71,6 +76,7 @@ impl Default for EdgeConfig {
             max_token_lifetime_seconds: 86_400,
             jti_cache_capacity: 1_000_000,
             max_subscriptions_per_connection: 10,
+            max_stream_queue: 256,
             max_commands_per_second: 50,
             max_connections: 100_000,
             secrets_file: None,
@@ -217,6 +223,7 @@ impl EdgeConfig {
                 "max_subscriptions_per_connection",
                 self.max_subscriptions_per_connection as u64,
             ),
+            ("max_stream_queue", self.max_stream_queue as u64),
             (
                 "max_commands_per_second",
                 u64::from(self.max_commands_per_second),

@@ -1,5 +1,6 @@
 //! Feeds the count table from unread-counts: every partition (or the configured
-//! subset) by `assign`, from the beginning, outside any consumer group.
+//! subset) by `assign`, from the beginning, outside any consumer group; and the stream
+//! hub from user-streams, the same partitions, from their end (live events only).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,8 +15,9 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::streams::{StreamFrame, StreamHub};
 use crate::table::{CountTable, CountValue};
-use crate::telemetry::{CountRecord, EdgeMetrics};
+use crate::telemetry::{CountRecord, EdgeMetrics, StreamRecord};
 
 /// Low and high-water mark of each partition.
 type Watermarks = HashMap<i32, (i64, i64)>;
@@ -33,6 +35,9 @@ pub struct Feed {
     pub kafka: KafkaSettings,
     /// The unread-counts topic.
     pub topic: String,
+    /// The user-streams topic.
+    pub streams_topic: String,
+    pub streams: Arc<StreamHub>,
     /// Partitions to read; empty means all.
     pub partitions: Vec<i32>,
     pub table: Arc<CountTable>,
@@ -48,6 +53,8 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     let Feed {
         kafka,
         topic,
+        streams_topic,
+        streams,
         partitions,
         table,
         metrics,
@@ -70,6 +77,10 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     for partition in targets.keys() {
         assignment
             .add_partition_offset(topic, *partition, Offset::Beginning)
+            .map_err(FeedError::Client)?;
+        // user-streams has the same partitions as unread-counts.
+        assignment
+            .add_partition_offset(&streams_topic, *partition, Offset::End)
             .map_err(FeedError::Client)?;
     }
     consumer.assign(&assignment).map_err(FeedError::Client)?;
@@ -100,6 +111,10 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
                 continue;
             }
         };
+        if message.topic() == streams_topic {
+            publish(&streams, &message, &metrics);
+            continue;
+        }
         apply(&table, &message, &metrics);
         if !behind.is_empty() {
             let partition = message.partition();
@@ -144,6 +159,65 @@ fn apply(
     } else {
         metrics.count_record(CountRecord::Stale);
     }
+}
+
+/// Hands a user-streams record to the sessions subscribed to its user: rendered once,
+/// and only if someone is.
+fn publish(
+    streams: &StreamHub,
+    message: &rdkafka::message::BorrowedMessage<'_>,
+    metrics: &EdgeMetrics,
+) {
+    let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+        metrics.stream_record(StreamRecord::Invalid);
+        return;
+    };
+    if !streams.is_subscribed(key) {
+        metrics.stream_record(StreamRecord::Unwatched);
+        return;
+    }
+    let Some(frame) = v1::StreamEvent::decode(message.payload().unwrap_or_default())
+        .ok()
+        .and_then(|record| render(&record))
+    else {
+        metrics.stream_record(StreamRecord::Invalid);
+        return;
+    };
+    let published = streams.publish(key, frame);
+    metrics.stream_record(if published.repeated {
+        StreamRecord::Repeated
+    } else {
+        StreamRecord::Delivered
+    });
+}
+
+/// A stream record's frame body; `None` when its data is not a JSON object (the router
+/// never writes one, so the record is not fanout's).
+fn render(record: &v1::StreamEvent) -> Option<StreamFrame> {
+    if !record.data_json.is_empty() {
+        let data: &serde_json::value::RawValue = serde_json::from_str(&record.data_json).ok()?;
+        if !data.get().starts_with('{') {
+            return None;
+        }
+    }
+    let body = fanout_protocol::stream::event_body(&fanout_protocol::stream::EventFields {
+        event: &record.event,
+        data_json: &record.data_json,
+        conversation_id: &record.conversation_id,
+        seq: record.seq,
+        message_id: &record.message_id,
+        sender: &record.sender,
+        reader: &record.reader,
+        unread_count: record.unread_count,
+        epoch: record.epoch,
+        offset: record.offset,
+    });
+    Some(StreamFrame {
+        epoch: record.epoch,
+        offset: record.offset,
+        body: body.into_boxed_str(),
+        source_time: (record.occurred_at_ms > 0).then_some(record.occurred_at_ms),
+    })
 }
 
 /// The partitions to read and each one's low and high-water marks now. Retries until the topic

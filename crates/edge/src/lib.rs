@@ -1,6 +1,6 @@
 //! fanout's edge: an in-memory table of unread counts fed from the unread-counts topic,
 //! and WebSocket sessions that get the current count on subscribe and every change
-//! after it. [`Edge`] is the stage: built from its config, run under a cancellation
+//! after it, and each user's event stream from user-streams. [`Edge`] is the stage: built from its config, run under a cancellation
 //! token, as ingest and the router are.
 //!
 //! - [`node`]: the node's shared state, and the one admission check.
@@ -10,7 +10,10 @@
 //! - [`server`]: the accept loop and the WebSocket handshake.
 //! - [`table`]: the count table; a count is state, so each subscriber sees only the
 //!   newest value (a slow client costs one pending count, never a queue).
-//! - [`feed`]: reads unread-counts by `assign` (no group) and reports when caught up.
+//! - [`streams`]: the stream hub: users' events, rendered once, queued (bounded) for
+//!   each subscribed session.
+//! - [`feed`]: reads unread-counts by `assign` (no group) and reports when caught up;
+//!   reads user-streams into the stream hub.
 //! - [`auth`]: HS256 JWT verification against per-partner secrets; [`replay`]: each
 //!   token id accepted once per node until it expires; `secrets`: hot reload of the
 //!   partner secrets file.
@@ -29,6 +32,7 @@ pub mod replay;
 mod secrets;
 pub mod server;
 pub mod session;
+pub mod streams;
 pub mod table;
 pub mod telemetry;
 #[cfg(test)]
@@ -65,7 +69,8 @@ pub enum EdgeError {
     Feed(#[from] FeedError),
 }
 
-/// The edge stage: a node's count table and its feed from unread-counts, and the
+/// The edge stage: a node's count table and stream hub, their feed from unread-counts
+/// and user-streams, and the
 /// WebSocket server on a listener the caller bound.
 pub struct Edge {
     node: Arc<Node>,
@@ -80,7 +85,7 @@ impl Edge {
     pub fn new(
         config: EdgeConfig,
         kafka: KafkaSettings,
-        unread_counts_topic: String,
+        topics: &fanout_kafka::Topics,
         listener: TcpListener,
         registry: &prometheus::Registry,
         health: StageHealth,
@@ -93,16 +98,25 @@ impl Edge {
         let address = listener.local_addr().map_err(EdgeError::Listener)?;
         let table = Arc::new(CountTable::new());
         let (ready_tx, ready_rx) = watch::channel(false);
+        let partitions = config.partitions.clone();
+        let node = Arc::new(Node::new(
+            config,
+            &file,
+            table.clone(),
+            metrics.clone(),
+            ready_rx,
+        ));
         let feed = Feed {
             kafka,
-            topic: unread_counts_topic,
-            partitions: config.partitions.clone(),
-            table: table.clone(),
-            metrics: metrics.clone(),
+            topic: topics.unread_counts.clone(),
+            streams_topic: topics.user_streams.clone(),
+            streams: node.streams.clone(),
+            partitions,
+            table,
+            metrics,
             ready: ready_tx,
             health,
         };
-        let node = Arc::new(Node::new(config, &file, table, metrics, ready_rx));
         Ok(Self {
             node,
             feed,

@@ -8,12 +8,15 @@ use tokio::sync::watch;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::{EdgeConfig, SecretsFile};
 use crate::limits::{ConnectionLimits, Limit, PartnerPlace, origin_allowed};
+use crate::streams::StreamHub;
 use crate::table::CountTable;
 use crate::telemetry::EdgeMetrics;
 
 /// Everything a connection needs, shared by all of them.
 pub struct Node {
     pub table: Arc<CountTable>,
+    /// The sessions subscribed to users' event streams.
+    pub streams: Arc<StreamHub>,
     pub auth: Authenticator,
     pub config: EdgeConfig,
     pub metrics: EdgeMetrics,
@@ -29,6 +32,14 @@ pub struct Admitted {
     _place: PartnerPlace,
 }
 
+/// What a connection that authenticated by subscribing (a RoomChannel `pubsub_token`)
+/// holds for the subscription's life: the user, and the connection's place under its
+/// partner's limit unless the connection already had one.
+pub struct Subscribed {
+    pub identity: Identity,
+    _place: Option<PartnerPlace>,
+}
+
 /// Why [`Node::admit`] refused a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -37,6 +48,15 @@ pub enum Refused {
     /// The page's origin is not on the allow-list of the partner the token named.
     Origin,
     /// The partner is at its connection limit on this node.
+    PartnerFull,
+}
+
+/// Why [`Node::admit_subscription`] refused a stream subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriptionRefused {
+    Token,
+    PartnerMismatch,
+    Origin,
     PartnerFull,
 }
 
@@ -51,6 +71,7 @@ impl Node {
     ) -> Self {
         Self {
             table,
+            streams: Arc::new(StreamHub::new(config.max_stream_queue)),
             auth: Authenticator::new(&config, &config.merged_secrets(file)),
             limits: ConnectionLimits::new(&config),
             config,
@@ -66,6 +87,54 @@ impl Node {
             .get(partner)
             .map(|partner| partner.allowed_origins.as_slice())
             .unwrap_or_default()
+    }
+
+    /// The check of a stream subscription's own token (RoomChannel's `pubsub_token`),
+    /// for a connection admitted as `connection` (`None`: it authenticated nothing
+    /// yet). The token is verified for the connection's partner, else for the one
+    /// `partner` or its claim names; it is not spent (it is presented again on every
+    /// reconnect). A connection without a partner place takes one now.
+    pub fn admit_subscription(
+        &self,
+        connection: Option<&Identity>,
+        partner: Option<&str>,
+        token: &str,
+        origin: Option<&str>,
+    ) -> Result<Subscribed, SubscriptionRefused> {
+        let partner = connection
+            .map(|identity| identity.partner.as_str())
+            .or(partner);
+        let identity = self
+            .auth
+            .authenticate_subscription(partner, Some(token))
+            .map_err(|error| {
+                self.metrics.auth_failed(partner.is_some(), error);
+                match error {
+                    AuthError::PartnerMismatch => SubscriptionRefused::PartnerMismatch,
+                    _ => SubscriptionRefused::Token,
+                }
+            })?;
+        if connection.is_some() {
+            return Ok(Subscribed {
+                identity,
+                _place: None,
+            });
+        }
+        if !origin_allowed(self.allowed_origins(&identity.partner), origin) {
+            self.metrics.limited(Limit::Origin);
+            return Err(SubscriptionRefused::Origin);
+        }
+        let place = self
+            .limits
+            .partner_place(&identity.partner)
+            .map_err(|limit| {
+                self.metrics.limited(limit);
+                SubscriptionRefused::PartnerFull
+            })?;
+        Ok(Subscribed {
+            identity,
+            _place: Some(place),
+        })
     }
 
     /// The one admission check of every protocol: the token (spent either way), then

@@ -99,6 +99,74 @@ impl CountRecord {
     }
 }
 
+/// What became of a user-streams record: the `result` label of
+/// `fanout_edge_stream_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamRecord {
+    /// Queued for the user's subscribed sessions.
+    Delivered,
+    /// No session of this node is subscribed to the user: not even rendered.
+    Unwatched,
+    /// At or before the position already delivered (a router's replay): skipped.
+    Repeated,
+    /// No key, a value that does not decode, or data that is not a JSON object.
+    Invalid,
+}
+
+impl StreamRecord {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Unwatched => "unwatched",
+            Self::Repeated => "repeated",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// How a stream subscription request ended: the `result` label of
+/// `fanout_edge_stream_subscriptions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamSubscribe {
+    Accepted,
+    /// The subscription's token was refused (its reason is in
+    /// `fanout_edge_auth_failures_total`).
+    Unauthorized,
+    /// The token's partner is not the connection's.
+    PartnerMismatch,
+    /// The page's origin is not on the partner's allow-list.
+    OriginNotAllowed,
+    /// The partner is at its connection limit (a connection that authenticated only by
+    /// subscribing takes its place then).
+    ConnectionLimit,
+    /// The connection already holds a stream subscription.
+    AlreadySubscribed,
+    /// No token, on a connection that authenticated none.
+    NoIdentity,
+}
+
+impl StreamSubscribe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Unauthorized => "unauthorized",
+            Self::PartnerMismatch => "partner_mismatch",
+            Self::OriginNotAllowed => "origin_not_allowed",
+            Self::ConnectionLimit => "connection_limit",
+            Self::AlreadySubscribed => "already_subscribed",
+            Self::NoIdentity => "no_identity",
+        }
+    }
+}
+
+/// Source event time to now, when the source time is known.
+fn observe_latency(histogram: &Histogram, source_time: Option<i64>) {
+    if let Some(occurred_at_ms) = source_time {
+        let latency_ms = (fanout_schema::unix_millis() - occurred_at_ms).max(0);
+        histogram.observe(latency_ms as f64 / 1000.0);
+    }
+}
+
 /// One open session in `fanout_edge_connections`, until dropped.
 pub(crate) struct OpenConnection(IntGauge);
 
@@ -123,6 +191,11 @@ pub struct EdgeMetrics {
     count_records: IntCounterVec,
     table_keys: IntGauge,
     delivery_seconds: Histogram,
+    stream_records: IntCounterVec,
+    stream_subscriptions: IntCounterVec,
+    stream_pushes: IntCounter,
+    stream_overflows: IntCounter,
+    stream_delivery_seconds: Histogram,
     kafka: fanout_kafka::KafkaClientMetrics,
 }
 
@@ -207,6 +280,42 @@ impl EdgeMetrics {
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
             ]),
         )?;
+        let stream_records = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_stream_records_total",
+                "user-streams records read, by result",
+            ),
+            &["result"],
+        )?;
+        let stream_subscriptions = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_stream_subscriptions_total",
+                "Stream subscription requests (RoomChannel, subscribe_events), by result",
+            ),
+            &["result"],
+        )?;
+        let stream_pushes = IntCounter::new(
+            "fanout_edge_stream_pushes_total",
+            "Stream event frames written to clients",
+        )?;
+        let stream_overflows = IntCounter::new(
+            "fanout_edge_stream_overflows_total",
+            "Stream subscriptions ended because the client fell max_stream_queue events behind",
+        )?;
+        let stream_delivery_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "fanout_edge_stream_delivery_latency_seconds",
+                "Source event time to the stream event frame's socket write",
+            )
+            .buckets(vec![
+                0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+            ]),
+        )?;
+        registry.register(Box::new(stream_records.clone()))?;
+        registry.register(Box::new(stream_subscriptions.clone()))?;
+        registry.register(Box::new(stream_pushes.clone()))?;
+        registry.register(Box::new(stream_overflows.clone()))?;
+        registry.register(Box::new(stream_delivery_seconds.clone()))?;
         registry.register(Box::new(connections.clone()))?;
         registry.register(Box::new(handshakes.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
@@ -232,6 +341,11 @@ impl EdgeMetrics {
             count_records,
             table_keys,
             delivery_seconds,
+            stream_records,
+            stream_subscriptions,
+            stream_pushes,
+            stream_overflows,
+            stream_delivery_seconds,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "edge", "unread-counts")?,
         })
     }
@@ -266,10 +380,7 @@ impl EdgeMetrics {
     /// answers with the current state.
     pub(crate) fn pushed(&self, source_time: Option<i64>) {
         self.pushes.inc();
-        if let Some(occurred_at_ms) = source_time {
-            let latency_ms = (fanout_schema::unix_millis() - occurred_at_ms).max(0);
-            self.delivery_seconds.observe(latency_ms as f64 / 1000.0);
-        }
+        observe_latency(&self.delivery_seconds, source_time);
     }
 
     /// `skipped` count changes were replaced by a newer one before this write.
@@ -334,6 +445,45 @@ impl EdgeMetrics {
         self.count_records
             .with_label_values(&[result.as_str()])
             .inc();
+    }
+
+    pub(crate) fn stream_record(&self, result: StreamRecord) {
+        self.stream_records
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub(crate) fn stream_subscribe(&self, result: StreamSubscribe) {
+        if result != StreamSubscribe::Accepted {
+            tracing::debug!(result = result.as_str(), "stream subscription refused");
+        }
+        self.stream_subscriptions
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    /// One stream event frame written to a client.
+    pub(crate) fn stream_pushed(&self, source_time: Option<i64>) {
+        self.stream_pushes.inc();
+        observe_latency(&self.stream_delivery_seconds, source_time);
+    }
+
+    /// A stream subscription ended because its queue was full.
+    pub(crate) fn stream_overflowed(&self) {
+        tracing::debug!("stream subscription ended: the client fell too far behind");
+        self.stream_overflows.inc();
+    }
+
+    pub fn stream_push_count(&self) -> u64 {
+        self.stream_pushes.get()
+    }
+
+    pub fn stream_overflow_count(&self) -> u64 {
+        self.stream_overflows.get()
+    }
+
+    pub fn stream_subscription_count(&self, result: &str) -> u64 {
+        self.stream_subscriptions.with_label_values(&[result]).get()
     }
 
     pub(crate) fn set_table_keys(&self, keys: usize) {

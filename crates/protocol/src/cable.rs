@@ -71,6 +71,18 @@ fn subscription_reply(identifier: &str, reply_type: &str) -> String {
     frame
 }
 
+/// `{"identifier":..,"message":BODY}`: a stream event (an [`crate::stream::event_body`])
+/// as a channel message, as Chatwoot's RoomChannel broadcasts.
+pub fn stream_message(identifier: &str, body: &str) -> String {
+    let mut frame = String::with_capacity(identifier.len() + body.len() + 40);
+    frame.push_str(r#"{"identifier":"#);
+    push_string(&mut frame, identifier);
+    frame.push_str(r#","message":"#);
+    frame.push_str(body);
+    frame.push('}');
+    frame
+}
+
 /// `{"identifier":..,"message":{"type":"unread_count","count":N}}`, a channel message.
 pub fn unread_count(identifier: &str, count: u64) -> String {
     let mut frame = String::with_capacity(identifier.len() + 64);
@@ -180,6 +192,11 @@ pub fn decode_command(frame: &[u8]) -> Result<Command, CommandError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChannelIdentifier {
     pub channel: String,
+    /// RoomChannel's token, as Chatwoot's widget sends it.
+    pub pubsub_token: Option<String>,
+    /// The partner, for a connection that named none in its query (else the token's
+    /// `partner` claim names it).
+    pub partner: Option<String>,
 }
 
 /// Parses an identifier string (itself JSON, e.g. `{"channel":"PartnerChannel"}`).
@@ -188,11 +205,15 @@ pub fn parse_identifier(identifier: &str) -> Option<ChannelIdentifier> {
     #[derive(Deserialize)]
     struct Identifier {
         channel: String,
+        pubsub_token: Option<String>,
+        partner: Option<String>,
     }
     serde_json::from_str::<Identifier>(identifier)
         .ok()
         .map(|parsed| ChannelIdentifier {
             channel: parsed.channel,
+            pubsub_token: parsed.pubsub_token,
+            partner: parsed.partner,
         })
 }
 

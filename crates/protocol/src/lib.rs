@@ -5,8 +5,10 @@
 //!   as Rails sends it.
 //! - [`realtime`]: the JSON "RealTime API" (`/realtime`), authenticated in band.
 //! - [`close`]: the WebSocket close codes both protocols use.
+//! - [`stream`]: the body of a stream event, shared by both protocols' frames.
 
 pub mod cable;
 pub mod close;
 mod json;
 pub mod realtime;
+pub mod stream;

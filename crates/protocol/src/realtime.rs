@@ -58,14 +58,17 @@ pub enum ClientFrame {
     GetUnreadCount { id: Option<RequestId> },
     /// `{"type":"ping"}`.
     Ping { id: Option<RequestId> },
+    /// `{"type":"subscribe_events"}`: the user's event stream from now on.
+    SubscribeEvents { id: Option<RequestId> },
 }
 
 impl ClientFrame {
     pub fn id(&self) -> Option<&RequestId> {
         match self {
-            Self::AuthRequest { id, .. } | Self::GetUnreadCount { id } | Self::Ping { id } => {
-                id.as_ref()
-            }
+            Self::AuthRequest { id, .. }
+            | Self::GetUnreadCount { id }
+            | Self::Ping { id }
+            | Self::SubscribeEvents { id } => id.as_ref(),
         }
     }
 }
@@ -133,6 +136,8 @@ pub enum ErrorCode {
     Malformed,
     /// A `type` fanout does not know.
     UnknownType,
+    /// A `subscribe_events` on a connection whose events are already subscribed.
+    AlreadySubscribed,
 }
 
 impl ErrorCode {
@@ -142,6 +147,7 @@ impl ErrorCode {
             Self::AlreadyAuthenticated => "already_authenticated",
             Self::Malformed => "malformed",
             Self::UnknownType => "unknown_type",
+            Self::AlreadySubscribed => "already_subscribed",
         }
     }
 }
@@ -324,6 +330,7 @@ pub fn decode(frame: &[u8]) -> Result<ClientFrame, FrameError> {
         }
         "get_unread_count" => Ok(ClientFrame::GetUnreadCount { id }),
         "ping" => Ok(ClientFrame::Ping { id }),
+        "subscribe_events" => Ok(ClientFrame::SubscribeEvents { id }),
         _ => Err(fail(FrameErrorKind::UnknownType)),
     }
 }
@@ -372,6 +379,49 @@ pub fn unread_count(count: u64, id: Option<&RequestId>) -> String {
     frame.push_str(r#","count":"#);
     frame.push_str(&count.to_string());
     finish(frame, id)
+}
+
+/// `{"type":"subscribed","id":..}`: the reply to `subscribe_events`; `event` pushes
+/// follow.
+pub fn subscribed(id: Option<&RequestId>) -> String {
+    finish(start("subscribed", id, 1), id)
+}
+
+/// `{"type":"event","event":NAME,"data":..,...,"epoch":"E","offset":N}`: a stream event,
+/// its fields those of `body` (an [`crate::stream::event_body`]).
+pub fn event(body: &str) -> String {
+    let fields = body.strip_prefix('{').unwrap_or(body);
+    let mut frame = String::with_capacity(fields.len() + 16);
+    frame.push_str(r#"{"type":"event","#);
+    frame.push_str(fields);
+    frame
+}
+
+/// Why the server ended a stream subscription (the connection stays open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventsEnd {
+    /// The client read more slowly than its events came: more were waiting than the
+    /// edge holds per connection (`edge.max_stream_queue`). Subscribe again.
+    Overflow,
+}
+
+impl EventsEnd {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Overflow => "overflow",
+        }
+    }
+}
+
+/// `{"type":"events_ended","reason":"<reason>"}`: no more `event` pushes until the
+/// client subscribes again.
+pub fn events_ended(reason: EventsEnd) -> String {
+    let reason = reason.as_str();
+    let mut frame = start("events_ended", None, 12 + reason.len());
+    frame.push_str(r#","reason":""#);
+    frame.push_str(reason);
+    frame.push('"');
+    finish(frame, None)
 }
 
 /// `{"type":"pong","id":..}`.

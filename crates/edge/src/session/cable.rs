@@ -1,33 +1,48 @@
 //! The ActionCable session (`/cable`) as a state machine: authenticated by the upgrade
-//! request's query, `welcome` once admitted, pings every `ping_interval_ms`, and
+//! request's query (or, without `jwt`, by each RoomChannel subscription's
+//! `pubsub_token`), `welcome` once admitted, pings every `ping_interval_ms`, and
 //! subscriptions to its channels: `PartnerChannel` gets the current count and every
-//! change. A new channel is a [`Channel`] variant and its arms here.
+//! change; `RoomChannel` gets the user's event stream, as Chatwoot's does. A new channel
+//! is a [`Channel`] variant and its arms here.
 
 use std::time::Duration;
 
 use fanout_protocol::cable::{self, Command};
 
-use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session};
+use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session, StreamRequest};
 use crate::auth::AuthError;
 use crate::config::EdgeConfig;
 use crate::limits::Limit;
+use crate::streams::StreamFrame;
 use crate::table::{CountSubscription, CountValue};
-use crate::telemetry::Ignored;
+use crate::telemetry::{Ignored, StreamSubscribe};
 
 /// The channel of the user's unread count.
 pub const PARTNER_CHANNEL: &str = "PartnerChannel";
+
+/// The channel of the user's event stream, as Chatwoot names it.
+pub const ROOM_CHANNEL: &str = "RoomChannel";
+
+/// The message a RoomChannel subscription gets before the server ends it because the
+/// client fell behind (then `reject_subscription`, which the official client turns
+/// into its `rejected` callback): subscribe again.
+pub(super) const STREAM_OVERFLOW: &str =
+    r#"{"event":"fanout.stream_ended","data":{"reason":"overflow"}}"#;
 
 /// The channels a client can subscribe to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Channel {
     /// The user's unread count.
     Partner,
+    /// The user's event stream.
+    Room,
 }
 
 impl Channel {
     fn named(name: &str) -> Option<Self> {
         match name {
             PARTNER_CHANNEL => Some(Self::Partner),
+            ROOM_CHANNEL => Some(Self::Room),
             _ => None,
         }
     }
@@ -41,6 +56,8 @@ struct Subscription {
 
 pub struct Cable {
     subscriptions: Vec<Subscription>,
+    /// A RoomChannel subscribe waiting for the driver's answer.
+    pending_room: Option<String>,
     max_subscriptions: usize,
     ping_interval: Duration,
 }
@@ -49,12 +66,18 @@ impl Cable {
     pub fn new(config: &EdgeConfig) -> Self {
         Self {
             subscriptions: Vec::new(),
+            pending_room: None,
             max_subscriptions: config.max_subscriptions_per_connection,
             ping_interval: Duration::from_millis(config.ping_interval_ms),
         }
     }
 
-    fn subscribe(&mut self, identifier: String, counts: &mut CountSubscription, out: &mut Outbox) {
+    fn subscribe(
+        &mut self,
+        identifier: String,
+        counts: Option<&mut CountSubscription>,
+        out: &mut Outbox,
+    ) {
         let Some(parsed) = cable::parse_identifier(&identifier) else {
             out.ignored(Ignored::BadIdentifier);
             return;
@@ -79,6 +102,11 @@ impl Cable {
         }
         match channel {
             Channel::Partner => {
+                let Some(counts) = counts else {
+                    // A connection without `jwt` has no user of its own to count for.
+                    out.reply(cable::reject_subscription(&identifier));
+                    return;
+                };
                 // A change not yet pushed to the existing subscriptions goes to them
                 // too, since reading the value below marks it seen.
                 let others_missed_a_change = counts.receiver.has_changed().unwrap_or(false);
@@ -88,6 +116,15 @@ impl Cable {
                 if others_missed_a_change {
                     self.on_count(value, out);
                 }
+            }
+            Channel::Room => {
+                // Confirmed or rejected once the driver has checked the token.
+                out.open_stream(StreamRequest {
+                    token: parsed.pubsub_token,
+                    partner: parsed.partner,
+                });
+                self.pending_room = Some(identifier);
+                return;
             }
         }
         // Most clients subscribe once: room for exactly one more, not Vec's four, which
@@ -119,11 +156,15 @@ impl Session for Cable {
 
     fn admission_refused(&mut self, _reason: CloseReason, _out: &mut Outbox) {}
 
-    fn open(&mut self, _counts: &mut CountSubscription, out: &mut Outbox) {
+    fn admits_anonymous(&self) -> bool {
+        true
+    }
+
+    fn open(&mut self, _counts: Option<&mut CountSubscription>, out: &mut Outbox) {
         out.reply(cable::welcome());
     }
 
-    fn on_text(&mut self, frame: &[u8], counts: &mut CountSubscription, out: &mut Outbox) {
+    fn on_text(&mut self, frame: &[u8], counts: Option<&mut CountSubscription>, out: &mut Outbox) {
         let command = match cable::decode_command(frame) {
             Ok(command) => command,
             Err(error) => {
@@ -135,6 +176,12 @@ impl Session for Cable {
         match command {
             Command::Subscribe { identifier } => self.subscribe(identifier, counts, out),
             Command::Unsubscribe { identifier } => {
+                let room = self.subscriptions.iter().any(|subscription| {
+                    subscription.identifier == identifier && subscription.channel == Channel::Room
+                });
+                if room {
+                    out.close_stream();
+                }
                 self.subscriptions
                     .retain(|subscription| subscription.identifier != identifier);
             }
@@ -160,7 +207,50 @@ impl Session for Cable {
                     cable::unread_count(&subscription.identifier, value.count),
                     value.source_time(),
                 ),
+                Channel::Room => {}
             }
+        }
+    }
+
+    fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox) {
+        let Some(identifier) = self.pending_room.take() else {
+            return;
+        };
+        if result.is_err() {
+            out.reply(cable::reject_subscription(&identifier));
+            return;
+        }
+        out.reply(cable::confirm_subscription(&identifier));
+        self.subscriptions.reserve_exact(1);
+        self.subscriptions.push(Subscription {
+            identifier,
+            channel: Channel::Room,
+        });
+    }
+
+    fn on_event(&mut self, frame: &StreamFrame, out: &mut Outbox) {
+        for subscription in &self.subscriptions {
+            if subscription.channel == Channel::Room {
+                out.event(
+                    cable::stream_message(&subscription.identifier, &frame.body),
+                    frame.source_time,
+                );
+            }
+        }
+    }
+
+    fn stream_overflowed(&mut self, out: &mut Outbox) {
+        let mut ended = Vec::new();
+        self.subscriptions.retain(|subscription| {
+            let room = subscription.channel == Channel::Room;
+            if room {
+                ended.push(subscription.identifier.clone());
+            }
+            !room
+        });
+        for identifier in ended {
+            out.reply(cable::stream_message(&identifier, STREAM_OVERFLOW));
+            out.reply(cable::reject_subscription(&identifier));
         }
     }
 
@@ -202,7 +292,7 @@ mod tests {
         let mut cable = Cable::new(&EdgeConfig::default());
         let mut out = Outbox::default();
         assert!(!cable.wants_counts());
-        cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
+        cable.on_text(SUBSCRIBE.as_bytes(), Some(&mut counts), &mut out);
         assert_eq!(
             out.take(),
             vec![
@@ -222,7 +312,7 @@ mod tests {
                 source_time: Some(1_700_000_000_000)
             }]
         );
-        cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
+        cable.on_text(SUBSCRIBE.as_bytes(), Some(&mut counts), &mut out);
         assert_eq!(
             out.take(),
             vec![Output::Ignored(Ignored::DuplicateSubscribe)]
@@ -239,11 +329,11 @@ mod tests {
         };
         let mut cable = Cable::new(&config);
         let mut out = Outbox::default();
-        cable.on_text(SUBSCRIBE.as_bytes(), &mut counts, &mut out);
+        cable.on_text(SUBSCRIBE.as_bytes(), Some(&mut counts), &mut out);
         out.take();
         let second =
             r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\",\"n\":2}"}"#;
-        cable.on_text(second.as_bytes(), &mut counts, &mut out);
+        cable.on_text(second.as_bytes(), Some(&mut counts), &mut out);
         assert_eq!(
             out.take(),
             vec![

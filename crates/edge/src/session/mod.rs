@@ -26,9 +26,10 @@ pub use realtime::{MAX_AUTH_FAILURES, Realtime};
 
 use crate::auth::AuthError;
 use crate::limits::{CommandRate, Limit};
-use crate::node::{Admitted, Node, Refused};
+use crate::node::{Admitted, Node, Refused, Subscribed, SubscriptionRefused};
+use crate::streams::{EventSubscription, StreamFrame};
 use crate::table::{CountSubscription, CountValue};
-use crate::telemetry::{Handshake, Ignored};
+use crate::telemetry::{Handshake, Ignored, StreamSubscribe};
 
 /// How long a session that has been told to leave may take before it is dropped: a
 /// client that stopped reading cannot hold up a drain.
@@ -63,13 +64,49 @@ pub enum Output {
     Limited(Limit),
     /// Count changes replaced by a newer one before they were written.
     Coalesced(u64),
+    /// A frame that delivers a stream event.
+    Event {
+        frame: String,
+        source_time: Option<i64>,
+    },
 }
 
-/// What a state machine produced for one input, in order.
+/// A state machine's request for the user's event stream: with the subscription's own
+/// token (RoomChannel's `pubsub_token`, and the partner it names if any), or, without
+/// one, for the connection's user.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct StreamRequest {
+    pub token: Option<String>,
+    pub partner: Option<String>,
+}
+
+/// What a state machine asks of the driver besides writing.
+#[derive(Debug, PartialEq, Eq)]
+enum Request {
+    OpenStream(StreamRequest),
+    CloseStream,
+}
+
+/// What a state machine produced for one input, in order, and what it asks.
 #[derive(Debug, Default)]
-pub struct Outbox(Vec<Output>);
+pub struct Outbox(Vec<Output>, Option<Request>);
 
 impl Outbox {
+    /// Asks for the user's event stream; the driver answers with
+    /// [`Session::stream_opened`].
+    pub fn open_stream(&mut self, request: StreamRequest) {
+        self.1 = Some(Request::OpenStream(request));
+    }
+
+    /// Ends the event stream subscription.
+    pub fn close_stream(&mut self) {
+        self.1 = Some(Request::CloseStream);
+    }
+
+    pub fn event(&mut self, frame: String, source_time: Option<i64>) {
+        self.0.push(Output::Event { frame, source_time });
+    }
+
     pub fn reply(&mut self, frame: String) {
         self.0.push(Output::Reply(frame));
     }
@@ -99,6 +136,10 @@ impl Outbox {
     /// connection holds no buffer).
     pub fn take(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.0)
+    }
+
+    fn take_request(&mut self) -> Option<Request> {
+        self.1.take()
     }
 }
 
@@ -131,11 +172,27 @@ pub trait Session {
     /// refused the connection, which closes for `reason`.
     fn admission_refused(&mut self, reason: CloseReason, out: &mut Outbox);
 
-    /// Admitted, and the table has caught up: the session's first frames.
-    fn open(&mut self, counts: &mut CountSubscription, out: &mut Outbox);
+    /// Whether the session may open without a token (ActionCable without `jwt`: it then
+    /// authenticates each stream subscription by its own token).
+    fn admits_anonymous(&self) -> bool {
+        false
+    }
+
+    /// Admitted, and the table has caught up: the session's first frames. `counts` is
+    /// `None` for a session opened without credentials.
+    fn open(&mut self, counts: Option<&mut CountSubscription>, out: &mut Outbox);
 
     /// A text frame after [`Session::open`].
-    fn on_text(&mut self, frame: &[u8], counts: &mut CountSubscription, out: &mut Outbox);
+    fn on_text(&mut self, frame: &[u8], counts: Option<&mut CountSubscription>, out: &mut Outbox);
+
+    /// The answer to [`Outbox::open_stream`]: subscribed, or refused for a reason.
+    fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox);
+
+    /// An event of the user's stream (only while subscribed).
+    fn on_event(&mut self, frame: &StreamFrame, out: &mut Outbox);
+
+    /// The stream subscription ended: the client fell `max_stream_queue` events behind.
+    fn stream_overflowed(&mut self, out: &mut Outbox);
 
     /// A binary frame, at any time: neither protocol speaks binary.
     fn on_binary(&mut self, out: &mut Outbox);
@@ -155,8 +212,9 @@ pub trait Session {
 
 /// Runs one connection's session from just after the upgrade until it ends, and
 /// records why it ended. `origin` is the upgrade request's `Origin` header;
-/// `credentials` what the request carried (ActionCable's query), `None` for a client
-/// that authenticates in band; `shutdown` is this session's turn to leave in the drain. A session told to leave that cannot
+/// `credentials` what the request carried (ActionCable's query; without a token, a
+/// session that [`Session::admits_anonymous`] opens unauthenticated), `None` for a
+/// client that authenticates in band; `shutdown` is this session's turn to leave in the drain. A session told to leave that cannot
 /// (its client stopped reading, so the goodbye cannot be written) is dropped after
 /// [`GOODBYE_GRACE`].
 pub async fn run<S, P>(
@@ -178,8 +236,12 @@ where
         protocol,
         rate: CommandRate::new(node.config.max_commands_per_second, Instant::now()),
         out: Outbox::default(),
+        admitted: None,
+        events: None,
+        origin,
+        partner: None,
     };
-    let session = driver.session(origin, credentials, shutdown);
+    let session = driver.session(credentials, shutdown);
     tokio::pin!(session);
     let ended = tokio::select! {
         ended = &mut session => ended,
@@ -210,6 +272,14 @@ struct Driver<'a, S, P> {
     protocol: P,
     rate: CommandRate,
     out: Outbox,
+    /// The connection's user; `None` for a session opened without credentials.
+    admitted: Option<Admitted>,
+    /// The stream subscription, and what its own token admitted.
+    events: Option<(EventSubscription, Option<Subscribed>)>,
+    /// The upgrade request's `Origin` header.
+    origin: Option<String>,
+    /// The partner the upgrade named, for a session opened without a token.
+    partner: Option<String>,
 }
 
 impl<S, P> Driver<'_, S, P>
@@ -219,16 +289,24 @@ where
 {
     async fn session(
         &mut self,
-        origin: Option<String>,
         credentials: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<CloseReason, WsError> {
-        // Boxed, as the readiness wait below: a session passes through them once, and
-        // their state would otherwise size every session for its whole life.
-        let admitted = match Box::pin(self.admit(origin, credentials, shutdown)).await? {
-            Ok(admitted) => admitted,
-            Err(reason) => return Ok(reason),
-        };
+        let anonymous = self.protocol.admits_anonymous()
+            && credentials
+                .as_ref()
+                .is_some_and(|credentials| credentials.token.is_none());
+        if anonymous {
+            // Its subscriptions' tokens are checked for the partner the query names.
+            self.partner = credentials.and_then(|credentials| credentials.partner);
+        } else {
+            // Boxed, as the readiness wait below: a session passes through them once,
+            // and their state would otherwise size every session for its whole life.
+            match Box::pin(self.admit(credentials, shutdown)).await? {
+                Ok(admitted) => self.admitted = Some(admitted),
+                Err(reason) => return Ok(reason),
+            }
+        }
         self.node.metrics.handshake(Handshake::Accepted);
         // No first frame, and so no count, before the table has caught up: a count read
         // from a table still loading could be older than one the client already shows.
@@ -236,8 +314,11 @@ where
         if !caught_up {
             return self.close(CloseReason::ServerRestart).await;
         }
-        let mut counts = self.node.table.subscription(&admitted.identity.key());
-        self.protocol.open(&mut counts, &mut self.out);
+        let mut counts = self
+            .admitted
+            .as_ref()
+            .map(|admitted| self.node.table.subscription(&admitted.identity.key()));
+        self.protocol.open(counts.as_mut(), &mut self.out);
         self.write().await?;
         let mut ping = self.protocol.ping_interval().map(|period| {
             let mut ping = tokio::time::interval_at(Instant::now() + period, period);
@@ -250,20 +331,29 @@ where
                 () = shutdown.cancelled() => return self.close(CloseReason::ServerRestart).await,
                 incoming = self.socket.next() => match self.read(incoming)? {
                     Read::Text(frame) => {
-                        self.protocol.on_text(frame.as_bytes(), &mut counts, &mut self.out);
+                        self.protocol.on_text(frame.as_bytes(), counts.as_mut(), &mut self.out);
+                        self.serve_request();
                     }
                     Read::Binary => self.protocol.on_binary(&mut self.out),
                     Read::Nothing => {}
                     Read::End(reason) => return self.close(reason).await,
                 },
-                changed = counts.receiver.changed(), if self.protocol.wants_counts() => {
-                    if changed.is_err() {
+                changed = count_changed(counts.as_mut()), if self.protocol.wants_counts() => {
+                    let Some(counts) = counts.as_mut().filter(|_| changed.is_ok()) else {
                         // The table is gone: the edge is stopping.
                         return self.close(CloseReason::ServerRestart).await;
-                    }
-                    let value = self.out.take_count(&mut counts);
+                    };
+                    let value = self.out.take_count(counts);
                     self.protocol.on_count(value, &mut self.out);
                 }
+                event = next_event(self.events.as_mut()) => match event {
+                    Some(frame) => self.protocol.on_event(&frame, &mut self.out),
+                    None => {
+                        self.events = None;
+                        self.node.metrics.stream_overflowed();
+                        self.protocol.stream_overflowed(&mut self.out);
+                    }
+                },
                 () = tick(ping.as_mut()) => {
                     let unix_seconds = u64::try_from(fanout_schema::unix_millis() / 1000).unwrap_or(0);
                     self.protocol.on_ping(unix_seconds, &mut self.out);
@@ -277,7 +367,6 @@ where
     /// session ended, its client told why.
     async fn admit(
         &mut self,
-        origin: Option<String>,
         mut from_upgrade: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<Result<Admitted, CloseReason>, WsError> {
@@ -318,7 +407,7 @@ where
             let refused = match self.node.admit(
                 credentials.partner.as_deref(),
                 credentials.token.as_deref(),
-                origin.as_deref(),
+                self.origin.as_deref(),
             ) {
                 Ok(admitted) => return Ok(Ok(admitted)),
                 Err(refused) => refused,
@@ -339,6 +428,56 @@ where
             self.protocol.admission_refused(reason, &mut self.out);
             return self.close(reason).await.map(Err);
         }
+    }
+
+    /// Acts on what the state machine asked for with its last input.
+    fn serve_request(&mut self) {
+        match self.out.take_request() {
+            None => {}
+            Some(Request::CloseStream) => self.events = None,
+            Some(Request::OpenStream(request)) => {
+                let result = self.open_stream(request);
+                self.node.metrics.stream_subscribe(match result {
+                    Ok(()) => StreamSubscribe::Accepted,
+                    Err(refused) => refused,
+                });
+                self.protocol.stream_opened(result, &mut self.out);
+            }
+        }
+    }
+
+    /// Subscribes the session to the stream of the request's user: the one its token
+    /// names, or the connection's.
+    fn open_stream(&mut self, request: StreamRequest) -> Result<(), StreamSubscribe> {
+        if self.events.is_some() {
+            return Err(StreamSubscribe::AlreadySubscribed);
+        }
+        let connection = self.admitted.as_ref().map(|admitted| &admitted.identity);
+        let (key, held) = match request.token {
+            Some(token) => {
+                let subscribed = self
+                    .node
+                    .admit_subscription(
+                        connection,
+                        request.partner.as_deref().or(self.partner.as_deref()),
+                        &token,
+                        self.origin.as_deref(),
+                    )
+                    .map_err(|refused| match refused {
+                        SubscriptionRefused::Token => StreamSubscribe::Unauthorized,
+                        SubscriptionRefused::PartnerMismatch => StreamSubscribe::PartnerMismatch,
+                        SubscriptionRefused::Origin => StreamSubscribe::OriginNotAllowed,
+                        SubscriptionRefused::PartnerFull => StreamSubscribe::ConnectionLimit,
+                    })?;
+                (subscribed.identity.key(), Some(subscribed))
+            }
+            None => {
+                let identity = connection.ok_or(StreamSubscribe::NoIdentity)?;
+                (identity.key(), None)
+            }
+        };
+        self.events = Some((self.node.streams.subscribe(&key), held));
+        Ok(())
     }
 
     /// Sorts one socket read, applying the limits every protocol shares.
@@ -387,6 +526,10 @@ where
                 Output::Ignored(reason) => metrics.ignored_frame(P::PROTOCOL, reason),
                 Output::Limited(limit) => metrics.limited(limit),
                 Output::Coalesced(skipped) => metrics.coalesced(skipped),
+                Output::Event { frame, source_time } => {
+                    self.socket.feed(text(frame)).await?;
+                    metrics.stream_pushed(source_time);
+                }
             }
         }
         self.socket.flush().await
@@ -442,6 +585,26 @@ async fn table_caught_up(
 
 fn text(frame: String) -> Message {
     Message::Text(frame.into())
+}
+
+/// The next change of the count, or never for a session without one.
+async fn count_changed(
+    counts: Option<&mut CountSubscription>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match counts {
+        Some(counts) => counts.receiver.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next stream event (`None`: the hub ended the subscription), or never without one.
+async fn next_event(
+    events: Option<&mut (EventSubscription, Option<Subscribed>)>,
+) -> Option<std::sync::Arc<StreamFrame>> {
+    match events {
+        Some((subscription, _)) => subscription.receiver.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next tick of `interval`, or never.

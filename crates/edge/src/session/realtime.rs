@@ -11,14 +11,15 @@
 use std::time::Duration;
 
 use fanout_protocol::realtime::{
-    self, AuthErrorCode, ClientFrame, ErrorCode, FrameError, RequestId,
+    self, AuthErrorCode, ClientFrame, ErrorCode, EventsEnd, FrameError, RequestId,
 };
 
-use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session};
+use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session, StreamRequest};
 use crate::auth::AuthError;
 use crate::config::EdgeConfig;
+use crate::streams::StreamFrame;
 use crate::table::{CountSubscription, CountValue};
-use crate::telemetry::Ignored;
+use crate::telemetry::{Ignored, StreamSubscribe};
 
 /// Refused `authrequest`s one connection may make before it is closed with 4401: a
 /// client with a stale token gets its answer, a token guesser gets little.
@@ -27,6 +28,8 @@ pub const MAX_AUTH_FAILURES: u32 = 3;
 pub struct Realtime {
     /// The `id` of the `authrequest` being answered.
     auth_id: Option<RequestId>,
+    /// The `id` of the `subscribe_events` being answered.
+    subscribe_id: Option<RequestId>,
     failures: u32,
     auth_timeout: Duration,
 }
@@ -35,6 +38,7 @@ impl Realtime {
     pub fn new(config: &EdgeConfig) -> Self {
         Self {
             auth_id: None,
+            subscribe_id: None,
             failures: 0,
             auth_timeout: Duration::from_millis(config.auth_timeout_ms),
         }
@@ -65,7 +69,7 @@ impl Session for Realtime {
     fn before_auth(&mut self, frame: &[u8], out: &mut Outbox) -> Option<Credentials> {
         match realtime::decode(frame) {
             Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
-            Ok(ClientFrame::GetUnreadCount { id }) => {
+            Ok(ClientFrame::GetUnreadCount { id } | ClientFrame::SubscribeEvents { id }) => {
                 refuse(ErrorCode::NotAuthenticated, id.as_ref(), out);
             }
             Ok(ClientFrame::AuthRequest { token, partner, id }) => {
@@ -98,16 +102,27 @@ impl Session for Realtime {
         out.reply(realtime::auth_failure(code, self.auth_id.as_ref()));
     }
 
-    fn open(&mut self, counts: &mut CountSubscription, out: &mut Outbox) {
-        let (value, _) = counts.take();
+    fn open(&mut self, counts: Option<&mut CountSubscription>, out: &mut Outbox) {
         out.reply(realtime::auth_success(self.auth_id.take().as_ref()));
-        out.push(realtime::unread_count(value.count, None), None);
+        // Always admitted with credentials, so always with a count.
+        if let Some(counts) = counts {
+            let (value, _) = counts.take();
+            out.push(realtime::unread_count(value.count, None), None);
+        }
     }
 
-    fn on_text(&mut self, frame: &[u8], counts: &mut CountSubscription, out: &mut Outbox) {
+    fn on_text(&mut self, frame: &[u8], counts: Option<&mut CountSubscription>, out: &mut Outbox) {
         match realtime::decode(frame) {
             Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
+            Ok(ClientFrame::SubscribeEvents { id }) => {
+                self.subscribe_id = id;
+                out.open_stream(StreamRequest::default());
+            }
             Ok(ClientFrame::GetUnreadCount { id }) => {
+                let Some(counts) = counts else {
+                    refuse(ErrorCode::NotAuthenticated, id.as_ref(), out);
+                    return;
+                };
                 // A change not yet pushed is delivered by this reply (it carries the
                 // same count), so it is not pushed again.
                 let unseen_change = counts.receiver.has_changed().unwrap_or(false);
@@ -150,4 +165,25 @@ impl Session for Realtime {
     }
 
     fn on_ping(&mut self, _unix_seconds: u64, _out: &mut Outbox) {}
+
+    fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox) {
+        let id = self.subscribe_id.take();
+        match result {
+            Ok(()) => out.reply(realtime::subscribed(id.as_ref())),
+            Err(StreamSubscribe::AlreadySubscribed) => {
+                refuse(ErrorCode::AlreadySubscribed, id.as_ref(), out);
+            }
+            // The connection is authenticated and the request names no token: nothing
+            // else can refuse it.
+            Err(_) => refuse(ErrorCode::NotAuthenticated, id.as_ref(), out),
+        }
+    }
+
+    fn on_event(&mut self, frame: &StreamFrame, out: &mut Outbox) {
+        out.event(realtime::event(&frame.body), frame.source_time);
+    }
+
+    fn stream_overflowed(&mut self, out: &mut Outbox) {
+        out.reply(realtime::events_ended(EventsEnd::Overflow));
+    }
 }

@@ -595,3 +595,293 @@ mod realtime {
         assert!(coalesced >= 9_990, "{coalesced}");
     }
 }
+
+mod streams {
+    use super::*;
+    use crate::config::{PartnerConfig, SecretConfig};
+    use crate::streams::{Published, StreamFrame};
+
+    const BETA_SECRET: &str = "beta-secret-0123456789";
+
+    /// A second partner, `beta`, with its own secret.
+    fn with_beta(config: &mut EdgeConfig) {
+        config.partners.insert(
+            "beta".to_owned(),
+            PartnerConfig {
+                secrets: vec![SecretConfig {
+                    kid: None,
+                    secret: BETA_SECRET.to_owned(),
+                }],
+                ..PartnerConfig::default()
+            },
+        );
+    }
+
+    /// A /cable connection without `jwt` (`?partner=acme` only): it authenticates only
+    /// by subscribing.
+    fn start_anonymous_cable(configure: impl FnOnce(&mut EdgeConfig)) -> Harness {
+        let credentials = Credentials {
+            partner: Some("acme".to_owned()),
+            token: None,
+        };
+        harness::start(
+            true,
+            |config| {
+                with_beta(config);
+                configure(config);
+            },
+            Cable::new,
+            Some(credentials),
+        )
+    }
+
+    /// Exactly the frame Chatwoot's documentation tells a client to send.
+    fn room_subscribe(pubsub_token: &str) -> (String, String) {
+        let identifier = format!(r#"{{"channel":"RoomChannel","pubsub_token":"{pubsub_token}"}}"#);
+        let frame =
+            serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string();
+        (identifier, frame)
+    }
+
+    fn body(offset: u64) -> String {
+        format!(
+            r#"{{"event":"message.created","data":{{"n":{offset}}},"epoch":"1","offset":{offset}}}"#
+        )
+    }
+
+    impl Harness {
+        fn publish(&self, key: &str, offset: u64) -> Published {
+            self.node.streams.publish(
+                key,
+                StreamFrame {
+                    epoch: 1,
+                    offset,
+                    body: body(offset).into(),
+                    source_time: None,
+                },
+            )
+        }
+
+        /// No frame within a moment.
+        async fn nothing_more(&mut self) {
+            let next =
+                tokio::time::timeout(Duration::from_millis(100), self.peer.from_session.next())
+                    .await;
+            assert!(next.is_err(), "unexpected frame: {next:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn room_channel_with_a_pubsub_token_gets_its_users_events_and_no_one_elses() {
+        let mut harness = start_anonymous_cable(|_| {});
+        assert_eq!(harness.next().await, cable::welcome());
+        let (identifier, subscribe) = room_subscribe(&token(SECRET, "bob", 60));
+        harness.send(&subscribe);
+        assert_eq!(
+            harness.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        // Same user id, another partner: not this subscription's.
+        assert_eq!(harness.publish("beta/bob", 1).queued, 0);
+        assert_eq!(harness.publish("acme/bob", 1).queued, 1);
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, &body(1))
+        );
+        // A repeat of a position is delivered once.
+        assert!(harness.publish("acme/bob", 1).repeated);
+        harness.publish("acme/bob", 2);
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, &body(2))
+        );
+        assert_eq!(
+            harness.node.metrics.stream_subscription_count("accepted"),
+            1
+        );
+        assert_eq!(harness.node.metrics.stream_push_count(), 2);
+        // Unsubscribing ends the stream.
+        harness.send(
+            &serde_json::json!({"command": "unsubscribe", "identifier": identifier}).to_string(),
+        );
+        harness.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"Nope\"}"}"#);
+        harness.next().await;
+        assert_eq!(harness.publish("acme/bob", 3).queued, 0);
+    }
+
+    #[tokio::test]
+    async fn a_bad_pubsub_token_is_rejected_counted_and_never_gets_data() {
+        let mut harness = start_anonymous_cable(|_| {});
+        assert_eq!(harness.next().await, cable::welcome());
+        for (bad, reason) in [
+            (token("wrong-secret-0123456789", "bob", 60), "unauthorized"),
+            ("not.a.jwt".to_owned(), "unauthorized"),
+            // A beta token on its own is fine, but claims nothing about acme: verified
+            // for the partner the identifier names, it fails.
+            (token(SECRET, "bob", -120), "unauthorized"),
+        ] {
+            let (identifier, subscribe) = room_subscribe(&bad);
+            harness.send(&subscribe);
+            assert_eq!(
+                harness.next().await,
+                cable::reject_subscription(&identifier),
+                "{reason}"
+            );
+        }
+        assert_eq!(
+            harness
+                .node
+                .metrics
+                .stream_subscription_count("unauthorized"),
+            3
+        );
+        assert_eq!(harness.publish("acme/bob", 1).queued, 0);
+        // No user of its own: PartnerChannel is rejected too.
+        harness.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#);
+        assert_eq!(
+            harness.next().await,
+            cable::reject_subscription(r#"{"channel":"PartnerChannel"}"#)
+        );
+        harness.nothing_more().await;
+    }
+
+    #[tokio::test]
+    async fn a_pubsub_token_of_another_partner_than_the_connections_is_rejected() {
+        let credentials = Credentials {
+            partner: Some("acme".to_owned()),
+            token: Some(token(SECRET, "bob", 60)),
+        };
+        let mut harness = harness::start(true, with_beta, Cable::new, Some(credentials));
+        assert_eq!(harness.next().await, cable::welcome());
+        let (identifier, subscribe) = room_subscribe(&token(BETA_SECRET, "bob", 60));
+        harness.send(&subscribe);
+        assert_eq!(
+            harness.next().await,
+            cable::reject_subscription(&identifier)
+        );
+        assert_eq!(harness.publish("beta/bob", 1).queued, 0);
+    }
+
+    #[tokio::test]
+    async fn one_connection_holds_partner_channel_and_room_channel_together() {
+        let mut harness = start_cable();
+        assert_eq!(harness.next().await, cable::welcome());
+        harness.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#);
+        harness.next().await;
+        harness.next().await;
+        // Without a pubsub_token, RoomChannel is the connection's own user's stream.
+        let identifier = r#"{"channel":"RoomChannel"}"#;
+        harness.send(
+            &serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string(),
+        );
+        assert_eq!(
+            harness.next().await,
+            cable::confirm_subscription(identifier)
+        );
+        // One stream per connection.
+        let (second, subscribe) = room_subscribe(&token(SECRET, "bob", 60));
+        harness.send(&subscribe);
+        assert_eq!(harness.next().await, cable::reject_subscription(&second));
+        assert_eq!(
+            harness
+                .node
+                .metrics
+                .stream_subscription_count("already_subscribed"),
+            1
+        );
+        harness.publish("acme/bob", 1);
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(identifier, &body(1))
+        );
+        harness.set_count(4, 1);
+        assert_eq!(
+            harness.next().await,
+            cable::unread_count(r#"{"channel":"PartnerChannel"}"#, 4)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pubsub_token_is_not_spent_so_a_reconnect_subscribes_again() {
+        let pubsub_token = token(SECRET, "bob", 60);
+        for _ in 0..2 {
+            let mut harness = start_anonymous_cable(|_| {});
+            harness.next().await;
+            let (identifier, subscribe) = room_subscribe(&pubsub_token);
+            harness.send(&subscribe);
+            assert_eq!(
+                harness.next().await,
+                cable::confirm_subscription(&identifier)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_too_far_behind_loses_its_room_subscription_after_what_was_queued() {
+        let mut harness = start_anonymous_cable(|config| config.max_stream_queue = 2);
+        harness.next().await;
+        let (identifier, subscribe) = room_subscribe(&token(SECRET, "bob", 60));
+        harness.send(&subscribe);
+        harness.next().await;
+        // The session has no turn between these: the third finds the queue full.
+        for offset in 1..=3 {
+            harness.publish("acme/bob", offset);
+        }
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, &body(1))
+        );
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, &body(2))
+        );
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, super::super::cable::STREAM_OVERFLOW)
+        );
+        assert_eq!(
+            harness.next().await,
+            cable::reject_subscription(&identifier)
+        );
+        assert_eq!(harness.node.metrics.stream_overflow_count(), 1);
+        assert_eq!(harness.publish("acme/bob", 4).queued, 0);
+    }
+
+    #[tokio::test]
+    async fn realtime_subscribe_events_gets_event_pushes() {
+        let mut harness = start_realtime(true, |config| config.max_stream_queue = 2);
+        harness.send(r#"{"type":"subscribe_events","id":1}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"not_authenticated","id":1}"#
+        );
+        harness.authenticate().await;
+        assert_eq!(harness.next().await, r#"{"type":"unread_count","count":0}"#);
+        harness.send(r#"{"type":"subscribe_events","id":2}"#);
+        assert_eq!(harness.next().await, r#"{"type":"subscribed","id":2}"#);
+        harness.send(r#"{"type":"subscribe_events","id":3}"#);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"already_subscribed","id":3}"#
+        );
+        harness.publish("acme/bob", 1);
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"event","event":"message.created","data":{"n":1},"epoch":"1","offset":1}"#
+        );
+        for offset in 2..=4 {
+            harness.publish("acme/bob", offset);
+        }
+        harness.next().await;
+        harness.next().await;
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"events_ended","reason":"overflow"}"#
+        );
+        // Subscribing again resumes the live stream.
+        harness.send(r#"{"type":"subscribe_events","id":4}"#);
+        assert_eq!(harness.next().await, r#"{"type":"subscribed","id":4}"#);
+        harness.publish("acme/bob", 9);
+        assert!(harness.next().await.contains(r#""offset":9"#));
+    }
+}

@@ -1,0 +1,136 @@
+//! The body of a stream event, rendered once per event and shared by every session of
+//! its user: ActionCable wraps it as a channel message (`{"identifier":..,"message":
+//! BODY}`), `/realtime` as an `event` push (`{"type":"event",...BODY's fields}`).
+
+use crate::json::push_string;
+
+/// A stream event's fields, as the router wrote them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventFields<'a> {
+    /// The event's name: `message.created`, ..., or a partner notification's.
+    pub event: &'a str,
+    /// The partner's data as JSON text (an object); empty when the event had none.
+    pub data_json: &'a str,
+    pub conversation_id: &'a str,
+    pub seq: u64,
+    pub message_id: &'a str,
+    pub sender: &'a str,
+    pub reader: &'a str,
+    pub unread_count: u64,
+    pub epoch: u64,
+    pub offset: u64,
+}
+
+/// `{"event":NAME,"data":{..},"conversation_id":..,"seq":N,"message_id":..,"sender":..,
+/// "reader":..,"unread_count":N,"epoch":"E","offset":N}`: `data` is the partner's, or,
+/// without it, the event's own fields; the event's fields appear where it has them;
+/// `epoch` is a string, as AnyCable's. `data_json` must be a JSON object: the caller
+/// checks what it did not write itself.
+pub fn event_body(fields: &EventFields<'_>) -> String {
+    let mut own = String::with_capacity(96);
+    push_fields(&mut own, fields);
+    let mut body = String::with_capacity(fields.data_json.len() + 2 * own.len() + 96);
+    body.push_str(r#"{"event":"#);
+    push_string(&mut body, fields.event);
+    body.push_str(r#","data":"#);
+    if fields.data_json.is_empty() {
+        body.push('{');
+        body.push_str(own.strip_prefix(',').unwrap_or(&own));
+        body.push('}');
+    } else {
+        body.push_str(fields.data_json);
+    }
+    body.push_str(&own);
+    body.push_str(r#","unread_count":"#);
+    body.push_str(&fields.unread_count.to_string());
+    body.push_str(r#","epoch":""#);
+    body.push_str(&fields.epoch.to_string());
+    body.push_str(r#"","offset":"#);
+    body.push_str(&fields.offset.to_string());
+    body.push('}');
+    body
+}
+
+/// `,"conversation_id":..,"seq":N,...` for the fields the event has.
+fn push_fields(out: &mut String, fields: &EventFields<'_>) {
+    push_named(out, "conversation_id", fields.conversation_id);
+    if fields.seq > 0 {
+        out.push_str(r#","seq":"#);
+        out.push_str(&fields.seq.to_string());
+    }
+    push_named(out, "message_id", fields.message_id);
+    push_named(out, "sender", fields.sender);
+    push_named(out, "reader", fields.reader);
+}
+
+/// `,"name":"value"`, unless `value` is empty.
+fn push_named(out: &mut String, name: &str, value: &str) {
+    if !value.is_empty() {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":");
+        push_string(out, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::{Value, json};
+
+    #[test]
+    fn the_partners_data_is_delivered_as_it_is() {
+        let body = event_body(&EventFields {
+            event: "message.created",
+            data_json: r#"{"content":"<hi>","n":1.5}"#,
+            conversation_id: "c1",
+            seq: 7,
+            message_id: "m7",
+            sender: "ann",
+            unread_count: 3,
+            epoch: 1_700_000_000_000_042,
+            offset: 12,
+            ..EventFields::default()
+        });
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"event":"message.created","data":{"content":"<hi>","n":1.5},
+                "conversation_id":"c1","seq":7,"message_id":"m7","sender":"ann",
+                "unread_count":3,"epoch":"1700000000000042","offset":12})
+        );
+        assert!(body.contains(r#""data":{"content":"<hi>","n":1.5}"#));
+    }
+
+    #[test]
+    fn without_data_the_events_own_fields_are_the_data() {
+        let body = event_body(&EventFields {
+            event: "message.read",
+            conversation_id: "c\"1",
+            seq: 2,
+            reader: "bob",
+            unread_count: 0,
+            epoch: 5,
+            offset: 1,
+            ..EventFields::default()
+        });
+        let parsed: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            parsed["data"],
+            json!({"conversation_id":"c\"1","seq":2,"reader":"bob"})
+        );
+        assert_eq!(parsed["reader"], "bob");
+        let notification = event_body(&EventFields {
+            event: "typing.started",
+            epoch: 5,
+            offset: 2,
+            ..EventFields::default()
+        });
+        let parsed: Value = serde_json::from_str(&notification).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"event":"typing.started","data":{},"unread_count":0,"epoch":"5","offset":2})
+        );
+    }
+}
