@@ -68,6 +68,12 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         () = shutdown.cancelled() => return Ok(()),
         targets = starting_positions(kafka, topic, partitions) => targets?,
     };
+    // Streams are live: read from the end as it is now, resolved here rather than left
+    // to the consumer, so that every event written once the table is ready is read.
+    let stream_ends = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        ends = starting_positions(kafka, &streams_topic, partitions) => ends?,
+    };
     let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
     let consumer: StreamConsumer<StageContext> =
         KafkaSettings::with_statistics(kafka.assign_consumer_config())
@@ -78,9 +84,10 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         assignment
             .add_partition_offset(topic, *partition, Offset::Beginning)
             .map_err(FeedError::Client)?;
-        // user-streams has the same partitions as unread-counts.
+    }
+    for (partition, (_, high)) in &stream_ends {
         assignment
-            .add_partition_offset(&streams_topic, *partition, Offset::End)
+            .add_partition_offset(&streams_topic, *partition, Offset::Offset(*high))
             .map_err(FeedError::Client)?;
     }
     consumer.assign(&assignment).map_err(FeedError::Client)?;
