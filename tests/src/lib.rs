@@ -61,6 +61,7 @@ pub mod metrics_doc;
 pub mod node;
 pub mod process;
 pub mod scenarios;
+pub mod streams;
 pub mod tansu;
 pub mod token;
 
@@ -620,6 +621,17 @@ impl RealtimeClient {
                     return RealtimeFrame::Close(code, reason);
                 }
                 Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next text frame however long it takes; `None` once the connection ends.
+    pub async fn next_forever(&mut self) -> Option<String> {
+        loop {
+            match self.socket.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return None,
+                Some(Ok(Message::Text(text))) => return Some(text.as_str().to_owned()),
+                Some(Ok(_)) => {}
             }
         }
     }

@@ -52,7 +52,8 @@ impl StreamShape {
     }
 }
 
-/// A random stream with duplicates, early reads and deletes.
+/// A random stream with duplicates, early reads and deletes, data on some messages,
+/// reads naming users to notify, and notifications.
 pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::MessageEvent> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut next_seq: HashMap<(&str, &str), u64> = HashMap::new();
@@ -66,7 +67,7 @@ pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::M
         let event = if roll < 10 && !stream.is_empty() {
             // A duplicate of an earlier event, byte for byte.
             stream[rng.random_range(0..stream.len())].clone()
-        } else if roll < 60 {
+        } else if roll < 58 {
             let seq = *seq_counter;
             *seq_counter += 1;
             let recipients: Vec<&str> = shape
@@ -78,19 +79,54 @@ pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::M
             if recipients.iter().all(|recipient| *recipient == user) {
                 continue;
             }
-            event::created(partner, conversation, seq, user, &recipients)
-        } else {
+            let created = event::created(partner, conversation, seq, user, &recipients);
+            if rng.random_bool(0.3) {
+                streams::with_data(
+                    created,
+                    &format!(r#"{{"text":"{conversation} #{seq}","by":"{user}"}}"#),
+                )
+            } else {
+                created
+            }
+        } else if roll < 97 {
             // Reads and deletes may name a seq not created yet (early).
             let seq = rng.random_range(1..=*seq_counter + 2);
+            let notify: Vec<&str> = (0..rng.random_range(0..3))
+                .map(|_| shape.users.choose(&mut rng).unwrap().as_str())
+                .collect();
             match roll {
-                60..=74 => event::message_read(partner, conversation, seq, user),
-                75..=92 => event::conversation_read(partner, conversation, seq, user),
+                58..=73 => streams::with_notify(
+                    event::message_read(partner, conversation, seq, user),
+                    &notify,
+                ),
+                74..=90 => streams::with_notify(
+                    event::conversation_read(partner, conversation, seq, user),
+                    &notify,
+                ),
                 _ => event::deleted(partner, conversation, seq, &[user]),
             }
+        } else {
+            let recipients: Vec<&str> = (0..rng.random_range(1..4))
+                .map(|_| shape.users.choose(&mut rng).unwrap().as_str())
+                .collect();
+            let id = format!("{partner}-n{}", stream.len());
+            streams::notification(partner, &id, "typing.started", &recipients)
         };
         stream.push(event);
     }
     stream
+}
+
+/// The key a stream's event is produced with: its conversation, so that each
+/// conversation's events are consumed in order (a notification, its own id).
+pub fn event_key(event: &v1::MessageEvent) -> String {
+    match event.event.as_ref() {
+        Some(Event::MessageCreated(e)) => e.conversation_id.clone(),
+        Some(Event::MessageRead(e)) => e.conversation_id.clone(),
+        Some(Event::ConversationRead(e)) => e.conversation_id.clone(),
+        Some(Event::MessageDeleted(e)) => e.conversation_id.clone(),
+        Some(Event::Notification(_)) | None => event.event_id.clone(),
+    }
 }
 
 /// An independent recount from the events themselves (DESIGN.md's unread semantics),

@@ -76,7 +76,7 @@ impl Default for EdgeConfig {
             max_token_lifetime_seconds: 86_400,
             jti_cache_capacity: 1_000_000,
             max_subscriptions_per_connection: 10,
-            max_stream_queue: 256,
+            max_stream_queue: 1024,
             max_commands_per_second: 50,
             max_connections: 100_000,
             secrets_file: None,

@@ -35,6 +35,9 @@ use crate::telemetry::{Handshake, Ignored, StreamSubscribe};
 /// client that stopped reading cannot hold up a drain.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 
+/// Stream events taken from the queue for one write (one flush).
+const EVENTS_PER_WRITE: usize = 64;
+
 /// How long a close waits for the client's closing frame. Waiting lets the client read
 /// the close code before the TCP connection ends; not waiting forever bounds a drain.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -347,7 +350,16 @@ where
                     self.protocol.on_count(value, &mut self.out);
                 }
                 event = next_event(self.events.as_mut()) => match event {
-                    Some(frame) => self.protocol.on_event(&frame, &mut self.out),
+                    Some(frame) => {
+                        self.protocol.on_event(&frame, &mut self.out);
+                        // What else is queued goes out in the same write.
+                        for _ in 1..EVENTS_PER_WRITE {
+                            let Some(Ok(frame)) = self.events.as_mut().map(|(events, _)| events.receiver.try_recv()) else {
+                                break;
+                            };
+                            self.protocol.on_event(&frame, &mut self.out);
+                        }
+                    }
                     None => {
                         self.events = None;
                         self.node.metrics.stream_overflowed();

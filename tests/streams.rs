@@ -1,0 +1,100 @@
+//! Event streams through the whole pipeline on the embedded Kafka: a random stream of
+//! messages (some with data), reads naming users to notify, deletes, notifications and
+//! byte-for-byte duplicates, for two partners whose users share ids. Every user's
+//! `/realtime` client receives exactly what an independent oracle computes from the
+//! produced events, at positions 1..n; a RoomChannel client of the same user receives
+//! the same events; no client sees another partner's.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use fanout_tests::scenarios::{StreamShape, event_key, random_stream, recount, wait_for_counts};
+use fanout_tests::streams::{
+    Received, assert_streams, produced_events, stream_oracle, watch_users,
+};
+use fanout_tests::*;
+use prost::Message as _;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_users_stream_is_exactly_the_oracles_on_both_protocols() {
+    let shape = StreamShape::small();
+    let partners: Vec<TestPartner> = shape
+        .partners
+        .iter()
+        .map(|code| TestPartner::new(code))
+        .collect();
+    let cluster = TestCluster::start(4, &partners);
+    let config = &cluster.config;
+    let pipeline = start_pipeline(config).await;
+    let address = pipeline.edge.address;
+    let watchers = watch_users(address, &partners, &shape.users).await;
+
+    // The same user on RoomChannel, authenticated only by its pubsub_token.
+    let mut room = CableClient::connect_url(
+        &format!("ws://{address}/cable?partner={}", partners[0].code),
+        Some("actioncable-v1-json"),
+    )
+    .await;
+    assert!(room.next_frame().await.unwrap().contains("welcome"));
+    let identifier =
+        serde_json::json!({"channel": "RoomChannel", "pubsub_token": partners[0].token("u1")})
+            .to_string();
+    room.send_text(
+        &serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string(),
+    )
+    .await;
+    assert!(
+        room.next_frame()
+            .await
+            .unwrap()
+            .contains("confirm_subscription")
+    );
+
+    let stream = random_stream(&shape, 13_000, 3000);
+    let producer = cluster.producer();
+    for event in &stream {
+        produce_raw(
+            &producer,
+            &config.topics.message_events,
+            &event_key(event),
+            &event.encode_to_vec(),
+            &[],
+        )
+        .await;
+    }
+    wait_for_counts(&pipeline.edge, config, &recount(&stream), "streams").await;
+    let expected = stream_oracle(&produced_events(config));
+    assert_streams(&watchers, &expected, "no faults").await;
+
+    // RoomChannel got the same events as /realtime, in the same order.
+    let realtime: Vec<(u64, Value)> = watchers
+        .iter()
+        .find(|watcher| watcher.key == format!("{}/u1", partners[0].code))
+        .unwrap()
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|event| (event.offset, event.item.data.clone()))
+        .collect();
+    let mut cable = Vec::new();
+    while cable.len() < realtime.len() {
+        let frame = room
+            .next_frame()
+            .await
+            .expect("the RoomChannel stream ended");
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        if value.get("type").is_some() {
+            continue; // pings
+        }
+        assert_eq!(
+            value["identifier"],
+            identifier.as_str(),
+            "identifier echoed"
+        );
+        let mut message = value["message"].clone();
+        message["type"] = "event".into();
+        let event = Received::parse(&message.to_string()).unwrap();
+        cable.push((event.offset, event.item.data));
+    }
+    assert_eq!(cable, realtime);
+}
