@@ -318,9 +318,12 @@ async fn every_bad_token_is_refused_with_its_reason_on_both_protocols() {
 }
 
 /// Everything a partner-crossing mix-up could show: two partners with the same user ids,
-/// every user with a count no other user has, watched on both protocols at once.
+/// every user with a count no other user has, watched on both protocols at once, each
+/// session also subscribed to its user's event stream (RoomChannel on the `jwt`
+/// connection and on a connection authenticated only by its `pubsub_token`,
+/// `subscribe_events` on `/realtime`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partners_with_equal_user_ids_never_see_each_others_counts() {
+async fn partners_with_equal_user_ids_never_see_each_others_counts_or_events() {
     let alpha = TestPartner::new("alpha");
     let beta = TestPartner::new("beta");
     let cluster = TestCluster::start(2, &[alpha.clone(), beta.clone()]);
@@ -363,6 +366,7 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
 
     let mut cable_clients = Vec::new();
     let mut realtime_clients = Vec::new();
+    let mut room_clients = Vec::new();
     for (partner, test_partner) in [("alpha", &alpha), ("beta", &beta)] {
         for (index, user) in users.iter().enumerate() {
             let mut client = cable(edge.address, partner, &test_partner.token(user)).await;
@@ -371,7 +375,18 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
                 count_frame(expected(partner, index)),
                 "/cable {partner}/{user}"
             );
+            client
+                .send_text(
+                    r#"{"command":"subscribe","identifier":"{\"channel\":\"RoomChannel\"}"}"#,
+                )
+                .await;
+            let confirm = client.next_frame().await.unwrap();
+            assert!(confirm.contains("confirm_subscription"), "{confirm}");
             cable_clients.push((partner, index, client));
+            let mut room = room_client(edge.address, partner, &test_partner.token(user)).await;
+            let confirm = room.next_frame().await.unwrap();
+            assert!(confirm.contains("confirm_subscription"), "{confirm}");
+            room_clients.push((partner, index, room));
             let mut client = RealtimeClient::connect(edge.address).await;
             assert_eq!(
                 client
@@ -387,35 +402,80 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
                 ),
                 "/realtime {partner}/{user}"
             );
+            client
+                .send_text(r#"{"type":"subscribe_events","id":"e"}"#)
+                .await;
+            assert_eq!(
+                client.next_text().await,
+                r#"{"type":"subscribed","id":"e"}"#
+            );
             realtime_clients.push((partner, index, client));
         }
     }
-    // One more message for beta's u2 only: exactly its two sessions hear of it.
+    // A pubsub_token of beta's on a connection for alpha is refused, and gets nothing.
+    let mut crossing = room_client(edge.address, "alpha", &beta.token("u2")).await;
+    let refused = crossing.next_frame().await.unwrap();
+    assert!(refused.contains("reject_subscription"), "{refused}");
+    // One more message for beta's u2 only: exactly its sessions hear of it, each with
+    // the count and the event (in either order: they travel on separate topics).
     seq += 1;
     produce_event(
         &producer,
         config,
-        &event::created("beta", "shared-conversation", seq, "sender", &["u2"]),
+        &streams::with_data(
+            event::created("beta", "shared-conversation", seq, "sender", &["u2"]),
+            r#"{"for":"beta/u2"}"#,
+        ),
     )
     .await;
+    let is_the_event = |message: &Value| {
+        message["event"] == "message.created" && message["data"] == json!({"for": "beta/u2"})
+    };
     for (partner, index, client) in &mut cable_clients {
         if (*partner, *index) == ("beta", 1) {
-            assert_eq!(
-                client.next_frame().await,
-                Some(count_frame(expected("beta", 1) + 1))
-            );
+            let mut frames = [
+                client.next_frame().await.unwrap(),
+                client.next_frame().await.unwrap(),
+            ];
+            frames.sort_by_key(|frame| !frame.contains(r#""type":"unread_count""#));
+            assert_eq!(frames[0], count_frame(expected("beta", 1) + 1));
+            let event: Value = serde_json::from_str(&frames[1]).unwrap();
+            assert!(is_the_event(&event["message"]), "{event}");
         }
     }
     for (partner, index, client) in &mut realtime_clients {
         if (*partner, *index) == ("beta", 1) {
+            let mut frames = [client.next_text().await, client.next_text().await];
+            frames.sort_by_key(|frame| !frame.contains(r#""type":"unread_count""#));
             assert_eq!(
-                client.next_text().await,
+                frames[0],
                 format!(
                     r#"{{"type":"unread_count","count":{}}}"#,
                     expected("beta", 1) + 1
                 )
             );
+            let event: Value = serde_json::from_str(&frames[1]).unwrap();
+            assert!(is_the_event(&event), "{event}");
         }
+    }
+    for (partner, index, client) in &mut room_clients {
+        if (*partner, *index) == ("beta", 1) {
+            let event: Value = serde_json::from_str(&client.next_frame().await.unwrap()).unwrap();
+            assert!(is_the_event(&event["message"]), "{event}");
+        }
+    }
+    // Neither did the refused crossing connection, nor any other room client: a reply to
+    // a subscribe is the next frame each sees.
+    room_clients.push(("alpha", usize::MAX, crossing));
+    for (partner, index, client) in &mut room_clients {
+        client
+            .send_text(r#"{"command":"subscribe","identifier":"{\"channel\":\"Nope\"}"}"#)
+            .await;
+        let reply = client.next_frame().await.unwrap();
+        assert!(
+            reply.contains("reject_subscription"),
+            "room {partner}/{index}: {reply}"
+        );
     }
     // Nobody else got a frame: each asks for its count and the reply is the next frame.
     for (partner, index, client) in &mut realtime_clients {
@@ -451,6 +511,23 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts() {
         );
     }
     pipeline.stop().await;
+}
+
+/// A `/cable` connection without `jwt`, for `partner`, that subscribes RoomChannel
+/// with `pubsub_token` as Chatwoot's widget does (after its welcome).
+async fn room_client(address: SocketAddr, partner: &str, pubsub_token: &str) -> CableClient {
+    let mut client = CableClient::connect_url(
+        &format!("ws://{address}/cable?partner={partner}"),
+        Some("actioncable-v1-json"),
+    )
+    .await;
+    let welcome = client.next_frame().await.unwrap();
+    assert!(welcome.contains("welcome"), "{welcome}");
+    let identifier = json!({"channel": "RoomChannel", "pubsub_token": pubsub_token}).to_string();
+    client
+        .send_text(&json!({"command": "subscribe", "identifier": identifier}).to_string())
+        .await;
+    client
 }
 
 /// Opens `/cable` with the raw query and an optional `Origin`: the socket, or the HTTP
