@@ -24,6 +24,9 @@ pub enum BenchCommand {
     ConnectStorm(WsBenchOptions),
     /// Several edge processes (`--edges`, default 4), N connections over them.
     ScaleOut(WsBenchOptions),
+    /// One message with 1 KiB of data to every connected user, each subscribed to its
+    /// event stream; produce → every socket latency of `message.created`.
+    Stream(WsBenchOptions),
     /// One process of bench clients (started by the scenarios).
     #[command(hide = true)]
     Worker {
@@ -54,6 +57,7 @@ impl BenchCommand {
             Self::PushRate(options) => (Scenario::PushRate, options),
             Self::ConnectStorm(options) => (Scenario::ConnectStorm, options),
             Self::ScaleOut(options) => (Scenario::ScaleOut, options),
+            Self::Stream(options) => (Scenario::Stream, options),
         };
         let result = crate::ws::run(scenario, &options).await?;
         eprintln!("{}", crate::result::summary(&result));

@@ -107,12 +107,13 @@ fn message_created(
     seq: u64,
     recipients: Vec<String>,
     sent_us: u64,
+    data: Option<fanout_schema::data::Struct>,
 ) -> v1::MessageEvent {
     v1::MessageEvent {
         event_id,
         partner: partner.to_owned(),
         occurred_at_ms: i64::try_from(sent_us / 1000).unwrap_or(0),
-        data: None,
+        data,
         event: Some(v1::message_event::Event::MessageCreated(
             v1::MessageCreated {
                 conversation_id: conversation,
@@ -123,6 +124,17 @@ fn message_created(
             },
         )),
     }
+}
+
+/// `{"text":"xxx..."}` of about `bytes` bytes as JSON; `None` for 0.
+fn message_data(bytes: usize) -> anyhow::Result<Option<fanout_schema::data::Struct>> {
+    if bytes == 0 {
+        return Ok(None);
+    }
+    let text = "x".repeat(bytes.saturating_sub(r#"{"text":""}"#.len()));
+    let data = fanout_schema::data::parse_data(&format!(r#"{{"text":"{text}"}}"#))
+        .map_err(|error| anyhow::anyhow!("the bench's data: {error:?}"))?;
+    Ok(Some(data))
 }
 
 /// Sends one event to a user nobody is connected as and waits for its acknowledgement
@@ -167,6 +179,7 @@ async fn warm_event_producer(
         1,
         vec![format!("{user_prefix}warm-up")],
         unix_micros(),
+        None,
     );
     warm_up(
         &producer,
@@ -221,10 +234,12 @@ pub(super) async fn group_message(
     user_prefix: &str,
     users: u64,
     messages: u64,
+    data_bytes: usize,
     sends: &mut Sends,
     pushes: &mut PushResult,
 ) -> anyhow::Result<()> {
     let (producer, deliveries) = warm_event_producer(kafka, target, user_prefix).await?;
+    let data = message_data(data_bytes)?;
     let recipients: Vec<String> = (0..users)
         .map(|user| format!("{user_prefix}{user}"))
         .collect();
@@ -239,6 +254,7 @@ pub(super) async fn group_message(
             message + 1,
             recipients.clone(),
             sent_us,
+            data.clone(),
         );
         send(
             &producer,
@@ -304,6 +320,7 @@ pub(super) async fn steady(
                 seq,
                 vec![format!("{user_prefix}{user}")],
                 sent_us,
+                None,
             );
             send(
                 &producer,

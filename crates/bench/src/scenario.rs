@@ -25,6 +25,9 @@ pub enum Scenario {
     ConnectStorm,
     /// Several edge processes, N connections over all of them.
     ScaleOut,
+    /// One message with `--data-bytes` of data to every connected user, each subscribed
+    /// to its event stream too: produce → every socket latency of `message.created`.
+    Stream,
 }
 
 impl Scenario {
@@ -36,13 +39,14 @@ impl Scenario {
             Self::PushRate => "push-rate",
             Self::ConnectStorm => "connect-storm",
             Self::ScaleOut => "scale-out",
+            Self::Stream => "stream",
         }
     }
 
     pub(crate) fn default_connections(self) -> u64 {
         match self {
             Self::Idle => 19_000,
-            Self::GroupMessage | Self::ConnectStorm => 10_000,
+            Self::GroupMessage | Self::ConnectStorm | Self::Stream => 10_000,
             Self::Steady => 15_000,
             Self::PushRate => 2_000,
             Self::ScaleOut => 60_000,
@@ -54,13 +58,13 @@ impl Scenario {
             Self::Idle | Self::ScaleOut => Duration::from_secs(5),
             Self::Steady => Duration::from_secs(30),
             Self::PushRate => Duration::from_secs(10),
-            Self::GroupMessage | Self::ConnectStorm => Duration::ZERO,
+            Self::GroupMessage | Self::ConnectStorm | Self::Stream => Duration::ZERO,
         }
     }
 
     /// Scenarios whose events go through ingest and router.
     pub(crate) fn needs_pipeline(self) -> bool {
-        matches!(self, Self::GroupMessage | Self::Steady)
+        matches!(self, Self::GroupMessage | Self::Steady | Self::Stream)
     }
 }
 
@@ -83,9 +87,18 @@ pub struct WsBenchOptions {
     /// second (default 200000; 0: as fast as the producer goes).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// group-message: messages sent, one after the other, each to every user.
+    /// group-message, stream: messages sent, one after the other, each to every user.
     #[arg(long, default_value_t = 5)]
     pub messages: u64,
+    /// Each client also subscribes to its user's event stream (RoomChannel on /cable,
+    /// subscribe_events on /realtime): what streams cost the counts. Always on in
+    /// stream, which measures the events instead of the counts.
+    #[arg(long)]
+    pub events: bool,
+    /// group-message, stream: bytes of `data` each message carries (default: 0, and
+    /// 1024 in stream).
+    #[arg(long)]
+    pub data_bytes: Option<usize>,
     /// Edge processes to start (scale-out: 4, others: 1).
     #[arg(long)]
     pub edges: Option<usize>,

@@ -45,6 +45,21 @@ pub enum LatencySource {
     Receipts,
 }
 
+/// Whether the clients also subscribe to their user's event stream (RoomChannel on
+/// `/cable`, `subscribe_events` on `/realtime`), and which frames a run measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Events {
+    /// Counts only.
+    #[default]
+    Off,
+    /// Subscribed to both; counts are measured, events received and not measured.
+    Subscribed,
+    /// Subscribed to both; `message.created` events are measured (their
+    /// `unread_count` tells which message), counts received and not measured.
+    Measured,
+}
+
 /// What one worker does; passed as JSON on its command line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerSpec {
@@ -65,6 +80,8 @@ pub struct WorkerSpec {
     /// Connections being set up at once; 0 means all at once.
     pub connect_concurrency: usize,
     pub latency: LatencySource,
+    #[serde(default)]
+    pub events: Events,
 }
 
 /// What a worker writes to stdout, one JSON object per line.
@@ -339,6 +356,9 @@ struct Client<'a> {
 
 const SUBSCRIBE: &str =
     r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#;
+const SUBSCRIBE_EVENTS_CABLE: &str =
+    r#"{"command":"subscribe","identifier":"{\"channel\":\"RoomChannel\"}"}"#;
+const SUBSCRIBE_EVENTS_REALTIME: &str = r#"{"type":"subscribe_events"}"#;
 /// Longest a connection may take to be subscribed.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -357,7 +377,16 @@ impl Client<'_> {
         while let Some(frame) = socket.next().await {
             match frame.map_err(|error| format!("read: {error}"))? {
                 Message::Text(text) => {
-                    if let Some(count) = unread_count(text.as_str())
+                    let measured = if is_event(text.as_str()) {
+                        (self.spec.events == Events::Measured)
+                            .then(|| event_unread_count(text.as_str()))
+                            .flatten()
+                    } else if self.spec.events == Events::Measured {
+                        None
+                    } else {
+                        unread_count(text.as_str())
+                    };
+                    if let Some(count) = measured
                         && count > 0
                     {
                         self.shared
@@ -421,6 +450,7 @@ impl Client<'_> {
             send_text(&mut socket, auth.to_string()).await?;
         }
         let mut authenticated = false;
+        let mut counted = false;
         while let Some(frame) = socket.next().await {
             let Message::Text(text) = frame.map_err(|error| format!("read: {error}"))? else {
                 continue;
@@ -451,7 +481,25 @@ impl Client<'_> {
                 }
                 continue;
             }
-            if unread_count(text).is_some() {
+            if !counted && unread_count(text).is_some() {
+                if self.spec.events == Events::Off {
+                    return Ok(socket);
+                }
+                counted = true;
+                let subscribe = match self.spec.protocol {
+                    Protocol::Cable => SUBSCRIBE_EVENTS_CABLE,
+                    Protocol::Realtime => SUBSCRIBE_EVENTS_REALTIME,
+                };
+                send_text(&mut socket, subscribe.to_owned()).await?;
+                continue;
+            }
+            let events_confirmed = match self.spec.protocol {
+                Protocol::Cable => {
+                    text.contains("confirm_subscription") && text.contains("RoomChannel")
+                }
+                Protocol::Realtime => text.contains(r#""type":"subscribed""#),
+            };
+            if counted && events_confirmed {
                 return Ok(socket);
             }
             if text.contains("reject_subscription") {
@@ -485,9 +533,33 @@ fn unread_count(frame: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Whether a frame of either protocol is a `message.created` stream event.
+fn is_event(frame: &str) -> bool {
+    frame.contains(r#""event":"message.created""#)
+}
+
+/// The `unread_count` a stream event carries (the user's count after it).
+fn event_unread_count(frame: &str) -> Option<u64> {
+    let (_, after) = frame.rsplit_once(r#""unread_count":"#)?;
+    let digits = after
+        .find(|character: char| !character.is_ascii_digit())
+        .map_or(after, |end| &after[..end]);
+    digits.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_told_from_counts_and_read_on_both_protocols() {
+        let realtime = r#"{"type":"event","event":"message.created","data":{"text":""unread_count":9"},"conversation_id":"g","seq":3,"unread_count":3,"epoch":"7","offset":3}"#;
+        let cable = r#"{"identifier":"{"channel":"RoomChannel"}","message":{"event":"message.created","data":{},"unread_count":12,"epoch":"7","offset":12}}"#;
+        assert!(is_event(realtime) && is_event(cable));
+        assert_eq!(event_unread_count(realtime), Some(3));
+        assert_eq!(event_unread_count(cable), Some(12));
+        assert!(!is_event(&fanout_protocol_frames::cable()));
+    }
 
     #[test]
     fn counts_are_read_from_both_protocols() {

@@ -21,7 +21,7 @@ use super::report::{LatencySummary, Machine, plot_latency};
 use super::result::{ConnectionResult, PushResult, TargetCheck, WsBenchResult};
 use super::scenario::{Scenario, WsBenchOptions};
 use super::target::Target;
-use super::worker::{LatencySource, WorkerSpec};
+use super::worker::{Events, LatencySource, WorkerSpec};
 
 /// `push-rate`'s default count records per second: above what one edge delivers here
 /// (so it is saturated and coalesces), below the producer's own maximum, which would
@@ -179,6 +179,11 @@ fn worker_specs(
     } else {
         options.connect_concurrency
     };
+    let events = match scenario {
+        Scenario::Stream => Events::Measured,
+        _ if options.events => Events::Subscribed,
+        _ => Events::Off,
+    };
     let connections = size.connections;
     let per_worker = connections.div_ceil(size.workers as u64);
     let run_octet: u8 = rand::rng().random_range(1..=254);
@@ -203,6 +208,7 @@ fn worker_specs(
                 per_source_address: CONNECTIONS_PER_SOURCE_ADDRESS,
                 connect_concurrency,
                 latency: latency_source,
+                events,
             }
         })
         .filter(|spec| spec.connections > 0)
@@ -275,7 +281,12 @@ async fn run_load(
     match scenario {
         Scenario::Idle | Scenario::ScaleOut => hold(pool, size.duration).await?,
         Scenario::ConnectStorm => {}
-        Scenario::GroupMessage => {
+        Scenario::GroupMessage | Scenario::Stream => {
+            let default_data = if scenario == Scenario::Stream {
+                1024
+            } else {
+                0
+            };
             group_message(
                 pool,
                 &kafka()?,
@@ -283,6 +294,7 @@ async fn run_load(
                 user_prefix,
                 users,
                 options.messages,
+                options.data_bytes.unwrap_or(default_data),
                 &mut sends,
                 &mut pushes,
             )
@@ -346,7 +358,7 @@ fn target_check(
             measured: bytes,
             met: all_subscribed && bytes <= 4096.0,
         }),
-        Scenario::GroupMessage => Some(TargetCheck {
+        Scenario::GroupMessage | Scenario::Stream => Some(TargetCheck {
             metric: "produce → every socket p99 (ms)",
             target: "<= 100".to_owned(),
             measured: latency.p99_ms,

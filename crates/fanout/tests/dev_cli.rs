@@ -109,7 +109,8 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     assert_eq!(status, 200);
     for expected in [
         "fanout_ingest_events_total{result=\"accepted\"} 7",
-        "fanout_router_events_total{result=\"applied\"} 7",
+        // 7 events for demo-user, and the sender's own copy of each of the 4 messages.
+        "fanout_router_events_total{result=\"applied\"} 11",
         "fanout_edge_pushes_total",
         "fanout_edge_delivery_latency_seconds_bucket",
         "fanout_router_restore_duration_seconds",
