@@ -113,3 +113,37 @@ fn group_message_reaches_every_socket_through_the_router() {
     assert_eq!(result["latency"]["samples"], 200);
     assert_eq!(result["per_message"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn stream_measures_each_message_created_event_on_every_socket() {
+    for protocol in ["cable", "realtime"] {
+        let result = bench(
+            "stream",
+            &[
+                "--connections",
+                "60",
+                "--messages",
+                "2",
+                "--data-bytes",
+                "1024",
+                "--protocol",
+                protocol,
+            ],
+        );
+        all_subscribed(&result, 60);
+        assert_eq!(result["pushes"]["expected"], 120, "{protocol}");
+        assert_eq!(result["pushes"]["received"], 120, "{protocol}");
+        assert_eq!(result["latency"]["samples"], 120, "{protocol}");
+    }
+}
+
+#[test]
+fn group_message_with_events_still_measures_the_counts() {
+    let result = bench(
+        "group-message",
+        &["--connections", "50", "--messages", "2", "--events"],
+    );
+    all_subscribed(&result, 50);
+    assert_eq!(result["pushes"]["received"], 100);
+    assert_eq!(result["latency"]["samples"], 100);
+}
