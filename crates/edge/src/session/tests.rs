@@ -802,6 +802,46 @@ mod streams {
     }
 
     #[tokio::test]
+    async fn without_a_partner_in_the_query_the_tokens_partner_claim_names_it() {
+        let mut harness = harness::start(
+            true,
+            with_beta,
+            Cable::new,
+            Some(Credentials {
+                partner: None,
+                token: None,
+            }),
+        );
+        assert_eq!(harness.next().await, cable::welcome());
+        let now = fanout_schema::unix_millis() / 1000;
+        let claims = |partner: &str, jti: &str| serde_json::json!({"uniqueId": "bob", "partner": partner, "iat": now, "exp": now + 60, "jti": jti});
+        let sign = |claims: serde_json::Value, secret: &str| {
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+            )
+            .unwrap()
+        };
+        // Claims beta but is signed with acme's secret: verified with beta's, refused.
+        let (forged, subscribe) = room_subscribe(&sign(claims("beta", "j1"), SECRET));
+        harness.send(&subscribe);
+        assert_eq!(harness.next().await, cable::reject_subscription(&forged));
+        let (identifier, subscribe) = room_subscribe(&sign(claims("beta", "j2"), BETA_SECRET));
+        harness.send(&subscribe);
+        assert_eq!(
+            harness.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        assert_eq!(harness.publish("acme/bob", 1).queued, 0);
+        assert_eq!(harness.publish("beta/bob", 1).queued, 1);
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, &body(1))
+        );
+    }
+
+    #[tokio::test]
     async fn a_pubsub_token_is_not_spent_so_a_reconnect_subscribes_again() {
         let pubsub_token = token(SECRET, "bob", 60);
         for _ in 0..2 {
