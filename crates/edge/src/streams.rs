@@ -8,11 +8,10 @@
 //! hold its events without bound. A repeated record (a router replaying after a crash
 //! writes the same event at the same position again) is delivered once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use tokio::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 
 /// A stream event ready for every session of its user.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,9 +36,69 @@ pub struct Published {
     pub repeated: bool,
 }
 
+/// One subscription's queue, shared by the hub (which pushes) and the session (which
+/// takes). Lean on purpose, since every subscribed connection holds one: nothing is
+/// allocated for frames until one is queued, and the queue's buffer is given back
+/// whenever it empties.
+struct Queue {
+    state: Mutex<QueueState>,
+}
+
+#[derive(Default)]
+struct QueueState {
+    frames: VecDeque<Arc<StreamFrame>>,
+    /// The hub ended the subscription: its queue overflowed.
+    ended: bool,
+    /// The session waiting for a frame.
+    waker: Option<Waker>,
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    Full,
+    Ended,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues `frame` unless `capacity` frames wait already; a full queue ends.
+    fn push(&self, frame: &Arc<StreamFrame>, capacity: usize) -> Result<(), Refused> {
+        let (queued, waker) = {
+            let mut state = self.lock();
+            if state.ended {
+                return Err(Refused::Ended);
+            }
+            let queued = if state.frames.len() >= capacity {
+                state.ended = true;
+                Err(Refused::Full)
+            } else {
+                state.frames.push_back(Arc::clone(frame));
+                Ok(())
+            };
+            (queued, state.waker.take())
+        };
+        // Woken either way: a session whose queue ended must see it.
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        queued
+    }
+
+    fn take(state: &mut QueueState) -> Option<Arc<StreamFrame>> {
+        let frame = state.frames.pop_front();
+        if state.frames.is_empty() && state.frames.capacity() > 0 {
+            state.frames = VecDeque::new();
+        }
+        frame
+    }
+}
+
 struct Listener {
     id: u64,
-    sender: mpsc::Sender<Arc<StreamFrame>>,
+    queue: Arc<Queue>,
 }
 
 #[derive(Default)]
@@ -51,18 +110,18 @@ struct Listeners {
 
 /// Stream subscriptions by `partner/user` key.
 pub struct StreamHub {
-    users: Mutex<HashMap<Box<str>, Listeners>>,
+    users: Mutex<HashMap<Arc<str>, Listeners>>,
     next_id: AtomicU64,
-    queue: usize,
+    capacity: usize,
 }
 
 impl StreamHub {
-    /// A hub whose subscriptions queue at most `queue` events each.
-    pub fn new(queue: usize) -> Self {
+    /// A hub whose subscriptions queue at most `capacity` events each.
+    pub fn new(capacity: usize) -> Self {
         Self {
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
-            queue: queue.max(1),
+            capacity: capacity.max(1),
         }
     }
 
@@ -75,17 +134,25 @@ impl StreamHub {
     /// Subscribes to `key`'s events from now on.
     pub fn subscribe(self: &Arc<Self>, key: &str) -> EventSubscription {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (sender, receiver) = mpsc::channel(self.queue);
-        self.lock()
-            .entry(Box::from(key))
-            .or_default()
-            .listeners
-            .push(Listener { id, sender });
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState::default()),
+        });
+        let mut users = self.lock();
+        let key = match users.get_key_value(key) {
+            Some((key, _)) => Arc::clone(key),
+            None => Arc::from(key),
+        };
+        let entry = users.entry(Arc::clone(&key)).or_default();
+        entry.listeners.reserve_exact(1);
+        entry.listeners.push(Listener {
+            id,
+            queue: Arc::clone(&queue),
+        });
         EventSubscription {
             hub: Arc::clone(self),
-            key: Box::from(key),
+            key,
             id,
-            receiver,
+            queue,
         }
     }
 
@@ -111,20 +178,20 @@ impl StreamHub {
         }
         entry.last = Some((frame.epoch, frame.offset));
         let frame = Arc::new(frame);
-        entry.listeners.retain(|listener| {
-            match listener.sender.try_send(Arc::clone(&frame)) {
+        let capacity = self.capacity;
+        entry
+            .listeners
+            .retain(|listener| match listener.queue.push(&frame, capacity) {
                 Ok(()) => {
                     published.queued += 1;
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(Refused::Full) => {
                     published.overflowed += 1;
                     false
                 }
-                // Its session is gone; its drop removes it too.
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+                Err(Refused::Ended) => false,
+            });
         if entry.listeners.is_empty() {
             users.remove(key);
         }
@@ -149,7 +216,7 @@ impl StreamHub {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Listeners>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Arc<str>, Listeners>> {
         self.users.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -157,11 +224,42 @@ impl StreamHub {
 /// One session's stream subscription; dropping it unsubscribes.
 pub struct EventSubscription {
     hub: Arc<StreamHub>,
-    key: Box<str>,
+    key: Arc<str>,
     id: u64,
-    /// The user's events, in position order. `None` from `recv` means the hub ended the
-    /// subscription: its queue overflowed.
-    pub receiver: mpsc::Receiver<Arc<StreamFrame>>,
+    queue: Arc<Queue>,
+}
+
+impl EventSubscription {
+    /// The next event, in position order; `None` once the hub ended the subscription
+    /// (its queue overflowed) and what it held was taken.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Arc<StreamFrame>>> {
+        let mut state = self.queue.lock();
+        if let Some(frame) = Queue::take(&mut state) {
+            return Poll::Ready(Some(frame));
+        }
+        if state.ended {
+            return Poll::Ready(None);
+        }
+        if !state
+            .waker
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()))
+        {
+            state.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The next event if one is queued now.
+    pub fn try_next(&self) -> Option<Arc<StreamFrame>> {
+        Queue::take(&mut self.queue.lock())
+    }
+
+    /// Whether the hub ended the subscription and nothing is left to take.
+    pub fn is_ended(&self) -> bool {
+        let state = self.queue.lock();
+        state.ended && state.frames.is_empty()
+    }
 }
 
 impl Drop for EventSubscription {
@@ -187,43 +285,41 @@ mod tests {
     #[test]
     fn every_session_of_the_user_gets_each_position_once_and_no_one_else_does() {
         let hub = Arc::new(StreamHub::new(8));
-        let mut first = hub.subscribe("a/u1");
-        let mut second = hub.subscribe("a/u1");
-        let mut other_partner = hub.subscribe("b/u1");
+        let first = hub.subscribe("a/u1");
+        let second = hub.subscribe("a/u1");
+        let other_partner = hub.subscribe("b/u1");
         assert_eq!(hub.publish("a/u1", frame(1, 1)).queued, 2);
         assert!(hub.publish("a/u1", frame(1, 1)).repeated);
         assert_eq!(hub.publish("a/u1", frame(1, 2)).queued, 2);
         // A new epoch starts over.
         assert_eq!(hub.publish("a/u1", frame(2, 1)).queued, 2);
-        for subscription in [&mut first, &mut second] {
-            let offsets: Vec<(u64, u64)> =
-                std::iter::from_fn(|| subscription.receiver.try_recv().ok())
-                    .map(|frame| (frame.epoch, frame.offset))
-                    .collect();
+        for subscription in [&first, &second] {
+            let offsets: Vec<(u64, u64)> = std::iter::from_fn(|| subscription.try_next())
+                .map(|frame| (frame.epoch, frame.offset))
+                .collect();
             assert_eq!(offsets, [(1, 1), (1, 2), (2, 1)]);
         }
-        assert!(other_partner.receiver.try_recv().is_err());
+        assert!(other_partner.try_next().is_none());
         assert_eq!(hub.publish("nobody/u9", frame(1, 1)).queued, 0);
     }
 
     #[test]
     fn a_full_queue_ends_that_subscription_only_after_what_it_holds() {
         let hub = Arc::new(StreamHub::new(2));
-        let mut slow = hub.subscribe("a/u1");
-        let mut fast = hub.subscribe("a/u1");
+        let slow = hub.subscribe("a/u1");
+        let fast = hub.subscribe("a/u1");
         for offset in 1..=2 {
             hub.publish("a/u1", frame(1, offset));
-            fast.receiver.try_recv().unwrap();
+            fast.try_next().unwrap();
         }
         let published = hub.publish("a/u1", frame(1, 3));
         assert_eq!((published.queued, published.overflowed), (1, 1));
-        assert_eq!(fast.receiver.try_recv().unwrap().offset, 3);
-        assert_eq!(slow.receiver.try_recv().unwrap().offset, 1);
-        assert_eq!(slow.receiver.try_recv().unwrap().offset, 2);
-        assert_eq!(
-            slow.receiver.try_recv(),
-            Err(mpsc::error::TryRecvError::Disconnected)
-        );
+        assert_eq!(fast.try_next().unwrap().offset, 3);
+        assert!(!slow.is_ended());
+        assert_eq!(slow.try_next().unwrap().offset, 1);
+        assert_eq!(slow.try_next().unwrap().offset, 2);
+        assert!(slow.is_ended());
+        assert!(slow.try_next().is_none());
         assert_eq!(hub.subscriptions(), 1);
         drop(fast);
         assert_eq!(hub.subscriptions(), 0);

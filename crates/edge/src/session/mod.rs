@@ -92,18 +92,18 @@ enum Request {
 
 /// What a state machine produced for one input, in order, and what it asks.
 #[derive(Debug, Default)]
-pub struct Outbox(Vec<Output>, Option<Request>);
+pub struct Outbox(Vec<Output>, Option<Box<Request>>);
 
 impl Outbox {
     /// Asks for the user's event stream; the driver answers with
     /// [`Session::stream_opened`].
     pub fn open_stream(&mut self, request: StreamRequest) {
-        self.1 = Some(Request::OpenStream(request));
+        self.1 = Some(Box::new(Request::OpenStream(request)));
     }
 
     /// Ends the event stream subscription.
     pub fn close_stream(&mut self) {
-        self.1 = Some(Request::CloseStream);
+        self.1 = Some(Box::new(Request::CloseStream));
     }
 
     pub fn event(&mut self, frame: String, source_time: Option<i64>) {
@@ -142,7 +142,7 @@ impl Outbox {
     }
 
     fn take_request(&mut self) -> Option<Request> {
-        self.1.take()
+        self.1.take().map(|request| *request)
     }
 }
 
@@ -259,6 +259,12 @@ where
     reason
 }
 
+/// A session's stream subscription, and what its own token admitted (held as long).
+struct Events {
+    subscription: EventSubscription,
+    _admitted: Option<Subscribed>,
+}
+
 /// One socket read, sorted.
 enum Read {
     Text(Utf8Bytes),
@@ -277,8 +283,8 @@ struct Driver<'a, S, P> {
     out: Outbox,
     /// The connection's user; `None` for a session opened without credentials.
     admitted: Option<Admitted>,
-    /// The stream subscription, and what its own token admitted.
-    events: Option<(EventSubscription, Option<Subscribed>)>,
+    /// The stream subscription. Boxed: most connections hold none.
+    events: Option<Box<Events>>,
     /// The upgrade request's `Origin` header.
     origin: Option<String>,
     /// The partner the upgrade named, for a session opened without a token.
@@ -349,12 +355,12 @@ where
                     let value = self.out.take_count(counts);
                     self.protocol.on_count(value, &mut self.out);
                 }
-                event = next_event(self.events.as_mut()) => match event {
+                event = next_event(self.events.as_deref()) => match event {
                     Some(frame) => {
                         self.protocol.on_event(&frame, &mut self.out);
                         // What else is queued goes out in the same write.
                         for _ in 1..EVENTS_PER_WRITE {
-                            let Some(Ok(frame)) = self.events.as_mut().map(|(events, _)| events.receiver.try_recv()) else {
+                            let Some(frame) = self.events.as_ref().and_then(|events| events.subscription.try_next()) else {
                                 break;
                             };
                             self.protocol.on_event(&frame, &mut self.out);
@@ -488,7 +494,10 @@ where
                 (identity.key(), None)
             }
         };
-        self.events = Some((self.node.streams.subscribe(&key), held));
+        self.events = Some(Box::new(Events {
+            subscription: self.node.streams.subscribe(&key),
+            _admitted: held,
+        }));
         Ok(())
     }
 
@@ -610,13 +619,13 @@ async fn count_changed(
 }
 
 /// The next stream event (`None`: the hub ended the subscription), or never without one.
-async fn next_event(
-    events: Option<&mut (EventSubscription, Option<Subscribed>)>,
-) -> Option<std::sync::Arc<StreamFrame>> {
-    match events {
-        Some((subscription, _)) => subscription.receiver.recv().await,
-        None => std::future::pending().await,
-    }
+fn next_event(
+    events: Option<&Events>,
+) -> impl std::future::Future<Output = Option<std::sync::Arc<StreamFrame>>> + '_ {
+    std::future::poll_fn(move |cx| match events {
+        Some(events) => events.subscription.poll_next(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// The next tick of `interval`, or never.
