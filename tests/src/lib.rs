@@ -418,6 +418,26 @@ pub mod event {
         )
     }
 
+    /// `event` carrying the partner's `data` (a JSON object), which every kind may carry.
+    pub fn with_data(mut event: v1::MessageEvent, data: &serde_json::Value) -> v1::MessageEvent {
+        let data = fanout_schema::data::data_from_json(data.clone())
+            .unwrap_or_else(|error| panic!("{data} cannot be an event's data: {error}"));
+        event.data = Some(data);
+        event
+    }
+
+    /// A read (`message_read`, `conversation_read`) naming `users` to be told of it: each
+    /// gets the read receipt on its stream.
+    pub fn notifying(mut event: v1::MessageEvent, users: &[&str]) -> v1::MessageEvent {
+        let notify = users.iter().map(|user| (*user).to_owned()).collect();
+        match &mut event.event {
+            Some(Event::MessageRead(read)) => read.notify = notify,
+            Some(Event::ConversationRead(read)) => read.notify = notify,
+            other => panic!("only reads name users to notify, not {other:?}"),
+        }
+        event
+    }
+
     pub fn deleted(partner: &str, conversation: &str, seq: u64, to: &[&str]) -> v1::MessageEvent {
         wrap(
             partner,
@@ -447,6 +467,65 @@ mod fanout_protocol_frames {
         format!(
             r#"{{"identifier":{identifier_json},"message":{{"type":"unread_count","count":{count}}}}}"#
         )
+    }
+}
+
+/// The identifier Chatwoot's clients send for RoomChannel, as `JSON.stringify({channel:
+/// "RoomChannel", pubsub_token})` writes it: `{"channel":"RoomChannel","pubsub_token":".."}`.
+pub fn room_channel_identifier(pubsub_token: &str) -> String {
+    format!(
+        r#"{{"channel":"RoomChannel","pubsub_token":{}}}"#,
+        serde_json::to_string(pubsub_token).unwrap()
+    )
+}
+
+/// One user's event stream as a client receives it, checked event by event against what
+/// the test produced. Positions are checked as the design states them, not as the edge
+/// computes them: the first event is at `offset` 1, each next one at one more, all under
+/// one `epoch`, a string of digits, learned from the first event.
+#[derive(Debug, Default)]
+pub struct StreamCheck {
+    epoch: Option<String>,
+    offset: u64,
+}
+
+impl StreamCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asserts that `received` (the event as a client got it: `{"event":..,"data":..,
+    /// ..,"epoch":..,"offset":..}`) is `expected` (every field but `epoch` and `offset`)
+    /// at the stream's next position.
+    pub fn next(&mut self, received: &serde_json::Value, expected: serde_json::Value) {
+        let mut fields = received
+            .as_object()
+            .unwrap_or_else(|| panic!("a stream event is an object: {received}"))
+            .clone();
+        let epoch = fields.remove("epoch");
+        let offset = fields.remove("offset");
+        assert_eq!(
+            serde_json::Value::Object(fields),
+            expected,
+            "the event (epoch and offset aside)"
+        );
+        let epoch = match epoch {
+            Some(serde_json::Value::String(epoch)) => epoch,
+            other => panic!("the epoch is a string, not {other:?}: {received}"),
+        };
+        assert!(
+            !epoch.is_empty() && epoch.bytes().all(|byte| byte.is_ascii_digit()),
+            "the epoch is digits: {received}"
+        );
+        let first_epoch = self.epoch.get_or_insert_with(|| epoch.clone());
+        assert_eq!(&epoch, first_epoch, "the epoch changed: {received}");
+        self.offset += 1;
+        assert_eq!(
+            offset,
+            Some(serde_json::Value::from(self.offset)),
+            "the offset after {} events: {received}",
+            self.offset - 1
+        );
     }
 }
 
