@@ -76,8 +76,24 @@ pub enum Broker {
 
 /// A Kafka with this test's own topics and groups, and a config for it.
 pub struct TestCluster {
-    pub broker: Broker,
+    /// `None` only once dropped.
+    broker: Option<Broker>,
     pub config: Config,
+}
+
+impl Drop for TestCluster {
+    /// A test that fails unwinds without stopping its stages, and its runtime drops
+    /// their Kafka consumers only after the test's locals, this cluster among them; a
+    /// consumer's drop waits until it has left its group, which, with the embedded
+    /// cluster gone, is forever: the failure would hang instead of being reported. So a
+    /// failing test leaves the embedded cluster running (its process ends soon anyway).
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(Broker::Embedded(kafka)) = self.broker.take()
+        {
+            std::mem::forget(kafka);
+        }
+    }
 }
 
 impl TestCluster {
@@ -108,16 +124,16 @@ impl TestCluster {
     /// The embedded cluster, for fault injection.
     pub fn embedded(&self) -> &EmbeddedKafka {
         match &self.broker {
-            Broker::Embedded(kafka) => kafka,
-            Broker::Tansu(_) => panic!("fault injection needs the embedded cluster"),
+            Some(Broker::Embedded(kafka)) => kafka,
+            _ => panic!("fault injection needs the embedded cluster"),
         }
     }
 
     /// The tansu broker process, to stop and restart it.
     pub fn tansu(&mut self) -> &mut tansu::TansuBroker {
         match &mut self.broker {
-            Broker::Tansu(broker) => broker,
-            Broker::Embedded(_) => panic!("stopping the broker process needs tansu"),
+            Some(Broker::Tansu(broker)) => broker,
+            _ => panic!("stopping the broker process needs tansu"),
         }
     }
 
@@ -147,7 +163,10 @@ impl TestCluster {
             })
             .collect::<BTreeMap<_, _>>();
         config.validate().unwrap();
-        Self { broker, config }
+        Self {
+            broker: Some(broker),
+            config,
+        }
     }
 
     pub fn producer(&self) -> FutureProducer {
