@@ -841,3 +841,61 @@ impl TopicWatermarks {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(epoch: &str, offset: u64) -> serde_json::Value {
+        json!({"event": "message.created", "data": {}, "epoch": epoch, "offset": offset})
+    }
+
+    fn expected() -> serde_json::Value {
+        json!({"event": "message.created", "data": {}})
+    }
+
+    #[test]
+    fn a_stream_check_takes_offsets_one_by_one_under_one_epoch() {
+        let mut check = StreamCheck::new();
+        check.next(&event("17", 1), expected());
+        check.next(&event("17", 2), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the offset after 1 events")]
+    fn a_stream_check_refuses_a_skipped_offset() {
+        let mut check = StreamCheck::new();
+        check.next(&event("17", 1), expected());
+        check.next(&event("17", 3), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the offset after 0 events")]
+    fn a_stream_check_refuses_a_first_offset_other_than_1() {
+        StreamCheck::new().next(&event("17", 0), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the epoch changed")]
+    fn a_stream_check_refuses_a_new_epoch() {
+        let mut check = StreamCheck::new();
+        check.next(&event("17", 1), expected());
+        check.next(&event("18", 2), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the epoch is a string")]
+    fn a_stream_check_refuses_a_numeric_epoch() {
+        let received = json!({"event": "message.created", "data": {}, "epoch": 17, "offset": 1});
+        StreamCheck::new().next(&received, expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the event (epoch and offset aside)")]
+    fn a_stream_check_refuses_other_data() {
+        let received =
+            json!({"event": "message.created", "data": {"a": 1}, "epoch": "1", "offset": 1});
+        StreamCheck::new().next(&received, expected());
+    }
+}
