@@ -2,12 +2,15 @@
 //! cable_client.mjs, one process per client), against a running edge: it connects with
 //! the JWT in the query, subscribes `PartnerChannel` and sees the count change as events
 //! are produced; when the edge drains it reconnects by itself to the edge that replaces
-//! it; refused, it stops trying.
+//! it; refused, it stops trying. As Chatwoot's widget, it opens `/cable` without a JWT
+//! and subscribes `RoomChannel` with a `pubsub_token`, and gets the user's events with
+//! the partner's data and the read receipts meant for the user; and it holds both
+//! channels on one connection.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use fanout_tests::node::{NodeScript, ensure_node_modules};
+use fanout_tests::node::{BySource, NodeScript, ensure_node_modules};
 use fanout_tests::*;
 use serde_json::{Value, json};
 
@@ -16,11 +19,15 @@ fn cable_url(address: std::net::SocketAddr, token: &str) -> String {
 }
 
 fn count(n: u64) -> Value {
-    json!({"event": "received", "data": {"type": "unread_count", "count": n}})
+    json!({"channel": "PartnerChannel", "event": "received", "data": {"type": "unread_count", "count": n}})
 }
 
 fn connected(reconnected: bool) -> Value {
-    json!({"event": "connected", "protocol": "actioncable-v1-json", "reconnected": reconnected})
+    connected_to("PartnerChannel", reconnected)
+}
+
+fn connected_to(channel: &str, reconnected: bool) -> Value {
+    json!({"channel": channel, "event": "connected", "protocol": "actioncable-v1-json", "reconnected": reconnected})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,7 +112,7 @@ async fn official_actioncable_client_comes_back_by_itself_after_a_drain_to_the_c
     first_edge.running.stop().await;
     assert_eq!(
         client.next_event().await,
-        json!({"event": "disconnected", "willAttemptReconnect": true})
+        json!({"channel": "PartnerChannel", "event": "disconnected", "willAttemptReconnect": true})
     );
 
     // A change while no edge runs, written by the router before the next edge starts,
@@ -167,7 +174,7 @@ async fn official_actioncable_client_refused_as_unauthorized_stops_trying() {
     // The only event: no `connected` before or after it.
     assert_eq!(
         client.next_event().await,
-        json!({"event": "disconnected", "willAttemptReconnect": false})
+        json!({"channel": "PartnerChannel", "event": "disconnected", "willAttemptReconnect": false})
     );
     assert_eq!(metrics.handshake_count("unauthorized"), 1);
     assert_eq!(metrics.auth_failure_count("invalid_signature"), 1);
@@ -183,4 +190,155 @@ async fn official_actioncable_client_refused_as_unauthorized_stops_trying() {
 
     client.finish().await;
     edge.running.stop().await;
+}
+
+/// What the client's application got on `channel`: the message of a `received` report.
+fn received_on(channel: &str, report: Value) -> Value {
+    assert_eq!(report["channel"], channel, "{report}");
+    assert_eq!(report["event"], "received", "{report}");
+    report["data"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_on_room_channel_without_jwt_gets_the_partners_data_and_a_read_receipt() {
+    ensure_node_modules();
+    let partner = TestPartner::new("acme");
+    let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
+    let config = &cluster.config;
+    let pipeline = start_pipeline(config).await;
+    let producer = cluster.producer();
+
+    // As Chatwoot's widget: no jwt in the URL; the subscription's pubsub_token says who.
+    let url = format!("ws://{}/cable?partner=acme", pipeline.edge.address);
+    let room = room_channel_identifier(&partner.token("jane"));
+    let mut client = NodeScript::spawn("cable_client.mjs", &[&url, "--subscribe", &room]);
+    assert_eq!(
+        client.next_event().await,
+        connected_to("RoomChannel", false)
+    );
+    let mut jane = StreamCheck::new();
+
+    // sam writes to jane: her client gets the message with the partner's data as it was
+    // put in.
+    let hello = json!({
+        "content": "Hello <b>jane</b> \u{1F44B}",
+        "author": {"name": "Sam \"the\" agent", "avatar": null},
+        "attachments": [1, 2.5, "x", {"size": -3}],
+        "private": false,
+    });
+    produce_event(
+        &producer,
+        config,
+        &event::with_data(event::created("acme", "c1", 1, "sam", &["jane"]), &hello),
+    )
+    .await;
+    jane.next(
+        &received_on("RoomChannel", client.next_event().await),
+        json!({"event": "message.created", "data": hello, "conversation_id": "c1", "seq": 1,
+            "message_id": "m1", "sender": "sam", "unread_count": 1}),
+    );
+
+    // jane answers (from another device): her stream has her own message too, and her
+    // count still has sam's.
+    let answer = json!({"content": "Hi sam"});
+    produce_event(
+        &producer,
+        config,
+        &event::with_data(event::created("acme", "c1", 2, "jane", &["sam"]), &answer),
+    )
+    .await;
+    jane.next(
+        &received_on("RoomChannel", client.next_event().await),
+        json!({"event": "message.created", "data": answer, "conversation_id": "c1", "seq": 2,
+            "message_id": "m2", "sender": "jane", "unread_count": 1}),
+    );
+
+    // sam reads the conversation and names jane to be told: she gets the read receipt.
+    let read = json!({"read_at": "2026-12-04T17:00:00Z"});
+    produce_event(
+        &producer,
+        config,
+        &event::notifying(
+            event::with_data(event::conversation_read("acme", "c1", 2, "sam"), &read),
+            &["jane"],
+        ),
+    )
+    .await;
+    jane.next(
+        &received_on("RoomChannel", client.next_event().await),
+        json!({"event": "conversation.read", "data": read, "conversation_id": "c1", "seq": 2,
+            "reader": "sam", "unread_count": 1}),
+    );
+
+    client.finish().await;
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_holds_partner_channel_and_room_channel_on_one_connection() {
+    ensure_node_modules();
+    let partner = TestPartner::new("acme");
+    let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
+    let config = &cluster.config;
+    let pipeline = start_pipeline(config).await;
+    let producer = cluster.producer();
+
+    // With the jwt in the URL, RoomChannel without a pubsub_token is the connection's
+    // own user's stream.
+    let url = cable_url(pipeline.edge.address, &partner.token("jane"));
+    let script = NodeScript::spawn(
+        "cable_client.mjs",
+        &[
+            &url,
+            "--subscribe",
+            r#"{"channel":"PartnerChannel"}"#,
+            "--subscribe",
+            r#"{"channel":"RoomChannel"}"#,
+        ],
+    );
+    // The two subscriptions' reports interleave in any order.
+    let mut client = BySource::new(script, "channel");
+    let connected =
+        json!({"event": "connected", "protocol": "actioncable-v1-json", "reconnected": false});
+    let count = |n: u64| json!({"event": "received", "data": {"type": "unread_count", "count": n}});
+    let event = |report: Value| {
+        assert_eq!(report["event"], "received", "{report}");
+        report["data"].clone()
+    };
+    assert_eq!(client.next("PartnerChannel").await, connected);
+    assert_eq!(client.next("PartnerChannel").await, count(0));
+    assert_eq!(client.next("RoomChannel").await, connected);
+    let mut jane = StreamCheck::new();
+
+    let hello = json!({"content": "Hello jane", "n": 7});
+    produce_event(
+        &producer,
+        config,
+        &event::with_data(event::created("acme", "c1", 1, "sam", &["jane"]), &hello),
+    )
+    .await;
+    assert_eq!(client.next("PartnerChannel").await, count(1));
+    jane.next(
+        &event(client.next("RoomChannel").await),
+        json!({"event": "message.created", "data": hello, "conversation_id": "c1", "seq": 1,
+            "message_id": "m1", "sender": "sam", "unread_count": 1}),
+    );
+
+    // jane reads it (on another device): the count goes to 0 and the stream says so.
+    let read = json!({"device": "phone"});
+    produce_event(
+        &producer,
+        config,
+        &event::with_data(event::conversation_read("acme", "c1", 1, "jane"), &read),
+    )
+    .await;
+    assert_eq!(client.next("PartnerChannel").await, count(0));
+    jane.next(
+        &event(client.next("RoomChannel").await),
+        json!({"event": "conversation.read", "data": read, "conversation_id": "c1", "seq": 1,
+            "reader": "jane", "unread_count": 0}),
+    );
+
+    client.finish().await;
+    pipeline.stop().await;
 }

@@ -1,15 +1,16 @@
 //! A real browser: headless Chromium (Debian's `chromium`, installed with apt-get if it
 //! is missing) opens a page served by this test that runs the official ActionCable
-//! client's browser build on `/cable` and a plain `WebSocket` on `/realtime`, for the
-//! same user. tests/js/browser_run.mjs drives Chromium with playwright-core and relays
-//! what the page sees as JSON lines.
+//! client's browser build on `/cable` (PartnerChannel with the token in the URL, or
+//! RoomChannel with a pubsub_token and no token in the URL) and a plain `WebSocket` on
+//! `/realtime`, each connection opened if the test gives it a token.
+//! tests/js/browser_run.mjs drives Chromium with playwright-core and relays what the
+//! page sees as JSON lines.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use axum::http::header;
-use fanout_tests::node::{NodeScript, ensure_node_modules, js_dir};
+use fanout_tests::node::{BySource, NodeScript, ensure_node_modules, js_dir};
 use fanout_tests::*;
 use serde_json::{Value, json};
 
@@ -91,36 +92,25 @@ async fn serve_test_page() -> SocketAddr {
     address
 }
 
-/// The page's reports, by source (`cable`, `realtime`): the two connections' events
-/// interleave in any order, and each is checked in its own order.
-struct PageEvents {
-    runner: NodeScript,
-    pending: HashMap<String, VecDeque<Value>>,
-}
+/// The page's reports, by source (`cable`, `room`, `realtime`): the connections' events
+/// interleave in any order, and each is checked in its own order. The page's own errors
+/// fail the test.
+struct PageEvents(BySource);
 
 impl PageEvents {
+    /// Opens `page_url` in headless Chromium.
+    fn open(page_url: &str) -> Self {
+        let runner = NodeScript::spawn("browser_run.mjs", &[page_url]);
+        Self(BySource::new(runner, "source").failing_on("page"))
+    }
+
     async fn next(&mut self, source: &str) -> Value {
-        if let Some(event) = self.pending.get_mut(source).and_then(VecDeque::pop_front) {
-            return event;
-        }
-        loop {
-            let mut event = self.runner.next_event().await;
-            let event_source = event["source"].as_str().unwrap_or_default().to_owned();
-            assert_ne!(event_source, "page", "the page failed: {event}");
-            event.as_object_mut().unwrap().remove("source");
-            if event_source == source {
-                return event;
-            }
-            self.pending
-                .entry(event_source)
-                .or_default()
-                .push_back(event);
-        }
+        self.0.next(source).await
     }
 
     /// Has the page send `frame` on its `/realtime` socket.
     async fn realtime_send(&mut self, frame: Value) {
-        self.runner.send(&json!({"realtime_send": frame})).await;
+        self.0.script.send(&json!({"realtime_send": frame})).await;
     }
 
     async fn next_realtime_frame(&mut self) -> Value {
@@ -128,6 +118,22 @@ impl PageEvents {
         assert_eq!(event["event"], "frame", "{event}");
         event["frame"].clone()
     }
+
+    /// What the page's application got on the ActionCable connection `source`.
+    async fn next_received(&mut self, source: &str) -> Value {
+        let event = self.next(source).await;
+        assert_eq!(event["event"], "received", "{event}");
+        event["data"].clone()
+    }
+
+    /// Closes the browser; no report may be left unread.
+    async fn close(self) {
+        self.0.finish().await;
+    }
+}
+
+fn cable_connected() -> Value {
+    json!({"event": "connected", "protocol": "actioncable-v1-json", "reconnected": false})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,18 +155,12 @@ async fn official_client_and_realtime_in_headless_chromium_see_the_count_change(
         partner.token("jane"),
         partner.token("jane")
     );
-    let mut page = PageEvents {
-        runner: NodeScript::spawn("browser_run.mjs", &[&page_url]),
-        pending: HashMap::new(),
-    };
+    let mut page = PageEvents::open(&page_url);
     let cable_count =
         |n: u64| json!({"event": "received", "data": {"type": "unread_count", "count": n}});
 
     // Both connections get the count now.
-    assert_eq!(
-        page.next("cable").await,
-        json!({"event": "connected", "protocol": "actioncable-v1-json", "reconnected": false})
-    );
+    assert_eq!(page.next("cable").await, cable_connected());
     assert_eq!(page.next("cable").await, cable_count(0));
     assert_eq!(
         page.next_realtime_frame().await,
@@ -200,14 +200,93 @@ async fn official_client_and_realtime_in_headless_chromium_see_the_count_change(
     );
 
     // Closing the browser closes both connections.
-    page.runner.finish().await;
+    page.close().await;
     wait_until("the browser's connections to close", || {
         metrics.open_connections("cable") == 0 && metrics.open_connections("realtime") == 0
     })
     .await;
-    for (source, events) in &page.pending {
-        assert!(events.is_empty(), "unexpected {source} events: {events:?}");
-    }
 
+    pipeline.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_client_in_headless_chromium_gets_room_channel_events_and_a_receipt_without_jwt() {
+    ensure_node_modules();
+    ensure_chromium();
+    let partner = TestPartner::new("acme");
+    let cluster = TestCluster::start(2, std::slice::from_ref(&partner));
+    let config = &cluster.config;
+    let pipeline = start_pipeline(config).await;
+    let edge = &pipeline.edge;
+    let metrics = &edge.node.metrics;
+    let producer = cluster.producer();
+
+    // Only the RoomChannel connection: `/cable?partner=acme`, its pubsub_token jane's.
+    let page_address = serve_test_page().await;
+    let page_url = format!(
+        "http://{page_address}/?edge={}&partner=acme&room_token={}",
+        edge.address,
+        partner.token("jane")
+    );
+    let mut page = PageEvents::open(&page_url);
+    assert_eq!(page.next("room").await, cable_connected());
+    assert_eq!(metrics.open_connections("cable"), 1);
+    let mut jane = StreamCheck::new();
+
+    // sam writes to jane: the page gets the partner's data as it was put in.
+    let hello = json!({
+        "content": "<script>alert(1)</script> \u{e9}t\u{e9}",
+        "sender": {"id": 42, "name": "Sam", "thumbnail": ""},
+        "content_attributes": {"in_reply_to": null, "tags": ["a", "b"]},
+        "score": -0.125,
+    });
+    produce_event(
+        &producer,
+        config,
+        &event::with_data(event::created("acme", "c1", 1, "sam", &["jane"]), &hello),
+    )
+    .await;
+    jane.next(
+        &page.next_received("room").await,
+        json!({"event": "message.created", "data": hello, "conversation_id": "c1", "seq": 1,
+            "message_id": "m1", "sender": "sam", "unread_count": 1}),
+    );
+
+    // jane answers from another device; her stream has her message too.
+    let answer = json!({"content": "Hi sam"});
+    produce_event(
+        &producer,
+        config,
+        &event::with_data(event::created("acme", "c1", 2, "jane", &["sam"]), &answer),
+    )
+    .await;
+    jane.next(
+        &page.next_received("room").await,
+        json!({"event": "message.created", "data": answer, "conversation_id": "c1", "seq": 2,
+            "message_id": "m2", "sender": "jane", "unread_count": 1}),
+    );
+
+    // sam reads jane's message and names her to be told: the page gets the receipt.
+    let read = json!({"status": "read"});
+    produce_event(
+        &producer,
+        config,
+        &event::notifying(
+            event::with_data(event::message_read("acme", "c1", 2, "sam"), &read),
+            &["jane"],
+        ),
+    )
+    .await;
+    jane.next(
+        &page.next_received("room").await,
+        json!({"event": "message.read", "data": read, "conversation_id": "c1", "seq": 2,
+            "message_id": "m2", "reader": "sam", "unread_count": 1}),
+    );
+
+    page.close().await;
+    wait_until("the browser's connection to close", || {
+        metrics.open_connections("cable") == 0
+    })
+    .await;
     pipeline.stop().await;
 }

@@ -77,8 +77,24 @@ pub enum Broker {
 
 /// A Kafka with this test's own topics and groups, and a config for it.
 pub struct TestCluster {
-    pub broker: Broker,
+    /// `None` only once dropped.
+    broker: Option<Broker>,
     pub config: Config,
+}
+
+impl Drop for TestCluster {
+    /// A test that fails unwinds without stopping its stages, and its runtime drops
+    /// their Kafka consumers only after the test's locals, this cluster among them; a
+    /// consumer's drop waits until it has left its group, which, with the embedded
+    /// cluster gone, is forever: the failure would hang instead of being reported. So a
+    /// failing test leaves the embedded cluster running (its process ends soon anyway).
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(Broker::Embedded(kafka)) = self.broker.take()
+        {
+            std::mem::forget(kafka);
+        }
+    }
 }
 
 impl TestCluster {
@@ -109,16 +125,16 @@ impl TestCluster {
     /// The embedded cluster, for fault injection.
     pub fn embedded(&self) -> &EmbeddedKafka {
         match &self.broker {
-            Broker::Embedded(kafka) => kafka,
-            Broker::Tansu(_) => panic!("fault injection needs the embedded cluster"),
+            Some(Broker::Embedded(kafka)) => kafka,
+            _ => panic!("fault injection needs the embedded cluster"),
         }
     }
 
     /// The tansu broker process, to stop and restart it.
     pub fn tansu(&mut self) -> &mut tansu::TansuBroker {
         match &mut self.broker {
-            Broker::Tansu(broker) => broker,
-            Broker::Embedded(_) => panic!("stopping the broker process needs tansu"),
+            Some(Broker::Tansu(broker)) => broker,
+            _ => panic!("stopping the broker process needs tansu"),
         }
     }
 
@@ -148,7 +164,10 @@ impl TestCluster {
             })
             .collect::<BTreeMap<_, _>>();
         config.validate().unwrap();
-        Self { broker, config }
+        Self {
+            broker: Some(broker),
+            config,
+        }
     }
 
     pub fn producer(&self) -> FutureProducer {
@@ -419,6 +438,26 @@ pub mod event {
         )
     }
 
+    /// `event` carrying the partner's `data` (a JSON object), which every kind may carry.
+    pub fn with_data(mut event: v1::MessageEvent, data: &serde_json::Value) -> v1::MessageEvent {
+        let data = fanout_schema::data::data_from_json(data.clone())
+            .unwrap_or_else(|error| panic!("{data} cannot be an event's data: {error}"));
+        event.data = Some(data);
+        event
+    }
+
+    /// A read (`message_read`, `conversation_read`) naming `users` to be told of it: each
+    /// gets the read receipt on its stream.
+    pub fn notifying(mut event: v1::MessageEvent, users: &[&str]) -> v1::MessageEvent {
+        let notify = users.iter().map(|user| (*user).to_owned()).collect();
+        match &mut event.event {
+            Some(Event::MessageRead(read)) => read.notify = notify,
+            Some(Event::ConversationRead(read)) => read.notify = notify,
+            other => panic!("only reads name users to notify, not {other:?}"),
+        }
+        event
+    }
+
     pub fn deleted(partner: &str, conversation: &str, seq: u64, to: &[&str]) -> v1::MessageEvent {
         wrap(
             partner,
@@ -448,6 +487,65 @@ mod fanout_protocol_frames {
         format!(
             r#"{{"identifier":{identifier_json},"message":{{"type":"unread_count","count":{count}}}}}"#
         )
+    }
+}
+
+/// The identifier Chatwoot's clients send for RoomChannel, as `JSON.stringify({channel:
+/// "RoomChannel", pubsub_token})` writes it: `{"channel":"RoomChannel","pubsub_token":".."}`.
+pub fn room_channel_identifier(pubsub_token: &str) -> String {
+    format!(
+        r#"{{"channel":"RoomChannel","pubsub_token":{}}}"#,
+        serde_json::to_string(pubsub_token).unwrap()
+    )
+}
+
+/// One user's event stream as a client receives it, checked event by event against what
+/// the test produced. Positions are checked as the design states them, not as the edge
+/// computes them: the first event is at `offset` 1, each next one at one more, all under
+/// one `epoch`, a string of digits, learned from the first event.
+#[derive(Debug, Default)]
+pub struct StreamCheck {
+    epoch: Option<String>,
+    offset: u64,
+}
+
+impl StreamCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asserts that `received` (the event as a client got it: `{"event":..,"data":..,
+    /// ..,"epoch":..,"offset":..}`) is `expected` (every field but `epoch` and `offset`)
+    /// at the stream's next position.
+    pub fn next(&mut self, received: &serde_json::Value, expected: serde_json::Value) {
+        let mut fields = received
+            .as_object()
+            .unwrap_or_else(|| panic!("a stream event is an object: {received}"))
+            .clone();
+        let epoch = fields.remove("epoch");
+        let offset = fields.remove("offset");
+        assert_eq!(
+            serde_json::Value::Object(fields),
+            expected,
+            "the event (epoch and offset aside)"
+        );
+        let epoch = match epoch {
+            Some(serde_json::Value::String(epoch)) => epoch,
+            other => panic!("the epoch is a string, not {other:?}: {received}"),
+        };
+        assert!(
+            !epoch.is_empty() && epoch.bytes().all(|byte| byte.is_ascii_digit()),
+            "the epoch is digits: {received}"
+        );
+        let first_epoch = self.epoch.get_or_insert_with(|| epoch.clone());
+        assert_eq!(&epoch, first_epoch, "the epoch changed: {received}");
+        self.offset += 1;
+        assert_eq!(
+            offset,
+            Some(serde_json::Value::from(self.offset)),
+            "the offset after {} events: {received}",
+            self.offset - 1
+        );
     }
 }
 
@@ -753,5 +851,63 @@ impl TopicWatermarks {
                     .1
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(epoch: &str, offset: u64) -> serde_json::Value {
+        json!({"event": "message.created", "data": {}, "epoch": epoch, "offset": offset})
+    }
+
+    fn expected() -> serde_json::Value {
+        json!({"event": "message.created", "data": {}})
+    }
+
+    #[test]
+    fn a_stream_check_takes_offsets_one_by_one_under_one_epoch() {
+        let mut check = StreamCheck::new();
+        check.next(&event("17", 1), expected());
+        check.next(&event("17", 2), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the offset after 1 events")]
+    fn a_stream_check_refuses_a_skipped_offset() {
+        let mut check = StreamCheck::new();
+        check.next(&event("17", 1), expected());
+        check.next(&event("17", 3), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the offset after 0 events")]
+    fn a_stream_check_refuses_a_first_offset_other_than_1() {
+        StreamCheck::new().next(&event("17", 0), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the epoch changed")]
+    fn a_stream_check_refuses_a_new_epoch() {
+        let mut check = StreamCheck::new();
+        check.next(&event("17", 1), expected());
+        check.next(&event("18", 2), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the epoch is a string")]
+    fn a_stream_check_refuses_a_numeric_epoch() {
+        let received = json!({"event": "message.created", "data": {}, "epoch": 17, "offset": 1});
+        StreamCheck::new().next(&received, expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the event (epoch and offset aside)")]
+    fn a_stream_check_refuses_other_data() {
+        let received =
+            json!({"event": "message.created", "data": {"a": 1}, "epoch": "1", "offset": 1});
+        StreamCheck::new().next(&received, expected());
     }
 }

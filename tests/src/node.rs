@@ -3,6 +3,7 @@
 //! JSON lines on stdin. npm installs their packages (from tests/js/package-lock.json)
 //! if they are missing.
 
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -124,5 +125,71 @@ impl NodeScript {
             .expect("the script did not exit after its stdin closed")
             .unwrap();
         assert!(status.success(), "the script exited with {status}");
+    }
+}
+
+/// A script's reports, each naming its source (a connection, a subscription) in the
+/// field `key`, taken source by source: reports of different sources interleave in any
+/// order, and each source's are checked in their own order.
+pub struct BySource {
+    pub script: NodeScript,
+    key: &'static str,
+    /// The source whose every report is a failure (the page's errors).
+    failure: Option<&'static str>,
+    pending: HashMap<String, VecDeque<serde_json::Value>>,
+}
+
+impl BySource {
+    pub fn new(script: NodeScript, key: &'static str) -> Self {
+        Self {
+            script,
+            key,
+            failure: None,
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Fails the test as soon as `source` reports anything.
+    pub fn failing_on(mut self, source: &'static str) -> Self {
+        self.failure = Some(source);
+        self
+    }
+
+    /// The next report of `source`, without its `key`.
+    pub async fn next(&mut self, source: &str) -> serde_json::Value {
+        if let Some(report) = self.pending.get_mut(source).and_then(VecDeque::pop_front) {
+            return report;
+        }
+        loop {
+            let mut report = self.script.next_event().await;
+            let report_source = match report
+                .as_object_mut()
+                .and_then(|fields| fields.remove(self.key))
+            {
+                Some(serde_json::Value::String(name)) => name,
+                _ => panic!("a report without a {:?}: {report}", self.key),
+            };
+            assert_ne!(
+                Some(report_source.as_str()),
+                self.failure,
+                "the script reported a failure: {report}"
+            );
+            if report_source == source {
+                return report;
+            }
+            self.pending
+                .entry(report_source)
+                .or_default()
+                .push_back(report);
+        }
+    }
+
+    /// Finishes the script (as [`NodeScript::finish`]) and expects no report left
+    /// unread.
+    pub async fn finish(self) {
+        self.script.finish().await;
+        for (source, reports) in &self.pending {
+            assert!(reports.is_empty(), "unread {source} reports: {reports:?}");
+        }
     }
 }

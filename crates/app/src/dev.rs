@@ -66,6 +66,13 @@ pub struct DevInfo {
     pub secret: String,
     pub user: String,
     pub token: String,
+    /// `/cable` naming the partner and no token: a RoomChannel client's URL.
+    pub room_url: String,
+    /// The demo user's RoomChannel `pubsub_token` (24h, good on any number of
+    /// connections).
+    pub pubsub_token: String,
+    /// The frame that subscribes RoomChannel with [`DevInfo::pubsub_token`].
+    pub room_subscribe: String,
     pub kafka_bootstrap: String,
     pub admin_url: String,
     pub topics: fanout_kafka::Topics,
@@ -130,6 +137,14 @@ pub async fn run(
         None,
         None,
     )?;
+    // A token of its own: the connection token above is spent by its first use.
+    let pubsub_token = crate::tools::mint_token(
+        &secret,
+        &options.user,
+        Duration::from_secs(24 * 3600),
+        None,
+        Some(&options.partner),
+    )?;
     let host = |address: std::net::SocketAddr| match address.ip() {
         ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
         ip => ip.to_string(),
@@ -145,6 +160,9 @@ pub async fn run(
             "{websocket_url}/cable?jwt={token}&partner={}",
             options.partner
         ),
+        room_url: format!("{websocket_url}/cable?partner={}", options.partner),
+        room_subscribe: room_subscribe(&pubsub_token),
+        pubsub_token,
         websocket_url,
         partner: options.partner.clone(),
         secret,
@@ -172,27 +190,62 @@ pub async fn run(
     result
 }
 
+/// The ActionCable frame that subscribes RoomChannel with `pubsub_token`, as Chatwoot's
+/// clients send it: `{"command":"subscribe","identifier":"{\"channel\":\"RoomChannel\",
+/// \"pubsub_token\":\"..\"}"}`.
+pub fn room_subscribe(pubsub_token: &str) -> String {
+    // Written out rather than serialised from a map, whose key order is serde_json's.
+    let json_string = |text: &str| serde_json::Value::from(text).to_string();
+    let identifier = format!(
+        r#"{{"channel":"RoomChannel","pubsub_token":{}}}"#,
+        json_string(pubsub_token)
+    );
+    format!(
+        r#"{{"command":"subscribe","identifier":{}}}"#,
+        json_string(&identifier)
+    )
+}
+
 /// The banner `fanout dev` prints.
 pub fn banner(info: &DevInfo) -> String {
     format!(
         "\nfanout dev is running (embedded Kafka, ingest, router, edge).\n\n\
          ActionCable URL (demo user {user}):\n  {cable_url}\n\n\
+         RoomChannel, {user}'s events as Chatwoot's widget gets them (no jwt in the URL):\n  \
+         open {room_url}\n  \
+         and send {room_subscribe}\n  \
+         (its pubsub_token is good for 24h, on any number of connections)\n\n\
          partner:          {partner}\n\
          partner secret:   {secret}\n\
          demo token (24h): {token}\n\
          Kafka bootstrap:  {bootstrap}\n\
          admin:            {admin}/metrics, /healthz, /readyz\n\n\
          Make {user} an unread message:\n  \
-         fanout produce --brokers {bootstrap} created --partner {partner} --conversation c1 --seq 1 --from alice --to {user}\n\
-         Tokens are single-use (one connection each); mint another, for any user:\n  \
+         fanout produce --brokers {bootstrap} created --partner {partner} --conversation c1 --seq 1 --from alice --to {user} --data '{{\"text\":\"hello\"}}'\n\
+         Tokens in a URL are single-use (one connection each); mint another, for any user:\n  \
          fanout token --secret {secret} --user alice\n\n\
          Ctrl-C stops everything.\n",
         user = info.user,
         cable_url = info.cable_url,
+        room_url = info.room_url,
+        room_subscribe = info.room_subscribe,
         partner = info.partner,
         secret = info.secret,
         token = info.token,
         bootstrap = info.kafka_bootstrap,
         admin = info.admin_url,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_subscribe_frame_is_chatwoots() {
+        assert_eq!(
+            room_subscribe("eyJ.a-b_c.d"),
+            r#"{"command":"subscribe","identifier":"{\"channel\":\"RoomChannel\",\"pubsub_token\":\"eyJ.a-b_c.d\"}"}"#
+        );
+    }
 }

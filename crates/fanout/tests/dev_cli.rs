@@ -1,13 +1,17 @@
 //! The quick start as a newcomer runs it: the real `fanout` binary's `dev` mode, its
 //! `--info-file`, `fanout produce` (protobuf and JSON) and `fanout token`, seen through
-//! a real WebSocket client; SIGTERM stops dev mode with exit code 0.
+//! a real WebSocket client; the RoomChannel example it prints, followed as printed;
+//! SIGTERM stops dev mode with exit code 0.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use fanout_tests::process::{DEV_ON_FREE_PORTS, Fanout, FanoutProcess, http_get, temp_dir};
-use fanout_tests::{CableClient, DEADLINE, count_frame};
+use fanout_tests::process::{
+    DEV_ON_FREE_PORTS, Fanout, FanoutProcess, http_get, temp_dir, wait_for_metric,
+};
+use fanout_tests::{CableClient, DEADLINE, StreamCheck, count_frame};
+use serde_json::json;
 
 const FANOUT: Fanout = Fanout(env!("CARGO_BIN_EXE_fanout"));
 
@@ -64,6 +68,7 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
     assert_eq!(demo_user.welcome_and_subscribe().await, count_frame(0));
 
     // Every event form, protobuf and JSON, each followed by the count it makes.
+    let mut user_events = 0;
     for (json, kind, conversation, seq, count) in [
         (false, "created", "c1", "1", 1),
         (true, "created", "c1", "2", 2),
@@ -84,6 +89,9 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
             "deleted" => &["--to", "demo-user"],
             _ => &["--user", "demo-user"],
         });
+        // A message is a user event for its recipient and one for its sender (her
+        // other sessions see it); a read is the reader's, a delete its recipient's.
+        user_events += if kind == "created" { 2 } else { 1 };
         assert!(FANOUT.stdout_of(&args).await.contains("produced event"));
         assert_eq!(
             demo_user.next_frame().await,
@@ -105,12 +113,16 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
         http_get(admin, "/readyz").await,
         Some((200, "ready\n".to_owned()))
     );
+    // alice's user events may be on a partition the router reaches after demo-user's.
+    wait_for_metric(
+        admin.parse().unwrap(),
+        &format!("fanout_router_events_total{{result=\"applied\"}} {user_events}"),
+    )
+    .await;
     let (status, metrics) = http_get(admin, "/metrics").await.unwrap();
     assert_eq!(status, 200);
     for expected in [
         "fanout_ingest_events_total{result=\"accepted\"} 7",
-        // 7 events for demo-user, and the sender's own copy of each of the 4 messages.
-        "fanout_router_events_total{result=\"applied\"} 11",
         "fanout_edge_pushes_total",
         "fanout_edge_delivery_latency_seconds_bucket",
         "fanout_router_restore_duration_seconds",
@@ -156,6 +168,85 @@ async fn dev_mode_produce_and_token_work_end_to_end() {
         "the banner prints the URL: {banner}"
     );
     assert!(banner.contains(bootstrap));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_prints_a_room_channel_example_that_works_as_printed() {
+    let (mut dev, info) = start_dev().await;
+    let websocket_url = info["websocket_url"].as_str().unwrap();
+    let bootstrap = info["kafka_bootstrap"].as_str().unwrap();
+    let pubsub_token = info["pubsub_token"].as_str().unwrap();
+    let token = info["token"].as_str().unwrap();
+    assert_ne!(
+        pubsub_token, token,
+        "the connection token is spent by its first use"
+    );
+
+    // The banner's example: a URL naming the partner and no token, and a frame.
+    let printed = |prefix: &'static str| move |line: &str| line.trim_start().starts_with(prefix);
+    let open_line = dev.wait_for_stdout(printed("open ws://")).await;
+    let room_url = open_line.trim_start().strip_prefix("open ").unwrap();
+    assert_eq!(room_url, format!("{websocket_url}/cable?partner=demo"));
+    assert_eq!(room_url, info["room_url"]);
+    let send_line = dev.wait_for_stdout(printed("and send {")).await;
+    let subscribe = send_line.trim_start().strip_prefix("and send ").unwrap();
+    assert_eq!(subscribe, info["room_subscribe"]);
+    // Chatwoot's frame, its identifier with the printed pubsub_token.
+    let identifier = format!(r#"{{"channel":"RoomChannel","pubsub_token":"{pubsub_token}"}}"#);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(subscribe).unwrap(),
+        json!({"command": "subscribe", "identifier": identifier})
+    );
+
+    // Followed as printed: open, send, confirmed.
+    let mut client = connect(room_url).await;
+    assert_eq!(
+        client.next_frame().await.as_deref(),
+        Some(r#"{"type":"welcome"}"#)
+    );
+    client.send_text(subscribe).await;
+    let frame = |text: Option<String>| -> serde_json::Value {
+        serde_json::from_str(&text.expect("a frame")).unwrap()
+    };
+    assert_eq!(
+        frame(client.next_frame().await),
+        json!({"identifier": identifier, "type": "confirm_subscription"})
+    );
+
+    // A message for the demo user, with data: the event, the data as it was put in.
+    let data = r#"{"text":"hello"}"#;
+    let produce = [
+        "produce",
+        "--brokers",
+        bootstrap,
+        "created",
+        "--partner",
+        "demo",
+        "--conversation",
+        "c1",
+        "--seq",
+        "1",
+        "--from",
+        "alice",
+        "--to",
+        "demo-user",
+        "--message-id",
+        "hello-1",
+        "--data",
+        data,
+    ];
+    assert!(FANOUT.stdout_of(&produce).await.contains("produced event"));
+    let event = frame(client.next_frame().await);
+    assert_eq!(event["identifier"].as_str(), Some(identifier.as_str()));
+    StreamCheck::new().next(
+        &event["message"],
+        json!({"event": "message.created", "data": {"text": "hello"}, "conversation_id": "c1",
+            "seq": 1, "message_id": "hello-1", "sender": "alice", "unread_count": 1}),
+    );
+
+    dev.signal("TERM");
+    let status = dev.wait_exit().await;
+    assert!(status.success(), "dev mode exited with {status}");
 }
 
 /// Debian's kcat, installed with apt-get if it is missing.
