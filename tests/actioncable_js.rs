@@ -210,7 +210,7 @@ async fn official_client_on_room_channel_without_jwt_gets_the_partners_data_and_
 
     // As Chatwoot's widget: no jwt in the URL; the subscription's pubsub_token says who.
     let url = format!("ws://{}/cable?partner=acme", pipeline.edge.address);
-    let room = room_channel_identifier(&partner.token("jane"));
+    let room = room_channel_identifier(&partner.stream_token("jane"));
     let mut client = NodeScript::spawn("cable_client.mjs", &[&url, "--subscribe", &room]);
     assert_eq!(
         client.next_event().await,

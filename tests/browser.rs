@@ -226,7 +226,7 @@ async fn official_client_in_headless_chromium_gets_room_channel_events_and_a_rec
     let page_url = format!(
         "http://{page_address}/?edge={}&partner=acme&room_token={}",
         edge.address,
-        partner.token("jane")
+        partner.stream_token("jane")
     );
     let mut page = PageEvents::open(&page_url);
     assert_eq!(page.next("room").await, cable_connected());

@@ -2,8 +2,8 @@
 //! WebSocket on `/cable` (no query, no subprotocol) that sends exactly the documented
 //! frame, `connection.send(JSON.stringify({command: "subscribe", identifier:
 //! "{\"channel\":\"RoomChannel\",\"pubsub_token\":\"...\"}"}))`, is confirmed and then
-//! gets the user's events, its identifier echoed byte for byte in every frame. And,
-//! ignored until the edge refuses it: a spent connection token as a pubsub_token.
+//! gets the user's events, its identifier echoed byte for byte in every frame;
+//! and a spent connection token is refused as a pubsub_token.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use fanout_tests::*;
@@ -58,6 +58,7 @@ async fn the_documented_subscribe_frame_is_confirmed_and_gets_events_with_its_id
     // The documented URL names no partner: the pubsub_token's claim does.
     let pubsub_token = TokenBuilder::new("jane")
         .partner("acme")
+        .stream()
         .sign(&partner.secret);
     let (subscribe, identifier) = documented_subscribe(&pubsub_token);
     let confirmed = json!({"identifier": identifier, "type": "confirm_subscription"});
@@ -71,6 +72,7 @@ async fn the_documented_subscribe_frame_is_confirmed_and_gets_events_with_its_id
     // identifier echoed too.
     let forged = TokenBuilder::new("jane")
         .partner("acme")
+        .stream()
         .sign("not-acme's-secret");
     let (forged_subscribe, forged_identifier) = documented_subscribe(&forged);
     let mut refused = documented_client(address, &forged_subscribe).await;
@@ -107,9 +109,9 @@ async fn the_documented_subscribe_frame_is_confirmed_and_gets_events_with_its_id
 /// A connection's token is single-use ("a `jti` is refused a second time until it
 /// expires"), so that one leaked from a URL cannot be replayed. A pubsub_token is
 /// reusable by design; a connection token presented as one must not be, or the
-/// single-use rule no longer protects the user's events (the partner's data included).
+/// single-use rule no longer protects the user's events (the partner's data included):
+/// only a token with `"scope":"stream"` opens a stream subscription.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: the edge accepts a spent connection token as a pubsub_token (see the js-room report)"]
 async fn a_connection_token_already_spent_is_not_taken_as_a_pubsub_token() {
     let partner = TestPartner::new("acme");
     let cluster = TestCluster::start(2, std::slice::from_ref(&partner));

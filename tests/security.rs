@@ -383,7 +383,8 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts_or_events() {
             let confirm = client.next_frame().await.unwrap();
             assert!(confirm.contains("confirm_subscription"), "{confirm}");
             cable_clients.push((partner, index, client));
-            let mut room = room_client(edge.address, partner, &test_partner.token(user)).await;
+            let mut room =
+                room_client(edge.address, partner, &test_partner.stream_token(user)).await;
             let confirm = room.next_frame().await.unwrap();
             assert!(confirm.contains("confirm_subscription"), "{confirm}");
             room_clients.push((partner, index, room));
@@ -413,7 +414,7 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts_or_events() {
         }
     }
     // A pubsub_token of beta's on a connection for alpha is refused, and gets nothing.
-    let mut crossing = room_client(edge.address, "alpha", &beta.token("u2")).await;
+    let mut crossing = room_client(edge.address, "alpha", &beta.stream_token("u2")).await;
     let refused = crossing.next_frame().await.unwrap();
     assert!(refused.contains("reject_subscription"), "{refused}");
     // One more message for beta's u2 only: exactly its sessions hear of it, each with

@@ -36,7 +36,7 @@ async fn every_users_stream_is_exactly_the_oracles_on_both_protocols() {
     .await;
     assert!(room.next_frame().await.unwrap().contains("welcome"));
     let identifier =
-        serde_json::json!({"channel": "RoomChannel", "pubsub_token": partners[0].token("u1")})
+        serde_json::json!({"channel": "RoomChannel", "pubsub_token": partners[0].stream_token("u1")})
             .to_string();
     room.send_text(
         &serde_json::json!({"command": "subscribe", "identifier": identifier}).to_string(),

@@ -55,6 +55,11 @@ impl TestPartner {
     pub fn token(&self, user: &str) -> String {
         TokenBuilder::new(user).sign(&self.secret)
     }
+
+    /// A stream subscription's token for `user` (RoomChannel's `pubsub_token`).
+    pub fn stream_token(&self, user: &str) -> String {
+        TokenBuilder::new(user).stream().sign(&self.secret)
+    }
 }
 
 pub mod metrics_doc;

@@ -91,6 +91,11 @@ impl TokenBuilder {
         self
     }
 
+    /// The `scope` claim of a stream subscription's token.
+    pub fn stream(self) -> Self {
+        self.claim("scope", "stream")
+    }
+
     /// The `partner` claim.
     pub fn partner(self, partner: &str) -> Self {
         self.claim("partner", partner)

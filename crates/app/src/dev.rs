@@ -137,8 +137,9 @@ pub async fn run(
         None,
         None,
     )?;
-    // A token of its own: the connection token above is spent by its first use.
-    let pubsub_token = crate::tools::mint_token(
+    // A stream subscription's token: reusable on every reconnect, unlike the connection
+    // token above, which its first use spends.
+    let pubsub_token = crate::tools::mint_stream_token(
         &secret,
         &options.user,
         Duration::from_secs(24 * 3600),

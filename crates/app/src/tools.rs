@@ -30,15 +30,48 @@ struct Claims<'a> {
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     partner: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
 }
 
-/// Mints an HS256 token for `user`, valid for `ttl`.
+/// Mints an HS256 token for `user`, valid for `ttl`: a connection's (single-use).
 pub fn mint_token(
     secret: &str,
     user: &str,
     ttl: Duration,
     kid: Option<&str>,
     partner: Option<&str>,
+) -> anyhow::Result<String> {
+    mint(secret, user, ttl, kid, partner, None)
+}
+
+/// Mints a stream subscription's token (RoomChannel's `pubsub_token`, claim
+/// `"scope":"stream"`): presented again on every reconnect until it expires, and
+/// refused for connections.
+pub fn mint_stream_token(
+    secret: &str,
+    user: &str,
+    ttl: Duration,
+    kid: Option<&str>,
+    partner: Option<&str>,
+) -> anyhow::Result<String> {
+    mint(
+        secret,
+        user,
+        ttl,
+        kid,
+        partner,
+        Some(fanout_edge::auth::STREAM_SCOPE),
+    )
+}
+
+fn mint(
+    secret: &str,
+    user: &str,
+    ttl: Duration,
+    kid: Option<&str>,
+    partner: Option<&str>,
+    scope: Option<&str>,
 ) -> anyhow::Result<String> {
     let now = fanout_schema::unix_millis() / 1000;
     let claims = Claims {
@@ -47,6 +80,7 @@ pub fn mint_token(
         iat: now,
         exp: now + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2),
         partner,
+        scope,
     };
     let header = Header {
         kid: kid.map(str::to_owned),
@@ -78,12 +112,21 @@ pub struct TokenOptions {
     /// Add a `partner` claim.
     #[arg(long)]
     pub partner: Option<String>,
+    /// A stream subscription's token (RoomChannel's `pubsub_token`, claim
+    /// `"scope":"stream"`), reusable until it expires, instead of a connection's.
+    #[arg(long)]
+    pub stream: bool,
 }
 
 impl TokenOptions {
     /// Prints the token.
     pub fn execute(&self) -> anyhow::Result<()> {
-        let token = mint_token(
+        let mint = if self.stream {
+            mint_stream_token
+        } else {
+            mint_token
+        };
+        let token = mint(
             &self.secret,
             &self.user,
             Duration::from_secs(self.ttl_seconds),
@@ -398,6 +441,30 @@ mod tests {
         )
         .unwrap();
         assert!(auth.authenticate(Some("demo"), Some(&other)).is_err());
+        // A stream token opens stream subscriptions, again and again, and never a
+        // connection; a connection token never a subscription.
+        let stream = mint_stream_token(
+            "0123456789abcdef0123",
+            "alice",
+            Duration::from_secs(60),
+            None,
+            Some("demo"),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let identity = auth.authenticate_subscription(None, Some(&stream)).unwrap();
+            assert_eq!(identity.user, "alice");
+        }
+        let wrong_scope = Err(fanout_edge::auth::AuthError::WrongScope);
+        assert_eq!(
+            auth.authenticate(Some("demo"), Some(&stream)).map(|_| ()),
+            wrong_scope
+        );
+        assert_eq!(
+            auth.authenticate_subscription(Some("demo"), Some(&token))
+                .map(|_| ()),
+            wrong_scope
+        );
     }
 
     #[test]

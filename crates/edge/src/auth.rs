@@ -63,6 +63,10 @@ pub enum AuthError {
     InvalidClaims,
     #[error("the token's partner claim names another partner")]
     PartnerMismatch,
+    #[error(
+        "the token is for the other use: a stream subscription's (scope \"stream\") or a connection's"
+    )]
+    WrongScope,
     #[error("the token was used before")]
     Replayed,
     #[error("the node holds as many unexpired token ids as it may")]
@@ -87,6 +91,7 @@ impl AuthError {
             Self::LifetimeTooLong => AuthErrorCode::LifetimeTooLong,
             Self::InvalidClaims => AuthErrorCode::InvalidClaims,
             Self::PartnerMismatch => AuthErrorCode::PartnerMismatch,
+            Self::WrongScope => AuthErrorCode::WrongScope,
             Self::Replayed => AuthErrorCode::Replayed,
             Self::ReplayCacheFull => AuthErrorCode::TryAgainLater,
         }
@@ -112,6 +117,7 @@ struct Claims {
     iat: Option<Value>,
     exp: Option<Value>,
     partner: Option<Value>,
+    scope: Option<Value>,
 }
 
 /// The partners' keys, replaced as a whole when the secrets file changes.
@@ -322,6 +328,14 @@ impl Authenticator {
             Some(Value::String(_)) => return Err(AuthError::PartnerMismatch),
             Some(_) => return Err(AuthError::InvalidClaims),
         }
+        // A stream subscription's token says so, and only it does: a connection's token,
+        // single-use, cannot open a stream after it was spent, and a subscription's,
+        // reusable, cannot open connections.
+        let for_streams =
+            matches!(&claims.scope, Some(Value::String(scope)) if scope == STREAM_SCOPE);
+        if for_streams != (usage == Use::Again) {
+            return Err(AuthError::WrongScope);
+        }
         if usage == Use::Again {
             return Ok(Identity {
                 partner: partner.to_owned(),
@@ -350,6 +364,9 @@ fn bounded_string(claim: Option<Value>, max_bytes: usize) -> Result<String, Auth
         _ => Err(AuthError::InvalidClaims),
     }
 }
+
+/// The `scope` claim of a stream subscription's token (RoomChannel's `pubsub_token`).
+pub const STREAM_SCOPE: &str = "stream";
 
 /// Whether verifying a token spends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -118,6 +118,24 @@ pub(crate) mod harness {
         .unwrap()
     }
 
+    /// A stream subscription's token (`"scope":"stream"`) for `user`, signed with
+    /// `secret`.
+    pub(crate) fn stream_token(secret: &str, user: &str, expires_in_seconds: i64) -> String {
+        let now = fanout_schema::unix_millis() / 1000;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({
+                "uniqueId": user,
+                "exp": now + expires_in_seconds,
+                "iat": now,
+                "jti": crate::replay::tests_support::fresh_id(),
+                "scope": "stream",
+            }),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
     pub(crate) struct Harness {
         pub(crate) peer: Peer,
         pub(crate) node: Arc<Node>,

@@ -187,6 +187,9 @@ pub enum AuthErrorCode {
     TokenTooLarge,
     /// The page's `Origin` is not on the partner's allow-list.
     OriginNotAllowed,
+    /// The token is for the other use: a stream subscription's (`"scope":"stream"`)
+    /// presented for a connection, or a connection's presented for a subscription.
+    WrongScope,
     /// The partner's or the node's connection limit is reached, or the node cannot
     /// remember another token id right now; retry later (the connection closes with
     /// 1013).
@@ -211,6 +214,7 @@ impl AuthErrorCode {
             Self::LifetimeTooLong => "lifetime_too_long",
             Self::TokenTooLarge => "token_too_large",
             Self::OriginNotAllowed => "origin_not_allowed",
+            Self::WrongScope => "wrong_scope",
             Self::TryAgainLater => "try_again_later",
         }
     }

@@ -109,6 +109,7 @@ fn codes_are_the_documented_strings() {
         (AuthErrorCode::TokenTooLarge, "token_too_large"),
         (AuthErrorCode::OriginNotAllowed, "origin_not_allowed"),
         (AuthErrorCode::TryAgainLater, "try_again_later"),
+        (AuthErrorCode::WrongScope, "wrong_scope"),
     ];
     for (code, text) in auth_codes {
         assert_eq!(code.as_str(), text);

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::{Cable, CloseReason, Credentials, Realtime};
 use crate::config::EdgeConfig;
 use crate::table::CountValue;
-use crate::testing::harness::{self, Harness, SECRET, token};
+use crate::testing::harness::{self, Harness, SECRET, stream_token, token};
 
 fn start_cable() -> Harness {
     start_cable_with(true)
@@ -675,7 +675,7 @@ mod streams {
     async fn room_channel_with_a_pubsub_token_gets_its_users_events_and_no_one_elses() {
         let mut harness = start_anonymous_cable(|_| {});
         assert_eq!(harness.next().await, cable::welcome());
-        let (identifier, subscribe) = room_subscribe(&token(SECRET, "bob", 60));
+        let (identifier, subscribe) = room_subscribe(&stream_token(SECRET, "bob", 60));
         harness.send(&subscribe);
         assert_eq!(
             harness.next().await,
@@ -714,11 +714,14 @@ mod streams {
         let mut harness = start_anonymous_cable(|_| {});
         assert_eq!(harness.next().await, cable::welcome());
         for (bad, reason) in [
-            (token("wrong-secret-0123456789", "bob", 60), "unauthorized"),
-            ("not.a.jwt".to_owned(), "unauthorized"),
-            // A beta token on its own is fine, but claims nothing about acme: verified
-            // for the partner the identifier names, it fails.
-            (token(SECRET, "bob", -120), "unauthorized"),
+            (
+                stream_token("wrong-secret-0123456789", "bob", 60),
+                "invalid_signature",
+            ),
+            ("not.a.jwt".to_owned(), "malformed_token"),
+            (stream_token(SECRET, "bob", -120), "expired"),
+            // A connection's token (no `"scope":"stream"`), perhaps spent already.
+            (token(SECRET, "bob", 60), "wrong_scope"),
         ] {
             let (identifier, subscribe) = room_subscribe(&bad);
             harness.send(&subscribe);
@@ -733,8 +736,20 @@ mod streams {
                 .node
                 .metrics
                 .stream_subscription_count("unauthorized"),
-            3
+            4
         );
+        for reason in [
+            "invalid_signature",
+            "malformed_token",
+            "expired",
+            "wrong_scope",
+        ] {
+            assert_eq!(
+                harness.node.metrics.auth_failure_count(reason),
+                1,
+                "{reason}"
+            );
+        }
         assert_eq!(harness.publish("acme/bob", 1).queued, 0);
         // No user of its own: PartnerChannel is rejected too.
         harness.send(r#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}"}"#);
@@ -753,7 +768,7 @@ mod streams {
         };
         let mut harness = harness::start(true, with_beta, Cable::new, Some(credentials));
         assert_eq!(harness.next().await, cable::welcome());
-        let (identifier, subscribe) = room_subscribe(&token(BETA_SECRET, "bob", 60));
+        let (identifier, subscribe) = room_subscribe(&stream_token(BETA_SECRET, "bob", 60));
         harness.send(&subscribe);
         assert_eq!(
             harness.next().await,
@@ -779,7 +794,7 @@ mod streams {
             cable::confirm_subscription(identifier)
         );
         // One stream per connection.
-        let (second, subscribe) = room_subscribe(&token(SECRET, "bob", 60));
+        let (second, subscribe) = room_subscribe(&stream_token(SECRET, "bob", 60));
         harness.send(&subscribe);
         assert_eq!(harness.next().await, cable::reject_subscription(&second));
         assert_eq!(
@@ -814,7 +829,7 @@ mod streams {
         );
         assert_eq!(harness.next().await, cable::welcome());
         let now = fanout_schema::unix_millis() / 1000;
-        let claims = |partner: &str, jti: &str| serde_json::json!({"uniqueId": "bob", "partner": partner, "iat": now, "exp": now + 60, "jti": jti});
+        let claims = |partner: &str, jti: &str| serde_json::json!({"uniqueId": "bob", "partner": partner, "scope": "stream", "iat": now, "exp": now + 60, "jti": jti});
         let sign = |claims: serde_json::Value, secret: &str| {
             jsonwebtoken::encode(
                 &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
@@ -842,8 +857,18 @@ mod streams {
     }
 
     #[tokio::test]
+    async fn a_stream_token_cannot_open_a_connection() {
+        let mut harness = start_cable_with_token(true, stream_token(SECRET, "bob", 60));
+        assert_eq!(
+            harness.next().await,
+            cable::disconnect(cable::DisconnectReason::Unauthorized, false)
+        );
+        assert_eq!(harness.node.metrics.auth_failure_count("wrong_scope"), 1);
+    }
+
+    #[tokio::test]
     async fn a_pubsub_token_is_not_spent_so_a_reconnect_subscribes_again() {
-        let pubsub_token = token(SECRET, "bob", 60);
+        let pubsub_token = stream_token(SECRET, "bob", 60);
         for _ in 0..2 {
             let mut harness = start_anonymous_cable(|_| {});
             harness.next().await;
@@ -860,7 +885,7 @@ mod streams {
     async fn a_client_too_far_behind_loses_its_room_subscription_after_what_was_queued() {
         let mut harness = start_anonymous_cable(|config| config.max_stream_queue = 2);
         harness.next().await;
-        let (identifier, subscribe) = room_subscribe(&token(SECRET, "bob", 60));
+        let (identifier, subscribe) = room_subscribe(&stream_token(SECRET, "bob", 60));
         harness.send(&subscribe);
         harness.next().await;
         // The session has no turn between these: the third finds the queue full.
