@@ -57,9 +57,10 @@ struct Subscription {
 pub struct Cable {
     subscriptions: Vec<Subscription>,
     /// A RoomChannel subscribe waiting for the driver's answer.
-    pending_room: Option<String>,
-    max_subscriptions: usize,
-    ping_interval: Duration,
+    pending_room: Option<Box<str>>,
+    // Copies of the config every connection holds: kept small.
+    max_subscriptions: u16,
+    ping_interval_ms: u32,
 }
 
 impl Cable {
@@ -67,8 +68,9 @@ impl Cable {
         Self {
             subscriptions: Vec::new(),
             pending_room: None,
-            max_subscriptions: config.max_subscriptions_per_connection,
-            ping_interval: Duration::from_millis(config.ping_interval_ms),
+            max_subscriptions: u16::try_from(config.max_subscriptions_per_connection)
+                .unwrap_or(u16::MAX),
+            ping_interval_ms: u32::try_from(config.ping_interval_ms).unwrap_or(u32::MAX),
         }
     }
 
@@ -95,7 +97,7 @@ impl Cable {
             out.ignored(Ignored::DuplicateSubscribe);
             return;
         }
-        if self.subscriptions.len() >= self.max_subscriptions {
+        if self.subscriptions.len() >= usize::from(self.max_subscriptions) {
             out.limited(Limit::Subscriptions);
             out.reply(cable::reject_subscription(&identifier));
             return;
@@ -123,7 +125,7 @@ impl Cable {
                     token: parsed.pubsub_token,
                     partner: parsed.partner,
                 });
-                self.pending_room = Some(identifier);
+                self.pending_room = Some(identifier.into_boxed_str());
                 return;
             }
         }
@@ -223,7 +225,7 @@ impl Session for Cable {
         out.reply(cable::confirm_subscription(&identifier));
         self.subscriptions.reserve_exact(1);
         self.subscriptions.push(Subscription {
-            identifier,
+            identifier: identifier.into_string(),
             channel: Channel::Room,
         });
     }
@@ -255,7 +257,7 @@ impl Session for Cable {
     }
 
     fn ping_interval(&self) -> Option<Duration> {
-        Some(self.ping_interval)
+        Some(Duration::from_millis(u64::from(self.ping_interval_ms)))
     }
 
     fn on_ping(&mut self, unix_seconds: u64, out: &mut Outbox) {

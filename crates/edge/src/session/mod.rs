@@ -239,12 +239,10 @@ where
         protocol,
         rate: CommandRate::new(node.config.max_commands_per_second, Instant::now()),
         out: Outbox::default(),
-        admitted: None,
+        connection: Connection::Admitting,
         events: None,
-        origin,
-        partner: None,
     };
-    let session = driver.session(credentials, shutdown);
+    let session = driver.session(origin, credentials, shutdown);
     tokio::pin!(session);
     let ended = tokio::select! {
         ended = &mut session => ended,
@@ -265,6 +263,31 @@ struct Events {
     _admitted: Option<Subscribed>,
 }
 
+/// Who the connection is.
+enum Connection {
+    /// Not authenticated yet.
+    Admitting,
+    /// Authenticated as a user.
+    Admitted(Admitted),
+    /// Opened without a token: its stream subscriptions' tokens are checked for the
+    /// partner its upgrade named and the origin of its page. Boxed: few connections are.
+    Anonymous(Box<Anonymous>),
+}
+
+struct Anonymous {
+    partner: Option<String>,
+    origin: Option<String>,
+}
+
+impl Connection {
+    fn identity(&self) -> Option<&crate::auth::Identity> {
+        match self {
+            Self::Admitted(admitted) => Some(&admitted.identity),
+            Self::Admitting | Self::Anonymous(_) => None,
+        }
+    }
+}
+
 /// One socket read, sorted.
 enum Read {
     Text(Utf8Bytes),
@@ -281,14 +304,9 @@ struct Driver<'a, S, P> {
     protocol: P,
     rate: CommandRate,
     out: Outbox,
-    /// The connection's user; `None` for a session opened without credentials.
-    admitted: Option<Admitted>,
+    connection: Connection,
     /// The stream subscription. Boxed: most connections hold none.
     events: Option<Box<Events>>,
-    /// The upgrade request's `Origin` header.
-    origin: Option<String>,
-    /// The partner the upgrade named, for a session opened without a token.
-    partner: Option<String>,
 }
 
 impl<S, P> Driver<'_, S, P>
@@ -298,6 +316,7 @@ where
 {
     async fn session(
         &mut self,
+        origin: Option<String>,
         credentials: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<CloseReason, WsError> {
@@ -306,13 +325,15 @@ where
                 .as_ref()
                 .is_some_and(|credentials| credentials.token.is_none());
         if anonymous {
-            // Its subscriptions' tokens are checked for the partner the query names.
-            self.partner = credentials.and_then(|credentials| credentials.partner);
+            self.connection = Connection::Anonymous(Box::new(Anonymous {
+                partner: credentials.and_then(|credentials| credentials.partner),
+                origin,
+            }));
         } else {
             // Boxed, as the readiness wait below: a session passes through them once,
             // and their state would otherwise size every session for its whole life.
-            match Box::pin(self.admit(credentials, shutdown)).await? {
-                Ok(admitted) => self.admitted = Some(admitted),
+            match Box::pin(self.admit(origin, credentials, shutdown)).await? {
+                Ok(admitted) => self.connection = Connection::Admitted(admitted),
                 Err(reason) => return Ok(reason),
             }
         }
@@ -324,9 +345,9 @@ where
             return self.close(CloseReason::ServerRestart).await;
         }
         let mut counts = self
-            .admitted
-            .as_ref()
-            .map(|admitted| self.node.table.subscription(&admitted.identity.key()));
+            .connection
+            .identity()
+            .map(|identity| self.node.table.subscription(&identity.key()));
         self.protocol.open(counts.as_mut(), &mut self.out);
         self.write().await?;
         let mut ping = self.protocol.ping_interval().map(|period| {
@@ -385,6 +406,7 @@ where
     /// session ended, its client told why.
     async fn admit(
         &mut self,
+        origin: Option<String>,
         mut from_upgrade: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<Result<Admitted, CloseReason>, WsError> {
@@ -425,7 +447,7 @@ where
             let refused = match self.node.admit(
                 credentials.partner.as_deref(),
                 credentials.token.as_deref(),
-                self.origin.as_deref(),
+                origin.as_deref(),
             ) {
                 Ok(admitted) => return Ok(Ok(admitted)),
                 Err(refused) => refused,
@@ -470,16 +492,22 @@ where
         if self.events.is_some() {
             return Err(StreamSubscribe::AlreadySubscribed);
         }
-        let connection = self.admitted.as_ref().map(|admitted| &admitted.identity);
+        let connection = self.connection.identity();
+        let (partner, origin) = match &self.connection {
+            Connection::Anonymous(anonymous) => {
+                (anonymous.partner.as_deref(), anonymous.origin.as_deref())
+            }
+            Connection::Admitting | Connection::Admitted(_) => (None, None),
+        };
         let (key, held) = match request.token {
             Some(token) => {
                 let subscribed = self
                     .node
                     .admit_subscription(
                         connection,
-                        request.partner.as_deref().or(self.partner.as_deref()),
+                        request.partner.as_deref().or(partner),
                         &token,
-                        self.origin.as_deref(),
+                        origin,
                     )
                     .map_err(|refused| match refused {
                         SubscriptionRefused::Token => StreamSubscribe::Unauthorized,

@@ -26,21 +26,19 @@ use crate::telemetry::{Ignored, StreamSubscribe};
 pub const MAX_AUTH_FAILURES: u32 = 3;
 
 pub struct Realtime {
-    /// The `id` of the `authrequest` being answered.
-    auth_id: Option<RequestId>,
-    /// The `id` of the `subscribe_events` being answered.
-    subscribe_id: Option<RequestId>,
+    /// The `id` of the request being answered (an `authrequest`, or a
+    /// `subscribe_events`): one at a time, since each is answered before the next frame.
+    answering: Option<RequestId>,
     failures: u32,
-    auth_timeout: Duration,
+    auth_timeout_ms: u32,
 }
 
 impl Realtime {
     pub fn new(config: &EdgeConfig) -> Self {
         Self {
-            auth_id: None,
-            subscribe_id: None,
+            answering: None,
             failures: 0,
-            auth_timeout: Duration::from_millis(config.auth_timeout_ms),
+            auth_timeout_ms: u32::try_from(config.auth_timeout_ms).unwrap_or(u32::MAX),
         }
     }
 }
@@ -63,7 +61,7 @@ impl Session for Realtime {
     const PROTOCOL: Protocol = Protocol::Realtime;
 
     fn auth_timeout(&self) -> Option<Duration> {
-        Some(self.auth_timeout)
+        Some(Duration::from_millis(u64::from(self.auth_timeout_ms)))
     }
 
     fn before_auth(&mut self, frame: &[u8], out: &mut Outbox) -> Option<Credentials> {
@@ -73,7 +71,7 @@ impl Session for Realtime {
                 refuse(ErrorCode::NotAuthenticated, id.as_ref(), out);
             }
             Ok(ClientFrame::AuthRequest { token, partner, id }) => {
-                self.auth_id = id;
+                self.answering = id;
                 return Some(Credentials {
                     partner: Some(partner),
                     token: Some(token),
@@ -86,7 +84,10 @@ impl Session for Realtime {
 
     fn token_refused(&mut self, error: AuthError, out: &mut Outbox) -> AfterRefusal {
         self.failures += 1;
-        out.reply(realtime::auth_failure(error.code(), self.auth_id.as_ref()));
+        out.reply(realtime::auth_failure(
+            error.code(),
+            self.answering.as_ref(),
+        ));
         if self.failures >= MAX_AUTH_FAILURES {
             AfterRefusal::Close
         } else {
@@ -99,11 +100,11 @@ impl Session for Realtime {
             CloseReason::OriginNotAllowed => AuthErrorCode::OriginNotAllowed,
             _ => AuthErrorCode::TryAgainLater,
         };
-        out.reply(realtime::auth_failure(code, self.auth_id.as_ref()));
+        out.reply(realtime::auth_failure(code, self.answering.as_ref()));
     }
 
     fn open(&mut self, counts: Option<&mut CountSubscription>, out: &mut Outbox) {
-        out.reply(realtime::auth_success(self.auth_id.take().as_ref()));
+        out.reply(realtime::auth_success(self.answering.take().as_ref()));
         // Always admitted with credentials, so always with a count.
         if let Some(counts) = counts {
             let (value, _) = counts.take();
@@ -115,7 +116,7 @@ impl Session for Realtime {
         match realtime::decode(frame) {
             Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
             Ok(ClientFrame::SubscribeEvents { id }) => {
-                self.subscribe_id = id;
+                self.answering = id;
                 out.open_stream(StreamRequest::default());
             }
             Ok(ClientFrame::GetUnreadCount { id }) => {
@@ -167,7 +168,7 @@ impl Session for Realtime {
     fn on_ping(&mut self, _unix_seconds: u64, _out: &mut Outbox) {}
 
     fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox) {
-        let id = self.subscribe_id.take();
+        let id = self.answering.take();
         match result {
             Ok(()) => out.reply(realtime::subscribed(id.as_ref())),
             Err(StreamSubscribe::AlreadySubscribed) => {
