@@ -79,6 +79,25 @@ impl<T: Send + 'static> AckPipeline<T> {
         }));
     }
 
+    /// Tracks an input record at `(topic, partition, offset)` that is done when `done`
+    /// completes (an acknowledgement that comes by another way), with `then`.
+    pub fn push_when(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        done: impl Future<Output = Result<(), KafkaError>> + Send + 'static,
+        then: T,
+    ) {
+        let acked = Acked {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+        };
+        self.in_flight
+            .push_back(Box::pin(async move { done.await.map(|()| (acked, then)) }));
+    }
+
     /// The next input record whose outputs are all acknowledged, with its `then`, in
     /// input order; `None` when nothing is in flight. An error means an output was not
     /// delivered: the stage must not store that offset (it stops, and the record is

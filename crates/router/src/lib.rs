@@ -1,17 +1,24 @@
-//! fanout's router stage: applies user events to per-user unread state
-//! ([`fanout_unread`]), writes each new state to the router-state changelog and each new
-//! count to unread-counts, both keyed `partner/user` in the partition the event came
-//! from. On assignment it restores a partition's state from router-state before it
+//! fanout's router stage: applies user events to per-user state ([`fanout_unread`]: the
+//! unread counts and the event stream), writes each new count to unread-counts, each
+//! event the user is to see to user-streams at its position, read receipts for `notify`
+//! users back to user-events, and each new state to the router-state changelog; all
+//! keyed `partner/user`, in the partition the event came from (receipts: the notified
+//! user's). On assignment it restores a partition's state from router-state before it
 //! processes any of that partition's events.
 //!
-//! Exactly-once output without transactions rests on three rules:
-//! - an input offset is stored for commit only after the state and count records it
-//!   produced are acknowledged (so a crash replays, never skips);
+//! Exactly-once output without transactions rests on these rules:
+//! - an event's outputs (count, stream record, receipts) are sent first; its state
+//!   record only once they are acknowledged, in input order; its input offset is stored
+//!   for commit only once the state is acknowledged (so a crash replays, never skips,
+//!   and a state on record never covers an output that could still be lost);
 //! - each state record carries the offset of the last event it includes, so a replayed
 //!   event is recognised and not applied twice (and the state machine itself ignores
 //!   duplicates from upstream);
-//! - a replayed event re-sends the user's current count at its current version, which
-//!   repairs a count record lost between the state's acknowledgement and a crash; edges
+//! - the stream's position is part of the state, and a user's epoch comes from the
+//!   record that first changed it: replaying from the state on record gives the same
+//!   events the same positions and the same content, which edges (and, for receipts,
+//!   the notified user's router) recognise as repeats;
+//! - a replayed event re-sends the user's current count at its current version; edges
 //!   ignore a version they already hold.
 
 mod metrics;

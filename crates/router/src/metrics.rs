@@ -42,6 +42,8 @@ pub struct RouterMetrics {
     evicted_ranges: IntCounter,
     streamed: IntCounter,
     receipts: IntCounter,
+    state_writes: IntCounter,
+    covered_states: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
 }
 
@@ -79,6 +81,16 @@ impl RouterMetrics {
             "fanout_router_receipts_total",
             "Read receipts written back to user-events for notify users",
         )?;
+        let state_writes = IntCounter::new(
+            "fanout_router_state_writes_total",
+            "User states written to router-state",
+        )?;
+        let covered_states = IntCounter::new(
+            "fanout_router_covered_states_total",
+            "User state changes not written on their own: a later change of the same user, written once its event's outputs were acknowledged, covered them",
+        )?;
+        registry.register(Box::new(state_writes.clone()))?;
+        registry.register(Box::new(covered_states.clone()))?;
         registry.register(Box::new(streamed.clone()))?;
         registry.register(Box::new(receipts.clone()))?;
         registry.register(Box::new(events.clone()))?;
@@ -99,6 +111,8 @@ impl RouterMetrics {
             evicted_ranges,
             streamed,
             receipts,
+            state_writes,
+            covered_states,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
         })
     }
@@ -150,6 +164,12 @@ impl RouterMetrics {
 
     pub(crate) fn receipt(&self) {
         self.receipts.inc();
+    }
+
+    /// A user's state written, covering `covered` earlier changes of it besides.
+    pub(crate) fn state_written(&self, covered: usize) {
+        self.state_writes.inc();
+        self.covered_states.inc_by(covered as u64);
     }
 
     /// The stage's Kafka client metrics (lag, errors).

@@ -15,6 +15,7 @@ use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Message};
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EventResult, RouterMetrics};
@@ -171,6 +172,7 @@ struct Router<'a> {
     metrics: RouterMetrics,
     health: StageHealth,
     owned: Owned,
+    unwritten: HashMap<String, Unwritten>,
 }
 
 /// Runs the router until `shutdown` is cancelled, then finishes what is in flight and
@@ -219,6 +221,7 @@ pub async fn run(
         owned: Owned {
             partitions: HashMap::new(),
         },
+        unwritten: HashMap::new(),
     };
     // Two stages of acknowledgement: an input's outputs (count, stream event, receipts)
     // first; only once they are in Kafka is the user's state written, in input order,
@@ -226,7 +229,7 @@ pub async fn run(
     // therefore never covers an event whose stream record could still be lost: a crash
     // at any point replays the event from an older state, which gives it the same
     // position and the same content again (edges and receivers skip the repeat).
-    let mut outputs: AckPipeline<Option<StateWrite>> = AckPipeline::new();
+    let mut outputs: AckPipeline<Option<String>> = AckPipeline::new();
     let mut states = AckPipeline::new();
     // Assignment changes arrive inside the consumer's poll; this tick makes sure an
     // assignment is restored promptly even when no record follows it.
@@ -276,38 +279,86 @@ pub async fn run(
     Ok(())
 }
 
-/// A user's state record, to write once the outputs of the event that produced it are
-/// acknowledged.
-struct StateWrite {
-    key: String,
-    payload: Vec<u8>,
+/// Users with events whose outputs are not acknowledged yet, by key: how many, and the
+/// inputs whose state waits for the write that will cover them.
+#[derive(Default)]
+struct Unwritten {
+    in_flight: usize,
+    covered: Vec<oneshot::Sender<Result<(), KafkaError>>>,
 }
 
 impl Router<'_> {
-    /// The second stage of an input whose outputs are acknowledged: its state record,
-    /// unless its partition was revoked meanwhile (the next owner replays the event from
-    /// the state on record, and a late write here could shadow the new owner's).
+    /// The second stage of an input whose outputs are acknowledged: the state of its
+    /// user (`key`, if it changed), written once no later event of that user is still
+    /// in its first stage. Such a later event's state covers this one's, so it is
+    /// written once for a burst and encoded from the user's record as it is then (which
+    /// includes no unacknowledged output); the inputs it covers are done when it is
+    /// acknowledged. Not written when the partition was revoked meanwhile: the next
+    /// owner replays the events from the state on record, and a late write here could
+    /// shadow the new owner's.
     async fn write_state(
-        &self,
+        &mut self,
         states: &mut AckPipeline,
         acked: fanout_kafka::Acked,
-        state: Option<StateWrite>,
+        key: Option<String>,
     ) -> Result<(), RouterError> {
-        let mut deliveries = Vec::new();
-        if let Some(state) = state
-            && self.owned.partitions.contains_key(&acked.partition)
-        {
-            deliveries.push(
-                self.send(
-                    &self.topics.router_state,
-                    Some(acked.partition),
-                    &state.key,
-                    &state.payload,
-                )
-                .await?,
-            );
+        let Some(key) = key else {
+            states.push(&acked.topic, acked.partition, acked.offset, Vec::new());
+            return Ok(());
+        };
+        let Some(unwritten) = self.unwritten.get_mut(&key) else {
+            states.push(&acked.topic, acked.partition, acked.offset, Vec::new());
+            return Ok(());
+        };
+        unwritten.in_flight = unwritten.in_flight.saturating_sub(1);
+        if unwritten.in_flight > 0 {
+            let (covered, done) = oneshot::channel();
+            unwritten.covered.push(covered);
+            let done = async move { done.await.unwrap_or(Ok(())) };
+            states.push_when(&acked.topic, acked.partition, acked.offset, done, ());
+            return Ok(());
         }
-        states.push(&acked.topic, acked.partition, acked.offset, deliveries);
+        let covered = self
+            .unwritten
+            .remove(&key)
+            .map(|unwritten| unwritten.covered)
+            .unwrap_or_default();
+        let record = self
+            .owned
+            .partitions
+            .get(&acked.partition)
+            .and_then(|users| users.get(&key));
+        let (Some(record), Some((partner, user))) = (record, split_user_key(&key)) else {
+            // Revoked: nothing to write; what it covered is not stored either (the
+            // partition's offsets are refused).
+            for waiting in covered {
+                let _ = waiting.send(Ok(()));
+            }
+            states.push(&acked.topic, acked.partition, acked.offset, Vec::new());
+            return Ok(());
+        };
+        self.metrics.state_written(covered.len());
+        let payload = record.to_proto(partner, user).encode_to_vec();
+        let delivery = self
+            .send(
+                &self.topics.router_state,
+                Some(acked.partition),
+                &key,
+                &payload,
+            )
+            .await?;
+        let done = async move {
+            let result = match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _message))) => Err(error),
+                Err(_canceled) => Err(KafkaError::Canceled),
+            };
+            for waiting in covered {
+                let _ = waiting.send(result.clone());
+            }
+            result
+        };
+        states.push_when(&acked.topic, acked.partition, acked.offset, done, ());
         Ok(())
     }
 
@@ -372,7 +423,7 @@ impl Router<'_> {
     async fn handle(
         &mut self,
         message: &BorrowedMessage<'_>,
-    ) -> Result<(Vec<DeliveryFuture>, Option<StateWrite>), RouterError> {
+    ) -> Result<(Vec<DeliveryFuture>, Option<String>), RouterError> {
         let partition = message.partition();
         let offset = message.offset();
         let nothing = || Ok((Vec::new(), None));
@@ -462,10 +513,7 @@ impl Router<'_> {
                         .encode_to_vec();
                     (stream, receipts_of(&event, position))
                 });
-                let state = StateWrite {
-                    key: key.to_owned(),
-                    payload: record.to_proto(partner, user).encode_to_vec(),
-                };
+                self.unwritten.entry(key.to_owned()).or_default().in_flight += 1;
                 let mut deliveries = Vec::with_capacity(2);
                 if let Some(count) = count {
                     deliveries.push(
@@ -493,7 +541,7 @@ impl Router<'_> {
                         );
                     }
                 }
-                Ok((deliveries, Some(state)))
+                Ok((deliveries, Some(key.to_owned())))
             }
         }
     }
