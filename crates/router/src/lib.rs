@@ -7,10 +7,11 @@
 //! processes any of that partition's events.
 //!
 //! Exactly-once output without transactions rests on these rules:
-//! - an event's outputs (count, stream record, receipts) are sent first; its state
-//!   record only once they are acknowledged, in input order; its input offset is stored
-//!   for commit only once the state is acknowledged (so a crash replays, never skips,
-//!   and a state on record never covers an output that could still be lost);
+//! - an event's outputs (count, stream record, receipts) are sent first; its user's
+//!   state only once they are acknowledged and no later event of that user still waits
+//!   for its own (one write covers a burst); its input offset is stored for commit only
+//!   once a state covering it is acknowledged (so a crash replays, never skips, and a
+//!   state on record never covers an output that could still be lost);
 //! - each state record carries the offset of the last event it includes, so a replayed
 //!   event is recognised and not applied twice (and the state machine itself ignores
 //!   duplicates from upstream);
