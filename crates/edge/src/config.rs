@@ -41,9 +41,9 @@ pub struct EdgeConfig {
     /// (`reject_subscription`).
     pub max_subscriptions_per_connection: usize,
     /// Stream events waiting to be written to one connection; a client that falls
-    /// further behind has its stream subscription ended (`events_ended` on `/realtime`,
-    /// a RoomChannel `stream_overflow` message on `/cable`) and subscribes again. Counts
-    /// are not queued: they coalesce.
+    /// further behind has its stream subscription ended (`events_ended` on `/realtime`;
+    /// on `/cable`, a RoomChannel message `fanout.stream_ended` then
+    /// `reject_subscription`) and subscribes again. Counts are not queued: they coalesce.
     pub max_stream_queue: usize,
     /// Commands (ActionCable) or requests (`/realtime`) one connection may send per
     /// second, in bursts of up to as many; more close the connection (4429, and
