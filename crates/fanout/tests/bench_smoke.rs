@@ -17,7 +17,13 @@ fn out_dir(name: &str) -> PathBuf {
 
 /// Runs `fanout bench <scenario> <args>` and returns its result file.
 fn bench(scenario: &str, args: &[&str]) -> Value {
-    let dir = out_dir(scenario);
+    bench_in(scenario, scenario, args)
+}
+
+/// As [`bench`], with an output directory of its own (`name`): tests run at once, and
+/// two runs of one scenario must not share one.
+fn bench_in(name: &str, scenario: &str, args: &[&str]) -> Value {
+    let dir = out_dir(name);
     let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
         .args(["bench", scenario, "--out-dir"])
         .arg(&dir)
@@ -117,7 +123,8 @@ fn group_message_reaches_every_socket_through_the_router() {
 #[test]
 fn stream_measures_each_message_created_event_on_every_socket() {
     for protocol in ["cable", "realtime"] {
-        let result = bench(
+        let result = bench_in(
+            &format!("stream-{protocol}"),
             "stream",
             &[
                 "--connections",
@@ -139,7 +146,8 @@ fn stream_measures_each_message_created_event_on_every_socket() {
 
 #[test]
 fn group_message_with_events_still_measures_the_counts() {
-    let result = bench(
+    let result = bench_in(
+        "group-message-events",
         "group-message",
         &["--connections", "50", "--messages", "2", "--events"],
     );
