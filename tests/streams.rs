@@ -6,7 +6,9 @@
 //! the same events; no client sees another partner's.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use fanout_tests::scenarios::{StreamShape, event_key, random_stream, recount, wait_for_counts};
+use fanout_tests::scenarios::{
+    StreamShape, all_records, event_key, random_stream, recount, wait_for_counts,
+};
 use fanout_tests::streams::{
     Received, assert_streams, produced_events, stream_oracle, watch_users,
 };
@@ -97,4 +99,95 @@ async fn every_users_stream_is_exactly_the_oracles_on_both_protocols() {
         cable.push((event.offset, event.item.data));
     }
     assert_eq!(cable, realtime);
+}
+
+/// What a router restored from a state older than its outputs does (a crash between an
+/// event's stream record and its state, at scale): a second router, in a group of its
+/// own with an empty state topic, replays every user event from the beginning while the
+/// first goes on. It writes every stream record again, at the same position and byte for
+/// byte the same (the positions, the epochs, the receipts: all from the user-events log
+/// alone), and every client still holds each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_replaying_from_an_older_state_repeats_each_position_exactly() {
+    let shape = StreamShape::small();
+    let partners: Vec<TestPartner> = shape
+        .partners
+        .iter()
+        .map(|code| TestPartner::new(code))
+        .collect();
+    let cluster = TestCluster::start(4, &partners);
+    let config = &cluster.config;
+    let pipeline = start_pipeline(config).await;
+    let watchers = watch_users(pipeline.edge.address, &partners, &shape.users).await;
+    let stream = random_stream(&shape, 14_000, 1500);
+    let producer = cluster.producer();
+    for event in &stream {
+        produce_raw(
+            &producer,
+            &config.topics.message_events,
+            &event_key(event),
+            &event.encode_to_vec(),
+            &[],
+        )
+        .await;
+    }
+    wait_for_counts(
+        &pipeline.edge,
+        config,
+        &recount(&stream),
+        "before the replay",
+    )
+    .await;
+    // The receipts too: the first router has handled every user event there is.
+    let handled = |metrics: &fanout_router::RouterMetrics| -> usize {
+        ["applied", "unchanged", "replayed", "invalid"]
+            .iter()
+            .map(|result| metrics.event_count(result) as usize)
+            .sum()
+    };
+    wait_until("the first router to handle every user event", || {
+        handled(&pipeline.router_metrics) == all_records(config, &config.topics.user_events).len()
+    })
+    .await;
+    let written_once = all_records(config, &config.topics.user_streams).len();
+
+    let mut replaying = config.clone();
+    replaying.router.group_id = format!("{}-replaying", config.router.group_id);
+    replaying.topics.router_state = format!("{}-replaying", config.topics.router_state);
+    cluster
+        .embedded()
+        .create_topic(&replaying.topics.router_state, 4)
+        .unwrap();
+    let (replayer, replayer_metrics) = start_router(&replaying);
+    wait_until("the second router to replay every user event", || {
+        let replayed = handled(&replayer_metrics);
+        replayed > 0 && replayed == all_records(config, &config.topics.user_events).len()
+    })
+    .await;
+
+    // Every position is in user-streams twice now, each copy the same bytes.
+    let mut copies: std::collections::BTreeMap<(Vec<u8>, u64, u64), Vec<Vec<u8>>> =
+        std::collections::BTreeMap::new();
+    for record in all_records(config, &config.topics.user_streams) {
+        let event = fanout_schema::v1::StreamEvent::decode(record.value.as_slice()).unwrap();
+        copies
+            .entry((record.key, event.epoch, event.offset))
+            .or_default()
+            .push(record.value);
+    }
+    assert_eq!(copies.len(), written_once, "no position is new");
+    for ((key, epoch, offset), values) in &copies {
+        let user = String::from_utf8_lossy(key);
+        assert_eq!(values.len(), 2, "{user} {epoch}:{offset}");
+        assert_eq!(values[0], values[1], "{user} {epoch}:{offset} differs");
+    }
+    let metrics = &pipeline.edge.node.metrics;
+    wait_until("the edge to see the repeats", || {
+        metrics.stream_record_count("repeated") > 0
+    })
+    .await;
+    let expected = stream_oracle(&produced_events(config));
+    assert_streams(&watchers, &expected, "after a replay from an empty state").await;
+    replayer.stop().await;
+    pipeline.stop().await;
 }

@@ -474,6 +474,10 @@ impl EdgeMetrics {
         self.stream_overflows.inc();
     }
 
+    pub fn stream_record_count(&self, result: &str) -> u64 {
+        self.stream_records.with_label_values(&[result]).get()
+    }
+
     pub fn stream_push_count(&self) -> u64 {
         self.stream_pushes.get()
     }
