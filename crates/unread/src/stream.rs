@@ -186,15 +186,14 @@ impl Stream {
         self.position
     }
 
-    fn seen(&mut self, conversation: &str) -> &mut Seen {
+    /// The conversation's entry, made if missing (`None` only if it could not be, which
+    /// does not happen: it is there once inserted).
+    fn seen(&mut self, conversation: &str) -> Option<&mut Seen> {
         if !self.conversations.contains_key(conversation) {
             self.conversations
                 .insert(Box::from(conversation), Seen::default());
         }
-        // Just ensured.
-        self.conversations
-            .get_mut(conversation)
-            .unwrap_or_else(|| unreachable!())
+        self.conversations.get_mut(conversation)
     }
 
     /// Records a message; returns (changed, deliver).
@@ -202,7 +201,9 @@ impl Stream {
         if seq == 0 {
             return (false, false);
         }
-        let seen = self.seen(conversation);
+        let Some(seen) = self.seen(conversation) else {
+            return (false, false);
+        };
         let new = seen.messages.insert(seq);
         let deliver = new && !seen.deleted.contains(seq);
         cap(&mut seen.messages, limits.max_ranges);
@@ -213,7 +214,9 @@ impl Stream {
         if seq == 0 {
             return false;
         }
-        let seen = self.seen(conversation);
+        let Some(seen) = self.seen(conversation) else {
+            return false;
+        };
         let new = seen.deleted.insert(seq);
         cap(&mut seen.deleted, limits.max_ranges);
         new
