@@ -377,16 +377,7 @@ where
                     self.protocol.on_count(value, &mut self.out);
                 }
                 event = next_event(self.events.as_deref()) => match event {
-                    Some(frame) => {
-                        self.protocol.on_event(&frame, &mut self.out);
-                        // What else is queued goes out in the same write.
-                        for _ in 1..EVENTS_PER_WRITE {
-                            let Some(frame) = self.events.as_ref().and_then(|events| events.subscription.try_next()) else {
-                                break;
-                            };
-                            self.protocol.on_event(&frame, &mut self.out);
-                        }
-                    }
+                    Some(frame) => self.protocol.on_event(&frame, &mut self.out),
                     None => {
                         self.events = None;
                         self.node.metrics.stream_overflowed();
@@ -398,6 +389,7 @@ where
                     self.protocol.on_ping(unix_seconds, &mut self.out);
                 }
             }
+            self.take_ready(counts.as_mut());
             self.write().await?;
         }
     }
@@ -467,6 +459,28 @@ where
             self.node.metrics.handshake(Handshake::Limited);
             self.protocol.admission_refused(reason, &mut self.out);
             return self.close(reason).await.map(Err);
+        }
+    }
+
+    /// What else is ready now goes out in the same write (one flush, one wakeup): a
+    /// count change that came with an event, and the events queued behind it.
+    fn take_ready(&mut self, counts: Option<&mut CountSubscription>) {
+        if self.protocol.wants_counts()
+            && let Some(counts) = counts
+            && counts.receiver.has_changed().unwrap_or(false)
+        {
+            let value = self.out.take_count(counts);
+            self.protocol.on_count(value, &mut self.out);
+        }
+        for _ in 0..EVENTS_PER_WRITE {
+            let Some(frame) = self
+                .events
+                .as_ref()
+                .and_then(|events| events.subscription.try_next())
+            else {
+                break;
+            };
+            self.protocol.on_event(&frame, &mut self.out);
         }
     }
 
