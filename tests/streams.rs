@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use fanout_tests::scenarios::{
-    StreamShape, all_records, event_key, random_stream, recount, wait_for_counts,
+    StreamShape, all_records, produce_stream, random_stream, recount, wait_for_counts,
 };
 use fanout_tests::streams::{
     Received, assert_streams, produced_events, stream_oracle, watch_users,
@@ -19,11 +19,7 @@ use serde_json::Value;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_users_stream_is_exactly_the_oracles_on_both_protocols() {
     let shape = StreamShape::small();
-    let partners: Vec<TestPartner> = shape
-        .partners
-        .iter()
-        .map(|code| TestPartner::new(code))
-        .collect();
+    let partners = shape.test_partners();
     let cluster = TestCluster::start(4, &partners);
     let config = &cluster.config;
     let pipeline = start_pipeline(config).await;
@@ -52,17 +48,7 @@ async fn every_users_stream_is_exactly_the_oracles_on_both_protocols() {
     );
 
     let stream = random_stream(&shape, 13_000, 3000);
-    let producer = cluster.producer();
-    for event in &stream {
-        produce_raw(
-            &producer,
-            &config.topics.message_events,
-            &event_key(event),
-            &event.encode_to_vec(),
-            &[],
-        )
-        .await;
-    }
+    produce_stream(&cluster.producer(), config, &stream).await;
     wait_for_counts(&pipeline.edge, config, &recount(&stream), "streams").await;
     let expected = stream_oracle(&produced_events(config));
     assert_streams(&watchers, &expected, "no faults").await;
@@ -110,27 +96,13 @@ async fn every_users_stream_is_exactly_the_oracles_on_both_protocols() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_router_replaying_from_an_older_state_repeats_each_position_exactly() {
     let shape = StreamShape::small();
-    let partners: Vec<TestPartner> = shape
-        .partners
-        .iter()
-        .map(|code| TestPartner::new(code))
-        .collect();
+    let partners = shape.test_partners();
     let cluster = TestCluster::start(4, &partners);
     let config = &cluster.config;
     let pipeline = start_pipeline(config).await;
     let watchers = watch_users(pipeline.edge.address, &partners, &shape.users).await;
     let stream = random_stream(&shape, 14_000, 1500);
-    let producer = cluster.producer();
-    for event in &stream {
-        produce_raw(
-            &producer,
-            &config.topics.message_events,
-            &event_key(event),
-            &event.encode_to_vec(),
-            &[],
-        )
-        .await;
-    }
+    produce_stream(&cluster.producer(), config, &stream).await;
     wait_for_counts(
         &pipeline.edge,
         config,

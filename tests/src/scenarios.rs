@@ -52,6 +52,36 @@ impl StreamShape {
     }
 }
 
+impl StreamShape {
+    /// A test partner for each of the shape's partner codes.
+    pub fn test_partners(&self) -> Vec<TestPartner> {
+        self.partners
+            .iter()
+            .map(|code| TestPartner::new(code))
+            .collect()
+    }
+}
+
+/// Produces `stream` to message-events, one record at a time, each keyed by
+/// [`event_key`].
+pub async fn produce_stream(
+    producer: &rdkafka::producer::FutureProducer,
+    config: &fanout_app::config::Config,
+    stream: &[v1::MessageEvent],
+) {
+    use prost::Message as _;
+    for event in stream {
+        produce_raw(
+            producer,
+            &config.topics.message_events,
+            &event_key(event),
+            &event.encode_to_vec(),
+            &[],
+        )
+        .await;
+    }
+}
+
 /// A random stream with duplicates, early reads and deletes, data on some messages,
 /// reads naming users to notify, and notifications.
 pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::MessageEvent> {

@@ -98,11 +98,7 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
     let stream = random_stream(&shape, seed, events);
     let expected = recount(&stream);
 
-    let partners: Vec<TestPartner> = shape
-        .partners
-        .iter()
-        .map(|code| TestPartner::new(code))
-        .collect();
+    let partners = shape.test_partners();
     let cluster = start_cluster(&partners);
     let dir = temp_dir("kills");
     let config_path = write_role_config(&dir, &cluster);
