@@ -4,7 +4,8 @@
 //! and errors, never data. After [`MAX_AUTH_FAILURES`] refused tokens the connection
 //! closes with 4401; with no success within `auth_timeout_ms`, with 4408. Once
 //! authenticated it gets its count right after the `authresponse` and every change
-//! after it. On shutdown every client gets 1012 (service restart) and reconnects.
+//! after it, and after a `subscribe_events` its user's events (`subscribed`, then
+//! `event` pushes; `events_ended` if it falls `max_stream_queue` behind). On shutdown every client gets 1012 (service restart) and reconnects.
 //! Limits close with their own codes: 1009 (frame size), 4429 (requests per second),
 //! 4403 (origin not allowed for the token's partner), 1013 (connection limit).
 
