@@ -423,9 +423,9 @@ async fn partners_with_equal_user_ids_never_see_each_others_counts_or_events() {
     produce_event(
         &producer,
         config,
-        &streams::with_data(
+        &event::with_data(
             event::created("beta", "shared-conversation", seq, "sender", &["u2"]),
-            r#"{"for":"beta/u2"}"#,
+            &json!({"for": "beta/u2"}),
         ),
     )
     .await;

@@ -111,9 +111,9 @@ pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::M
             }
             let created = event::created(partner, conversation, seq, user, &recipients);
             if rng.random_bool(0.3) {
-                streams::with_data(
+                event::with_data(
                     created,
-                    &format!(r#"{{"text":"{conversation} #{seq}","by":"{user}"}}"#),
+                    &serde_json::json!({"text": format!("{conversation} #{seq}"), "by": user}),
                 )
             } else {
                 created
@@ -125,11 +125,11 @@ pub fn random_stream(shape: &StreamShape, seed: u64, length: usize) -> Vec<v1::M
                 .map(|_| shape.users.choose(&mut rng).unwrap().as_str())
                 .collect();
             match roll {
-                58..=73 => streams::with_notify(
+                58..=73 => event::notifying(
                     event::message_read(partner, conversation, seq, user),
                     &notify,
                 ),
-                74..=90 => streams::with_notify(
+                74..=90 => event::notifying(
                     event::conversation_read(partner, conversation, seq, user),
                     &notify,
                 ),

@@ -250,33 +250,17 @@ fn read_delivered(
 /// A notification whose data names its event id, so a client's copy can be matched to
 /// the produced one.
 pub fn notification(partner: &str, id: &str, name: &str, recipients: &[&str]) -> v1::MessageEvent {
-    v1::MessageEvent {
+    let event = v1::MessageEvent {
         event_id: id.to_owned(),
         partner: partner.to_owned(),
         occurred_at_ms: fanout_schema::unix_millis(),
-        data: Some(fanout_schema::data::parse_data(&format!(r#"{{"id":"{id}"}}"#)).unwrap()),
+        data: None,
         event: Some(Event::Notification(v1::Notification {
             event: name.to_owned(),
             recipients: recipients.iter().map(|user| (*user).to_owned()).collect(),
         })),
-    }
-}
-
-/// `event` with `data` (JSON text) attached.
-pub fn with_data(mut event: v1::MessageEvent, data: &str) -> v1::MessageEvent {
-    event.data = Some(fanout_schema::data::parse_data(data).unwrap());
-    event
-}
-
-/// A read `event` that names `notify` users for its receipt.
-pub fn with_notify(mut event: v1::MessageEvent, notify: &[&str]) -> v1::MessageEvent {
-    let notify = notify.iter().map(|user| (*user).to_owned()).collect();
-    match event.event.as_mut() {
-        Some(Event::MessageRead(read)) => read.notify = notify,
-        Some(Event::ConversationRead(read)) => read.notify = notify,
-        _ => panic!("only reads name notify users"),
-    }
-    event
+    };
+    crate::event::with_data(event, &serde_json::json!({ "id": id }))
 }
 
 /// One `event` push as a client received it.

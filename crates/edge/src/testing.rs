@@ -104,33 +104,29 @@ pub(crate) mod harness {
 
     /// A token for `user` signed with `secret`, expiring in `expires_in_seconds`.
     pub(crate) fn token(secret: &str, user: &str, expires_in_seconds: i64) -> String {
-        let now = fanout_schema::unix_millis() / 1000;
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &serde_json::json!({
-                "uniqueId": user,
-                "exp": now + expires_in_seconds,
-                "iat": now,
-                "jti": crate::replay::tests_support::fresh_id(),
-            }),
-            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-        )
-        .unwrap()
+        sign(secret, user, expires_in_seconds, None)
     }
 
     /// A stream subscription's token (`"scope":"stream"`) for `user`, signed with
     /// `secret`.
     pub(crate) fn stream_token(secret: &str, user: &str, expires_in_seconds: i64) -> String {
+        sign(secret, user, expires_in_seconds, Some("stream"))
+    }
+
+    fn sign(secret: &str, user: &str, expires_in_seconds: i64, scope: Option<&str>) -> String {
         let now = fanout_schema::unix_millis() / 1000;
+        let mut claims = serde_json::json!({
+            "uniqueId": user,
+            "exp": now + expires_in_seconds,
+            "iat": now,
+            "jti": crate::replay::tests_support::fresh_id(),
+        });
+        if let Some(scope) = scope {
+            claims["scope"] = scope.into();
+        }
         jsonwebtoken::encode(
             &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &serde_json::json!({
-                "uniqueId": user,
-                "exp": now + expires_in_seconds,
-                "iat": now,
-                "jti": crate::replay::tests_support::fresh_id(),
-                "scope": "stream",
-            }),
+            &claims,
             &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap()
