@@ -507,7 +507,8 @@ pub fn room_channel_identifier(pubsub_token: &str) -> String {
 /// One user's event stream as a client receives it, checked event by event against what
 /// the test produced. Positions are checked as the design states them, not as the edge
 /// computes them: the first event is at `offset` 1, each next one at one more, all under
-/// one `epoch`, a string of digits, learned from the first event.
+/// one `epoch`, a string `"<digits>-<8 hex digits>"` (the epoch and the stream's tag, as
+/// docs/streams.md writes it), learned from the first event.
 #[derive(Debug, Default)]
 pub struct StreamCheck {
     epoch: Option<String>,
@@ -538,10 +539,13 @@ impl StreamCheck {
             Some(serde_json::Value::String(epoch)) => epoch,
             other => panic!("the epoch is a string, not {other:?}: {received}"),
         };
-        assert!(
-            !epoch.is_empty() && epoch.bytes().all(|byte| byte.is_ascii_digit()),
-            "the epoch is digits: {received}"
-        );
+        let well_formed = epoch.split_once('-').is_some_and(|(number, tag)| {
+            !number.is_empty()
+                && number.bytes().all(|byte| byte.is_ascii_digit())
+                && tag.len() == 8
+                && tag.bytes().all(|byte| byte.is_ascii_hexdigit())
+        });
+        assert!(well_formed, "the epoch is <digits>-<tag>: {received}");
         let first_epoch = self.epoch.get_or_insert_with(|| epoch.clone());
         assert_eq!(&epoch, first_epoch, "the epoch changed: {received}");
         self.offset += 1;
@@ -875,30 +879,36 @@ mod tests {
     #[test]
     fn a_stream_check_takes_offsets_one_by_one_under_one_epoch() {
         let mut check = StreamCheck::new();
-        check.next(&event("17", 1), expected());
-        check.next(&event("17", 2), expected());
+        check.next(&event("17-0000abcd", 1), expected());
+        check.next(&event("17-0000abcd", 2), expected());
     }
 
     #[test]
     #[should_panic(expected = "the offset after 1 events")]
     fn a_stream_check_refuses_a_skipped_offset() {
         let mut check = StreamCheck::new();
-        check.next(&event("17", 1), expected());
-        check.next(&event("17", 3), expected());
+        check.next(&event("17-0000abcd", 1), expected());
+        check.next(&event("17-0000abcd", 3), expected());
     }
 
     #[test]
     #[should_panic(expected = "the offset after 0 events")]
     fn a_stream_check_refuses_a_first_offset_other_than_1() {
-        StreamCheck::new().next(&event("17", 0), expected());
+        StreamCheck::new().next(&event("17-0000abcd", 0), expected());
     }
 
     #[test]
     #[should_panic(expected = "the epoch changed")]
     fn a_stream_check_refuses_a_new_epoch() {
         let mut check = StreamCheck::new();
-        check.next(&event("17", 1), expected());
-        check.next(&event("18", 2), expected());
+        check.next(&event("17-0000abcd", 1), expected());
+        check.next(&event("18-0000abcd", 2), expected());
+    }
+
+    #[test]
+    #[should_panic(expected = "the epoch is <digits>-<tag>")]
+    fn a_stream_check_refuses_an_epoch_without_its_tag() {
+        StreamCheck::new().next(&event("17", 1), expected());
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub struct EdgeConfig {
     pub secrets_file: Option<PathBuf>,
     /// How often `secrets_file` is checked for changes.
     pub secrets_reload_interval_ms: u64,
+    /// How long an extended-protocol session can be restored by its `sid` after its
+    /// connection closed.
+    pub session_restore_ttl_ms: u64,
+    /// The history window every edge keeps.
+    pub history: HistoryConfig,
     /// Partners by code: the secrets their tokens may be signed with, and their limits.
     pub partners: BTreeMap<String, PartnerConfig>,
 }
@@ -81,7 +86,45 @@ impl Default for EdgeConfig {
             max_connections: 100_000,
             secrets_file: None,
             secrets_reload_interval_ms: 5000,
+            session_restore_ttl_ms: 300_000,
+            history: HistoryConfig::default(),
             partners: BTreeMap::new(),
+        }
+    }
+}
+
+/// The history window (`[edge.history]`): each user's recent stream events, from which
+/// a reconnecting client gets what it missed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Events kept per user.
+    pub max_events_per_user: usize,
+    /// Oldest event kept, by its write time.
+    pub max_age_ms: u64,
+    /// All users' events together (bodies plus a fixed overhead each).
+    pub max_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    /// AnyCable's defaults for its streams' history (100 messages, 5 minutes): long
+    /// enough for a tunnel or a deploy, short enough that a client back from sleep
+    /// fetches its state afresh.
+    fn default() -> Self {
+        Self {
+            max_events_per_user: 100,
+            max_age_ms: 300_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+impl HistoryConfig {
+    pub fn limits(&self) -> crate::streams::HistoryLimits {
+        crate::streams::HistoryLimits {
+            max_events_per_user: self.max_events_per_user,
+            max_age_ms: self.max_age_ms,
+            max_bytes: self.max_bytes,
         }
     }
 }
@@ -233,9 +276,25 @@ impl EdgeConfig {
                 "secrets_reload_interval_ms",
                 self.secrets_reload_interval_ms,
             ),
+            ("session_restore_ttl_ms", self.session_restore_ttl_ms),
+            (
+                "history.max_events_per_user",
+                self.history.max_events_per_user as u64,
+            ),
+            ("history.max_age_ms", self.history.max_age_ms),
+            ("history.max_bytes", self.history.max_bytes as u64),
         ];
         if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(invalid(*key, "must be positive"));
+        }
+        if self.history.max_events_per_user >= self.max_stream_queue {
+            return Err(invalid(
+                "history.max_events_per_user",
+                format!(
+                    "must be below max_stream_queue ({}): a resumed client gets its missed events queued at once",
+                    self.max_stream_queue
+                ),
+            ));
         }
         for (code, partner) in &self.partners {
             if !fanout_schema::is_valid_partner(code) {

@@ -1,6 +1,9 @@
 //! Feeds the count table from unread-counts: every partition (or the configured
 //! subset) by `assign`, from the beginning, outside any consumer group; and the stream
-//! hub from user-streams, the same partitions, from their end (live events only).
+//! hub from user-streams, the same partitions, from the first record of the history
+//! window's age (`edge.history.max_age_ms` ago). The node is ready once both have
+//! caught up with the end they had when the feed started: a restarted edge holds the
+//! window again before it takes a client.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +18,17 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use fanout_protocol::stream::{Epoch, stream_tag};
+
 use crate::streams::{StreamFrame, StreamHub};
 use crate::table::{CountTable, CountValue};
 use crate::telemetry::{CountRecord, EdgeMetrics, StreamRecord};
 
-/// Low and high-water mark of each partition.
+/// Where reading starts in each partition, and its high-water mark then.
 type Watermarks = HashMap<i32, (i64, i64)>;
+
+/// How often the history window is aged and its metrics set while records come or not.
+const HISTORY_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
@@ -66,13 +74,17 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     let partitions = partitions.as_slice();
     let targets = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        targets = starting_positions(kafka, topic, partitions) => targets?,
+        targets = starting_positions(kafka, topic, partitions, None) => targets?,
     };
-    // Streams are live: read from the end as it is now, resolved here rather than left
-    // to the consumer, so that every event written once the table is ready is read.
-    let stream_ends = tokio::select! {
+    // Streams: from the first record of the window's age, resolved here rather than
+    // left to the consumer, so that the window is whole and every event written once
+    // the node is ready is read.
+    let window_start = fanout_schema::unix_millis()
+        .saturating_sub(i64::try_from(streams.max_age_ms()).unwrap_or(i64::MAX));
+    streams.starts_at(window_start);
+    let stream_starts = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        ends = starting_positions(kafka, &streams_topic, partitions) => ends?,
+        starts = starting_positions(kafka, &streams_topic, partitions, Some(window_start)) => starts?,
     };
     let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
     let consumer: StreamConsumer<StageContext> =
@@ -85,26 +97,43 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
             .add_partition_offset(topic, *partition, Offset::Beginning)
             .map_err(FeedError::Client)?;
     }
-    for (partition, (_, high)) in &stream_ends {
+    for (partition, (start, _)) in &stream_starts {
         assignment
-            .add_partition_offset(&streams_topic, *partition, Offset::Offset(*high))
+            .add_partition_offset(&streams_topic, *partition, Offset::Offset(*start))
             .map_err(FeedError::Client)?;
     }
     consumer.assign(&assignment).map_err(FeedError::Client)?;
-    // Partitions still to be read up to their starting high-water mark.
-    let mut behind: HashMap<i32, i64> = targets
+    // Partitions still to be read up to their starting high-water mark: (is a
+    // user-streams partition, partition).
+    let mut behind: HashMap<(bool, i32), i64> = targets
         .into_iter()
-        .filter(|(_, (low, high))| high > low)
-        .map(|(partition, (_, high))| (partition, high))
+        .map(|(partition, range)| ((false, partition), range))
+        .chain(
+            stream_starts
+                .into_iter()
+                .map(|(partition, range)| ((true, partition), range)),
+        )
+        .filter(|(_, (start, high))| high > start)
+        .map(|(at, (_, high))| (at, high))
         .collect();
     if behind.is_empty() {
         ready.send_replace(true);
         health.set_ready(true);
     }
     tracing::info!(topic, partitions = assignment.count(), "edge feed started");
+    let mut history_tick = tokio::time::interval(HISTORY_TICK);
+    history_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut history = streams.history();
     loop {
         let received = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = history_tick.tick() => {
+                streams.expire(fanout_schema::unix_millis());
+                let now = streams.history();
+                metrics.history(&now, &history);
+                history = now;
+                continue;
+            }
             received = consumer.recv() => received,
         };
         let message = match received {
@@ -118,21 +147,27 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
                 continue;
             }
         };
-        if message.topic() == streams_topic {
+        let is_stream = message.topic() == streams_topic;
+        if is_stream {
             publish(&streams, &message, &metrics);
-            continue;
+        } else {
+            apply(&table, &message, &metrics);
         }
-        apply(&table, &message, &metrics);
         if !behind.is_empty() {
-            let partition = message.partition();
+            let at = (is_stream, message.partition());
             if behind
-                .get(&partition)
+                .get(&at)
                 .is_some_and(|high| message.offset() + 1 >= *high)
             {
-                behind.remove(&partition);
+                behind.remove(&at);
                 if behind.is_empty() {
                     metrics.set_table_keys(table.len());
-                    tracing::info!(users = table.len(), "edge count table caught up");
+                    let window = streams.history();
+                    tracing::info!(
+                        users = table.len(),
+                        history_events = window.events,
+                        "edge count table and history window caught up"
+                    );
                     ready.send_replace(true);
                     health.set_ready(true);
                 }
@@ -168,8 +203,8 @@ fn apply(
     }
 }
 
-/// Hands a user-streams record to the sessions subscribed to its user: rendered once,
-/// and only if someone is.
+/// Hands a user-streams record to the history window and the sessions subscribed to
+/// its user: rendered once.
 fn publish(
     streams: &StreamHub,
     message: &rdkafka::message::BorrowedMessage<'_>,
@@ -179,20 +214,20 @@ fn publish(
         metrics.stream_record(StreamRecord::Invalid);
         return;
     };
-    if !streams.is_subscribed(key) {
-        metrics.stream_record(StreamRecord::Unwatched);
-        return;
-    }
+    let now_ms = fanout_schema::unix_millis();
+    let written_ms = message.timestamp().to_millis().unwrap_or(now_ms);
     let Some(frame) = v1::StreamEvent::decode(message.payload().unwrap_or_default())
         .ok()
-        .and_then(|record| render(&record))
+        .and_then(|record| render(key, &record, written_ms))
     else {
         metrics.stream_record(StreamRecord::Invalid);
         return;
     };
-    let published = streams.publish(key, frame);
+    let published = streams.publish(key, frame, now_ms);
     metrics.stream_record(if published.repeated {
         StreamRecord::Repeated
+    } else if published.queued + published.overflowed == 0 {
+        StreamRecord::Unwatched
     } else {
         StreamRecord::Delivered
     });
@@ -200,13 +235,17 @@ fn publish(
 
 /// A stream record's frame body; `None` when its data is not a JSON object (the router
 /// never writes one, so the record is not fanout's).
-fn render(record: &v1::StreamEvent) -> Option<StreamFrame> {
+fn render(key: &str, record: &v1::StreamEvent, written_ms: i64) -> Option<StreamFrame> {
     if !record.data_json.is_empty() {
         let data: &serde_json::value::RawValue = serde_json::from_str(&record.data_json).ok()?;
         if !data.get().starts_with('{') {
             return None;
         }
     }
+    let epoch = Epoch {
+        epoch: record.epoch,
+        tag: stream_tag(key),
+    };
     let body = fanout_protocol::stream::event_body(&fanout_protocol::stream::EventFields {
         event: &record.event,
         data_json: &record.data_json,
@@ -216,23 +255,27 @@ fn render(record: &v1::StreamEvent) -> Option<StreamFrame> {
         sender: &record.sender,
         reader: &record.reader,
         unread_count: record.unread_count,
-        epoch: record.epoch,
+        epoch,
         offset: record.offset,
     });
     Some(StreamFrame {
-        epoch: record.epoch,
+        epoch,
         offset: record.offset,
         body: body.into_boxed_str(),
         source_time: (record.occurred_at_ms > 0).then_some(record.occurred_at_ms),
+        written_ms,
     })
 }
 
-/// The partitions to read and each one's low and high-water marks now. Retries until the topic
-/// exists (an edge may start before the topics are created).
+/// The partitions to read, and in each where reading starts and its high-water mark
+/// now: the start is the low-water mark, or with `since_ms` the first record written at
+/// or after it. Retries until the topic exists (an edge may start before the topics are
+/// created).
 async fn starting_positions(
     kafka: &KafkaSettings,
     topic: &str,
     wanted: &[i32],
+    since_ms: Option<i64>,
 ) -> Result<Watermarks, FeedError> {
     loop {
         let kafka = kafka.clone();
@@ -258,6 +301,26 @@ async fn starting_positions(
                         continue;
                     }
                     positions.insert(id, consumer.fetch_watermarks(&topic_name, id, timeout)?);
+                }
+                if let Some(since_ms) = since_ms {
+                    let mut times = TopicPartitionList::new();
+                    for partition in positions.keys() {
+                        times.add_partition_offset(
+                            &topic_name,
+                            *partition,
+                            Offset::Offset(since_ms),
+                        )?;
+                    }
+                    let found = consumer.offsets_for_times(times, timeout)?;
+                    for element in found.elements() {
+                        if let Some((low, high)) = positions.get_mut(&element.partition()) {
+                            // No record at or after the time: start at the end.
+                            *low = match element.offset() {
+                                Offset::Offset(offset) => offset.clamp(*low, *high),
+                                _ => *high,
+                            };
+                        }
+                    }
                 }
                 Ok(Some(positions))
             })

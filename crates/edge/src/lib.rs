@@ -10,8 +10,9 @@
 //! - [`server`]: the accept loop and the WebSocket handshake.
 //! - [`table`]: the count table; a count is state, so each subscriber sees only the
 //!   newest value (a slow client costs one pending count, never a queue).
-//! - [`streams`]: the stream hub: users' events, rendered once, queued (bounded) for
-//!   each subscribed session.
+//! - [`streams`]: the stream hub: users' recent events (the history window), rendered
+//!   once, queued (bounded) for each subscribed session, replayed to a resuming one.
+//! - [`restore`]: closed extended-protocol sessions, restorable by `sid` for a while.
 //! - [`feed`]: reads unread-counts by `assign` (no group) and reports when caught up;
 //!   reads user-streams into the stream hub.
 //! - [`auth`]: HS256 JWT verification against per-partner secrets; [`replay`]: each
@@ -29,6 +30,7 @@ pub mod feed;
 pub mod limits;
 pub mod node;
 pub mod replay;
+pub mod restore;
 mod secrets;
 pub mod server;
 pub mod session;

@@ -8,6 +8,7 @@ use tokio::sync::watch;
 use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::{EdgeConfig, SecretsFile};
 use crate::limits::{ConnectionLimits, Limit, PartnerPlace, origin_allowed};
+use crate::restore::SessionStore;
 use crate::streams::StreamHub;
 use crate::table::CountTable;
 use crate::telemetry::EdgeMetrics;
@@ -23,6 +24,8 @@ pub struct Node {
     pub limits: ConnectionLimits,
     /// True once the count table has caught up with unread-counts.
     pub ready: watch::Receiver<bool>,
+    /// Closed extended-protocol sessions that can be restored by `sid`.
+    pub sessions: SessionStore,
 }
 
 /// What a connection that passed [`Node::admit`] holds for its life.
@@ -71,9 +74,16 @@ impl Node {
     ) -> Self {
         Self {
             table,
-            streams: Arc::new(StreamHub::new(config.max_stream_queue)),
+            streams: Arc::new(StreamHub::new(
+                config.max_stream_queue,
+                config.history.limits(),
+            )),
             auth: Authenticator::new(&config, &config.merged_secrets(file)),
             limits: ConnectionLimits::new(&config),
+            sessions: SessionStore::new(
+                std::time::Duration::from_millis(config.session_restore_ttl_ms),
+                config.max_connections,
+            ),
             config,
             metrics,
             ready,
@@ -135,6 +145,35 @@ impl Node {
             identity,
             _place: Some(place),
         })
+    }
+
+    /// A restored session's places again, without its tokens (spent, or presented only
+    /// when it first subscribed): its `sid` stands for them. `connection` is the user
+    /// the connection authenticated as; `stream` the user whose stream it subscribed
+    /// to, which takes a place of its own when the connection has none.
+    pub fn readmit(
+        &self,
+        connection: Option<Identity>,
+        stream: Option<Identity>,
+    ) -> Result<(Option<Admitted>, Option<Subscribed>), Limit> {
+        let admitted = match connection {
+            Some(identity) => Some(Admitted {
+                _place: self.limits.partner_place(&identity.partner)?,
+                identity,
+            }),
+            None => None,
+        };
+        let subscribed = match stream {
+            Some(identity) => Some(Subscribed {
+                _place: match admitted {
+                    Some(_) => None,
+                    None => Some(self.limits.partner_place(&identity.partner)?),
+                },
+                identity,
+            }),
+            None => None,
+        };
+        Ok((admitted, subscribed))
     }
 
     /// The one admission check of every protocol: the token (spent either way), then

@@ -71,6 +71,8 @@ struct Upgrade {
     /// ActionCable's query.
     credentials: Credentials,
     origin: Option<String>,
+    /// The client offered AnyCable's extended protocol, and it was chosen.
+    extended: bool,
 }
 
 fn refusal(status: StatusCode, body: &str) -> ErrorResponse {
@@ -79,8 +81,9 @@ fn refusal(status: StatusCode, body: &str) -> ErrorResponse {
     response
 }
 
-/// The query with the `jwt` value replaced, for logs: a token in a log line is a
-/// credential anyone reading logs can use. Everything else is kept as sent.
+/// The query with the `jwt` and `sid` values replaced, for logs: a token (or a session
+/// id, which restores a session) in a log line is a credential anyone reading logs can
+/// use. Everything else is kept as sent.
 pub fn redact_query(query: &str) -> String {
     query
         .split('&')
@@ -89,10 +92,10 @@ pub fn redact_query(query: &str) -> String {
             let decoded: String = url::form_urlencoded::parse(name.as_bytes())
                 .map(|(name, _)| name.into_owned())
                 .collect();
-            if decoded == "jwt" {
-                "jwt=[redacted]"
-            } else {
-                pair
+            match decoded.as_str() {
+                "jwt" => "jwt=[redacted]",
+                "sid" => "sid=[redacted]",
+                _ => pair,
             }
         })
         .collect::<Vec<_>>()
@@ -137,6 +140,7 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
             match name.as_ref() {
                 "jwt" => upgrade.credentials.token = Some(value.into_owned()),
                 "partner" => upgrade.credentials.partner = Some(value.into_owned()),
+                "sid" => upgrade.credentials.restore = Some(value.into_owned()),
                 _ => {}
             }
         }
@@ -157,7 +161,16 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
             .iter()
             .filter_map(|value| value.to_str().ok());
+        // AnyCable's header alternative to the query's sid.
+        if let Some(sid) = request
+            .headers()
+            .get("x-anycable-restore-sid")
+            .and_then(|value| value.to_str().ok())
+        {
+            upgrade.credentials.restore = Some(sid.to_owned());
+        }
         if let Some(protocol) = cable_codec::negotiate_subprotocol(offers) {
+            upgrade.extended = protocol == cable_codec::EXT_SUBPROTOCOL;
             response.headers_mut().insert(
                 header::SEC_WEBSOCKET_PROTOCOL,
                 HeaderValue::from_static(protocol),
@@ -197,12 +210,13 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
         route,
         credentials,
         origin,
+        extended,
     } = upgrade;
     // Each protocol's session is boxed at its own size; unboxed, every connection's
     // task would be as large as the largest of them for its whole life.
     let session = match route {
         Some(Route::Cable) => {
-            let cable = Cable::new(&node.config);
+            let cable = Cable::new(&node.config, extended.then(crate::restore::new_sid));
             Either::Left(Box::pin(session::run(
                 &mut socket,
                 &node,
@@ -244,6 +258,10 @@ mod tests {
             "partner=acme&jwt=[redacted]&jwt=[redacted]"
         );
         assert_eq!(redact_query("jwt"), "jwt=[redacted]");
+        assert_eq!(
+            redact_query("partner=acme&sid=0123abcd"),
+            "partner=acme&sid=[redacted]"
+        );
         assert_eq!(redact_query(""), "");
     }
 }

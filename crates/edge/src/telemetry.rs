@@ -57,6 +57,8 @@ pub enum Ignored {
     DuplicateSubscribe,
     /// An ActionCable `message` to a channel with no actions.
     UnknownAction,
+    /// An extended-protocol `history` for an identifier not subscribed.
+    UnknownSubscription,
     /// A `/realtime` request that does not decode.
     Request(FrameErrorKind),
     /// A `/realtime` request refused in the session's state.
@@ -71,6 +73,7 @@ impl Ignored {
             Self::BadIdentifier => "bad_identifier",
             Self::DuplicateSubscribe => "duplicate_subscribe",
             Self::UnknownAction => "unknown_action",
+            Self::UnknownSubscription => "unknown_subscription",
             Self::Request(kind) => kind.as_str(),
             Self::Refused(code) => code.as_str(),
         }
@@ -105,7 +108,8 @@ impl CountRecord {
 pub enum StreamRecord {
     /// Queued for the user's subscribed sessions.
     Delivered,
-    /// No session of this node is subscribed to the user: not even rendered.
+    /// No session of this node is subscribed to the user: kept in the history window
+    /// only.
     Unwatched,
     /// At or before the position already delivered (a router's replay): skipped.
     Repeated,
@@ -159,6 +163,54 @@ impl StreamSubscribe {
     }
 }
 
+/// How a subscription that named a position (or a time) started: the `result` label of
+/// `fanout_edge_stream_resumes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamResume {
+    /// Every missed event, then live ones.
+    Resumed,
+    /// The window no longer holds every missed event: told to reset.
+    ResetBeyondWindow,
+    /// The user's stream started over: told to reset.
+    ResetEpochChanged,
+    /// The position was another stream's: refused.
+    ForeignPosition,
+    /// The position was past the user's last event, even after waiting for this node
+    /// to catch up: refused.
+    FutureOffset,
+}
+
+impl StreamResume {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Resumed => "resumed",
+            Self::ResetBeyondWindow => "reset_beyond_window",
+            Self::ResetEpochChanged => "reset_epoch_changed",
+            Self::ForeignPosition => "foreign_position",
+            Self::FutureOffset => "future_offset",
+        }
+    }
+}
+
+/// What became of an extended-protocol client's `sid`: the `result` label of
+/// `fanout_edge_session_restores_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionRestore {
+    Restored,
+    /// Not a session this node holds (it ended too long ago, on another node, or
+    /// before this node restarted): the client connects and subscribes afresh.
+    Unknown,
+}
+
+impl SessionRestore {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Restored => "restored",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// Source event time to now, when the source time is known.
 fn observe_latency(histogram: &Histogram, source_time: Option<i64>) {
     if let Some(occurred_at_ms) = source_time {
@@ -196,6 +248,12 @@ pub struct EdgeMetrics {
     stream_pushes: IntCounter,
     stream_overflows: IntCounter,
     stream_delivery_seconds: Histogram,
+    stream_resumes: IntCounterVec,
+    session_restores: IntCounterVec,
+    history_events: IntGauge,
+    history_bytes: IntGauge,
+    history_users: IntGauge,
+    history_evictions: IntCounterVec,
     kafka: fanout_kafka::KafkaClientMetrics,
 }
 
@@ -311,6 +369,48 @@ impl EdgeMetrics {
                 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
             ]),
         )?;
+        let stream_resumes = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_stream_resumes_total",
+                "Stream subscriptions that named a position or a time, by how they started",
+            ),
+            &["result"],
+        )?;
+        let session_restores = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_session_restores_total",
+                "Extended-protocol reconnects presenting a sid, by result",
+            ),
+            &["result"],
+        )?;
+        let history_events = IntGauge::new(
+            "fanout_edge_history_events",
+            "Stream events in the history window",
+        )?;
+        let history_bytes = IntGauge::new(
+            "fanout_edge_history_bytes",
+            "Bytes the history window accounts for: event bodies and a fixed overhead per event",
+        )?;
+        let history_users = IntGauge::new(
+            "fanout_edge_history_users",
+            "Users with events in the history window or a stream subscription",
+        )?;
+        let history_evictions = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_history_evictions_total",
+                "Events dropped from the history window, by the bound that dropped them",
+            ),
+            &["reason"],
+        )?;
+        for reason in ["age", "bytes", "count"] {
+            history_evictions.with_label_values(&[reason]);
+        }
+        registry.register(Box::new(stream_resumes.clone()))?;
+        registry.register(Box::new(session_restores.clone()))?;
+        registry.register(Box::new(history_events.clone()))?;
+        registry.register(Box::new(history_bytes.clone()))?;
+        registry.register(Box::new(history_users.clone()))?;
+        registry.register(Box::new(history_evictions.clone()))?;
         registry.register(Box::new(stream_records.clone()))?;
         registry.register(Box::new(stream_subscriptions.clone()))?;
         registry.register(Box::new(stream_pushes.clone()))?;
@@ -346,6 +446,12 @@ impl EdgeMetrics {
             stream_pushes,
             stream_overflows,
             stream_delivery_seconds,
+            stream_resumes,
+            session_restores,
+            history_events,
+            history_bytes,
+            history_users,
+            history_evictions,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "edge", "unread-counts")?,
         })
     }
@@ -472,6 +578,61 @@ impl EdgeMetrics {
     pub(crate) fn stream_overflowed(&self) {
         tracing::debug!("stream subscription ended: the client fell too far behind");
         self.stream_overflows.inc();
+    }
+
+    pub(crate) fn stream_resumed(&self, result: StreamResume) {
+        tracing::debug!(
+            result = result.as_str(),
+            "stream subscription from a position"
+        );
+        self.stream_resumes
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub fn stream_resume_count(&self, result: &str) -> u64 {
+        self.stream_resumes.with_label_values(&[result]).get()
+    }
+
+    pub(crate) fn session_restore(&self, result: SessionRestore) {
+        tracing::debug!(result = result.as_str(), "session restore");
+        self.session_restores
+            .with_label_values(&[result.as_str()])
+            .inc();
+    }
+
+    pub fn session_restore_count(&self, result: &str) -> u64 {
+        self.session_restores.with_label_values(&[result]).get()
+    }
+
+    /// The history window's size now; `previous` is what the last call was given, for
+    /// the eviction counters.
+    pub(crate) fn history(
+        &self,
+        now: &crate::streams::HistoryStats,
+        previous: &crate::streams::HistoryStats,
+    ) {
+        let gauge = |value: usize| i64::try_from(value).unwrap_or(i64::MAX);
+        self.history_events.set(gauge(now.events));
+        self.history_bytes.set(gauge(now.bytes));
+        self.history_users.set(gauge(now.users));
+        for (reason, total, before) in [
+            ("age", now.evicted_age, previous.evicted_age),
+            ("bytes", now.evicted_bytes, previous.evicted_bytes),
+            ("count", now.evicted_count, previous.evicted_count),
+        ] {
+            self.history_evictions
+                .with_label_values(&[reason])
+                .inc_by(total.saturating_sub(before));
+        }
+    }
+
+    pub fn history_event_count(&self) -> i64 {
+        self.history_events.get()
+    }
+
+    pub fn history_eviction_count(&self, reason: &str) -> u64 {
+        self.history_evictions.with_label_values(&[reason]).get()
     }
 
     pub fn stream_record_count(&self, result: &str) -> u64 {

@@ -152,7 +152,6 @@ pub(crate) mod harness {
     where
         P: Session + Send + 'static,
     {
-        let (mut socket, peer) = ChannelSocket::pair();
         let mut config = EdgeConfig::default();
         config.partners.insert(
             "acme".to_owned(),
@@ -174,6 +173,22 @@ pub(crate) mod harness {
             EdgeMetrics::new(&prometheus::Registry::new()).unwrap(),
             ready_rx,
         ));
+        let mut harness = start_on(node, protocol, credentials);
+        harness.ready = ready_tx;
+        harness
+    }
+
+    /// Starts a session of `protocol` on `node` (another session of the same node: a
+    /// reconnect), from the same origin.
+    pub(crate) fn start_on<P>(
+        node: Arc<Node>,
+        protocol: P,
+        credentials: Option<Credentials>,
+    ) -> Harness
+    where
+        P: Session + Send + 'static,
+    {
+        let (mut socket, peer) = ChannelSocket::pair();
         let shutdown = CancellationToken::new();
         let session = {
             let node = node.clone();
@@ -187,7 +202,7 @@ pub(crate) mod harness {
         Harness {
             peer,
             node,
-            ready: ready_tx,
+            ready: watch::channel(true).0,
             shutdown,
             session,
         }

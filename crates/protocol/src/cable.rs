@@ -8,10 +8,16 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::json::push_string;
+use crate::stream::{Epoch, Position};
 
 /// The subprotocol fanout speaks on `/cable`; the official client closes for good if
 /// the server does not echo it.
 pub const SUBPROTOCOL: &str = "actioncable-v1-json";
+
+/// AnyCable's extended protocol: as [`SUBPROTOCOL`], plus stream positions on
+/// broadcasts, `history` with `confirm_history` / `reject_history`, and session
+/// restore by `sid`. Spoken to a client that offers it.
+pub const EXT_SUBPROTOCOL: &str = "actioncable-v1-ext-json";
 
 /// Why the server disconnects a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +55,58 @@ pub fn disconnect(reason: DisconnectReason, reconnect: bool) -> String {
         r#"{{"type":"disconnect","reason":"{}","reconnect":{reconnect}}}"#,
         reason.as_str()
     )
+}
+
+/// The extended protocol's `welcome`: `{"type":"welcome","sid":..}`, and, for a
+/// restored session, `"restored":true,"restored_ids":[..]`.
+pub fn welcome_ext(sid: &str, restored_ids: Option<&[&str]>) -> String {
+    let mut frame = String::with_capacity(64);
+    frame.push_str(r#"{"type":"welcome","sid":"#);
+    push_string(&mut frame, sid);
+    if let Some(identifiers) = restored_ids {
+        frame.push_str(r#","restored":true,"restored_ids":["#);
+        for (n, identifier) in identifiers.iter().enumerate() {
+            if n > 0 {
+                frame.push(',');
+            }
+            push_string(&mut frame, identifier);
+        }
+        frame.push(']');
+    }
+    frame.push('}');
+    frame
+}
+
+/// `{"identifier":..,"type":"confirm_history"}`: every missed event was sent.
+pub fn confirm_history(identifier: &str) -> String {
+    subscription_reply(identifier, "confirm_history")
+}
+
+/// `{"identifier":..,"type":"reject_history","reason":..}`: the missed events cannot be
+/// sent (none were); the client must fetch its state afresh. `reason` is fanout's
+/// addition (a client may ignore it).
+pub fn reject_history(identifier: &str, reason: &str) -> String {
+    let mut frame = subscription_reply(identifier, "reject_history");
+    frame.pop();
+    frame.push_str(r#","reason":"#);
+    push_string(&mut frame, reason);
+    frame.push('}');
+    frame
+}
+
+/// `{"identifier":..,"message":BODY,"stream_id":..,"epoch":..,"offset":N}`: a stream
+/// event as the extended protocol broadcasts it, its position beside the message.
+pub fn stream_message_ext(identifier: &str, body: &str, epoch: Epoch, offset: u64) -> String {
+    let mut frame = stream_message(identifier, body);
+    frame.pop();
+    frame.push_str(r#","stream_id":""#);
+    frame.push_str(&crate::stream::stream_id(epoch.tag));
+    frame.push_str(r#"","epoch":""#);
+    frame.push_str(&epoch.to_string());
+    frame.push_str(r#"","offset":"#);
+    frame.push_str(&offset.to_string());
+    frame.push('}');
+    frame
 }
 
 /// `{"identifier":..,"type":"confirm_subscription"}`.
@@ -94,12 +152,32 @@ pub fn unread_count(identifier: &str, count: u64) -> String {
     frame
 }
 
+/// A history request (the extended protocol's `history` field): the positions the
+/// client has, by stream, and, for streams it has none of, the time since when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryRequest {
+    /// Unix seconds.
+    pub since: Option<u64>,
+    /// `stream_id` and the position presented for it (`None`: its epoch is not one
+    /// fanout wrote).
+    pub streams: Vec<(String, Option<Position>)>,
+}
+
 /// A command a client sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Subscribe {
         identifier: String,
+        /// The extended protocol's history request made with the subscribe.
+        history: Option<HistoryRequest>,
     },
+    /// The extended protocol's `history`: the events missed since the positions given.
+    History {
+        identifier: String,
+        history: HistoryRequest,
+    },
+    /// The extended protocol's answer to a ping; nothing to do.
+    Pong,
     Unsubscribe {
         identifier: String,
     },
@@ -113,9 +191,11 @@ pub enum Command {
 impl Command {
     pub fn identifier(&self) -> &str {
         match self {
-            Self::Subscribe { identifier }
+            Self::Subscribe { identifier, .. }
+            | Self::History { identifier, .. }
             | Self::Unsubscribe { identifier }
             | Self::Message { identifier, .. } => identifier,
+            Self::Pong => "",
         }
     }
 }
@@ -131,6 +211,8 @@ pub enum CommandError {
     BadIdentifier,
     /// A `message` command without a string `data`.
     BadData,
+    /// A `history` that is not `{"since":N,"streams":{ID:{"epoch":..,"offset":N}}}`.
+    BadHistory,
 }
 
 impl CommandError {
@@ -141,6 +223,7 @@ impl CommandError {
             Self::UnknownCommand => "unknown_command",
             Self::BadIdentifier => "bad_identifier",
             Self::BadData => "bad_data",
+            Self::BadHistory => "bad_history",
         }
     }
 }
@@ -153,6 +236,44 @@ struct RawCommand<'a> {
     identifier: Option<&'a RawValue>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    history: Option<&'a RawValue>,
+}
+
+/// Reads a `history` field; `Err` when it is not the shape the protocol defines.
+fn history_request(raw: &RawValue) -> Result<HistoryRequest, CommandError> {
+    #[derive(Deserialize)]
+    struct Raw {
+        #[serde(default)]
+        since: Option<u64>,
+        #[serde(default)]
+        streams: Option<std::collections::BTreeMap<String, RawPosition>>,
+    }
+    #[derive(Deserialize)]
+    struct RawPosition {
+        epoch: String,
+        offset: u64,
+    }
+    // serde would also read the struct from an array.
+    if !raw.get().starts_with('{') {
+        return Err(CommandError::BadHistory);
+    }
+    let raw: Raw = serde_json::from_str(raw.get()).map_err(|_| CommandError::BadHistory)?;
+    Ok(HistoryRequest {
+        since: raw.since,
+        streams: raw
+            .streams
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(stream, position)| {
+                let parsed = Epoch::parse(&position.epoch).map(|epoch| Position {
+                    epoch,
+                    offset: position.offset,
+                });
+                (stream, parsed)
+            })
+            .collect(),
+    })
 }
 
 fn raw_string(raw: Option<&RawValue>) -> Option<String> {
@@ -174,12 +295,30 @@ pub fn decode_command(frame: &[u8]) -> Result<Command, CommandError> {
     }
     let raw: RawCommand<'_> = serde_json::from_str(text).map_err(|_| CommandError::Malformed)?;
     let command = raw_string(raw.command).ok_or(CommandError::UnknownCommand)?;
-    if !matches!(command.as_str(), "subscribe" | "unsubscribe" | "message") {
+    if command == "pong" {
+        return Ok(Command::Pong);
+    }
+    if !matches!(
+        command.as_str(),
+        "subscribe" | "unsubscribe" | "message" | "history"
+    ) {
         return Err(CommandError::UnknownCommand);
     }
     let identifier = raw_string(raw.identifier).ok_or(CommandError::BadIdentifier)?;
+    let history = raw
+        .history
+        .filter(|raw| raw.get() != "null")
+        .map(history_request)
+        .transpose()?;
     match command.as_str() {
-        "subscribe" => Ok(Command::Subscribe { identifier }),
+        "subscribe" => Ok(Command::Subscribe {
+            identifier,
+            history,
+        }),
+        "history" => Ok(Command::History {
+            identifier,
+            history: history.ok_or(CommandError::BadHistory)?,
+        }),
         "unsubscribe" => Ok(Command::Unsubscribe { identifier }),
         _ => {
             let data = raw_string(raw.data).ok_or(CommandError::BadData)?;
@@ -221,7 +360,8 @@ pub fn parse_identifier(identifier: &str) -> Option<ChannelIdentifier> {
 /// the one it speaks, and the marker the official client also offers so that a server
 /// that does not speak its version still completes the handshake and the client can
 /// tell (it then closes for good).
-pub const SERVER_SUBPROTOCOLS: [&str; 2] = [SUBPROTOCOL, "actioncable-unsupported"];
+pub const SERVER_SUBPROTOCOLS: [&str; 3] =
+    [SUBPROTOCOL, EXT_SUBPROTOCOL, "actioncable-unsupported"];
 
 /// Picks the subprotocol to echo from the client's `Sec-WebSocket-Protocol` offers
 /// (comma-separated, possibly over several headers) as Rails does (websocket-driver:

@@ -17,6 +17,8 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::stream::{Epoch, Position};
+
 /// A request's `id`: the raw JSON text of a string or a number, echoed verbatim.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RequestId(String);
@@ -58,8 +60,12 @@ pub enum ClientFrame {
     GetUnreadCount { id: Option<RequestId> },
     /// `{"type":"ping"}`.
     Ping { id: Option<RequestId> },
-    /// `{"type":"subscribe_events"}`: the user's event stream from now on.
-    SubscribeEvents { id: Option<RequestId> },
+    /// `{"type":"subscribe_events"}`: the user's event stream from now on; with
+    /// `"since":{"epoch":"E-T","offset":N}`, from just after that position.
+    SubscribeEvents {
+        id: Option<RequestId>,
+        since: Option<Position>,
+    },
 }
 
 impl ClientFrame {
@@ -68,7 +74,7 @@ impl ClientFrame {
             Self::AuthRequest { id, .. }
             | Self::GetUnreadCount { id }
             | Self::Ping { id }
-            | Self::SubscribeEvents { id } => id.as_ref(),
+            | Self::SubscribeEvents { id, .. } => id.as_ref(),
         }
     }
 }
@@ -138,6 +144,10 @@ pub enum ErrorCode {
     UnknownType,
     /// A `subscribe_events` on a connection whose events are already subscribed.
     AlreadySubscribed,
+    /// `since` is a position of another stream (another user's, or another partner's).
+    ForeignPosition,
+    /// `since` is past the last event of the stream.
+    FutureOffset,
 }
 
 impl ErrorCode {
@@ -148,6 +158,8 @@ impl ErrorCode {
             Self::Malformed => "malformed",
             Self::UnknownType => "unknown_type",
             Self::AlreadySubscribed => "already_subscribed",
+            Self::ForeignPosition => "foreign_position",
+            Self::FutureOffset => "future_offset",
         }
     }
 }
@@ -228,6 +240,7 @@ enum Key {
     Id,
     Token,
     Partner,
+    Since,
     #[serde(other)]
     Other,
 }
@@ -239,6 +252,7 @@ struct RawFields<'a> {
     id: Option<&'a RawValue>,
     token: Option<&'a RawValue>,
     partner: Option<&'a RawValue>,
+    since: Option<&'a RawValue>,
     /// A known key seen twice: which value counts would be a guess, so neither does.
     duplicate: Option<Key>,
 }
@@ -260,6 +274,7 @@ impl<'de> Visitor<'de> for RawFieldsVisitor {
                 Key::Id => &mut fields.id,
                 Key::Token => &mut fields.token,
                 Key::Partner => &mut fields.partner,
+                Key::Since => &mut fields.since,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -298,6 +313,28 @@ fn string_field(raw: Option<&RawValue>, name: &'static str) -> Result<String, Fr
     serde_json::from_str::<String>(raw.get()).map_err(|_| FrameErrorKind::InvalidField(name))
 }
 
+/// An optional position field, `{"epoch":"E-T","offset":N}`; `null` counts as absent.
+fn position_field(
+    raw: Option<&RawValue>,
+    name: &'static str,
+) -> Result<Option<Position>, FrameErrorKind> {
+    #[derive(Deserialize)]
+    struct Raw {
+        epoch: String,
+        offset: u64,
+    }
+    let Some(raw) = raw.filter(|value| value.get() != "null") else {
+        return Ok(None);
+    };
+    let raw: Raw =
+        serde_json::from_str(raw.get()).map_err(|_| FrameErrorKind::InvalidField(name))?;
+    let epoch = Epoch::parse(&raw.epoch).ok_or(FrameErrorKind::InvalidField(name))?;
+    Ok(Some(Position {
+        epoch,
+        offset: raw.offset,
+    }))
+}
+
 /// Decodes one client text frame. Never panics, whatever the bytes.
 pub fn decode(frame: &[u8]) -> Result<ClientFrame, FrameError> {
     let fields = read_fields(frame).map_err(|kind| FrameError { kind, id: None })?;
@@ -334,7 +371,10 @@ pub fn decode(frame: &[u8]) -> Result<ClientFrame, FrameError> {
         }
         "get_unread_count" => Ok(ClientFrame::GetUnreadCount { id }),
         "ping" => Ok(ClientFrame::Ping { id }),
-        "subscribe_events" => Ok(ClientFrame::SubscribeEvents { id }),
+        "subscribe_events" => {
+            let since = position_field(fields.since, "since").map_err(fail)?;
+            Ok(ClientFrame::SubscribeEvents { id, since })
+        }
         _ => Err(fail(FrameErrorKind::UnknownType)),
     }
 }
@@ -385,10 +425,52 @@ pub fn unread_count(count: u64, id: Option<&RequestId>) -> String {
     finish(frame, id)
 }
 
+/// How a `subscribe_events` with `since` was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recovery {
+    /// The `missed` events after the position follow, then live ones.
+    Resumed { missed: u64 },
+    /// The missed events cannot be sent (none are): the client must fetch its state
+    /// afresh. Live events follow.
+    Reset(ResetReason),
+}
+
+/// Why a stream could not be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetReason {
+    /// The position is older than what the edge keeps (`edge.history`).
+    BeyondWindow,
+    /// The user's stream started over (a new epoch) since the position.
+    EpochChanged,
+}
+
+impl ResetReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BeyondWindow => "beyond_window",
+            Self::EpochChanged => "epoch_changed",
+        }
+    }
+}
+
 /// `{"type":"subscribed","id":..}`: the reply to `subscribe_events`; `event` pushes
-/// follow.
-pub fn subscribed(id: Option<&RequestId>) -> String {
-    finish(start("subscribed", id, 1), id)
+/// follow. With a `since`: `"recovery":"resumed","missed":N`, or
+/// `"recovery":"reset","reason":..`.
+pub fn subscribed(id: Option<&RequestId>, recovery: Option<Recovery>) -> String {
+    let mut frame = start("subscribed", id, 48);
+    match recovery {
+        None => {}
+        Some(Recovery::Resumed { missed }) => {
+            frame.push_str(r#","recovery":"resumed","missed":"#);
+            frame.push_str(&missed.to_string());
+        }
+        Some(Recovery::Reset(reason)) => {
+            frame.push_str(r#","recovery":"reset","reason":""#);
+            frame.push_str(reason.as_str());
+            frame.push('"');
+        }
+    }
+    finish(frame, id)
 }
 
 /// `{"type":"event","event":NAME,"data":..,...,"epoch":"E","offset":N}`: a stream event,

@@ -1,8 +1,66 @@
 //! The body of a stream event, rendered once per event and shared by every session of
 //! its user: ActionCable wraps it as a channel message (`{"identifier":..,"message":
 //! BODY}`), `/realtime` as an `event` push (`{"type":"event",...BODY's fields}`).
+//!
+//! And a stream position as clients see it: `epoch` is a string, `"<epoch>-<tag>"`,
+//! where the tag (eight hex digits, [`stream_tag`]) names whose stream it is, so that a
+//! position presented for the wrong stream is told apart from one that is merely old.
+
+use std::fmt;
 
 use crate::json::push_string;
+
+/// The tag of the stream of `key` (`partner/user`): 32-bit FNV-1a of its bytes. Not a
+/// secret and not unique; it lets a position from another user's stream be refused
+/// with a clear reason instead of resuming the wrong offsets.
+pub fn stream_tag(key: &str) -> u32 {
+    key.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// A stream's epoch as clients see and present it: the router's epoch and the stream's
+/// tag, written `"<epoch>-<tag as 8 hex digits>"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Epoch {
+    pub epoch: u64,
+    pub tag: u32,
+}
+
+impl Epoch {
+    /// Parses `"<epoch>-<tag>"`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (epoch, tag) = text.split_once('-')?;
+        if epoch.is_empty() || !epoch.bytes().all(|byte| byte.is_ascii_digit()) {
+            return None;
+        }
+        if tag.len() != 8 || !tag.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(Self {
+            epoch: epoch.parse().ok()?,
+            tag: u32::from_str_radix(tag, 16).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "{}-{:08x}", self.epoch, self.tag)
+    }
+}
+
+/// A position a client presents: the last event it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Epoch,
+    pub offset: u64,
+}
+
+/// The ActionCable extended protocol's `stream_id` of the stream tagged `tag`.
+pub fn stream_id(tag: u32) -> String {
+    format!("events-{tag:08x}")
+}
 
 /// A stream event's fields, as the router wrote them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -17,14 +75,14 @@ pub struct EventFields<'a> {
     pub sender: &'a str,
     pub reader: &'a str,
     pub unread_count: u64,
-    pub epoch: u64,
+    pub epoch: Epoch,
     pub offset: u64,
 }
 
 /// `{"event":NAME,"data":{..},"conversation_id":..,"seq":N,"message_id":..,"sender":..,
-/// "reader":..,"unread_count":N,"epoch":"E","offset":N}`: `data` is the partner's, or,
-/// without it, the event's own fields; the event's fields appear where it has them;
-/// `epoch` is a string, as AnyCable's. `data_json` must be a JSON object: the caller
+/// "reader":..,"unread_count":N,"epoch":"E-T","offset":N}`: `data` is the partner's,
+/// or, without it, the event's own fields; the event's fields appear where it has them;
+/// `epoch` is a string ([`Epoch`]), as AnyCable's. `data_json` must be a JSON object: the caller
 /// checks what it did not write itself.
 pub fn event_body(fields: &EventFields<'_>) -> String {
     let mut own = String::with_capacity(96);
@@ -80,6 +138,29 @@ mod tests {
     use serde_json::{Value, json};
 
     #[test]
+    fn an_epoch_reads_back_as_written_and_nothing_else_parses() {
+        let epoch = Epoch {
+            epoch: 1_700_000_000_000_042,
+            tag: stream_tag("acme/bob"),
+        };
+        assert_eq!(Epoch::parse(&epoch.to_string()), Some(epoch));
+        assert_ne!(stream_tag("acme/bob"), stream_tag("acme/bo"));
+        for bad in [
+            "",
+            "5",
+            "5-",
+            "-00000001",
+            "5-1",
+            "5-0000000g",
+            "x-00000001",
+            "5-000000001",
+            "+5-00000001",
+        ] {
+            assert_eq!(Epoch::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
     fn the_partners_data_is_delivered_as_it_is() {
         let body = event_body(&EventFields {
             event: "message.created",
@@ -89,7 +170,10 @@ mod tests {
             message_id: "m7",
             sender: "ann",
             unread_count: 3,
-            epoch: 1_700_000_000_000_042,
+            epoch: Epoch {
+                epoch: 1_700_000_000_000_042,
+                tag: 0xab,
+            },
             offset: 12,
             ..EventFields::default()
         });
@@ -98,7 +182,7 @@ mod tests {
             parsed,
             json!({"event":"message.created","data":{"content":"<hi>","n":1.5},
                 "conversation_id":"c1","seq":7,"message_id":"m7","sender":"ann",
-                "unread_count":3,"epoch":"1700000000000042","offset":12})
+                "unread_count":3,"epoch":"1700000000000042-000000ab","offset":12})
         );
         assert!(body.contains(r#""data":{"content":"<hi>","n":1.5}"#));
     }
@@ -111,7 +195,7 @@ mod tests {
             seq: 2,
             reader: "bob",
             unread_count: 0,
-            epoch: 5,
+            epoch: Epoch { epoch: 5, tag: 1 },
             offset: 1,
             ..EventFields::default()
         });
@@ -123,14 +207,14 @@ mod tests {
         assert_eq!(parsed["reader"], "bob");
         let notification = event_body(&EventFields {
             event: "typing.started",
-            epoch: 5,
+            epoch: Epoch { epoch: 5, tag: 1 },
             offset: 2,
             ..EventFields::default()
         });
         let parsed: Value = serde_json::from_str(&notification).unwrap();
         assert_eq!(
             parsed,
-            json!({"event":"typing.started","data":{},"unread_count":0,"epoch":"5","offset":2})
+            json!({"event":"typing.started","data":{},"unread_count":0,"epoch":"5-00000001","offset":2})
         );
     }
 }

@@ -75,8 +75,100 @@ fn subscribe_command_as_the_official_client_sends_it() {
     assert_eq!(
         cable::decode_command(frame).unwrap(),
         Command::Subscribe {
-            identifier: IDENTIFIER.to_owned()
+            identifier: IDENTIFIER.to_owned(),
+            history: None,
         }
+    );
+}
+
+/// As `@anycable/core`'s `ActionCableExtendedProtocol` sends them: a subscribe with a
+/// history request, a `history` command for a restored subscription, and `pong`.
+#[test]
+fn extended_protocol_commands_as_anycable_web_sends_them() {
+    use fanout_protocol::cable::HistoryRequest;
+    use fanout_protocol::stream::{Epoch, Position};
+    let first = br#"{"command":"subscribe","identifier":"{\"channel\":\"PartnerChannel\"}","history":{"since":1700000000,"streams":{}}}"#;
+    assert_eq!(
+        cable::decode_command(first).unwrap(),
+        Command::Subscribe {
+            identifier: IDENTIFIER.to_owned(),
+            history: Some(HistoryRequest {
+                since: Some(1_700_000_000),
+                streams: vec![],
+            }),
+        }
+    );
+    let history = br#"{"identifier":"{\"channel\":\"PartnerChannel\"}","command":"history","history":{"since":1700000000,"streams":{"events-0000abcd":{"epoch":"17-0000abcd","offset":32},"other":{"epoch":"x123","offset":1}}}}"#;
+    assert_eq!(
+        cable::decode_command(history).unwrap(),
+        Command::History {
+            identifier: IDENTIFIER.to_owned(),
+            history: HistoryRequest {
+                since: Some(1_700_000_000),
+                streams: vec![
+                    (
+                        "events-0000abcd".to_owned(),
+                        Some(Position {
+                            epoch: Epoch {
+                                epoch: 17,
+                                tag: 0xabcd
+                            },
+                            offset: 32
+                        })
+                    ),
+                    ("other".to_owned(), None),
+                ],
+            },
+        }
+    );
+    for bad in [
+        &br#"{"identifier":"{}","command":"history"}"#[..],
+        br#"{"identifier":"{}","command":"history","history":{"streams":{"s":{"epoch":"1-00000000"}}}}"#,
+        br#"{"identifier":"{}","command":"history","history":{"since":-1}}"#,
+        br#"{"identifier":"{}","command":"subscribe","history":[1]}"#,
+    ] {
+        assert_eq!(
+            cable::decode_command(bad),
+            Err(cable::CommandError::BadHistory),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(
+        cable::decode_command(br#"{"command":"pong"}"#).unwrap(),
+        Command::Pong
+    );
+}
+
+#[test]
+fn extended_protocol_frames() {
+    use fanout_protocol::stream::Epoch;
+    let epoch = Epoch {
+        epoch: 17,
+        tag: 0xabcd,
+    };
+    let frame = cable::stream_message_ext(IDENTIFIER, r#"{"event":"x"}"#, epoch, 3);
+    let parsed: serde_json::Value = serde_json::from_str(&frame).unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::json!({"identifier": IDENTIFIER, "message": {"event": "x"},
+            "stream_id": "events-0000abcd", "epoch": "17-0000abcd", "offset": 3})
+    );
+    assert_eq!(
+        cable::welcome_ext("s1", None),
+        r#"{"type":"welcome","sid":"s1"}"#
+    );
+    assert_eq!(
+        cable::welcome_ext("s2", Some(&[IDENTIFIER])),
+        r#"{"type":"welcome","sid":"s2","restored":true,"restored_ids":["{\"channel\":\"PartnerChannel\"}"]}"#
+    );
+    assert_eq!(
+        cable::reject_history(IDENTIFIER, "beyond_window"),
+        r#"{"identifier":"{\"channel\":\"PartnerChannel\"}","type":"reject_history","reason":"beyond_window"}"#
+    );
+    assert_eq!(
+        cable::negotiate_subprotocol(["actioncable-v1-ext-json"]),
+        Some(cable::EXT_SUBPROTOCOL)
     );
 }
 

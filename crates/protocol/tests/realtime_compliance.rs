@@ -395,3 +395,83 @@ proptest! {
         prop_assert_eq!(reply["id"].as_str().unwrap(), text.as_str());
     }
 }
+
+// Stream subscriptions with a position.
+
+#[test]
+fn subscribe_events_with_and_without_since() {
+    use fanout_protocol::stream::{Epoch, Position};
+    assert_eq!(
+        realtime::decode(br#"{"type":"subscribe_events","id":1}"#).unwrap(),
+        ClientFrame::SubscribeEvents {
+            id: Some(id("1")),
+            since: None
+        }
+    );
+    assert_eq!(
+        realtime::decode(br#"{"type":"subscribe_events","since":null}"#).unwrap(),
+        ClientFrame::SubscribeEvents {
+            id: None,
+            since: None
+        }
+    );
+    assert_eq!(
+        realtime::decode(
+            br#"{"type":"subscribe_events","since":{"epoch":"1700000000000042-0000abcd","offset":9}}"#
+        )
+        .unwrap(),
+        ClientFrame::SubscribeEvents {
+            id: None,
+            since: Some(Position {
+                epoch: Epoch {
+                    epoch: 1_700_000_000_000_042,
+                    tag: 0xabcd
+                },
+                offset: 9
+            })
+        }
+    );
+    for bad in [
+        r#"{"type":"subscribe_events","since":5,"id":"s"}"#,
+        r#"{"type":"subscribe_events","since":{"epoch":"17","offset":9},"id":"s"}"#,
+        r#"{"type":"subscribe_events","since":{"epoch":"17-0000abcd","offset":-1},"id":"s"}"#,
+        r#"{"type":"subscribe_events","since":{"epoch":"17-0000abcd"},"id":"s"}"#,
+    ] {
+        assert_eq!(
+            refused(bad),
+            FrameError {
+                kind: FrameErrorKind::InvalidField("since"),
+                id: Some(id(r#""s""#))
+            },
+            "{bad}"
+        );
+    }
+}
+
+#[test]
+fn subscribed_frames_say_how_the_stream_was_recovered() {
+    use fanout_protocol::realtime::{Recovery, ResetReason};
+    assert_eq!(
+        realtime::subscribed(Some(&id("3")), None),
+        r#"{"type":"subscribed","id":3}"#
+    );
+    assert_eq!(
+        realtime::subscribed(None, Some(Recovery::Resumed { missed: 4 })),
+        r#"{"type":"subscribed","recovery":"resumed","missed":4}"#
+    );
+    assert_eq!(
+        realtime::subscribed(
+            Some(&id(r#""x""#)),
+            Some(Recovery::Reset(ResetReason::BeyondWindow))
+        ),
+        r#"{"type":"subscribed","recovery":"reset","reason":"beyond_window","id":"x"}"#
+    );
+    assert_eq!(
+        realtime::error(ErrorCode::FutureOffset, None),
+        r#"{"type":"error","error":"future_offset"}"#
+    );
+    assert_eq!(
+        realtime::error(ErrorCode::ForeignPosition, None),
+        r#"{"type":"error","error":"foreign_position"}"#
+    );
+}

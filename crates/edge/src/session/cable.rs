@@ -4,16 +4,27 @@
 //! subscriptions to its channels: `PartnerChannel` gets the current count and every
 //! change; `RoomChannel` gets the user's event stream, as Chatwoot's does. A new channel
 //! is a [`Channel`] variant and its arms here.
+//!
+//! A client that offers `actioncable-v1-ext-json` (AnyCable's extended protocol, which
+//! `@anycable/web` speaks) also gets: a `sid` in `welcome`, by which it can restore the
+//! session on reconnect (`welcome` with `restored`); RoomChannel messages with their
+//! `stream_id`, `epoch` and `offset`; and `history` (with a subscribe, or on its own),
+//! answered with the missed events then `confirm_history`, or with `reject_history`
+//! when the window no longer holds them all. A plain `actioncable-v1-json` client sees
+//! none of it.
 
 use std::time::Duration;
 
-use fanout_protocol::cable::{self, Command};
+use fanout_protocol::cable::{self, Command, HistoryRequest};
+use fanout_protocol::stream::Epoch;
 
-use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session, StreamRequest};
+use super::{
+    AfterRefusal, CloseReason, Credentials, Opened, Outbox, Protocol, Session, StreamRequest,
+};
 use crate::auth::AuthError;
 use crate::config::EdgeConfig;
 use crate::limits::Limit;
-use crate::streams::StreamFrame;
+use crate::streams::{NotResumable, Resume, Since, StreamFrame};
 use crate::table::{CountSubscription, CountValue};
 use crate::telemetry::{Ignored, StreamSubscribe};
 
@@ -54,29 +65,139 @@ struct Subscription {
     channel: Channel,
 }
 
+/// A RoomChannel request waiting for the driver's answer.
+struct PendingRoom {
+    identifier: Box<str>,
+    /// A subscribe (answered with `confirm_subscription`), not a `history` for a
+    /// subscription held.
+    subscribing: bool,
+    /// How the history request is answered, when there was one.
+    history: Option<HistoryAsked>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HistoryAsked {
+    /// Answered by how the stream started.
+    Answer,
+    /// The position's epoch is not one fanout wrote: rejected whatever happens.
+    Invalid,
+}
+
+/// The extended protocol's state. Boxed: plain clients carry none of it.
+struct Extended {
+    sid: String,
+    /// The identifiers restored, for `welcome`; `None` for a new session.
+    restored: Option<Vec<Box<str>>>,
+    /// `confirm_history` for this identifier is due once the event at this offset
+    /// (the last missed one) was written.
+    confirm_after: Option<(Box<str>, u64)>,
+}
+
 pub struct Cable {
     subscriptions: Vec<Subscription>,
-    /// A RoomChannel subscribe waiting for the driver's answer.
-    pending_room: Option<Box<str>>,
+    /// A RoomChannel subscribe or history waiting for the driver's answer.
+    pending_room: Option<Box<PendingRoom>>,
+    extended: Option<Box<Extended>>,
     // Copies of the config every connection holds: kept small.
     max_subscriptions: u16,
     ping_interval_ms: u32,
 }
 
+/// Where a history request asks the stream to start, and whether its position was
+/// unreadable.
+fn since_of(history: &HistoryRequest) -> (Since, Option<HistoryAsked>) {
+    match history.streams.first() {
+        Some((_, Some(position))) => (Since::After(*position), Some(HistoryAsked::Answer)),
+        Some((_, None)) => (Since::Now, Some(HistoryAsked::Invalid)),
+        None => match history.since {
+            Some(seconds) => (
+                Since::Time(i64::try_from(seconds.saturating_mul(1000)).unwrap_or(i64::MAX)),
+                Some(HistoryAsked::Answer),
+            ),
+            None => (Since::Now, Some(HistoryAsked::Answer)),
+        },
+    }
+}
+
+/// Why history is rejected, as `reject_history`'s `reason`.
+fn rejection(resume: Result<Resume, NotResumable>) -> Option<&'static str> {
+    match resume {
+        Ok(Resume::Live | Resume::Resumed { .. }) => None,
+        Ok(Resume::Reset(reason)) => Some(reason.as_str()),
+        Err(NotResumable::Foreign) => Some("foreign_position"),
+        Err(NotResumable::Ahead) => Some("future_offset"),
+    }
+}
+
 impl Cable {
-    pub fn new(config: &EdgeConfig) -> Self {
+    /// A plain ActionCable session; with `extended`, one speaking the extended
+    /// protocol, whose session can be restored by `sid`.
+    pub fn new(config: &EdgeConfig, extended: Option<String>) -> Self {
         Self {
             subscriptions: Vec::new(),
             pending_room: None,
+            extended: extended.map(|sid| {
+                Box::new(Extended {
+                    sid,
+                    restored: None,
+                    confirm_after: None,
+                })
+            }),
             max_subscriptions: u16::try_from(config.max_subscriptions_per_connection)
                 .unwrap_or(u16::MAX),
             ping_interval_ms: u32::try_from(config.ping_interval_ms).unwrap_or(u32::MAX),
         }
     }
 
+    fn channel_of(&self, identifier: &str) -> Option<Channel> {
+        self.subscriptions
+            .iter()
+            .find(|subscription| subscription.identifier == identifier)
+            .map(|subscription| subscription.channel)
+    }
+
+    /// A `history` for a subscription held: RoomChannel's stream starts again from the
+    /// position given; a count has no history, and is confirmed with the current one.
+    fn history(
+        &mut self,
+        identifier: String,
+        history: &HistoryRequest,
+        counts: Option<&mut CountSubscription>,
+        out: &mut Outbox,
+    ) {
+        match self.channel_of(&identifier) {
+            None => {
+                out.ignored(Ignored::UnknownSubscription);
+                out.reply(cable::reject_history(&identifier, "not_subscribed"));
+            }
+            Some(Channel::Partner) => {
+                if let Some(counts) = counts {
+                    let value = out.take_count(counts);
+                    self.on_count(value, out);
+                }
+                out.reply(cable::confirm_history(&identifier));
+            }
+            Some(Channel::Room) => {
+                let (since, asked) = since_of(history);
+                out.open_stream(StreamRequest {
+                    token: None,
+                    partner: None,
+                    since,
+                    reopen: true,
+                });
+                self.pending_room = Some(Box::new(PendingRoom {
+                    identifier: identifier.into_boxed_str(),
+                    subscribing: false,
+                    history: asked,
+                }));
+            }
+        }
+    }
+
     fn subscribe(
         &mut self,
         identifier: String,
+        history: Option<&HistoryRequest>,
         counts: Option<&mut CountSubscription>,
         out: &mut Outbox,
     ) {
@@ -121,11 +242,18 @@ impl Cable {
             }
             Channel::Room => {
                 // Confirmed or rejected once the driver has checked the token.
+                let (since, asked) = history.map_or((Since::Now, None), since_of);
                 out.open_stream(StreamRequest {
                     token: parsed.pubsub_token,
                     partner: parsed.partner,
+                    since,
+                    reopen: false,
                 });
-                self.pending_room = Some(identifier.into_boxed_str());
+                self.pending_room = Some(Box::new(PendingRoom {
+                    identifier: identifier.into_boxed_str(),
+                    subscribing: true,
+                    history: asked,
+                }));
                 return;
             }
         }
@@ -162,8 +290,24 @@ impl Session for Cable {
         true
     }
 
-    fn open(&mut self, _counts: Option<&mut CountSubscription>, out: &mut Outbox) {
-        out.reply(cable::welcome());
+    fn open(&mut self, counts: Option<&mut CountSubscription>, out: &mut Outbox) {
+        let Some(extended) = self.extended.as_mut() else {
+            out.reply(cable::welcome());
+            return;
+        };
+        let Some(restored) = extended.restored.take() else {
+            out.reply(cable::welcome_ext(&extended.sid, None));
+            return;
+        };
+        let identifiers: Vec<&str> = restored.iter().map(AsRef::as_ref).collect();
+        out.reply(cable::welcome_ext(&extended.sid, Some(&identifiers)));
+        // The count may have changed while the client was away.
+        if self.wants_counts()
+            && let Some(counts) = counts
+        {
+            let value = out.take_count(counts);
+            self.on_count(value, out);
+        }
     }
 
     fn on_text(&mut self, frame: &[u8], counts: Option<&mut CountSubscription>, out: &mut Outbox) {
@@ -175,8 +319,24 @@ impl Session for Cable {
                 return;
             }
         };
+        let extended = self.extended.is_some();
         match command {
-            Command::Subscribe { identifier } => self.subscribe(identifier, counts, out),
+            Command::Subscribe {
+                identifier,
+                history,
+            } => {
+                // A plain client's history field means nothing to it.
+                let history = history.filter(|_| extended);
+                self.subscribe(identifier, history.as_ref(), counts, out);
+            }
+            Command::History {
+                identifier,
+                history,
+            } if extended => self.history(identifier, &history, counts, out),
+            Command::History { .. } => out.ignored(Ignored::Command(
+                fanout_protocol::cable::CommandError::UnknownCommand,
+            )),
+            Command::Pong => {}
             Command::Unsubscribe { identifier } => {
                 let room = self.subscriptions.iter().any(|subscription| {
                     subscription.identifier == identifier && subscription.channel == Channel::Room
@@ -214,34 +374,89 @@ impl Session for Cable {
         }
     }
 
-    fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox) {
-        let Some(identifier) = self.pending_room.take() else {
+    fn stream_opened(&mut self, result: Result<Opened, StreamSubscribe>, out: &mut Outbox) {
+        let Some(pending) = self.pending_room.take() else {
             return;
         };
-        if result.is_err() {
-            out.reply(cable::reject_subscription(&identifier));
+        let PendingRoom {
+            identifier,
+            subscribing,
+            history,
+        } = *pending;
+        let opened = match result {
+            Ok(opened) => opened,
+            Err(_) if subscribing => {
+                out.reply(cable::reject_subscription(&identifier));
+                return;
+            }
+            Err(_) => {
+                out.reply(cable::reject_history(&identifier, "unavailable"));
+                return;
+            }
+        };
+        if subscribing {
+            out.reply(cable::confirm_subscription(&identifier));
+            self.subscriptions.reserve_exact(1);
+            self.subscriptions.push(Subscription {
+                identifier: identifier.to_string(),
+                channel: Channel::Room,
+            });
+        }
+        let Some(asked) = history else {
+            return;
+        };
+        let rejected = match asked {
+            HistoryAsked::Invalid => Some("invalid_position"),
+            HistoryAsked::Answer => rejection(opened.resume),
+        };
+        if let Some(reason) = rejected {
+            out.reply(cable::reject_history(&identifier, reason));
             return;
         }
-        out.reply(cable::confirm_subscription(&identifier));
-        self.subscriptions.reserve_exact(1);
-        self.subscriptions.push(Subscription {
-            identifier: identifier.into_string(),
-            channel: Channel::Room,
-        });
+        match opened.resume {
+            Ok(Resume::Resumed {
+                through: Some(offset),
+                ..
+            }) => {
+                if let Some(extended) = self.extended.as_mut() {
+                    extended.confirm_after = Some((identifier, offset));
+                }
+            }
+            _ => out.reply(cable::confirm_history(&identifier)),
+        }
     }
 
     fn on_event(&mut self, frame: &StreamFrame, out: &mut Outbox) {
+        let epoch: Option<Epoch> = self.extended.as_ref().map(|_| frame.epoch);
         for subscription in &self.subscriptions {
             if subscription.channel == Channel::Room {
-                out.event(
-                    cable::stream_message(&subscription.identifier, &frame.body),
-                    frame.source_time,
-                );
+                let message = match epoch {
+                    Some(epoch) => cable::stream_message_ext(
+                        &subscription.identifier,
+                        &frame.body,
+                        epoch,
+                        frame.offset,
+                    ),
+                    None => cable::stream_message(&subscription.identifier, &frame.body),
+                };
+                out.event(message, frame.source_time);
+            }
+        }
+        if let Some(extended) = self.extended.as_mut()
+            && let Some((identifier, offset)) = extended.confirm_after.take()
+        {
+            if offset == frame.offset {
+                out.reply(cable::confirm_history(&identifier));
+            } else {
+                extended.confirm_after = Some((identifier, offset));
             }
         }
     }
 
     fn stream_overflowed(&mut self, out: &mut Outbox) {
+        if let Some(extended) = self.extended.as_mut() {
+            extended.confirm_after = None;
+        }
         let mut ended = Vec::new();
         self.subscriptions.retain(|subscription| {
             let room = subscription.channel == Channel::Room;
@@ -262,6 +477,34 @@ impl Session for Cable {
 
     fn on_ping(&mut self, unix_seconds: u64, out: &mut Outbox) {
         out.reply(cable::ping(unix_seconds));
+    }
+
+    fn restore_id(&self) -> Option<&str> {
+        self.extended.as_ref().map(|extended| extended.sid.as_str())
+    }
+
+    fn saved(&self) -> Vec<Box<str>> {
+        self.subscriptions
+            .iter()
+            .map(|subscription| subscription.identifier.as_str().into())
+            .collect()
+    }
+
+    fn restore(&mut self, subscriptions: Vec<Box<str>>) {
+        let Some(extended) = self.extended.as_mut() else {
+            return;
+        };
+        for identifier in &subscriptions {
+            let channel = cable::parse_identifier(identifier)
+                .and_then(|parsed| Channel::named(&parsed.channel));
+            if let Some(channel) = channel {
+                self.subscriptions.push(Subscription {
+                    identifier: identifier.to_string(),
+                    channel,
+                });
+            }
+        }
+        extended.restored = Some(subscriptions);
     }
 }
 
@@ -291,7 +534,7 @@ mod tests {
         let table = CountTable::new();
         table.apply("acme/bob", value(4, 1, 0));
         let mut counts = table.subscription("acme/bob");
-        let mut cable = Cable::new(&EdgeConfig::default());
+        let mut cable = Cable::new(&EdgeConfig::default(), None);
         let mut out = Outbox::default();
         assert!(!cable.wants_counts());
         cable.on_text(SUBSCRIBE.as_bytes(), Some(&mut counts), &mut out);
@@ -329,7 +572,7 @@ mod tests {
             max_subscriptions_per_connection: 1,
             ..EdgeConfig::default()
         };
-        let mut cable = Cable::new(&config);
+        let mut cable = Cable::new(&config, None);
         let mut out = Outbox::default();
         cable.on_text(SUBSCRIBE.as_bytes(), Some(&mut counts), &mut out);
         out.take();

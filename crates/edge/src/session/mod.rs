@@ -25,11 +25,13 @@ pub use cable::{Cable, PARTNER_CHANNEL};
 pub use realtime::{MAX_AUTH_FAILURES, Realtime};
 
 use crate::auth::AuthError;
+use crate::auth::Identity;
 use crate::limits::{CommandRate, Limit};
 use crate::node::{Admitted, Node, Refused, Subscribed, SubscriptionRefused};
-use crate::streams::{EventSubscription, StreamFrame};
+use crate::restore::SavedSession;
+use crate::streams::{EventSubscription, NotResumable, Resume, Since, StreamFrame};
 use crate::table::{CountSubscription, CountValue};
-use crate::telemetry::{Handshake, Ignored, StreamSubscribe};
+use crate::telemetry::{Handshake, Ignored, SessionRestore, StreamResume, StreamSubscribe};
 
 /// How long a session that has been told to leave may take before it is dropped: a
 /// client that stopped reading cannot hold up a drain.
@@ -37,6 +39,14 @@ pub const GOODBYE_GRACE: Duration = Duration::from_secs(2);
 
 /// Stream events taken from the queue for one write (one flush).
 const EVENTS_PER_WRITE: usize = 64;
+
+/// How long a subscription whose position is past this node's last event of the user
+/// waits for the node to catch up (the client saw the event on a node further ahead)
+/// before the position is refused as a future offset.
+const AHEAD_WAIT: Duration = Duration::from_secs(2);
+
+/// How often such a subscription looks again.
+const AHEAD_RETRY: Duration = Duration::from_millis(20);
 
 /// How long a close waits for the client's closing frame. Waiting lets the client read
 /// the close code before the TCP connection ends; not waiting forever bounds a drain.
@@ -47,6 +57,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 pub struct Credentials {
     pub partner: Option<String>,
     pub token: Option<String>,
+    /// The `sid` of a session to restore (the extended protocol's reconnect).
+    pub restore: Option<String>,
 }
 
 /// What a state machine asks the driver to write or record.
@@ -76,11 +88,33 @@ pub enum Output {
 
 /// A state machine's request for the user's event stream: with the subscription's own
 /// token (RoomChannel's `pubsub_token`, and the partner it names if any), or, without
-/// one, for the connection's user.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// one, for the connection's user; from `since`. With `reopen`, it replaces the stream
+/// subscription the session holds (or restored), for the same user.
+#[derive(Debug, PartialEq, Eq)]
 pub struct StreamRequest {
     pub token: Option<String>,
     pub partner: Option<String>,
+    pub since: Since,
+    pub reopen: bool,
+}
+
+impl Default for StreamRequest {
+    fn default() -> Self {
+        Self {
+            token: None,
+            partner: None,
+            since: Since::Now,
+            reopen: false,
+        }
+    }
+}
+
+/// How a stream subscription started: from where (or why not from the position asked,
+/// in which case it is live), and the tag of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Opened {
+    pub resume: Result<Resume, NotResumable>,
+    pub tag: u32,
 }
 
 /// What a state machine asks of the driver besides writing.
@@ -189,7 +223,7 @@ pub trait Session {
     fn on_text(&mut self, frame: &[u8], counts: Option<&mut CountSubscription>, out: &mut Outbox);
 
     /// The answer to [`Outbox::open_stream`]: subscribed, or refused for a reason.
-    fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox);
+    fn stream_opened(&mut self, result: Result<Opened, StreamSubscribe>, out: &mut Outbox);
 
     /// An event of the user's stream (only while subscribed).
     fn on_event(&mut self, frame: &StreamFrame, out: &mut Outbox);
@@ -211,6 +245,20 @@ pub trait Session {
 
     /// A ping is due.
     fn on_ping(&mut self, unix_seconds: u64, out: &mut Outbox);
+
+    /// The id its session can be restored by once closed (the extended protocol's
+    /// `sid`); `None` for a protocol that restores nothing.
+    fn restore_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// Its subscriptions, to be restored.
+    fn saved(&self) -> Vec<Box<str>> {
+        Vec::new()
+    }
+
+    /// Takes back a closed session's subscriptions, before [`Session::open`].
+    fn restore(&mut self, _subscriptions: Vec<Box<str>>) {}
 }
 
 /// Runs one connection's session from just after the upgrade until it ends, and
@@ -241,26 +289,43 @@ where
         out: Outbox::default(),
         connection: Connection::Admitting,
         events: None,
+        restoring: None,
     };
-    let session = driver.session(origin, credentials, shutdown);
-    tokio::pin!(session);
-    let ended = tokio::select! {
-        ended = &mut session => ended,
-        () = shutdown.cancelled() => {
-            // Boxed: the timer exists only for sessions being told to leave.
-            let rest = Box::pin(tokio::time::timeout(GOODBYE_GRACE, &mut session));
-            rest.await.unwrap_or(Ok(CloseReason::ServerRestart))
+    let ended = {
+        let session = driver.session(origin, credentials, shutdown);
+        tokio::pin!(session);
+        tokio::select! {
+            ended = &mut session => ended,
+            () = shutdown.cancelled() => {
+                // Boxed: the timer exists only for sessions being told to leave.
+                let rest = Box::pin(tokio::time::timeout(GOODBYE_GRACE, &mut session));
+                rest.await.unwrap_or(Ok(CloseReason::ServerRestart))
+            }
         }
     };
+    driver.save();
     let reason = ended.unwrap_or(CloseReason::Error);
     node.metrics.closed(P::PROTOCOL, reason);
     reason
 }
 
-/// A session's stream subscription, and what its own token admitted (held as long).
+/// A session's stream subscription, its user, and what its own token admitted (held as
+/// long).
 struct Events {
     subscription: EventSubscription,
-    _admitted: Option<Subscribed>,
+    identity: Identity,
+    admitted: Option<Subscribed>,
+}
+
+/// What a restoring session holds until its client asks for its stream's history, and
+/// what a restorable one needs to be saved.
+struct Restoring {
+    /// The user of the stream subscription restored, not yet reopened.
+    stream: Option<(Identity, Option<Subscribed>)>,
+    /// The page's origin, which a restore must come from again.
+    origin: Option<String>,
+    /// Whether the session opened: only then is it saved.
+    opened: bool,
 }
 
 /// Who the connection is.
@@ -307,6 +372,8 @@ struct Driver<'a, S, P> {
     connection: Connection,
     /// The stream subscription. Boxed: most connections hold none.
     events: Option<Box<Events>>,
+    /// For a session that can be restored (the extended protocol): boxed, as few are.
+    restoring: Option<Box<Restoring>>,
 }
 
 impl<S, P> Driver<'_, S, P>
@@ -320,11 +387,27 @@ where
         credentials: Option<Credentials>,
         shutdown: &CancellationToken,
     ) -> Result<CloseReason, WsError> {
+        let mut credentials = credentials;
+        let restore = credentials
+            .as_mut()
+            .and_then(|credentials| credentials.restore.take());
+        if self.protocol.restore_id().is_some() {
+            self.restoring = Some(Box::new(Restoring {
+                stream: None,
+                origin: origin.clone(),
+                opened: false,
+            }));
+        }
         let anonymous = self.protocol.admits_anonymous()
             && credentials
                 .as_ref()
                 .is_some_and(|credentials| credentials.token.is_none());
-        if anonymous {
+        if let Some(sid) = restore
+            && self.restoring.is_some()
+            && self.restore(&sid, origin.as_deref())
+        {
+            self.node.metrics.session_restore(SessionRestore::Restored);
+        } else if anonymous {
             self.connection = Connection::Anonymous(Box::new(Anonymous {
                 partner: credentials.and_then(|credentials| credentials.partner),
                 origin,
@@ -349,6 +432,9 @@ where
             .identity()
             .map(|identity| self.node.table.subscription(&identity.key()));
         self.protocol.open(counts.as_mut(), &mut self.out);
+        if let Some(restoring) = self.restoring.as_mut() {
+            restoring.opened = true;
+        }
         self.write().await?;
         let mut ping = self.protocol.ping_interval().map(|period| {
             let mut ping = tokio::time::interval_at(Instant::now() + period, period);
@@ -362,7 +448,7 @@ where
                 incoming = self.socket.next() => match self.read(incoming)? {
                     Read::Text(frame) => {
                         self.protocol.on_text(frame.as_bytes(), counts.as_mut(), &mut self.out);
-                        self.serve_request();
+                        self.serve_requests().await;
                     }
                     Read::Binary => self.protocol.on_binary(&mut self.out),
                     Read::Nothing => {}
@@ -484,26 +570,96 @@ where
         }
     }
 
-    /// Acts on what the state machine asked for with its last input.
-    fn serve_request(&mut self) {
-        match self.out.take_request() {
-            None => {}
-            Some(Request::CloseStream) => self.events = None,
-            Some(Request::OpenStream(request)) => {
-                let result = self.open_stream(request);
-                self.node.metrics.stream_subscribe(match result {
-                    Ok(()) => StreamSubscribe::Accepted,
-                    Err(refused) => refused,
-                });
-                self.protocol.stream_opened(result, &mut self.out);
+    /// Acts on what the state machine asked for with its last input, and on what it
+    /// asks in answer.
+    async fn serve_requests(&mut self) {
+        while let Some(request) = self.out.take_request() {
+            match request {
+                Request::CloseStream => {
+                    self.events = None;
+                    if let Some(restoring) = self.restoring.as_mut() {
+                        restoring.stream = None;
+                    }
+                }
+                Request::OpenStream(request) => {
+                    let result = self.open_stream(request).await;
+                    self.node.metrics.stream_subscribe(match result {
+                        Ok(_) => StreamSubscribe::Accepted,
+                        Err(refused) => refused,
+                    });
+                    self.protocol.stream_opened(result, &mut self.out);
+                }
             }
         }
     }
 
-    /// Subscribes the session to the stream of the request's user: the one its token
-    /// names, or the connection's.
-    fn open_stream(&mut self, request: StreamRequest) -> Result<(), StreamSubscribe> {
-        if self.events.is_some() {
+    /// Restores the session saved under `sid`: its connection, its places, its
+    /// subscriptions. False when there is none to restore (then the client connects
+    /// as a new one).
+    fn restore(&mut self, sid: &str, origin: Option<&str>) -> bool {
+        let Some(saved) = self.node.sessions.take(sid, origin) else {
+            self.node.metrics.session_restore(SessionRestore::Unknown);
+            return false;
+        };
+        let SavedSession {
+            connection,
+            partner,
+            origin,
+            stream,
+            subscriptions,
+        } = saved;
+        let (admitted, subscribed) = match self.node.readmit(connection, stream.clone()) {
+            Ok(places) => places,
+            Err(limit) => {
+                self.node.metrics.limited(limit);
+                self.node.metrics.session_restore(SessionRestore::Unknown);
+                return false;
+            }
+        };
+        self.connection = match admitted {
+            Some(admitted) => Connection::Admitted(admitted),
+            None => Connection::Anonymous(Box::new(Anonymous { partner, origin })),
+        };
+        if let (Some(restoring), Some(identity)) = (self.restoring.as_mut(), stream) {
+            restoring.stream = Some((identity, subscribed));
+        }
+        self.protocol.restore(subscriptions);
+        true
+    }
+
+    /// Saves a restorable session that opened, for its client's reconnect.
+    fn save(&mut self) {
+        let Some(restoring) = self.restoring.take().filter(|restoring| restoring.opened) else {
+            return;
+        };
+        let Some(sid) = self.protocol.restore_id() else {
+            return;
+        };
+        let (connection, partner) = match &self.connection {
+            Connection::Admitted(admitted) => (Some(admitted.identity.clone()), None),
+            Connection::Anonymous(anonymous) => (None, anonymous.partner.clone()),
+            Connection::Admitting => return,
+        };
+        let stream = match self.events.take() {
+            Some(events) => Some(events.identity),
+            None => restoring.stream.map(|(identity, _)| identity),
+        };
+        let saved = SavedSession {
+            connection,
+            partner,
+            origin: restoring.origin,
+            stream,
+            subscriptions: self.protocol.saved(),
+        };
+        self.node.sessions.save(sid, saved);
+    }
+
+    /// Subscribes the session to the stream of the request's user (the one its token
+    /// names, the one of the subscription it reopens, or the connection's), from the
+    /// position it names. A position past this node's last event of the user is given
+    /// [`AHEAD_WAIT`] to be caught up with; a position refused subscribes live.
+    async fn open_stream(&mut self, request: StreamRequest) -> Result<Opened, StreamSubscribe> {
+        if self.events.is_some() && !request.reopen {
             return Err(StreamSubscribe::AlreadySubscribed);
         }
         let connection = self.connection.identity();
@@ -513,8 +669,21 @@ where
             }
             Connection::Admitting | Connection::Admitted(_) => (None, None),
         };
-        let (key, held) = match request.token {
-            Some(token) => {
+        let reopened = if request.reopen {
+            self.events
+                .take()
+                .map(|events| (events.identity, events.admitted))
+                .or_else(|| {
+                    self.restoring
+                        .as_mut()
+                        .and_then(|restoring| restoring.stream.take())
+                })
+        } else {
+            None
+        };
+        let (identity, held) = match (request.token, reopened) {
+            (_, Some(reopened)) => reopened,
+            (Some(token), None) => {
                 let subscribed = self
                     .node
                     .admit_subscription(
@@ -529,18 +698,51 @@ where
                         SubscriptionRefused::Origin => StreamSubscribe::OriginNotAllowed,
                         SubscriptionRefused::PartnerFull => StreamSubscribe::ConnectionLimit,
                     })?;
-                (subscribed.identity.key(), Some(subscribed))
+                (subscribed.identity.clone(), Some(subscribed))
             }
-            None => {
+            (None, None) => {
                 let identity = connection.ok_or(StreamSubscribe::NoIdentity)?;
-                (identity.key(), None)
+                (identity.clone(), None)
             }
         };
+        let key = identity.key();
+        let streams = &self.node.streams;
+        let deadline = Instant::now() + AHEAD_WAIT;
+        let (subscription, resume) = loop {
+            let now_ms = fanout_schema::unix_millis();
+            match streams.subscribe(&key, request.since, now_ms) {
+                Ok((subscription, resume)) => break (subscription, Ok(resume)),
+                Err(NotResumable::Ahead) if Instant::now() < deadline => {
+                    tokio::time::sleep(AHEAD_RETRY).await;
+                }
+                Err(refused) => match streams.subscribe(&key, Since::Now, now_ms) {
+                    Ok((subscription, _)) => break (subscription, Err(refused)),
+                    Err(_) => return Err(StreamSubscribe::NoIdentity),
+                },
+            }
+        };
+        if request.since != Since::Now {
+            self.node.metrics.stream_resumed(match resume {
+                Ok(Resume::Live | Resume::Resumed { .. }) => StreamResume::Resumed,
+                Ok(Resume::Reset(fanout_protocol::realtime::ResetReason::BeyondWindow)) => {
+                    StreamResume::ResetBeyondWindow
+                }
+                Ok(Resume::Reset(fanout_protocol::realtime::ResetReason::EpochChanged)) => {
+                    StreamResume::ResetEpochChanged
+                }
+                Err(NotResumable::Foreign) => StreamResume::ForeignPosition,
+                Err(NotResumable::Ahead) => StreamResume::FutureOffset,
+            });
+        }
         self.events = Some(Box::new(Events {
-            subscription: self.node.streams.subscribe(&key),
-            _admitted: held,
+            subscription,
+            identity,
+            admitted: held,
         }));
-        Ok(())
+        Ok(Opened {
+            resume,
+            tag: fanout_protocol::stream::stream_tag(&key),
+        })
     }
 
     /// Sorts one socket read, applying the limits every protocol shares.

@@ -12,13 +12,15 @@
 use std::time::Duration;
 
 use fanout_protocol::realtime::{
-    self, AuthErrorCode, ClientFrame, ErrorCode, EventsEnd, FrameError, RequestId,
+    self, AuthErrorCode, ClientFrame, ErrorCode, EventsEnd, FrameError, Recovery, RequestId,
 };
 
-use super::{AfterRefusal, CloseReason, Credentials, Outbox, Protocol, Session, StreamRequest};
+use super::{
+    AfterRefusal, CloseReason, Credentials, Opened, Outbox, Protocol, Session, StreamRequest,
+};
 use crate::auth::AuthError;
 use crate::config::EdgeConfig;
-use crate::streams::StreamFrame;
+use crate::streams::{NotResumable, Resume, Since, StreamFrame};
 use crate::table::{CountSubscription, CountValue};
 use crate::telemetry::{Ignored, StreamSubscribe};
 
@@ -68,7 +70,7 @@ impl Session for Realtime {
     fn before_auth(&mut self, frame: &[u8], out: &mut Outbox) -> Option<Credentials> {
         match realtime::decode(frame) {
             Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
-            Ok(ClientFrame::GetUnreadCount { id } | ClientFrame::SubscribeEvents { id }) => {
+            Ok(ClientFrame::GetUnreadCount { id } | ClientFrame::SubscribeEvents { id, .. }) => {
                 refuse(ErrorCode::NotAuthenticated, id.as_ref(), out);
             }
             Ok(ClientFrame::AuthRequest { token, partner, id }) => {
@@ -76,6 +78,7 @@ impl Session for Realtime {
                 return Some(Credentials {
                     partner: Some(partner),
                     token: Some(token),
+                    restore: None,
                 });
             }
             Err(error) => undecodable(error, out),
@@ -116,9 +119,12 @@ impl Session for Realtime {
     fn on_text(&mut self, frame: &[u8], counts: Option<&mut CountSubscription>, out: &mut Outbox) {
         match realtime::decode(frame) {
             Ok(ClientFrame::Ping { id }) => out.reply(realtime::pong(id.as_ref())),
-            Ok(ClientFrame::SubscribeEvents { id }) => {
+            Ok(ClientFrame::SubscribeEvents { id, since }) => {
                 self.answering = id;
-                out.open_stream(StreamRequest::default());
+                out.open_stream(StreamRequest {
+                    since: since.map_or(Since::Now, Since::After),
+                    ..StreamRequest::default()
+                });
             }
             Ok(ClientFrame::GetUnreadCount { id }) => {
                 let Some(counts) = counts else {
@@ -168,10 +174,30 @@ impl Session for Realtime {
 
     fn on_ping(&mut self, _unix_seconds: u64, _out: &mut Outbox) {}
 
-    fn stream_opened(&mut self, result: Result<(), StreamSubscribe>, out: &mut Outbox) {
+    fn stream_opened(&mut self, result: Result<Opened, StreamSubscribe>, out: &mut Outbox) {
         let id = self.answering.take();
-        match result {
-            Ok(()) => out.reply(realtime::subscribed(id.as_ref())),
+        match result.map(|opened| opened.resume) {
+            Ok(Ok(Resume::Live)) => out.reply(realtime::subscribed(id.as_ref(), None)),
+            Ok(Ok(Resume::Resumed { missed, .. })) => out.reply(realtime::subscribed(
+                id.as_ref(),
+                Some(Recovery::Resumed { missed }),
+            )),
+            Ok(Ok(Resume::Reset(reason))) => {
+                out.reply(realtime::subscribed(
+                    id.as_ref(),
+                    Some(Recovery::Reset(reason)),
+                ));
+            }
+            // A position refused is not subscribed at all: the client asked for a
+            // resume, and must not take live events for one.
+            Ok(Err(refused)) => {
+                out.close_stream();
+                let code = match refused {
+                    NotResumable::Foreign => ErrorCode::ForeignPosition,
+                    NotResumable::Ahead => ErrorCode::FutureOffset,
+                };
+                refuse(code, id.as_ref(), out);
+            }
             Err(StreamSubscribe::AlreadySubscribed) => {
                 refuse(ErrorCode::AlreadySubscribed, id.as_ref(), out);
             }

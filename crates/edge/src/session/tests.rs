@@ -2,6 +2,7 @@
 //! client of each protocol sees, frame by frame.
 #![allow(clippy::unwrap_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_protocol::cable;
@@ -13,6 +14,11 @@ use super::{Cable, CloseReason, Credentials, Realtime};
 use crate::config::EdgeConfig;
 use crate::table::CountValue;
 use crate::testing::harness::{self, Harness, SECRET, stream_token, token};
+
+/// A plain `actioncable-v1-json` session.
+fn plain_cable(config: &EdgeConfig) -> Cable {
+    Cable::new(config, None)
+}
 
 fn start_cable() -> Harness {
     start_cable_with(true)
@@ -27,8 +33,9 @@ fn start_cable_with_token(ready: bool, token: String) -> Harness {
     let credentials = Credentials {
         partner: Some("acme".to_owned()),
         token: Some(token),
+        restore: None,
     };
-    harness::start(ready, |_| {}, Cable::new, Some(credentials))
+    harness::start(ready, |_| {}, plain_cable, Some(credentials))
 }
 
 fn start_realtime(ready: bool, configure: impl FnOnce(&mut EdgeConfig)) -> Harness {
@@ -623,6 +630,7 @@ mod streams {
         let credentials = Credentials {
             partner: Some("acme".to_owned()),
             token: None,
+            restore: None,
         };
         harness::start(
             true,
@@ -630,7 +638,7 @@ mod streams {
                 with_beta(config);
                 configure(config);
             },
-            Cable::new,
+            plain_cable,
             Some(credentials),
         )
     }
@@ -651,14 +659,23 @@ mod streams {
 
     impl Harness {
         fn publish(&self, key: &str, offset: u64) -> Published {
-            self.node.streams.publish(
+            Self::publish_on(&self.node, key, offset)
+        }
+
+        fn publish_on(node: &crate::node::Node, key: &str, offset: u64) -> Published {
+            node.streams.publish(
                 key,
                 StreamFrame {
-                    epoch: 1,
+                    epoch: fanout_protocol::stream::Epoch {
+                        epoch: 1,
+                        tag: fanout_protocol::stream::stream_tag(key),
+                    },
                     offset,
                     body: body(offset).into(),
                     source_time: None,
+                    written_ms: fanout_schema::unix_millis(),
                 },
+                fanout_schema::unix_millis(),
             )
         }
 
@@ -765,8 +782,9 @@ mod streams {
         let credentials = Credentials {
             partner: Some("acme".to_owned()),
             token: Some(token(SECRET, "bob", 60)),
+            restore: None,
         };
-        let mut harness = harness::start(true, with_beta, Cable::new, Some(credentials));
+        let mut harness = harness::start(true, with_beta, plain_cable, Some(credentials));
         assert_eq!(harness.next().await, cable::welcome());
         let (identifier, subscribe) = room_subscribe(&stream_token(BETA_SECRET, "bob", 60));
         harness.send(&subscribe);
@@ -818,15 +836,8 @@ mod streams {
 
     #[tokio::test]
     async fn without_a_partner_in_the_query_the_tokens_partner_claim_names_it() {
-        let mut harness = harness::start(
-            true,
-            with_beta,
-            Cable::new,
-            Some(Credentials {
-                partner: None,
-                token: None,
-            }),
-        );
+        let mut harness =
+            harness::start(true, with_beta, plain_cable, Some(Credentials::default()));
         assert_eq!(harness.next().await, cable::welcome());
         let now = fanout_schema::unix_millis() / 1000;
         let claims = |partner: &str, jti: &str| serde_json::json!({"uniqueId": "bob", "partner": partner, "scope": "stream", "iat": now, "exp": now + 60, "jti": jti});
@@ -948,5 +959,252 @@ mod streams {
         assert_eq!(harness.next().await, r#"{"type":"subscribed","id":4}"#);
         harness.publish("acme/bob", 9);
         assert!(harness.next().await.contains(r#""offset":9"#));
+    }
+
+    /// A /cable connection without `jwt` speaking the extended protocol
+    /// (`actioncable-v1-ext-json`), optionally restoring the session `sid`, on `node`.
+    fn start_extended_on(node: Arc<crate::node::Node>, restore: Option<String>) -> Harness {
+        let cable = Cable::new(&node.config, Some(crate::restore::new_sid()));
+        harness::start_on(
+            node,
+            cable,
+            Some(Credentials {
+                partner: Some("acme".to_owned()),
+                token: None,
+                restore,
+            }),
+        )
+    }
+
+    fn sid_of(welcome: &str) -> String {
+        let welcome: serde_json::Value = serde_json::from_str(welcome).unwrap();
+        assert_eq!(welcome["type"], "welcome");
+        welcome["sid"].as_str().unwrap().to_owned()
+    }
+
+    fn bob_epoch() -> fanout_protocol::stream::Epoch {
+        fanout_protocol::stream::Epoch {
+            epoch: 1,
+            tag: fanout_protocol::stream::stream_tag("acme/bob"),
+        }
+    }
+
+    fn ext_message(identifier: &str, offset: u64) -> String {
+        cable::stream_message_ext(identifier, &body(offset), bob_epoch(), offset)
+    }
+
+    /// `history` as `@anycable/web` sends it: the position of the last event it has.
+    fn history(identifier: &str, offset: u64) -> String {
+        let stream = fanout_protocol::stream::stream_id(bob_epoch().tag);
+        serde_json::json!({"identifier": identifier, "command": "history", "history": {
+            "since": 1, "streams": {stream: {"epoch": bob_epoch().to_string(), "offset": offset}}}})
+        .to_string()
+    }
+
+    /// Ends the client's side of the connection, as a dropped TCP connection does, and
+    /// waits for its session to end.
+    async fn drop_connection(harness: Harness) {
+        let Harness { peer, session, .. } = harness;
+        drop(peer);
+        session.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_extended_client_restores_its_session_by_sid_and_gets_what_it_missed() {
+        let harness = start_anonymous_cable(|_| {});
+        let node = harness.node.clone();
+        drop(harness);
+        let mut first = start_extended_on(node.clone(), None);
+        let sid = sid_of(&first.next().await);
+        let (identifier, subscribe) = room_subscribe(&stream_token(SECRET, "bob", 60));
+        first.send(&subscribe);
+        assert_eq!(first.next().await, cable::confirm_subscription(&identifier));
+        first.publish("acme/bob", 1);
+        first.publish("acme/bob", 2);
+        assert_eq!(first.next().await, ext_message(&identifier, 1));
+        assert_eq!(first.next().await, ext_message(&identifier, 2));
+        drop_connection(first).await;
+        assert_eq!(node.sessions.len(), 1);
+        // Missed while away.
+        let away = Harness::publish_on(&node, "acme/bob", 3);
+        assert_eq!(away.queued, 0);
+        Harness::publish_on(&node, "acme/bob", 4);
+
+        let mut second = start_extended_on(node.clone(), Some(sid.clone()));
+        let welcome: serde_json::Value = serde_json::from_str(&second.next().await).unwrap();
+        assert_eq!(welcome["restored"], true);
+        assert_eq!(welcome["restored_ids"], serde_json::json!([identifier]));
+        assert_ne!(welcome["sid"], sid.as_str());
+        assert_eq!(node.metrics.session_restore_count("restored"), 1);
+        // Nothing until the client asks for its history: then exactly what it missed,
+        // the confirmation, and live events.
+        second.nothing_more().await;
+        second.send(&history(&identifier, 2));
+        assert_eq!(second.next().await, ext_message(&identifier, 3));
+        assert_eq!(second.next().await, ext_message(&identifier, 4));
+        assert_eq!(second.next().await, cable::confirm_history(&identifier));
+        second.publish("acme/bob", 5);
+        assert_eq!(second.next().await, ext_message(&identifier, 5));
+        second.nothing_more().await;
+        assert_eq!(node.metrics.stream_resume_count("resumed"), 1);
+
+        // A sid restores once.
+        drop_connection(second).await;
+        let mut third = start_extended_on(node.clone(), Some(sid));
+        let welcome: serde_json::Value = serde_json::from_str(&third.next().await).unwrap();
+        assert_eq!(welcome.get("restored"), None);
+        assert_eq!(node.metrics.session_restore_count("unknown"), 1);
+    }
+
+    #[tokio::test]
+    async fn an_extended_client_subscribing_with_history_gets_the_missed_events_or_a_rejection() {
+        let harness = start_anonymous_cable(|config| config.history.max_events_per_user = 3);
+        let node = harness.node.clone();
+        drop(harness);
+        for offset in 1..=5 {
+            Harness::publish_on(&node, "acme/bob", offset);
+        }
+        let pubsub_token = stream_token(SECRET, "bob", 60);
+        let (identifier, _) = room_subscribe(&pubsub_token);
+        let subscribe = |offset: u64| -> String {
+            let history: serde_json::Value =
+                serde_json::from_str(&history(&identifier, offset)).unwrap();
+            serde_json::json!({"command": "subscribe", "identifier": identifier,
+                "history": history["history"]})
+            .to_string()
+        };
+        // The window holds 3..=5: a client at 2 gets 3, 4, 5.
+        let mut client = start_extended_on(node.clone(), None);
+        client.next().await;
+        client.send(&subscribe(2));
+        assert_eq!(
+            client.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        for offset in 3..=5 {
+            assert_eq!(client.next().await, ext_message(&identifier, offset));
+        }
+        assert_eq!(client.next().await, cable::confirm_history(&identifier));
+        // Nothing missed: confirmed at once.
+        let mut client = start_extended_on(node.clone(), None);
+        client.next().await;
+        client.send(&subscribe(5));
+        assert_eq!(
+            client.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        assert_eq!(client.next().await, cable::confirm_history(&identifier));
+        // A client at 1 misses 2, which the window no longer has: rejected, never a
+        // part, and live events follow.
+        let mut client = start_extended_on(node.clone(), None);
+        client.next().await;
+        client.send(&subscribe(1));
+        assert_eq!(
+            client.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        assert_eq!(
+            client.next().await,
+            cable::reject_history(&identifier, "beyond_window")
+        );
+        client.publish("acme/bob", 6);
+        assert_eq!(client.next().await, ext_message(&identifier, 6));
+        assert_eq!(node.metrics.stream_resume_count("reset_beyond_window"), 1);
+        // Another user's position: rejected as such.
+        let mut client = start_extended_on(node.clone(), None);
+        client.next().await;
+        let foreign = serde_json::json!({"command": "subscribe", "identifier": identifier,
+            "history": {"streams": {"s": {"epoch": format!("1-{:08x}", fanout_protocol::stream::stream_tag("acme/eve")), "offset": 1}}}});
+        client.send(&foreign.to_string());
+        assert_eq!(
+            client.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        assert_eq!(
+            client.next().await,
+            cable::reject_history(&identifier, "foreign_position")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_plain_client_sees_no_positions_and_no_history() {
+        let mut harness = start_anonymous_cable(|_| {});
+        assert_eq!(harness.next().await, cable::welcome());
+        let (identifier, _) = room_subscribe(&stream_token(SECRET, "bob", 60));
+        harness.publish("acme/bob", 1);
+        let subscribe = serde_json::json!({"command": "subscribe", "identifier": identifier,
+            "history": {"since": 1}});
+        harness.send(&subscribe.to_string());
+        assert_eq!(
+            harness.next().await,
+            cable::confirm_subscription(&identifier)
+        );
+        harness.send(&history(&identifier, 0));
+        harness.publish("acme/bob", 2);
+        assert_eq!(
+            harness.next().await,
+            cable::stream_message(&identifier, &body(2))
+        );
+        harness.nothing_more().await;
+    }
+
+    #[tokio::test]
+    async fn realtime_subscribe_events_since_a_position_resumes_resets_or_refuses() {
+        let mut harness = start_realtime(true, |config| config.history.max_events_per_user = 3);
+        harness.authenticate().await;
+        harness.next().await;
+        for offset in 1..=5 {
+            harness.publish("acme/bob", offset);
+        }
+        let since = |offset: u64, id: u32| {
+            format!(
+                r#"{{"type":"subscribe_events","since":{{"epoch":"{}","offset":{offset}}},"id":{id}}}"#,
+                bob_epoch()
+            )
+        };
+        // Past the user's last event, even after waiting for this node to catch up.
+        harness.send(&since(9, 1));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"future_offset","id":1}"#
+        );
+        harness.send(&format!(
+            r#"{{"type":"subscribe_events","since":{{"epoch":"1-{:08x}","offset":1}},"id":2}}"#,
+            fanout_protocol::stream::stream_tag("acme/eve")
+        ));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"error","error":"foreign_position","id":2}"#
+        );
+        // Neither subscribed: a resume from 3 gets 4 and 5, then live events.
+        harness.send(&since(3, 3));
+        assert_eq!(
+            harness.next().await,
+            r#"{"type":"subscribed","recovery":"resumed","missed":2,"id":3}"#
+        );
+        assert!(harness.next().await.ends_with(r#""offset":4}"#));
+        assert!(harness.next().await.ends_with(r#""offset":5}"#));
+        harness.publish("acme/bob", 6);
+        assert!(harness.next().await.ends_with(r#""offset":6}"#));
+        assert_eq!(harness.node.metrics.stream_resume_count("future_offset"), 1);
+        assert_eq!(
+            harness.node.metrics.stream_resume_count("foreign_position"),
+            1
+        );
+
+        let mut other = start_realtime(true, |config| config.history.max_events_per_user = 3);
+        other.authenticate().await;
+        other.next().await;
+        for offset in 1..=5 {
+            other.publish("acme/bob", offset);
+        }
+        other.send(&since(1, 4));
+        assert_eq!(
+            other.next().await,
+            r#"{"type":"subscribed","recovery":"reset","reason":"beyond_window","id":4}"#
+        );
+        other.publish("acme/bob", 6);
+        assert!(other.next().await.ends_with(r#""offset":6}"#));
+        other.nothing_more().await;
     }
 }
