@@ -10,58 +10,9 @@
 use std::net::SocketAddr;
 
 use axum::http::header;
-use fanout_tests::node::{BySource, NodeScript, ensure_node_modules, js_dir};
+use fanout_tests::node::{BySource, NodeScript, ensure_chromium, ensure_node_modules, js_dir};
 use fanout_tests::*;
 use serde_json::{Value, json};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Debian's Chromium, installed with apt-get (as root) if it is missing. Never a browser
-/// build downloaded by npm: this machine reaches only package registries.
-fn ensure_chromium() {
-    let works = || {
-        std::process::Command::new(CHROMIUM)
-            .arg("--version")
-            .output()
-            .is_ok_and(|output| output.status.success())
-    };
-    if works() {
-        return;
-    }
-    let uid = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .expect("running `id -u`");
-    assert_eq!(
-        String::from_utf8_lossy(&uid.stdout).trim(),
-        "0",
-        "{CHROMIUM} is missing, and installing Debian's chromium needs root: \
-         run `apt-get install chromium` as root"
-    );
-    let lock_path = std::env::temp_dir().join("fanout-chromium-install.lock");
-    let lock = std::fs::File::create(&lock_path).unwrap();
-    lock.lock().unwrap();
-    if !works() {
-        let install = || {
-            std::process::Command::new("apt-get")
-                .args(["install", "-y", "-q", "chromium"])
-                .status()
-        };
-        if !install().is_ok_and(|status| status.success()) {
-            let updated = std::process::Command::new("apt-get")
-                .args(["update", "-q"])
-                .status()
-                .expect("apt-get must be there to install chromium");
-            assert!(updated.success(), "apt-get update failed");
-            assert!(
-                install().unwrap().success(),
-                "apt-get install chromium failed"
-            );
-        }
-        assert!(works(), "{CHROMIUM} --version fails after installing it");
-    }
-    lock.unlock().unwrap();
-}
 
 /// Serves the test page and the official client's browser build on a loopback port.
 async fn serve_test_page() -> SocketAddr {

@@ -65,6 +65,7 @@ impl TestPartner {
 pub mod metrics_doc;
 pub mod node;
 pub mod process;
+pub mod proxy;
 pub mod scenarios;
 pub mod streams;
 pub mod tansu;

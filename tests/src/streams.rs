@@ -310,49 +310,149 @@ impl Received {
     }
 }
 
-/// A `/realtime` client subscribed to one user's events, keeping every push.
+/// A `/realtime` client subscribed to one user's events, keeping every push; one that
+/// reconnects (see [`Watcher::start_reconnecting`]) keeps them across its connections.
 pub struct Watcher {
     pub key: String,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Connections resumed from the last position received.
+    pub resumes: Arc<std::sync::atomic::AtomicUsize>,
     pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Connects, authenticates with `token` and subscribes to the user's events, from
+/// `since` (the epoch and offset of the last event received) if given, which must be
+/// resumed; returns the client once subscribed.
+async fn subscribe(
+    address: SocketAddr,
+    partner: &str,
+    token: &str,
+    since: Option<(&str, u64)>,
+) -> RealtimeClient {
+    let mut client = RealtimeClient::connect(address).await;
+    let reply = client.authenticate(partner, token, "1").await;
+    assert!(reply.contains(r#""success":true"#), "{reply}");
+    let request = match since {
+        None => serde_json::json!({"type": "subscribe_events", "id": "events"}),
+        Some((epoch, offset)) => serde_json::json!({"type": "subscribe_events", "id": "events",
+            "since": {"epoch": epoch, "offset": offset}}),
+    };
+    client.send_text(&request.to_string()).await;
+    loop {
+        let frame = client.next_text().await;
+        if frame.contains(r#""type":"subscribed""#) {
+            if since.is_some() {
+                assert!(
+                    frame.contains(r#""recovery":"resumed""#),
+                    "not resumed from {since:?}: {frame}"
+                );
+            }
+            return client;
+        }
+        assert!(
+            !frame.contains(r#""type":"event""#),
+            "an event before {frame}"
+        );
+    }
+}
+
+/// Keeps every event `client` pushes until its connection ends, or until `until`
+/// passes (then the client drops the connection, without a close frame, as a network
+/// that goes away does). True when it was dropped.
+async fn keep(
+    client: &mut RealtimeClient,
+    received: &Mutex<Vec<Received>>,
+    until: Option<tokio::time::Instant>,
+) -> bool {
+    loop {
+        let frame = match until {
+            None => client.next_forever().await,
+            Some(until) => tokio::select! {
+                frame = client.next_forever() => frame,
+                () = tokio::time::sleep_until(until) => return true,
+            },
+        };
+        let Some(frame) = frame else {
+            return false;
+        };
+        assert!(!frame.contains("events_ended"), "stream ended: {frame}");
+        if let Some(event) = Received::parse(&frame) {
+            received.lock().unwrap().push(event);
+        }
+    }
 }
 
 impl Watcher {
     /// Connects, authenticates as `user` of `partner` with `token`, subscribes to its
     /// events and keeps every push until aborted.
     pub async fn start(address: SocketAddr, partner: &str, user: &str, token: &str) -> Self {
-        let mut client = RealtimeClient::connect(address).await;
-        let reply = client.authenticate(partner, token, "1").await;
-        assert!(reply.contains(r#""success":true"#), "{reply}");
-        client
-            .send_text(r#"{"type":"subscribe_events","id":"events"}"#)
-            .await;
-        loop {
-            let frame = client.next_text().await;
-            if frame.contains(r#""type":"subscribed""#) {
-                break;
-            }
-        }
+        let mut client = subscribe(address, partner, token, None).await;
         let received = Arc::new(Mutex::new(Vec::new()));
         let task = {
             let received = received.clone();
             tokio::spawn(async move {
-                loop {
-                    match client.next_forever().await {
-                        Some(frame) => {
-                            assert!(!frame.contains("events_ended"), "stream ended: {frame}");
-                            if let Some(event) = Received::parse(&frame) {
-                                received.lock().unwrap().push(event);
-                            }
-                        }
-                        None => return,
-                    }
-                }
+                keep(&mut client, &received, None).await;
             })
         };
         Self {
             key: format!("{partner}/{user}"),
             received,
+            resumes: Arc::default(),
+            task,
+        }
+    }
+
+    /// As [`Watcher::start`], but while `reconnecting` is set the client drops its
+    /// connection at random moments (after 0.2 to 2 s connected), waits up to 0.5 s,
+    /// connects again with a fresh token and resumes from the last event it received:
+    /// its stream goes on without a gap or a repeat.
+    pub async fn start_reconnecting(
+        address: SocketAddr,
+        partner: &crate::TestPartner,
+        user: &str,
+        seed: u64,
+        reconnecting: Arc<std::sync::atomic::AtomicBool>,
+    ) -> Self {
+        use rand::{Rng, SeedableRng};
+        use std::sync::atomic::Ordering;
+        let received = Arc::new(Mutex::new(Vec::<Received>::new()));
+        let resumes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut client = subscribe(address, &partner.code, &partner.token(user), None).await;
+        let task = {
+            let (received, resumes) = (received.clone(), resumes.clone());
+            let (partner, user) = (partner.clone(), user.to_owned());
+            tokio::spawn(async move {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                loop {
+                    let until = reconnecting.load(Ordering::SeqCst).then(|| {
+                        tokio::time::Instant::now()
+                            + std::time::Duration::from_millis(rng.random_range(200..2000))
+                    });
+                    if !keep(&mut client, &received, until).await {
+                        return;
+                    }
+                    drop(client);
+                    let pause = rng.random_range(0..500);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                    let last = received
+                        .lock()
+                        .unwrap()
+                        .last()
+                        .map(|event| (event.epoch.clone(), event.offset));
+                    let since = last
+                        .as_ref()
+                        .map(|(epoch, offset)| (epoch.as_str(), *offset));
+                    client = subscribe(address, &partner.code, &partner.token(&user), since).await;
+                    if since.is_some() {
+                        resumes.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            })
+        };
+        Self {
+            key: format!("{}/{user}", partner.code),
+            received,
+            resumes,
             task,
         }
     }

@@ -313,10 +313,21 @@ async fn starting_positions(
                     }
                     let found = consumer.offsets_for_times(times, timeout)?;
                     for element in found.elements() {
-                        if let Some((low, high)) = positions.get_mut(&element.partition()) {
-                            // No record at or after the time: start at the end.
+                        let partition = element.partition();
+                        if let Some((low, high)) = positions.get_mut(&partition) {
                             *low = match element.offset() {
                                 Offset::Offset(offset) => offset.clamp(*low, *high),
+                                // No record at or after the time, says the broker; or it
+                                // cannot look up by time (librdkafka's mock cluster):
+                                // find out by reading.
+                                _ if high > low => first_written_at(
+                                    &consumer,
+                                    &topic_name,
+                                    partition,
+                                    (*low, *high),
+                                    since_ms,
+                                    timeout,
+                                )?,
                                 _ => *high,
                             };
                         }
@@ -335,4 +346,52 @@ async fn starting_positions(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The offset of the first record of `partition` in `range` (low to high-water mark)
+/// written at or after `since_ms`, found by reading records (a binary search over
+/// their timestamps, which one partition's writer makes non-decreasing); the high-water
+/// mark if there is none.
+fn first_written_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    (low, high): (i64, i64),
+    since_ms: i64,
+    timeout: Duration,
+) -> Result<i64, KafkaError> {
+    let written_at = |offset: i64| -> Result<Option<(i64, i64)>, KafkaError> {
+        let mut at = TopicPartitionList::new();
+        at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        consumer.assign(&at)?;
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(message))
+                    if message.partition() == partition && message.offset() >= offset =>
+                {
+                    let written = message.timestamp().to_millis().unwrap_or(i64::MAX);
+                    return Ok(Some((message.offset(), written)));
+                }
+                Some(Err(error)) => return Err(error),
+                Some(Ok(_)) | None => {}
+            }
+        }
+        Ok(None)
+    };
+    // The last record first: most restarts find the window's start well inside.
+    match written_at(high - 1)? {
+        Some((_, written)) if written >= since_ms => {}
+        _ => return Ok(high),
+    }
+    let (mut first, mut last) = (low, high - 1);
+    while first < last {
+        let middle = first + (last - first) / 2;
+        match written_at(middle)? {
+            Some((_, written)) if written >= since_ms => last = middle,
+            Some((offset, _)) => first = offset.max(middle) + 1,
+            None => return Ok(high),
+        }
+    }
+    Ok(first)
 }

@@ -490,6 +490,12 @@ impl StreamHub {
         }
     }
 
+    /// The epoch and offset of `key`'s last event this node has seen, while it holds
+    /// the user.
+    pub fn last_position(&self, key: &str) -> Option<(Epoch, u64)> {
+        self.lock().users.get(key).and_then(|user| user.last)
+    }
+
     /// Subscriptions held now.
     pub fn subscriptions(&self) -> usize {
         self.lock()

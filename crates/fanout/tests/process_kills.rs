@@ -5,17 +5,20 @@
 //! at once.
 //! After the last restart every user's count at the edge equals an independent recount
 //! of the produced events: none lost, none doubled. And `/realtime` clients of 40
-//! users, connected the whole time, received exactly the events an independent oracle
-//! computes from the produced events, at positions 1..n: none lost, none repeated, read
-//! receipts included.
+//! users, which during the kills also drop their connections at random moments and
+//! reconnect, resuming from the last event they had (`subscribe_events` with `since`),
+//! received exactly the events an independent oracle computes from the produced
+//! events, at positions 1..n: none lost, none repeated, read receipts included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use fanout_tests::process::{Fanout, FanoutProcess, temp_dir, write_config};
 use fanout_tests::scenarios::{StreamShape, event_key, random_stream, recount, wait_for_counts};
-use fanout_tests::streams::{assert_streams, produced_events, stream_oracle, watch_users};
+use fanout_tests::streams::{Watcher, assert_streams, produced_events, stream_oracle};
 use fanout_tests::*;
 use futures::StreamExt;
 use prost::Message as _;
@@ -103,12 +106,26 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
     let dir = temp_dir("kills");
     let config_path = write_role_config(&dir, &cluster);
     // The edge is not killed; it must not end a watcher's stream for falling behind
-    // while a restarted router catches up.
+    // while a restarted router catches up, and its window keeps everything a watcher
+    // can miss while it reconnects.
     let mut edge_config = cluster.config.clone();
     edge_config.edge.max_stream_queue = 1_000_000;
+    edge_config.edge.history.max_events_per_user = 100_000;
     let edge = start_edge(&edge_config).await;
     let watched: Vec<String> = shape.users.iter().take(20).cloned().collect();
-    let watchers = watch_users(edge.address, &partners, &watched).await;
+    let reconnecting = Arc::new(AtomicBool::new(true));
+    let mut watchers = Vec::new();
+    for (index, (partner, user)) in partners
+        .iter()
+        .flat_map(|partner| watched.iter().map(move |user| (partner, user)))
+        .enumerate()
+    {
+        let seed = seed + index as u64;
+        watchers.push(
+            Watcher::start_reconnecting(edge.address, partner, user, seed, reconnecting.clone())
+                .await,
+        );
+    }
 
     let mut processes = vec![
         Process::start("ingest", &config_path, dir.join("ingest.log")),
@@ -158,6 +175,12 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
         kills.push(processes[victim].role);
     }
     producing.await.unwrap();
+    // The watchers stay connected from here on.
+    reconnecting.store(false, Ordering::SeqCst);
+    let resumes: usize = watchers
+        .iter()
+        .map(|watcher| watcher.resumes.load(Ordering::SeqCst))
+        .sum();
 
     wait_for_counts(
         &edge,
@@ -177,6 +200,15 @@ async fn sigkills(start_cluster: impl FnOnce(&[TestPartner]) -> TestCluster) {
         process.process.assert_running();
     }
     assert!(kills.len() >= MIN_KILLS);
+    assert!(
+        resumes >= watchers.len(),
+        "every watcher reconnected at least once on average: {resumes} resumes"
+    );
+    assert_eq!(
+        edge.node.metrics.stream_resume_count("reset_beyond_window"),
+        0,
+        "no watcher was told to reset"
+    );
     assert!(
         kills.contains(&"ingest") && kills.contains(&"router"),
         "both roles were killed: {kills:?}"
