@@ -3,7 +3,7 @@
 //! when a scenario needs them, as child processes of this binary, so an edge's RSS is
 //! its own), or a running one named on the command line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -135,6 +135,27 @@ impl Target {
             None => Ok(()),
         }
     }
+
+    /// Kills edge `index` and starts it again (see [`LocalDeployment::restart_edge`]);
+    /// only an edge the bench started.
+    pub(crate) async fn restart_edge(&mut self, index: usize) -> anyhow::Result<()> {
+        let local = self
+            .local
+            .as_mut()
+            .context("only an edge the bench started can be restarted")?;
+        local.restart_edge(index).await?;
+        self.edges[index] = local.edges[index].clone();
+        Ok(())
+    }
+
+    /// Whether edge `index` (started by the bench) reports ready on `/readyz` now.
+    pub(crate) async fn edge_ready(&mut self, index: usize) -> anyhow::Result<bool> {
+        self.local
+            .as_mut()
+            .context("only an edge the bench started can be asked")?
+            .edge_ready(index)
+            .await
+    }
 }
 
 /// One edge the clients connect to.
@@ -159,6 +180,11 @@ pub struct LocalDeployment {
     children: Vec<Child>,
     /// Every child's admin address, for /readyz.
     admins: Vec<String>,
+    /// Each edge's place in `children`, and its config file.
+    edge_processes: Vec<(usize, PathBuf)>,
+    /// The run's directory, for the logs of edges started again.
+    run_dir: PathBuf,
+    restarts: usize,
 }
 
 /// What to start.
@@ -199,6 +225,9 @@ impl LocalDeployment {
             edges: Vec::new(),
             children: Vec::new(),
             admins: Vec::new(),
+            edge_processes: Vec::new(),
+            run_dir: options.run_dir.to_owned(),
+            restarts: 0,
         };
         if options.pipeline {
             for role in ["ingest", "router"] {
@@ -226,10 +255,36 @@ impl LocalDeployment {
                 pid: child.id(),
             });
             deployment.admins.push(format!("http://{admin_port}"));
+            deployment
+                .edge_processes
+                .push((deployment.children.len(), path));
             deployment.children.push(child);
         }
         deployment.wait_ready(Duration::from_secs(60)).await?;
         Ok(deployment)
+    }
+
+    /// Kills edge `index` with SIGKILL, as a crash or an OOM kill would (every client
+    /// sees its connection drop at once; a SIGTERM would drain them over the drain
+    /// window), waits for it to exit, and starts a new edge process with the same
+    /// config: the same ports. Returns once it is started, not ready.
+    pub async fn restart_edge(&mut self, index: usize) -> anyhow::Result<()> {
+        let (slot, config) = self
+            .edge_processes
+            .get(index)
+            .cloned()
+            .with_context(|| format!("no edge {index}"))?;
+        let old = &mut self.children[slot];
+        old.start_kill().context("killing the edge")?;
+        old.wait().await.context("waiting for the killed edge")?;
+        self.restarts += 1;
+        let log = self
+            .run_dir
+            .join(format!("edge-{index}-restart-{}.log", self.restarts));
+        let child = spawn_role("edge", &config, &log)?;
+        self.edges[index].pid = child.id();
+        self.children[slot] = child;
+        Ok(())
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -250,6 +305,19 @@ impl LocalDeployment {
             }
         }
         Ok(())
+    }
+
+    /// Whether edge `index` answers `/readyz` with 200 now; fails if a child exited.
+    pub async fn edge_ready(&mut self, index: usize) -> anyhow::Result<bool> {
+        if let Some(status) = self.exited_child()? {
+            anyhow::bail!("a child process exited: {status}");
+        }
+        let admin = self
+            .edges
+            .get(index)
+            .and_then(|edge| edge.admin.clone())
+            .with_context(|| format!("edge {index} has no admin address"))?;
+        Ok(matches!(http_get(&admin, "/readyz").await, Ok((200, _))))
     }
 
     /// Pids of the ingest and router processes (empty without them).
