@@ -15,7 +15,7 @@
 //!
 //! Modules depend one way, each only on those listed before it: `system`; `report`,
 //! `worker`; `scenario`, `result`, `pool`; `target`; `load`; `measure`; `storm`; `ws`;
-//! `command`. `router` stands alone.
+//! `command`. `router` stands alone, but for `system`.
 
 mod command;
 mod load;
@@ -32,4 +32,5 @@ pub mod worker;
 pub mod ws;
 
 pub use command::BenchCommand;
-pub use router::{RouterBenchOptions, RouterBenchResult, create_topics, router};
+pub use router::{RouterBenchOptions, RouterBenchResult, router};
+pub use system::create_topics;

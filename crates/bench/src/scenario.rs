@@ -131,6 +131,13 @@ pub struct WsBenchOptions {
     /// Connections being set up at once per worker (connect-storm: all at once).
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// The Kafka (`host:port`) the deployment the bench starts runs on, instead of an
+    /// embedded one; the run's topics are created there. For where the embedded
+    /// broker (librdkafka's mock cluster) is not like a real one: it keeps only the last
+    /// 5 MiB of each partition and cannot look an offset up by time, so an edge started
+    /// again cannot read its history window back from it (reconnect-storm).
+    #[arg(long)]
+    pub local_brokers: Option<String>,
     /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,

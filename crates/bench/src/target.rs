@@ -99,12 +99,17 @@ impl Target {
             edges,
             pipeline: scenario.needs_pipeline(),
             partitions: options.partitions,
+            brokers: options.local_brokers.as_deref(),
             run_dir,
         })
         .await?;
+        let kafka = match &options.local_brokers {
+            Some(brokers) => format!("the Kafka at {brokers}"),
+            None => "embedded Kafka (librdkafka mock) in the bench process".to_owned(),
+        };
         Ok(Self {
             description: format!(
-                "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
+                "local: {kafka}, {edges} edge process(es){}",
                 if scenario.needs_pipeline() {
                     ", ingest and router processes"
                 } else {
@@ -112,7 +117,7 @@ impl Target {
                 }
             ),
             edges: local.edges.clone(),
-            kafka: Some(KafkaSettings::new(local.kafka.bootstrap_servers())),
+            kafka: Some(KafkaSettings::new(local.brokers.clone())),
             topics: local.topics.clone(),
             partner: local.partner.clone(),
             secret: local.secret.clone(),
@@ -172,7 +177,11 @@ pub struct EdgeTarget {
 /// A deployment the bench started: dropping it stops the children and the embedded
 /// Kafka.
 pub struct LocalDeployment {
-    pub kafka: EmbeddedKafka,
+    /// The embedded Kafka, unless the deployment runs on one named by
+    /// [`LocalOptions::brokers`].
+    pub kafka: Option<EmbeddedKafka>,
+    /// The Kafka's bootstrap servers.
+    pub brokers: String,
     pub topics: Topics,
     pub partner: String,
     pub secret: String,
@@ -193,6 +202,9 @@ pub struct LocalOptions<'a> {
     /// Also ingest and router (scenarios fed by message events).
     pub pipeline: bool,
     pub partitions: i32,
+    /// A running Kafka (`host:port`) to use instead of an embedded one; the run's
+    /// topics are created on it.
+    pub brokers: Option<&'a str>,
     /// Child logs and configs go here.
     pub run_dir: &'a Path,
 }
@@ -201,24 +213,27 @@ impl LocalDeployment {
     pub async fn start(options: &LocalOptions<'_>) -> anyhow::Result<Self> {
         let run_id = fanout_app::tools::random_hex(4);
         let topics = Topics::with_prefix(&format!("bench-{run_id}-"));
-        let kafka = EmbeddedKafka::start(
-            1,
-            &topics.with_partitions(options.partitions, options.partitions),
-        )
-        .context("starting the embedded Kafka")?;
+        let layout = topics.with_partitions(options.partitions, options.partitions);
+        let (kafka, brokers) = match options.brokers {
+            Some(brokers) => {
+                crate::system::create_topics(&KafkaSettings::new(brokers), &layout).await?;
+                (None, brokers.to_owned())
+            }
+            None => {
+                let kafka =
+                    EmbeddedKafka::start(1, &layout).context("starting the embedded Kafka")?;
+                let brokers = kafka.bootstrap_servers().to_owned();
+                (Some(kafka), brokers)
+            }
+        };
         std::fs::create_dir_all(options.run_dir)
             .with_context(|| format!("creating {}", options.run_dir.display()))?;
         let partner = "bench".to_owned();
         let secret = fanout_app::tools::random_hex(24);
-        let config = shared_config(
-            kafka.bootstrap_servers(),
-            &topics,
-            &run_id,
-            &partner,
-            &secret,
-        );
+        let config = shared_config(&brokers, &topics, &run_id, &partner, &secret);
         let mut deployment = Self {
             kafka,
+            brokers,
             topics,
             partner,
             secret,
