@@ -27,6 +27,10 @@ pub enum BenchCommand {
     /// One message with 1 KiB of data to every connected user, each subscribed to its
     /// event stream; produce → every socket latency of `message.created`.
     Stream(WsBenchOptions),
+    /// 10k stream subscribers on `/realtime`, events at 5000/s with 1 KiB of data, the
+    /// edge killed and started again: time from its ready until every client has every
+    /// event it missed (no gap, no repeat), and the history window's memory per event.
+    ReconnectStorm(WsBenchOptions),
     /// One process of bench clients (started by the scenarios).
     #[command(hide = true)]
     Worker {
@@ -58,6 +62,7 @@ impl BenchCommand {
             Self::ConnectStorm(options) => (Scenario::ConnectStorm, options),
             Self::ScaleOut(options) => (Scenario::ScaleOut, options),
             Self::Stream(options) => (Scenario::Stream, options),
+            Self::ReconnectStorm(options) => (Scenario::ReconnectStorm, options),
         };
         let result = crate::ws::run(scenario, &options).await?;
         eprintln!("{}", crate::result::summary(&result));

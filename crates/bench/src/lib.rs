@@ -3,17 +3,19 @@
 //! - [`BenchCommand`]: the command line, parsed into each scenario's options.
 //! - [`router()`]: one router's throughput through a broker.
 //! - [`ws`]: the WebSocket scenarios (`idle`, `group-message`, `steady`, `push-rate`,
-//!   `connect-storm`, `scale-out`, named in [`scenario`] with their options): client
-//!   connections spread over worker processes ([`worker`], driven by `pool`), against
-//!   edges the bench starts itself ([`target`]) or a running deployment; the producing
-//!   scenarios' load is in `load`; the workers' reports and the processes' RSS and CPU
-//!   are merged in `measure` into a [`result`]; latency goes in an HDR histogram and the
-//!   result is written as JSON and SVG ([`report`]). What they ask of the machine (this
-//!   binary, /proc, the children's admin HTTP) is in [`system`].
+//!   `connect-storm`, `scale-out`, `stream`, `reconnect-storm`, named in [`scenario`]
+//!   with their options): client connections spread over worker processes ([`worker`],
+//!   driven by `pool`), against edges the bench starts itself ([`target`]) or a running
+//!   deployment; the producing scenarios' load is in `load`, and reconnect-storm's (the
+//!   edge restarted under its clients, and how they recovered) in `storm`; the workers'
+//!   reports and the processes' RSS and CPU are merged in `measure` into a [`result`];
+//!   latency goes in an HDR histogram and the result is written as JSON and SVG
+//!   ([`report`]). What they ask of the machine (this binary, /proc, the children's
+//!   admin HTTP) is in [`system`].
 //!
 //! Modules depend one way, each only on those listed before it: `system`; `report`,
-//! `worker`; `scenario`, `result`, `pool`; `target`; `load`; `measure`; `ws`;
-//! `command`. `router` stands alone.
+//! `worker`; `scenario`, `result`, `pool`; `target`; `load`; `measure`; `storm`; `ws`;
+//! `command`. `router` stands alone, but for `system`.
 
 mod command;
 mod load;
@@ -23,10 +25,12 @@ pub mod report;
 pub mod result;
 pub mod router;
 pub mod scenario;
+mod storm;
 pub mod system;
 pub mod target;
 pub mod worker;
 pub mod ws;
 
 pub use command::BenchCommand;
-pub use router::{RouterBenchOptions, RouterBenchResult, create_topics, router};
+pub use router::{RouterBenchOptions, RouterBenchResult, router};
+pub use system::create_topics;

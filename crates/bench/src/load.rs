@@ -352,6 +352,108 @@ pub(super) async fn steady(
     Ok(())
 }
 
+/// A steady rate of partner notifications, each to one user (round robin over
+/// `users`) with `data_bytes` of data, produced by a task of its own until stopped:
+/// reconnect-storm's events, which keep flowing while the edge restarts. A notification
+/// is one stream event for its recipient and nothing else: no count changes, and no copy
+/// for a sender, as a message would have.
+pub(super) struct Notifications {
+    produced: Arc<AtomicU64>,
+    deliveries: Deliveries,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<f64>>,
+}
+
+/// What [`Notifications`] produced, once stopped.
+pub(super) struct NotificationsSent {
+    pub(super) produced: u64,
+    pub(super) seconds: f64,
+    pub(super) failures: u64,
+}
+
+/// The name of the bench's notifications.
+pub(super) const NOTIFICATION_EVENT: &str = "bench.storm";
+
+impl Notifications {
+    /// Warms a producer up, then starts producing.
+    pub(super) async fn start(
+        kafka: &KafkaSettings,
+        target: &Target,
+        user_prefix: &str,
+        users: u64,
+        rate: u64,
+        data_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        anyhow::ensure!(rate > 0, "--rate must be at least 1");
+        anyhow::ensure!(users > 0, "no users to notify");
+        let (producer, deliveries) = warm_event_producer(kafka, target, user_prefix).await?;
+        let data = message_data(data_bytes)?;
+        let partner = target.partner.clone();
+        let topic = target.topics.message_events.clone();
+        let user_prefix = user_prefix.to_owned();
+        let produced = Arc::new(AtomicU64::new(0));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = {
+            let produced = produced.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let mut sent = 0_u64;
+                let mut payload = Vec::with_capacity(data_bytes + 256);
+                let mut tick = tokio::time::interval(Duration::from_millis(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                while !stop.is_cancelled() {
+                    tick.tick().await;
+                    let due = (started.elapsed().as_secs_f64() * rate as f64) as u64;
+                    while sent < due {
+                        let event_id = format!("{user_prefix}n{sent}");
+                        let event = v1::MessageEvent {
+                            event_id: event_id.clone(),
+                            partner: partner.clone(),
+                            occurred_at_ms: i64::try_from(unix_micros() / 1000).unwrap_or(0),
+                            data: data.clone(),
+                            event: Some(v1::message_event::Event::Notification(v1::Notification {
+                                event: NOTIFICATION_EVENT.to_owned(),
+                                recipients: vec![format!("{user_prefix}{}", sent % users)],
+                            })),
+                        };
+                        payload.clear();
+                        event.encode(&mut payload)?;
+                        send(&producer, &topic, &event_id, &payload).await?;
+                        sent += 1;
+                        produced.store(sent, Ordering::Relaxed);
+                    }
+                }
+                let seconds = started.elapsed().as_secs_f64();
+                let _ = producer.flush(Duration::from_secs(30));
+                Ok(seconds)
+            })
+        };
+        Ok(Self {
+            produced,
+            deliveries,
+            stop,
+            task,
+        })
+    }
+
+    /// Notifications produced so far.
+    pub(super) fn produced(&self) -> u64 {
+        self.produced.load(Ordering::Relaxed)
+    }
+
+    /// Stops producing and waits for what was produced to be acknowledged.
+    pub(super) async fn stop(self) -> anyhow::Result<NotificationsSent> {
+        self.stop.cancel();
+        let seconds = self.task.await.context("the notification producer")??;
+        Ok(NotificationsSent {
+            produced: self.produced.load(Ordering::Relaxed),
+            seconds,
+            failures: self.deliveries.failed.load(Ordering::Relaxed),
+        })
+    }
+}
+
 fn event_key(event: &v1::MessageEvent) -> String {
     match &event.event {
         Some(v1::message_event::Event::MessageCreated(created)) => created.conversation_id.clone(),

@@ -291,7 +291,7 @@ mod tests {
                 authenticated: subscribed,
                 subscribed,
                 failed,
-                pushes: 0,
+                ..Progress::default()
             },
             errors: errors
                 .iter()

@@ -73,12 +73,7 @@ impl WorkerPool {
     pub(super) fn totals(&self) -> Progress {
         self.progress
             .iter()
-            .fold(Progress::default(), |total, progress| Progress {
-                authenticated: total.authenticated + progress.authenticated,
-                subscribed: total.subscribed + progress.subscribed,
-                failed: total.failed + progress.failed,
-                pushes: total.pushes + progress.pushes,
-            })
+            .fold(Progress::default(), |total, progress| total.plus(progress))
     }
 
     pub(super) async fn broadcast(&mut self, command: &str) -> anyhow::Result<()> {

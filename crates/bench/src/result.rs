@@ -97,8 +97,120 @@ pub struct WsBenchResult {
     /// subscribed), and the load's wall-clock seconds: where the 2 cores went.
     pub cpu: CpuResult,
     pub check: Option<TargetCheck>,
+    /// reconnect-storm's own figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reconnect_storm: Option<StormResult>,
     pub result_file: String,
     pub plot_file: String,
+}
+
+/// reconnect-storm: the edge restarted under its stream subscribers, and how they
+/// recovered.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StormResult {
+    /// Stream events per second (notifications, one per event), and their data's size.
+    pub rate: u64,
+    pub data_bytes: usize,
+    /// Events flowed this long before the edge was killed.
+    pub warm_up_seconds: f64,
+    /// Notifications produced over the whole run, and in how long.
+    pub produced: u64,
+    pub produce_seconds: f64,
+    pub produce_failures: u64,
+    pub restart: RestartResult,
+    pub clients: StormClients,
+    /// Per client: from the new edge reporting ready to having every event up to the
+    /// position its user had then (or, with nothing missed, to its resubscription).
+    pub recovery: LatencySummary,
+    /// From the new edge reporting ready until every client recovered; `None` unless
+    /// every one did.
+    pub all_recovered_seconds: Option<f64>,
+    /// The new edge's `fanout_edge_stream_resumes_total`, by result.
+    pub edge_resumes: Vec<(String, f64)>,
+    pub memory: HistoryMemory,
+    /// The history window's memory target (the run's `check` is recovery's).
+    pub memory_check: Option<TargetCheck>,
+}
+
+/// The edge's restart, Unix microseconds and seconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestartResult {
+    pub killed_us: u64,
+    /// When the bench first saw the new edge's `/readyz` answer 200 (polled every 5 ms).
+    pub ready_us: u64,
+    /// Killed → the new edge ready: process start, reading the count table and the
+    /// history window back from Kafka.
+    pub kill_to_ready_seconds: f64,
+    /// Ready → every client subscribed again.
+    pub ready_to_all_resubscribed_seconds: f64,
+    /// user-streams records written from just before the kill until the new edge was
+    /// ready: about what the clients missed.
+    pub stream_records_while_down: u64,
+    /// CPU seconds of the first edge over the warm-up, and of the new edge until it was
+    /// ready and until the end.
+    pub first_edge_warm_up_cpu_seconds: f64,
+    pub new_edge_cpu_seconds_to_ready: f64,
+    pub new_edge_cpu_seconds: f64,
+}
+
+/// What the clients saw of the restart.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StormClients {
+    pub subscribed: u64,
+    pub dropped: u64,
+    pub resubscribed: u64,
+    /// Reached every event up to their user's position at ready.
+    pub recovered: u64,
+    pub not_recovered: u64,
+    /// Resubscriptions answered `reset`: must be 0.
+    pub resets: u64,
+    /// Events never received (offsets skipped) and received twice, over the whole run:
+    /// must be 0; the run fails otherwise.
+    pub gaps: u64,
+    pub repeats: u64,
+    pub epoch_changes: u64,
+    /// Event frames received over the whole run.
+    pub events_received: u64,
+    /// The `missed` the new edge announced, summed, and what the clients needed.
+    pub missed_announced: u64,
+    pub missed_needed: u64,
+    /// Connection attempts per client after the drop, the one that held included.
+    pub reconnect_attempts_mean: f64,
+    pub reconnect_attempts_max: u32,
+}
+
+/// One reading of an edge: its RSS and its history window's metrics.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct HistorySample {
+    /// Seconds since the load started.
+    pub seconds: f64,
+    pub rss_kib: u64,
+    /// `fanout_edge_history_events` and `fanout_edge_history_bytes` (set by the edge
+    /// once a second, so up to a second behind the RSS).
+    pub events: u64,
+    pub bytes: u64,
+}
+
+/// The history window's memory.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HistoryMemory {
+    /// The first edge once a second over the warm-up: subscribed connections held,
+    /// events coming, nothing evicted.
+    pub samples: Vec<HistorySample>,
+    /// `fanout_edge_history_bytes / fanout_edge_history_events` at the end of the
+    /// warm-up: what the edge accounts per event.
+    pub accounted_bytes_per_event: Option<f64>,
+    /// RSS growth per event in the window: the least-squares slope of RSS over
+    /// `fanout_edge_history_events` in the samples from 2 s on.
+    pub rss_bytes_per_event: Option<f64>,
+    /// The same from the first and the last of those samples only.
+    pub rss_bytes_per_event_endpoints: Option<f64>,
+    /// The new edge once every client was subscribed again.
+    pub restarted: Option<HistorySample>,
+    /// Its RSS above the first edge's before any event (connections subscribed then
+    /// too) per event in its window: the window as read back from Kafka, with what
+    /// the read left behind.
+    pub restarted_rss_bytes_per_event: Option<f64>,
 }
 
 /// A human summary of a result.
@@ -143,13 +255,14 @@ pub fn summary(result: &WsBenchResult) -> String {
     }
     for edge in &result.edges {
         if let (Some(baseline), Some(end)) = (edge.rss_baseline_kib, edge.rss_end_kib) {
+            let per_connection = edge
+                .rss_per_connection_bytes
+                .map_or_else(String::new, |bytes| {
+                    format!(" = {bytes:.0} bytes/connection")
+                });
             lines.push(format!(
-                "edge {}: {} connections, RSS {} KiB → {} KiB = {:.0} bytes/connection",
-                edge.url,
-                edge.connections,
-                baseline,
-                end,
-                edge.rss_per_connection_bytes.unwrap_or(0.0)
+                "edge {}: {} connections, RSS {} KiB → {} KiB{per_connection}",
+                edge.url, edge.connections, baseline, end,
             ));
         }
     }
@@ -165,6 +278,9 @@ pub fn summary(result: &WsBenchResult) -> String {
         cpu.bench_and_kafka,
         cpu.clients
     ));
+    if let Some(storm) = &result.reconnect_storm {
+        lines.extend(storm_summary(storm));
+    }
     if let Some(check) = &result.check {
         lines.push(format!(
             "target: {} {} — measured {:.2}: {}",
@@ -179,4 +295,64 @@ pub fn summary(result: &WsBenchResult) -> String {
         result.result_file, result.plot_file
     ));
     lines.join("\n")
+}
+
+/// reconnect-storm's lines of the summary.
+fn storm_summary(storm: &StormResult) -> Vec<String> {
+    let restart = &storm.restart;
+    let clients = &storm.clients;
+    let memory = &storm.memory;
+    let bytes = |value: Option<f64>| value.map_or_else(|| "?".to_owned(), |v| format!("{v:.0} B"));
+    let mut lines = vec![
+        format!(
+            "events: {} notifications at {}/s with {} B of data, {:.1} s of warm-up",
+            storm.produced, storm.rate, storm.data_bytes, storm.warm_up_seconds
+        ),
+        format!(
+            "restart: killed → ready {:.2} s ({} stream records written meanwhile), ready → all resubscribed {:.2} s",
+            restart.kill_to_ready_seconds,
+            restart.stream_records_while_down,
+            restart.ready_to_all_resubscribed_seconds
+        ),
+        format!(
+            "clients: {} dropped, {} resubscribed, {} recovered, {} not; resets {}, gaps {}, repeats {}, epoch changes {}; missed {} announced, {} needed; attempts mean {:.2}, max {}",
+            clients.dropped,
+            clients.resubscribed,
+            clients.recovered,
+            clients.not_recovered,
+            clients.resets,
+            clients.gaps,
+            clients.repeats,
+            clients.epoch_changes,
+            clients.missed_announced,
+            clients.missed_needed,
+            clients.reconnect_attempts_mean,
+            clients.reconnect_attempts_max
+        ),
+        format!("ready → recovered: {}", storm.recovery.line()),
+        format!(
+            "all recovered: {}",
+            storm.all_recovered_seconds.map_or_else(
+                || "no".to_owned(),
+                |seconds| format!("{seconds:.2} s after ready")
+            )
+        ),
+        format!(
+            "history window: accounted {} per event; RSS {} per event (slope), {} (endpoints); restarted edge {}",
+            bytes(memory.accounted_bytes_per_event),
+            bytes(memory.rss_bytes_per_event),
+            bytes(memory.rss_bytes_per_event_endpoints),
+            bytes(memory.restarted_rss_bytes_per_event)
+        ),
+    ];
+    if let Some(check) = &storm.memory_check {
+        lines.push(format!(
+            "target: {} {} — measured {:.2}: {}",
+            check.metric,
+            check.target,
+            check.measured,
+            if check.met { "MET" } else { "MISSED" }
+        ));
+    }
+    lines
 }

@@ -13,8 +13,6 @@ use futures::StreamExt as _;
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -71,7 +69,7 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
     let (kafka, _embedded, broker) = match &options.brokers {
         Some(brokers) => {
             let kafka = KafkaSettings::new(brokers.clone());
-            create_topics(&kafka, &layout).await?;
+            crate::system::create_topics(&kafka, &layout).await?;
             (kafka, None, brokers.clone())
         }
         None => {
@@ -149,29 +147,6 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
         applied: metrics.event_count("applied"),
         unchanged: metrics.event_count("unchanged"),
     })
-}
-
-/// Creates `topics` (name, partitions) on a running broker; ones that exist are kept.
-pub async fn create_topics(kafka: &KafkaSettings, topics: &[(String, i32)]) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = kafka
-        .client_config(&[])
-        .create()
-        .context("creating a Kafka admin client")?;
-    let new_topics: Vec<NewTopic<'_>> = topics
-        .iter()
-        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
-        .collect();
-    let results = admin
-        .create_topics(&new_topics, &AdminOptions::new())
-        .await
-        .context("creating topics")?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
-        }
-    }
-    Ok(())
 }
 
 /// A realistic mix per user: messages arrive in a few conversations, and now and then

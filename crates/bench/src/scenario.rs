@@ -28,6 +28,10 @@ pub enum Scenario {
     /// One message with `--data-bytes` of data to every connected user, each subscribed
     /// to its event stream too: produce → every socket latency of `message.created`.
     Stream,
+    /// Stream subscribers on one edge with events flowing (`--rate`), the edge killed
+    /// and started again: how long after it is ready every client has every event it
+    /// missed, with no gap and no repeat; and the history window's memory per event.
+    ReconnectStorm,
 }
 
 impl Scenario {
@@ -40,13 +44,14 @@ impl Scenario {
             Self::ConnectStorm => "connect-storm",
             Self::ScaleOut => "scale-out",
             Self::Stream => "stream",
+            Self::ReconnectStorm => "reconnect-storm",
         }
     }
 
     pub(crate) fn default_connections(self) -> u64 {
         match self {
             Self::Idle => 19_000,
-            Self::GroupMessage | Self::ConnectStorm | Self::Stream => 10_000,
+            Self::GroupMessage | Self::ConnectStorm | Self::Stream | Self::ReconnectStorm => 10_000,
             Self::Steady => 15_000,
             Self::PushRate => 2_000,
             Self::ScaleOut => 60_000,
@@ -58,13 +63,27 @@ impl Scenario {
             Self::Idle | Self::ScaleOut => Duration::from_secs(5),
             Self::Steady => Duration::from_secs(30),
             Self::PushRate => Duration::from_secs(10),
+            // The warm-up before the restart: what fills the window.
+            Self::ReconnectStorm => Duration::from_secs(30),
             Self::GroupMessage | Self::ConnectStorm | Self::Stream => Duration::ZERO,
         }
     }
 
     /// Scenarios whose events go through ingest and router.
     pub(crate) fn needs_pipeline(self) -> bool {
-        matches!(self, Self::GroupMessage | Self::Steady | Self::Stream)
+        matches!(
+            self,
+            Self::GroupMessage | Self::Steady | Self::Stream | Self::ReconnectStorm
+        )
+    }
+
+    /// The protocol the clients speak unless `--protocol` says: `/realtime` for
+    /// reconnect-storm (the only one its clients resume on), ActionCable otherwise.
+    pub(crate) fn default_protocol(self) -> Protocol {
+        match self {
+            Self::ReconnectStorm => Protocol::Realtime,
+            _ => Protocol::Cable,
+        }
     }
 }
 
@@ -78,13 +97,17 @@ pub struct WsBenchOptions {
     /// Client worker processes (default: one per 15000 connections; at most 18000 each).
     #[arg(long)]
     pub workers: Option<usize>,
-    #[arg(long, value_enum, default_value_t = Protocol::Cable)]
-    pub protocol: Protocol,
-    /// How long the load runs (idle, scale-out: how long connections are held).
+    /// The clients' protocol (default: cable; reconnect-storm: realtime, the only one
+    /// it supports).
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+    /// How long the load runs (idle, scale-out: how long connections are held;
+    /// reconnect-storm: the warm-up before the edge is restarted, default 30).
     #[arg(long)]
     pub duration_seconds: Option<f64>,
     /// steady: changes per second (default 20000). push-rate: count records per
-    /// second (default 200000; 0: as fast as the producer goes).
+    /// second (default 200000; 0: as fast as the producer goes). reconnect-storm:
+    /// stream events per second, spread round robin over the users (default 5000).
     #[arg(long)]
     pub rate: Option<u64>,
     /// group-message, stream: messages sent, one after the other, each to every user.
@@ -95,8 +118,8 @@ pub struct WsBenchOptions {
     /// stream, which measures the events instead of the counts.
     #[arg(long)]
     pub events: bool,
-    /// group-message, stream: bytes of `data` each message carries (default: 0, and
-    /// 1024 in stream).
+    /// group-message, stream, reconnect-storm: bytes of `data` each message carries
+    /// (default: 0, and 1024 in stream and reconnect-storm).
     #[arg(long)]
     pub data_bytes: Option<usize>,
     /// Edge processes to start (scale-out: 4, others: 1).
@@ -108,6 +131,13 @@ pub struct WsBenchOptions {
     /// Connections being set up at once per worker (connect-storm: all at once).
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
+    /// The Kafka (`host:port`) the deployment the bench starts runs on, instead of an
+    /// embedded one; the run's topics are created there. For where the embedded
+    /// broker (librdkafka's mock cluster) is not like a real one: it keeps only the last
+    /// 5 MiB of each partition and cannot look an offset up by time, so an edge started
+    /// again cannot read its history window back from it (reconnect-storm).
+    #[arg(long)]
+    pub local_brokers: Option<String>,
     /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
@@ -139,6 +169,13 @@ pub struct ExternalTarget {
     /// The running deployment's topic prefix, if any.
     #[arg(long)]
     pub topic_prefix: Option<String>,
+}
+
+impl WsBenchOptions {
+    /// The clients' protocol: `--protocol`, or the scenario's default.
+    pub(crate) fn protocol_of(&self, scenario: Scenario) -> Protocol {
+        self.protocol.unwrap_or_else(|| scenario.default_protocol())
+    }
 }
 
 impl ExternalTarget {

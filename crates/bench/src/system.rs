@@ -1,7 +1,7 @@
 //! What the bench asks of this machine and process, needing no other part of the
 //! bench: this binary to start as a child, the open-file limit, the source addresses
 //! clients bind, /proc for a process's RSS and CPU time, a child's `/readyz` and
-//! `/metrics` over HTTP, and where a run's files go.
+//! `/metrics` over HTTP, topics on a running broker, and where a run's files go.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bytes::Bytes;
+use fanout_kafka::KafkaSettings;
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use tokio::process::Command;
 
 /// Raises this process's soft open-file limit to the hard one (children inherit it).
@@ -104,6 +107,29 @@ pub fn metric_value(metrics: &str, sample: &str) -> Option<f64> {
         let value = rest.strip_prefix(' ')?;
         value.trim().parse().ok()
     })
+}
+
+/// Creates `topics` (name, partitions) on a running broker; ones that exist are kept.
+pub async fn create_topics(kafka: &KafkaSettings, topics: &[(String, i32)]) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = kafka
+        .client_config(&[])
+        .create()
+        .context("creating a Kafka admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let results = admin
+        .create_topics(&new_topics, &AdminOptions::new())
+        .await
+        .context("creating topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => anyhow::bail!("creating topic {topic}: {code}"),
+        }
+    }
+    Ok(())
 }
 
 /// Where a run's child configs and logs go.

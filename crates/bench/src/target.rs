@@ -3,7 +3,7 @@
 //! when a scenario needs them, as child processes of this binary, so an edge's RSS is
 //! its own), or a running one named on the command line.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -99,12 +99,17 @@ impl Target {
             edges,
             pipeline: scenario.needs_pipeline(),
             partitions: options.partitions,
+            brokers: options.local_brokers.as_deref(),
             run_dir,
         })
         .await?;
+        let kafka = match &options.local_brokers {
+            Some(brokers) => format!("the Kafka at {brokers}"),
+            None => "embedded Kafka (librdkafka mock) in the bench process".to_owned(),
+        };
         Ok(Self {
             description: format!(
-                "local: embedded Kafka (librdkafka mock) in the bench process, {edges} edge process(es){}",
+                "local: {kafka}, {edges} edge process(es){}",
                 if scenario.needs_pipeline() {
                     ", ingest and router processes"
                 } else {
@@ -112,7 +117,7 @@ impl Target {
                 }
             ),
             edges: local.edges.clone(),
-            kafka: Some(KafkaSettings::new(local.kafka.bootstrap_servers())),
+            kafka: Some(KafkaSettings::new(local.brokers.clone())),
             topics: local.topics.clone(),
             partner: local.partner.clone(),
             secret: local.secret.clone(),
@@ -135,6 +140,27 @@ impl Target {
             None => Ok(()),
         }
     }
+
+    /// Kills edge `index` and starts it again (see [`LocalDeployment::restart_edge`]);
+    /// only an edge the bench started.
+    pub(crate) async fn restart_edge(&mut self, index: usize) -> anyhow::Result<()> {
+        let local = self
+            .local
+            .as_mut()
+            .context("only an edge the bench started can be restarted")?;
+        local.restart_edge(index).await?;
+        self.edges[index] = local.edges[index].clone();
+        Ok(())
+    }
+
+    /// Whether edge `index` (started by the bench) reports ready on `/readyz` now.
+    pub(crate) async fn edge_ready(&mut self, index: usize) -> anyhow::Result<bool> {
+        self.local
+            .as_mut()
+            .context("only an edge the bench started can be asked")?
+            .edge_ready(index)
+            .await
+    }
 }
 
 /// One edge the clients connect to.
@@ -151,7 +177,11 @@ pub struct EdgeTarget {
 /// A deployment the bench started: dropping it stops the children and the embedded
 /// Kafka.
 pub struct LocalDeployment {
-    pub kafka: EmbeddedKafka,
+    /// The embedded Kafka, unless the deployment runs on one named by
+    /// [`LocalOptions::brokers`].
+    pub kafka: Option<EmbeddedKafka>,
+    /// The Kafka's bootstrap servers.
+    pub brokers: String,
     pub topics: Topics,
     pub partner: String,
     pub secret: String,
@@ -159,6 +189,11 @@ pub struct LocalDeployment {
     children: Vec<Child>,
     /// Every child's admin address, for /readyz.
     admins: Vec<String>,
+    /// Each edge's place in `children`, and its config file.
+    edge_processes: Vec<(usize, PathBuf)>,
+    /// The run's directory, for the logs of edges started again.
+    run_dir: PathBuf,
+    restarts: usize,
 }
 
 /// What to start.
@@ -167,6 +202,9 @@ pub struct LocalOptions<'a> {
     /// Also ingest and router (scenarios fed by message events).
     pub pipeline: bool,
     pub partitions: i32,
+    /// A running Kafka (`host:port`) to use instead of an embedded one; the run's
+    /// topics are created on it.
+    pub brokers: Option<&'a str>,
     /// Child logs and configs go here.
     pub run_dir: &'a Path,
 }
@@ -175,30 +213,36 @@ impl LocalDeployment {
     pub async fn start(options: &LocalOptions<'_>) -> anyhow::Result<Self> {
         let run_id = fanout_app::tools::random_hex(4);
         let topics = Topics::with_prefix(&format!("bench-{run_id}-"));
-        let kafka = EmbeddedKafka::start(
-            1,
-            &topics.with_partitions(options.partitions, options.partitions),
-        )
-        .context("starting the embedded Kafka")?;
+        let layout = topics.with_partitions(options.partitions, options.partitions);
+        let (kafka, brokers) = match options.brokers {
+            Some(brokers) => {
+                crate::system::create_topics(&KafkaSettings::new(brokers), &layout).await?;
+                (None, brokers.to_owned())
+            }
+            None => {
+                let kafka =
+                    EmbeddedKafka::start(1, &layout).context("starting the embedded Kafka")?;
+                let brokers = kafka.bootstrap_servers().to_owned();
+                (Some(kafka), brokers)
+            }
+        };
         std::fs::create_dir_all(options.run_dir)
             .with_context(|| format!("creating {}", options.run_dir.display()))?;
         let partner = "bench".to_owned();
         let secret = fanout_app::tools::random_hex(24);
-        let config = shared_config(
-            kafka.bootstrap_servers(),
-            &topics,
-            &run_id,
-            &partner,
-            &secret,
-        );
+        let config = shared_config(&brokers, &topics, &run_id, &partner, &secret);
         let mut deployment = Self {
             kafka,
+            brokers,
             topics,
             partner,
             secret,
             edges: Vec::new(),
             children: Vec::new(),
             admins: Vec::new(),
+            edge_processes: Vec::new(),
+            run_dir: options.run_dir.to_owned(),
+            restarts: 0,
         };
         if options.pipeline {
             for role in ["ingest", "router"] {
@@ -226,10 +270,36 @@ impl LocalDeployment {
                 pid: child.id(),
             });
             deployment.admins.push(format!("http://{admin_port}"));
+            deployment
+                .edge_processes
+                .push((deployment.children.len(), path));
             deployment.children.push(child);
         }
         deployment.wait_ready(Duration::from_secs(60)).await?;
         Ok(deployment)
+    }
+
+    /// Kills edge `index` with SIGKILL, as a crash or an OOM kill would (every client
+    /// sees its connection drop at once; a SIGTERM would drain them over the drain
+    /// window), waits for it to exit, and starts a new edge process with the same
+    /// config: the same ports. Returns once it is started, not ready.
+    pub async fn restart_edge(&mut self, index: usize) -> anyhow::Result<()> {
+        let (slot, config) = self
+            .edge_processes
+            .get(index)
+            .cloned()
+            .with_context(|| format!("no edge {index}"))?;
+        let old = &mut self.children[slot];
+        old.start_kill().context("killing the edge")?;
+        old.wait().await.context("waiting for the killed edge")?;
+        self.restarts += 1;
+        let log = self
+            .run_dir
+            .join(format!("edge-{index}-restart-{}.log", self.restarts));
+        let child = spawn_role("edge", &config, &log)?;
+        self.edges[index].pid = child.id();
+        self.children[slot] = child;
+        Ok(())
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
@@ -250,6 +320,19 @@ impl LocalDeployment {
             }
         }
         Ok(())
+    }
+
+    /// Whether edge `index` answers `/readyz` with 200 now; fails if a child exited.
+    pub async fn edge_ready(&mut self, index: usize) -> anyhow::Result<bool> {
+        if let Some(status) = self.exited_child()? {
+            anyhow::bail!("a child process exited: {status}");
+        }
+        let admin = self
+            .edges
+            .get(index)
+            .and_then(|edge| edge.admin.clone())
+            .with_context(|| format!("edge {index} has no admin address"))?;
+        Ok(matches!(http_get(&admin, "/readyz").await, Ok((200, _))))
     }
 
     /// Pids of the ingest and router processes (empty without them).

@@ -6,6 +6,12 @@
 //! address's ephemeral ports), connect, upgrade, authenticate, subscribe, then record
 //! every count pushed to it. Counts of 0 (the initial count of a fresh user) are not
 //! pushes of the run and are not recorded.
+//!
+//! A resuming client ([`Events::Resumed`], reconnect-storm) checks the position of every
+//! stream event it gets (no gap, no repeat), and when its connection drops it
+//! reconnects as browser clients do (exponential backoff, full jitter, a fresh token)
+//! and resubscribes from the last position it has; what it received after the drop is
+//! in its [`ClientRecovery`].
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +64,10 @@ pub enum Events {
     /// Subscribed to both; `message.created` events are measured (their
     /// `unread_count` tells which message), counts received and not measured.
     Measured,
+    /// `/realtime` only. Subscribed to both; every event's position is checked, and a
+    /// dropped connection is made again and the stream resumed from the last position
+    /// (reconnect-storm).
+    Resumed,
 }
 
 /// What one worker does; passed as JSON on its command line.
@@ -103,7 +113,85 @@ pub struct Progress {
     pub failed: u64,
     /// Counts above 0 received.
     pub pushes: u64,
+    /// Resuming clients only.
+    #[serde(default)]
+    pub streams: StreamProgress,
 }
+
+impl Progress {
+    /// Both added up.
+    pub fn plus(&self, other: &Self) -> Self {
+        Self {
+            authenticated: self.authenticated + other.authenticated,
+            subscribed: self.subscribed + other.subscribed,
+            failed: self.failed + other.failed,
+            pushes: self.pushes + other.pushes,
+            streams: self.streams.plus(&other.streams),
+        }
+    }
+}
+
+/// How far resuming clients ([`Events::Resumed`]) are, over a worker's clients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamProgress {
+    /// Clients that received at least one event: they have a position to resume from.
+    pub positioned: u64,
+    /// Clients whose connection dropped at least once.
+    pub dropped: u64,
+    /// Clients subscribed again after their first drop.
+    pub resubscribed: u64,
+    /// Event frames received.
+    pub events: u64,
+    /// Resubscriptions answered `reset` (the window no longer covered the position).
+    pub resets: u64,
+    /// Events a client never got: offsets skipped past its last one.
+    pub gaps: u64,
+    /// Events a client got again: at or below its last offset.
+    pub repeats: u64,
+    /// Events under another epoch than the client's last one.
+    pub epoch_changes: u64,
+}
+
+impl StreamProgress {
+    /// Both added up.
+    pub fn plus(&self, other: &Self) -> Self {
+        Self {
+            positioned: self.positioned + other.positioned,
+            dropped: self.dropped + other.dropped,
+            resubscribed: self.resubscribed + other.resubscribed,
+            events: self.events + other.events,
+            resets: self.resets + other.resets,
+            gaps: self.gaps + other.gaps,
+            repeats: self.repeats + other.repeats,
+            epoch_changes: self.epoch_changes + other.epoch_changes,
+        }
+    }
+}
+
+/// What one resuming client saw of its connection dropping and coming back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientRecovery {
+    pub user: u64,
+    /// Unix microseconds of its first drop; 0: it never dropped.
+    pub dropped_us: u64,
+    /// The offset of the last event it had at its first drop (0: none).
+    pub from_offset: u64,
+    /// Connection attempts after the first drop, the one that held included.
+    pub attempts: u32,
+    /// Unix microseconds its last resubscription was confirmed; 0: none was.
+    pub resubscribed_us: u64,
+    /// The `missed` the edge announced, over its resubscriptions.
+    pub missed: u64,
+    /// A resubscription was answered `reset`.
+    pub reset: bool,
+    /// (offset, Unix microseconds) of the events received after the first drop, the
+    /// first [`MAX_RECORDED_AFTER_DROP`] of them.
+    pub received: Vec<(u64, u64)>,
+}
+
+/// Events a resuming client records after its drop: well past the few a user has
+/// while its edge restarts (at 5000/s over 10000 users, one per user every 2 s).
+pub const MAX_RECORDED_AFTER_DROP: usize = 256;
 
 /// A worker's final report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -124,6 +212,9 @@ pub struct WorkerReport {
     pub handshake_us: Vec<(u64, u64)>,
     /// (user, count, Unix microseconds) of every push (`Receipts`).
     pub receipts: Vec<(u64, u64, u64)>,
+    /// Every resuming client's recovery ([`Events::Resumed`]).
+    #[serde(default)]
+    pub recoveries: Vec<ClientRecovery>,
 }
 
 /// Histograms span 1 µs to 10 minutes at 3 significant digits.
@@ -166,6 +257,42 @@ struct Shared {
     latency: Mutex<Option<Histogram<u64>>>,
     handshake: Mutex<Option<Histogram<u64>>>,
     receipts: Mutex<Vec<(u64, u64, u64)>>,
+    streams: StreamCounters,
+    /// Each resuming client's recovery, written by its task.
+    recoveries: Mutex<Vec<Arc<Mutex<ClientRecovery>>>>,
+}
+
+/// [`StreamProgress`], counted as it happens.
+#[derive(Default)]
+struct StreamCounters {
+    positioned: AtomicU64,
+    dropped: AtomicU64,
+    resubscribed: AtomicU64,
+    events: AtomicU64,
+    resets: AtomicU64,
+    gaps: AtomicU64,
+    repeats: AtomicU64,
+    epoch_changes: AtomicU64,
+}
+
+impl StreamCounters {
+    fn read(&self) -> StreamProgress {
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StreamProgress {
+            positioned: read(&self.positioned),
+            dropped: read(&self.dropped),
+            resubscribed: read(&self.resubscribed),
+            events: read(&self.events),
+            resets: read(&self.resets),
+            gaps: read(&self.gaps),
+            repeats: read(&self.repeats),
+            epoch_changes: read(&self.epoch_changes),
+        }
+    }
+
+    fn add(counter: &AtomicU64, count: u64) {
+        counter.fetch_add(count, Ordering::Relaxed);
+    }
 }
 
 impl Shared {
@@ -175,6 +302,7 @@ impl Shared {
             subscribed: self.subscribed.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             pushes: self.pushes.load(Ordering::Relaxed),
+            streams: self.streams.read(),
         }
     }
 
@@ -293,6 +421,18 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         ),
+        recoveries: shared
+            .recoveries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|recovery| {
+                recovery
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+            })
+            .collect(),
     };
     emit(&WorkerMessage::Report(Box::new(report)));
     Ok(())
@@ -328,6 +468,18 @@ fn start_clients(
         let edge = edges[usize::try_from(user_index).unwrap_or(0) % edges.len()];
         let source_slot = usize::try_from(index / spec.per_source_address.max(1)).unwrap_or(0);
         let source = spec.source_addresses[source_slot % spec.source_addresses.len()];
+        let recovery = (spec.events == Events::Resumed).then(|| {
+            let recovery = Arc::new(Mutex::new(ClientRecovery {
+                user: user_index,
+                ..ClientRecovery::default()
+            }));
+            shared
+                .recoveries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(recovery.clone());
+            recovery
+        });
         let shared = shared.clone();
         let setup = setup.clone();
         let spec = spec.clone();
@@ -339,7 +491,11 @@ fn start_clients(
                 edge,
                 source,
             };
-            if let Err(error) = client.run(token, &setup).await {
+            let run = match recovery {
+                Some(recovery) => client.run_resuming(token, &setup, &recovery).await,
+                None => client.run(token, &setup).await,
+            };
+            if let Err(error) = run {
                 shared.fail(error);
             }
         });
@@ -359,16 +515,99 @@ const SUBSCRIBE: &str =
 const SUBSCRIBE_EVENTS_CABLE: &str =
     r#"{"command":"subscribe","identifier":"{\"channel\":\"RoomChannel\"}"}"#;
 const SUBSCRIBE_EVENTS_REALTIME: &str = r#"{"type":"subscribe_events"}"#;
-/// Longest a connection may take to be subscribed.
+/// Longest a connection may take to be subscribed; and a resuming client, to be
+/// subscribed again after a drop.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A resuming client's reconnection delays: before attempt n (0, 1, ...) a uniformly
+/// random wait below `RECONNECT_BASE · 2^n`, at most `RECONNECT_MAX` ("full jitter", as
+/// browser clients such as centrifuge-js do), so that 10000 dropped clients do not
+/// return at once.
+const RECONNECT_BASE: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Which connection of a client a setup makes.
+#[derive(Debug, Clone, Copy)]
+enum Attempt<'a> {
+    /// Its first: counted as authenticated, its handshake latency measured.
+    First { started_us: u64 },
+    /// A resuming client's next, resubscribing after this position (`None`: it had no
+    /// event yet).
+    Again { since: Option<&'a StreamPosition> },
+}
+
+/// Where a resuming client is in its user's stream: the epoch, as the frames spell
+/// it, and the offset of the last event received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamPosition {
+    epoch: String,
+    offset: u64,
+}
+
+/// What one more event was to the position before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The client's first event.
+    First,
+    /// The next offset.
+    Next,
+    /// Offsets skipped: events never received.
+    Gap(u64),
+    /// At or below the last offset: received before.
+    Repeat,
+    /// Under another epoch.
+    NewEpoch,
+}
+
+/// Moves `position` on by an event at `(epoch, offset)`; a repeat leaves it.
+fn step(position: &mut Option<StreamPosition>, epoch: &str, offset: u64) -> Step {
+    match position {
+        None => {
+            *position = Some(StreamPosition {
+                epoch: epoch.to_owned(),
+                offset,
+            });
+            Step::First
+        }
+        Some(last) if last.epoch == epoch => {
+            if offset <= last.offset {
+                return Step::Repeat;
+            }
+            let skipped = offset - last.offset - 1;
+            last.offset = offset;
+            if skipped == 0 {
+                Step::Next
+            } else {
+                Step::Gap(skipped)
+            }
+        }
+        Some(last) => {
+            last.epoch = epoch.to_owned();
+            last.offset = offset;
+            Step::NewEpoch
+        }
+    }
+}
+
+/// The delay before reconnection attempt `attempt`, `unit` a uniform draw in [0, 1).
+fn reconnect_delay(attempt: u32, unit: f64) -> Duration {
+    let ceiling = RECONNECT_BASE
+        .saturating_mul(1_u32 << attempt.min(16))
+        .min(RECONNECT_MAX);
+    ceiling.mul_f64(unit.clamp(0.0, 1.0))
+}
 
 impl Client<'_> {
     async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
         let permit = setup.acquire().await.map_err(|error| error.to_string())?;
         let started_us = unix_micros();
-        let mut socket = tokio::time::timeout(SETUP_TIMEOUT, self.setup(token, started_us))
-            .await
-            .map_err(|_| "setup timed out".to_owned())??;
+        let (mut socket, _) = tokio::time::timeout(
+            SETUP_TIMEOUT,
+            self.setup(&token, Attempt::First { started_us }),
+        )
+        .await
+        .map_err(|_| "setup timed out".to_owned())??;
         drop(permit);
         self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -402,13 +641,156 @@ impl Client<'_> {
         Err("connection ended".to_owned())
     }
 
-    /// Connects, upgrades, authenticates and subscribes; returns once the initial count
-    /// arrived.
-    async fn setup(
+    /// A resuming client: subscribes, then reads its events, checking each position;
+    /// each time its connection drops, connects and resubscribes from the last position
+    /// it has, and notes in `recovery` what came after its first drop.
+    async fn run_resuming(
         &self,
         token: String,
-        started_us: u64,
-    ) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>, String> {
+        setup: &tokio::sync::Semaphore,
+        recovery: &Mutex<ClientRecovery>,
+    ) -> Result<(), String> {
+        let permit = setup.acquire().await.map_err(|error| error.to_string())?;
+        let started_us = unix_micros();
+        let (mut socket, _) = tokio::time::timeout(
+            SETUP_TIMEOUT,
+            self.setup(&token, Attempt::First { started_us }),
+        )
+        .await
+        .map_err(|_| "setup timed out".to_owned())??;
+        drop(permit);
+        self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .last_subscribed_us
+            .fetch_max(unix_micros(), Ordering::Relaxed);
+        let mut position = None;
+        let mut positioned = false;
+        let mut dropped = false;
+        loop {
+            let after_drop = dropped.then_some(recovery);
+            self.read_events(&mut socket, &mut position, &mut positioned, after_drop)
+                .await?;
+            drop(socket);
+            if !dropped {
+                dropped = true;
+                StreamCounters::add(&self.shared.streams.dropped, 1);
+                let mut recovery = recovery.lock().unwrap_or_else(PoisonError::into_inner);
+                recovery.dropped_us = unix_micros();
+                recovery.from_offset = position
+                    .as_ref()
+                    .map_or(0, |position: &StreamPosition| position.offset);
+            }
+            let (again, reply) = self.reconnect(position.as_ref(), recovery).await?;
+            socket = again;
+            let mut recovery = recovery.lock().unwrap_or_else(PoisonError::into_inner);
+            if recovery.resubscribed_us == 0 {
+                StreamCounters::add(&self.shared.streams.resubscribed, 1);
+            }
+            recovery.resubscribed_us = unix_micros();
+            recovery.missed += count_field(&reply, "missed").unwrap_or(0);
+            if reply.contains(r#""recovery":"reset""#) {
+                // The client must fetch its state afresh; it takes the stream from the
+                // next event on.
+                recovery.reset = true;
+                position = None;
+                StreamCounters::add(&self.shared.streams.resets, 1);
+            }
+        }
+    }
+
+    /// Reads a resuming client's frames until its connection ends, moving `position`
+    /// on with each event (`positioned` once it had one); after the first drop,
+    /// `recovery` records each event.
+    async fn read_events(
+        &self,
+        socket: &mut Socket,
+        position: &mut Option<StreamPosition>,
+        positioned: &mut bool,
+        recovery: Option<&Mutex<ClientRecovery>>,
+    ) -> Result<(), String> {
+        let streams = &self.shared.streams;
+        while let Some(frame) = socket.next().await {
+            let Ok(frame) = frame else {
+                // A read error is a dropped connection, as a close is.
+                return Ok(());
+            };
+            match frame {
+                Message::Text(text) => {
+                    let text = text.as_str();
+                    if let Some((epoch, offset)) = event_position(text) {
+                        StreamCounters::add(&streams.events, 1);
+                        match step(position, epoch, offset) {
+                            Step::First if !*positioned => {
+                                *positioned = true;
+                                StreamCounters::add(&streams.positioned, 1);
+                            }
+                            // After a reset: the client starts over from this event.
+                            Step::First | Step::Next => {}
+                            Step::Gap(skipped) => StreamCounters::add(&streams.gaps, skipped),
+                            Step::Repeat => StreamCounters::add(&streams.repeats, 1),
+                            Step::NewEpoch => StreamCounters::add(&streams.epoch_changes, 1),
+                        }
+                        if let Some(recovery) = recovery {
+                            let mut recovery =
+                                recovery.lock().unwrap_or_else(PoisonError::into_inner);
+                            if recovery.received.len() < MAX_RECORDED_AFTER_DROP {
+                                recovery.received.push((offset, unix_micros()));
+                            }
+                        }
+                    } else if text.contains(r#""type":"events_ended""#) {
+                        return Err("event stream ended by the edge".to_owned());
+                    }
+                }
+                Message::Close(_) => return Ok(()),
+                Message::Binary(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Connects again after a drop, with backoff and a fresh token, until subscribed
+    /// from `since` or [`SETUP_TIMEOUT`] passed; returns the socket and the edge's
+    /// `subscribed` reply.
+    async fn reconnect(
+        &self,
+        since: Option<&StreamPosition>,
+        recovery: &Mutex<ClientRecovery>,
+    ) -> Result<(Socket, String), String> {
+        let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+        let user = format!("{}{}", self.spec.user_prefix, self.user_index);
+        let mut attempt = 0;
+        loop {
+            let delay = reconnect_delay(attempt, rand::random::<f64>());
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+            recovery
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .attempts = attempt;
+            let token = fanout_app::tools::mint_token(
+                &self.spec.secret,
+                &user,
+                Duration::from_secs(24 * 3600),
+                None,
+                None,
+            )
+            .map_err(|error| format!("minting a token: {error}"))?;
+            let setup = self.setup(&token, Attempt::Again { since });
+            match tokio::time::timeout_at(deadline, setup).await {
+                Ok(Ok(subscribed)) => return Ok(subscribed),
+                // Refused, reset or cut off while the edge restarts: try again.
+                Ok(Err(error)) if tokio::time::Instant::now() >= deadline => {
+                    return Err(format!("reconnecting: {error}"));
+                }
+                Ok(Err(_)) => {}
+                Err(_) => return Err("reconnecting timed out".to_owned()),
+            }
+        }
+    }
+
+    /// Connects, upgrades, authenticates and subscribes; returns once the initial count
+    /// arrived (and with events, once they are subscribed, with the reply).
+    async fn setup(&self, token: &str, attempt: Attempt<'_>) -> Result<(Socket, String), String> {
         let socket = TcpSocket::new_v4().map_err(|error| format!("socket: {error}"))?;
         socket
             .bind(SocketAddr::new(self.source.into(), 0))
@@ -465,12 +847,14 @@ impl Client<'_> {
                 };
                 if welcomed {
                     authenticated = true;
-                    let now = unix_micros();
-                    self.shared.authenticated.fetch_add(1, Ordering::Relaxed);
-                    self.shared
-                        .last_authenticated_us
-                        .fetch_max(now, Ordering::Relaxed);
-                    Shared::record(&self.shared.handshake, now.saturating_sub(started_us));
+                    if let Attempt::First { started_us } = attempt {
+                        let now = unix_micros();
+                        self.shared.authenticated.fetch_add(1, Ordering::Relaxed);
+                        self.shared
+                            .last_authenticated_us
+                            .fetch_max(now, Ordering::Relaxed);
+                        Shared::record(&self.shared.handshake, now.saturating_sub(started_us));
+                    }
                     if self.spec.protocol == Protocol::Cable {
                         send_text(&mut socket, SUBSCRIBE.to_owned()).await?;
                     }
@@ -483,14 +867,21 @@ impl Client<'_> {
             }
             if !counted && unread_count(text).is_some() {
                 if self.spec.events == Events::Off {
-                    return Ok(socket);
+                    return Ok((socket, String::new()));
                 }
                 counted = true;
-                let subscribe = match self.spec.protocol {
-                    Protocol::Cable => SUBSCRIBE_EVENTS_CABLE,
-                    Protocol::Realtime => SUBSCRIBE_EVENTS_REALTIME,
+                let subscribe = match (self.spec.protocol, attempt) {
+                    (Protocol::Cable, _) => SUBSCRIBE_EVENTS_CABLE.to_owned(),
+                    (Protocol::Realtime, Attempt::Again { since: Some(since) }) => {
+                        serde_json::json!({
+                            "type": "subscribe_events",
+                            "since": {"epoch": since.epoch, "offset": since.offset},
+                        })
+                        .to_string()
+                    }
+                    (Protocol::Realtime, _) => SUBSCRIBE_EVENTS_REALTIME.to_owned(),
                 };
-                send_text(&mut socket, subscribe.to_owned()).await?;
+                send_text(&mut socket, subscribe).await?;
                 continue;
             }
             let events_confirmed = match self.spec.protocol {
@@ -500,20 +891,20 @@ impl Client<'_> {
                 Protocol::Realtime => text.contains(r#""type":"subscribed""#),
             };
             if counted && events_confirmed {
-                return Ok(socket);
+                return Ok((socket, text.to_owned()));
             }
             if text.contains("reject_subscription") {
                 return Err("subscription rejected".to_owned());
+            }
+            if counted && text.contains(r#""type":"error""#) {
+                return Err(format!("subscription refused: {text}"));
             }
         }
         Err("connection ended during setup".to_owned())
     }
 }
 
-async fn send_text(
-    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
-    text: String,
-) -> Result<(), String> {
+async fn send_text(socket: &mut Socket, text: String) -> Result<(), String> {
     socket
         .send(Message::Text(text.into()))
         .await
@@ -527,6 +918,26 @@ fn unread_count(frame: &str) -> Option<u64> {
         return None;
     }
     let (_, after) = frame.split_once(r#""count":"#)?;
+    let digits = after
+        .find(|character: char| !character.is_ascii_digit())
+        .map_or(after, |end| &after[..end]);
+    digits.parse().ok()
+}
+
+/// The epoch and offset of a `/realtime` `event` frame (its last two fields), without
+/// a JSON parse.
+fn event_position(frame: &str) -> Option<(&str, u64)> {
+    if !frame.starts_with(r#"{"type":"event","#) {
+        return None;
+    }
+    let (_, after) = frame.rsplit_once(r#""epoch":""#)?;
+    let (epoch, rest) = after.split_once('"')?;
+    Some((epoch, count_field(rest, "offset")?))
+}
+
+/// The last `"name":N` of a frame, N a whole number.
+fn count_field(frame: &str, name: &str) -> Option<u64> {
+    let (_, after) = frame.rsplit_once(&format!(r#""{name}":"#))?;
     let digits = after
         .find(|character: char| !character.is_ascii_digit())
         .map_or(after, |end| &after[..end]);
@@ -574,6 +985,48 @@ mod tests {
             Some(1_700_000_000_000_000)
         );
         assert_eq!(unread_count(r#"{"type":"ping","message":17}"#), None);
+    }
+
+    #[test]
+    fn event_positions_are_read_from_realtime_event_frames_only() {
+        let event = r#"{"type":"event","event":"bench.storm","data":{"text":"\"epoch\":\"9-0\",\"offset\":99"},"unread_count":0,"epoch":"1700000000000042-0a1b2c3d","offset":17}"#;
+        assert_eq!(
+            event_position(event),
+            Some(("1700000000000042-0a1b2c3d", 17))
+        );
+        let reply = r#"{"type":"subscribed","recovery":"resumed","missed":3,"id":2}"#;
+        assert_eq!(event_position(reply), None);
+        assert_eq!(count_field(reply, "missed"), Some(3));
+        assert_eq!(count_field(reply, "offset"), None);
+    }
+
+    #[test]
+    fn each_event_is_the_next_a_gap_a_repeat_or_a_new_epoch() {
+        let mut position = None;
+        assert_eq!(step(&mut position, "1-a", 4), Step::First);
+        assert_eq!(step(&mut position, "1-a", 5), Step::Next);
+        assert_eq!(step(&mut position, "1-a", 5), Step::Repeat);
+        assert_eq!(step(&mut position, "1-a", 3), Step::Repeat);
+        assert_eq!(step(&mut position, "1-a", 8), Step::Gap(2));
+        assert_eq!(step(&mut position, "1-a", 9), Step::Next);
+        assert_eq!(step(&mut position, "2-a", 1), Step::NewEpoch);
+        assert_eq!(step(&mut position, "2-a", 2), Step::Next);
+        assert_eq!(
+            position,
+            Some(StreamPosition {
+                epoch: "2-a".to_owned(),
+                offset: 2
+            })
+        );
+    }
+
+    #[test]
+    fn reconnection_delays_grow_to_a_ceiling_with_full_jitter() {
+        assert_eq!(reconnect_delay(0, 0.0), Duration::ZERO);
+        assert_eq!(reconnect_delay(0, 0.5), Duration::from_millis(250));
+        assert_eq!(reconnect_delay(2, 0.5), Duration::from_secs(1));
+        assert_eq!(reconnect_delay(10, 0.5), RECONNECT_MAX / 2);
+        assert_eq!(reconnect_delay(u32::MAX, 1.0), RECONNECT_MAX);
     }
 
     mod fanout_protocol_frames {

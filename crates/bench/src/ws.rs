@@ -20,6 +20,7 @@ use super::pool::{WorkerPool, progress_bar};
 use super::report::{LatencySummary, Machine, plot_latency};
 use super::result::{ConnectionResult, PushResult, TargetCheck, WsBenchResult};
 use super::scenario::{Scenario, WsBenchOptions};
+use super::storm::StormLoad;
 use super::target::Target;
 use super::worker::{Events, LatencySource, WorkerSpec};
 
@@ -38,6 +39,9 @@ const CONNECTIONS_PER_SOURCE_ADDRESS: u64 = 8_000;
 /// reports merged, the result written.
 pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     let size = RunSize::of(scenario, options)?;
+    if scenario == Scenario::ReconnectStorm {
+        super::storm::check_options(options)?;
+    }
     super::system::raise_open_file_limit();
     let run_dir = create_run_dir(&options.out_dir, scenario)?;
     let mut machine = Machine::read();
@@ -64,10 +68,18 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     } else {
         cpu_meter.read(&pool)
     };
-    let load = run_load(scenario, options, &size, &mut pool, &target, &user_prefix).await?;
+    let load = run_load(
+        scenario,
+        options,
+        &size,
+        &mut pool,
+        &mut target,
+        &user_prefix,
+    )
+    .await?;
     target.check_alive()?;
     rss.end = target.edge_rss_kib();
-    let cpu = cpu_meter.read(&pool).used_since(&cpu_before);
+    let mut cpu = cpu_meter.read(&pool).used_since(&cpu_before);
     let reports = pool.finish().await?;
     machine.load_at_end = super::report::load_average();
 
@@ -75,22 +87,40 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     let latencies = Latencies::merge(&reports, &load.sends)?;
     let mut pushes = load.pushes;
     count_received_pushes(&reports, &mut pushes);
-    let (edges, rss_per_connection_bytes) = edge_results(&target, size.connections, &rss).await;
+    let (mut edges, mut rss_per_connection_bytes) =
+        edge_results(&target, size.connections, &rss).await;
 
     let result_path = output_file(&options.out_dir, scenario, "json");
     let plot_path = output_file(&options.out_dir, scenario, "svg");
     let latency = LatencySummary::of(&latencies.push);
-    let check = target_check(
+    let mut check = target_check(
         scenario,
         &connections,
         &latency,
         &pushes,
         rss_per_connection_bytes,
     );
+    let mut reconnect_storm = None;
+    let mut plotted = latencies.push.clone();
+    let mut plotted_label = "produce → client receive";
+    if let Some(storm) = load.storm {
+        // The edge at the end is another process than at the start, with the window:
+        // its RSS is not the connections' (the window's is in the storm's result).
+        rss_per_connection_bytes = None;
+        for edge in &mut edges {
+            edge.rss_per_connection_bytes = None;
+        }
+        cpu.edges = vec![storm.edge_cpu_seconds];
+        let (storm, recovery) = super::storm::result(storm, &reports, connections.subscribed)?;
+        check = Some(super::storm::check(&storm));
+        plotted = recovery;
+        plotted_label = "edge ready → client recovered";
+        reconnect_storm = Some(storm);
+    }
     let result = WsBenchResult {
         scenario: scenario.name(),
         target: target.description.clone(),
-        protocol: options.protocol,
+        protocol: options.protocol_of(scenario),
         workers: specs.len(),
         duration_seconds: size.duration.as_secs_f64(),
         machine,
@@ -107,12 +137,33 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
         rss_per_connection_bytes,
         cpu,
         check,
+        reconnect_storm,
         result_file: result_path.display().to_string(),
         plot_file: plot_path.display().to_string(),
     };
-    write_result(&result, &latencies, &result_path, &plot_path)?;
+    write_result(
+        &result,
+        &[
+            (plotted_label, &plotted),
+            ("connect → authenticated", &latencies.handshake),
+        ],
+        &result_path,
+        &plot_path,
+    )?;
     // Stops the deployment the bench started, if it did.
     drop(target);
+    if let Some(storm) = &result.reconnect_storm {
+        let clients = &storm.clients;
+        anyhow::ensure!(
+            clients.gaps == 0 && clients.repeats == 0,
+            "{}: clients saw {} events missing and {} repeated (see {}):\n{}",
+            scenario.name(),
+            clients.gaps,
+            clients.repeats,
+            result.result_file,
+            super::result::summary(&result)
+        );
+    }
     Ok(result)
 }
 
@@ -181,6 +232,7 @@ fn worker_specs(
     };
     let events = match scenario {
         Scenario::Stream => Events::Measured,
+        Scenario::ReconnectStorm => Events::Resumed,
         _ if options.events => Events::Subscribed,
         _ => Events::Off,
     };
@@ -194,7 +246,7 @@ fn worker_specs(
             WorkerSpec {
                 worker,
                 edge_urls: target.edges.iter().map(|edge| edge.url.clone()).collect(),
-                protocol: options.protocol,
+                protocol: options.protocol_of(scenario),
                 partner: target.partner.clone(),
                 secret: target.secret.clone(),
                 user_prefix: user_prefix.to_owned(),
@@ -257,6 +309,8 @@ async fn connect_all(
 struct Load {
     sends: Sends,
     pushes: PushResult,
+    /// reconnect-storm's load and restart.
+    storm: Option<StormLoad>,
 }
 
 /// Runs the scenario's load on the subscribed connections: hold them (idle,
@@ -266,11 +320,12 @@ async fn run_load(
     options: &WsBenchOptions,
     size: &RunSize,
     pool: &mut WorkerPool,
-    target: &Target,
+    target: &mut Target,
     user_prefix: &str,
 ) -> anyhow::Result<Load> {
     let mut sends = Sends::default();
     let mut pushes = PushResult::default();
+    let mut storm = None;
     let users = size.connections;
     let kafka = || {
         target
@@ -280,6 +335,20 @@ async fn run_load(
     };
     match scenario {
         Scenario::Idle | Scenario::ScaleOut => hold(pool, size.duration).await?,
+        Scenario::ReconnectStorm => {
+            let kafka = kafka()?;
+            let load = super::storm::run_load(
+                pool,
+                &kafka,
+                target,
+                user_prefix,
+                users,
+                options,
+                size.duration,
+            )
+            .await?;
+            storm = Some(load);
+        }
         Scenario::ConnectStorm => {}
         Scenario::GroupMessage | Scenario::Stream => {
             let default_data = if scenario == Scenario::Stream {
@@ -333,10 +402,15 @@ async fn run_load(
             .await?;
         }
     }
-    Ok(Load { sends, pushes })
+    Ok(Load {
+        sends,
+        pushes,
+        storm,
+    })
 }
 
 /// The scenario's target figure, and whether the run met it.
+/// reconnect-storm's check is made from its clients' recoveries ([`super::storm::check`]).
 fn target_check(
     scenario: Scenario,
     connections: &ConnectionResult,
@@ -382,6 +456,7 @@ fn target_check(
             measured: connections.handshakes_per_second,
             met: all_subscribed && connections.handshakes_per_second >= 10_000.0,
         }),
+        Scenario::ReconnectStorm => None,
     }
 }
 
@@ -390,10 +465,10 @@ fn output_file(out_dir: &Path, scenario: Scenario, extension: &str) -> PathBuf {
     out_dir.join(format!("{}.{extension}", scenario.name()))
 }
 
-/// Writes the latency plot and the result JSON.
+/// Writes the latency plot of `series` and the result JSON.
 fn write_result(
     result: &WsBenchResult,
-    latencies: &Latencies,
+    series: &[(&str, &hdrhistogram::Histogram<u64>)],
     result_path: &Path,
     plot_path: &Path,
 ) -> anyhow::Result<()> {
@@ -403,14 +478,7 @@ fn write_result(
         result.connections.requested,
         result.edges.len()
     );
-    plot_latency(
-        plot_path,
-        &title,
-        &[
-            ("produce → client receive", &latencies.push),
-            ("connect → authenticated", &latencies.handshake),
-        ],
-    )?;
+    plot_latency(plot_path, &title, series)?;
     std::fs::write(result_path, serde_json::to_vec_pretty(result)?)
         .with_context(|| format!("writing {}", result_path.display()))?;
     Ok(())

@@ -155,3 +155,41 @@ fn group_message_with_events_still_measures_the_counts() {
     assert_eq!(result["pushes"]["received"], 100);
     assert_eq!(result["latency"]["samples"], 100);
 }
+
+#[test]
+fn reconnect_storm_brings_every_client_back_without_a_gap_or_a_repeat() {
+    let result = bench(
+        "reconnect-storm",
+        &[
+            "--connections",
+            "40",
+            "--rate",
+            "100",
+            "--duration-seconds",
+            "2",
+            "--data-bytes",
+            "256",
+        ],
+    );
+    all_subscribed(&result, 40);
+    assert_eq!(result["protocol"], "realtime");
+    let storm = &result["reconnect_storm"];
+    let clients = &storm["clients"];
+    assert_eq!(clients["dropped"], 40, "{clients}");
+    assert_eq!(clients["resubscribed"], 40, "{clients}");
+    assert_eq!(clients["gaps"], 0, "{clients}");
+    assert_eq!(clients["repeats"], 0, "{clients}");
+    let recovered = clients["recovered"].as_u64().unwrap();
+    assert_eq!(
+        recovered + clients["not_recovered"].as_u64().unwrap(),
+        40,
+        "{clients}"
+    );
+    assert_eq!(storm["recovery"]["samples"], recovered);
+    assert!(storm["restart"]["kill_to_ready_seconds"].as_f64().unwrap() > 0.0);
+    assert!(storm["produced"].as_u64().unwrap() > 0);
+    let memory = &storm["memory"];
+    assert!(memory["accounted_bytes_per_event"].as_f64().unwrap() > 256.0);
+    assert!(memory["samples"].as_array().unwrap().len() >= 2);
+    assert!(!storm["edge_resumes"].as_array().unwrap().is_empty());
+}
