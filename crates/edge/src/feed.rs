@@ -30,6 +30,17 @@ type Watermarks = HashMap<i32, (i64, i64)>;
 /// How often the history window is aged and its metrics set while records come or not.
 const HISTORY_TICK: Duration = Duration::from_secs(1);
 
+/// A catch-up that took longer than this is followed by another, to the ends as they
+/// are then, so that "ready" means caught up with about now rather than with when the
+/// edge started: what was written meanwhile is not left for after the clients are back.
+const CATCH_UP_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
+/// Catch-ups at most before the node is ready anyway.
+const MAX_CATCH_UPS: u32 = 5;
+
+/// A partition of either topic the feed reads: (is a user-streams partition, partition).
+type At = (bool, i32);
+
 #[derive(Debug, thiserror::Error)]
 pub enum FeedError {
     #[error("kafka client: {0}")]
@@ -103,9 +114,11 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
             .map_err(FeedError::Client)?;
     }
     consumer.assign(&assignment).map_err(FeedError::Client)?;
-    // Partitions still to be read up to their starting high-water mark: (is a
-    // user-streams partition, partition).
-    let mut behind: HashMap<(bool, i32), i64> = targets
+    // Until ready: the next offset to read of every partition, and the partitions
+    // still to be read up to their high-water mark.
+    let mut position: HashMap<At, i64> = HashMap::new();
+    let mut behind: HashMap<At, i64> = HashMap::new();
+    for (at, (start, high)) in targets
         .into_iter()
         .map(|(partition, range)| ((false, partition), range))
         .chain(
@@ -113,9 +126,13 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
                 .into_iter()
                 .map(|(partition, range)| ((true, partition), range)),
         )
-        .filter(|(_, (start, high))| high > start)
-        .map(|(at, (_, high))| (at, high))
-        .collect();
+    {
+        position.insert(at, start);
+        if high > start {
+            behind.insert(at, high);
+        }
+    }
+    let mut catch_up = (1, tokio::time::Instant::now());
     if behind.is_empty() {
         ready.send_replace(true);
         health.set_ready(true);
@@ -155,12 +172,34 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         }
         if !behind.is_empty() {
             let at = (is_stream, message.partition());
+            position.insert(at, message.offset() + 1);
             if behind
                 .get(&at)
                 .is_some_and(|high| message.offset() + 1 >= *high)
             {
                 behind.remove(&at);
+                let (round, started) = catch_up;
+                if behind.is_empty()
+                    && round < MAX_CATCH_UPS
+                    && started.elapsed() > CATCH_UP_AGAIN_AFTER
+                {
+                    let ends = tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        ends = ends_now(kafka, topic, &streams_topic, partitions) => ends?,
+                    };
+                    behind = ends
+                        .into_iter()
+                        .filter(|(at, high)| position.get(at).is_some_and(|next| high > next))
+                        .collect();
+                    tracing::info!(
+                        round,
+                        partitions = behind.len(),
+                        "edge feed catching up again"
+                    );
+                    catch_up = (round + 1, tokio::time::Instant::now());
+                }
                 if behind.is_empty() {
+                    position = HashMap::new();
                     metrics.set_table_keys(table.len());
                     let window = streams.history();
                     tracing::info!(
@@ -394,4 +433,24 @@ fn first_written_at(
         }
     }
     Ok(first)
+}
+
+/// The high-water mark of every partition the feed reads, now.
+async fn ends_now(
+    kafka: &KafkaSettings,
+    topic: &str,
+    streams_topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<At, i64>, FeedError> {
+    let counts = starting_positions(kafka, topic, partitions, None).await?;
+    let streams = starting_positions(kafka, streams_topic, partitions, None).await?;
+    Ok(counts
+        .into_iter()
+        .map(|(partition, (_, high))| ((false, partition), high))
+        .chain(
+            streams
+                .into_iter()
+                .map(|(partition, (_, high))| ((true, partition), high)),
+        )
+        .collect())
 }

@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 
 use fanout_protocol::realtime::ResetReason;
@@ -50,10 +50,10 @@ pub struct HistoryLimits {
 }
 
 /// Bytes the window accounts for one event besides its body: the frame, its reference
-/// count, its place in the user's window and in the eviction order.
+/// counts, its place in the user's window and in the eviction order.
 pub const EVENT_OVERHEAD_BYTES: usize = std::mem::size_of::<StreamFrame>()
     + 2 * std::mem::size_of::<usize>()
-    + std::mem::size_of::<(Arc<str>, Arc<StreamFrame>)>()
+    + std::mem::size_of::<Ordered>()
     + std::mem::size_of::<Arc<StreamFrame>>();
 
 fn cost(frame: &StreamFrame) -> usize {
@@ -258,12 +258,22 @@ enum Replay {
     From(usize),
 }
 
+/// An event in the eviction order: its user, the event itself while a window or a
+/// queue holds it, and when it was written.
+struct Ordered {
+    key: Arc<str>,
+    frame: Weak<StreamFrame>,
+    written_ms: i64,
+}
+
 struct Hub {
     users: HashMap<Arc<str>, UserStream>,
-    /// Every event in the window, oldest first, with its user: what age and the byte
-    /// bound evict. An event a user's count bound dropped stays here (and counted)
-    /// until its turn.
-    order: VecDeque<(Arc<str>, Arc<StreamFrame>)>,
+    /// Every event in a window, oldest first: what age and the byte bound evict. An
+    /// event that left its window otherwise (the per-user bound, a gap) is freed then,
+    /// and its place here only waits for its turn to go.
+    order: VecDeque<Ordered>,
+    /// Events in the windows, and what they cost.
+    events: usize,
     bytes: usize,
     /// Events written at or before this time may be missing from every window: the
     /// feed started reading after it, or the byte bound dropped events up to it.
@@ -287,6 +297,7 @@ impl StreamHub {
             hub: Mutex::new(Hub {
                 users: HashMap::new(),
                 order: VecDeque::new(),
+                events: 0,
                 bytes: 0,
                 floor_ms: i64::MIN,
                 stats: HistoryStats::default(),
@@ -402,7 +413,10 @@ impl StreamHub {
         if !follows {
             // A new epoch, or a gap (an event the router never wrote): the window
             // covers nothing before this event.
-            while user.drop_front().is_some() {}
+            while let Some(dropped) = user.drop_front() {
+                hub.events -= 1;
+                hub.bytes -= cost(&dropped);
+            }
         }
         user.last = Some((frame.epoch, frame.offset));
         let frame = Arc::new(frame);
@@ -420,12 +434,20 @@ impl StreamHub {
                 Err(Refused::Ended) => false,
             });
         user.window.push_back(Arc::clone(&frame));
-        if user.window.len() > self.limits.max_events_per_user {
-            user.drop_front();
+        hub.events += 1;
+        hub.bytes += cost(&frame);
+        if user.window.len() > self.limits.max_events_per_user
+            && let Some(dropped) = user.drop_front()
+        {
+            hub.events -= 1;
+            hub.bytes -= cost(&dropped);
             hub.stats.evicted_count += 1;
         }
-        hub.bytes += cost(&frame);
-        hub.order.push_back((key, frame));
+        hub.order.push_back(Ordered {
+            key,
+            frame: Arc::downgrade(&frame),
+            written_ms: frame.written_ms,
+        });
         self.evict(hub, now_ms);
         published
     }
@@ -448,33 +470,42 @@ impl StreamHub {
 
     fn evict(&self, hub: &mut Hub, now_ms: i64) {
         let oldest_kept = now_ms.saturating_sub(self.age_ms());
-        while let Some((_, front)) = hub.order.front() {
+        while let Some(front) = hub.order.front() {
             let aged = front.written_ms < oldest_kept;
             let over = hub.bytes > self.limits.max_bytes;
             if !aged && !over {
                 break;
             }
-            let Some((key, frame)) = hub.order.pop_front() else {
+            let Some(Ordered {
+                key,
+                frame,
+                written_ms,
+            }) = hub.order.pop_front()
+            else {
                 break;
             };
-            hub.bytes -= cost(&frame);
-            if aged {
-                hub.stats.evicted_age += 1;
-            } else {
-                hub.stats.evicted_bytes += 1;
-                hub.floor_ms = hub.floor_ms.max(frame.written_ms);
-            }
-            if let Some(user) = hub.users.get_mut(&key) {
-                if user
-                    .window
+            let Some(user) = hub.users.get_mut(&key) else {
+                continue;
+            };
+            // Still in its window, it is the window's first: every older event of the
+            // user came earlier in the order.
+            let in_window = frame.upgrade().is_some_and(|frame| {
+                user.window
                     .front()
                     .is_some_and(|first| Arc::ptr_eq(first, &frame))
-                {
-                    user.drop_front();
+            });
+            if in_window && let Some(dropped) = user.drop_front() {
+                hub.events -= 1;
+                hub.bytes -= cost(&dropped);
+                if aged {
+                    hub.stats.evicted_age += 1;
+                } else {
+                    hub.stats.evicted_bytes += 1;
+                    hub.floor_ms = hub.floor_ms.max(written_ms);
                 }
-                if user.window.is_empty() && user.listeners.is_empty() {
-                    hub.users.remove(&key);
-                }
+            }
+            if user.window.is_empty() && user.listeners.is_empty() {
+                hub.users.remove(&key);
             }
         }
     }
@@ -484,7 +515,7 @@ impl StreamHub {
         let hub = self.lock();
         HistoryStats {
             users: hub.users.len(),
-            events: hub.order.len(),
+            events: hub.events,
             bytes: hub.bytes,
             ..hub.stats
         }
@@ -722,6 +753,29 @@ mod tests {
             hub.subscribe(other, since, 1_000).unwrap().1,
             Resume::Reset(ResetReason::BeyondWindow)
         );
+    }
+
+    #[test]
+    fn what_the_per_user_bound_drops_is_freed_and_no_longer_counted() {
+        let limits = HistoryLimits {
+            max_events_per_user: 2,
+            ..ROOMY
+        };
+        let hub = Arc::new(StreamHub::new(64, limits));
+        for offset in 1..=5 {
+            hub.publish(KEY, frame(1, offset), 1_000);
+        }
+        let stats = hub.history();
+        let one = cost(&frame(1, 1));
+        assert_eq!(
+            (stats.events, stats.bytes, stats.evicted_count),
+            (2, 2 * one, 3)
+        );
+        // Aged out, they go from the order without being counted twice.
+        hub.expire(1_000_000);
+        let stats = hub.history();
+        assert_eq!((stats.events, stats.bytes, stats.evicted_age), (0, 0, 2));
+        assert_eq!(hub.last_position(KEY), None);
     }
 
     #[test]
