@@ -21,7 +21,7 @@ use axum::http::{StatusCode, header};
 use fanout_tests::node::{NodeScript, ensure_chromium, ensure_node_modules, js_dir};
 use fanout_tests::proxy::TcpProxy;
 use fanout_tests::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 /// Events produced for the watched user after the last disruption of the recovery
 /// test.
@@ -174,14 +174,6 @@ impl Client {
     }
 }
 
-/// Message `seq` of conversation `c1` to `user`, its data `{"n": seq}`.
-fn message(user: &str, seq: u64) -> fanout_schema::v1::MessageEvent {
-    event::with_data(
-        event::created("acme", "c1", seq, "sam", &[user]),
-        &json!({ "n": seq }),
-    )
-}
-
 /// Produces messages `from..=to` for `user`, one every `pace`.
 fn produce_paced(
     cluster: &TestCluster,
@@ -194,7 +186,12 @@ fn produce_paced(
     let config = cluster.config.clone();
     tokio::spawn(async move {
         for seq in from..=to {
-            produce_event(&producer, &config, &message(user, seq)).await;
+            produce_event(
+                &producer,
+                &config,
+                &event::numbered("acme", "c1", seq, user),
+            )
+            .await;
             tokio::time::sleep(pace).await;
         }
     })
@@ -214,7 +211,12 @@ fn produce_until(
         let mut seq = 0;
         while !stop.load(Ordering::SeqCst) {
             seq += 1;
-            produce_event(&producer, &config, &message(user, seq)).await;
+            produce_event(
+                &producer,
+                &config,
+                &event::numbered("acme", "c1", seq, user),
+            )
+            .await;
             tokio::time::sleep(pace).await;
         }
         seq
@@ -393,13 +395,7 @@ async fn anycable_web_away_longer_than_the_window_is_rejected_never_given_a_part
     produce_paced(&cluster, "jane", 4, 23, Duration::ZERO)
         .await
         .unwrap();
-    wait_until("the edge to hold event 23", || {
-        edge.node
-            .streams
-            .last_position("acme/jane")
-            .is_some_and(|(_, offset)| offset == 23)
-    })
-    .await;
+    wait_for_stream_position(&edge, "acme/jane", 23).await;
     proxy.refuse(false);
     client
         .until("the history rejected", |seen| {

@@ -12,18 +12,15 @@ use std::net::SocketAddr;
 use fanout_tests::*;
 use serde_json::{Value, json};
 
-/// Message `seq` of conversation `c1` to `user`, its data `{"n": seq}`.
-fn message(user: &str, seq: u64) -> fanout_schema::v1::MessageEvent {
-    event::with_data(
-        event::created("acme", "c1", seq, "sam", &[user]),
-        &json!({ "n": seq }),
-    )
-}
-
 async fn produce(cluster: &TestCluster, user: &str, seqs: std::ops::RangeInclusive<u64>) {
     let producer = cluster.producer();
     for seq in seqs {
-        produce_event(&producer, &cluster.config, &message(user, seq)).await;
+        produce_event(
+            &producer,
+            &cluster.config,
+            &event::numbered("acme", "c1", seq, user),
+        )
+        .await;
     }
 }
 
@@ -95,14 +92,7 @@ async fn a_client_resumes_exactly_on_another_edge_and_on_a_restarted_one() {
 
     // Away: 11..=20. Back on the other edge, from offset 10.
     produce(&cluster, "jane", 11..=20).await;
-    wait_until("the second edge to hold event 20", || {
-        second
-            .node
-            .streams
-            .last_position("acme/jane")
-            .is_some_and(|(_, offset)| offset == 20)
-    })
-    .await;
+    wait_for_stream_position(&second, "acme/jane", 20).await;
     let mut jane = client(second.address, &partner, "jane").await;
     assert_eq!(
         subscribe(&mut jane, Some((&epoch, 10))).await,
@@ -182,13 +172,7 @@ async fn away_longer_than_the_window_a_client_is_told_to_reset_and_given_none_of
     let (_, (epoch, offset)) = events(&mut jane, 3).await;
     drop(jane);
     produce(&cluster, "jane", 4..=12).await;
-    wait_until("the edge to hold event 12", || {
-        edge.node
-            .streams
-            .last_position("acme/jane")
-            .is_some_and(|(_, offset)| offset == 12)
-    })
-    .await;
+    wait_for_stream_position(&edge, "acme/jane", 12).await;
 
     // 4..=12 missed, 8..=12 kept: a reset, and none of them.
     let mut jane = client(edge.address, &partner, "jane").await;

@@ -445,6 +445,15 @@ pub mod event {
     }
 
     /// `event` carrying the partner's `data` (a JSON object), which every kind may carry.
+    /// Message `seq` of `conversation` from `sam` to `user`, its data `{"n": seq}`: a
+    /// stream whose events a client can check one by one against 1, 2, 3, ...
+    pub fn numbered(partner: &str, conversation: &str, seq: u64, user: &str) -> v1::MessageEvent {
+        with_data(
+            created(partner, conversation, seq, "sam", &[user]),
+            &serde_json::json!({ "n": seq }),
+        )
+    }
+
     pub fn with_data(mut event: v1::MessageEvent, data: &serde_json::Value) -> v1::MessageEvent {
         let data = fanout_schema::data::data_from_json(data.clone())
             .unwrap_or_else(|error| panic!("{data} cannot be an event's data: {error}"));
@@ -759,6 +768,17 @@ impl RealtimeClient {
             other => panic!("expected a close, got {other:?}"),
         }
     }
+}
+
+/// Waits until `edge` has seen `key`'s stream event at `offset`.
+pub async fn wait_for_stream_position(edge: &RunningEdge, key: &str, offset: u64) {
+    wait_until(&format!("the edge to hold {key}'s event {offset}"), || {
+        edge.node
+            .streams
+            .last_position(key)
+            .is_some_and(|(_, last)| last == offset)
+    })
+    .await;
 }
 
 /// Waits until `condition` holds, polling; fails the test at the deadline.

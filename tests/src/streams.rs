@@ -357,15 +357,17 @@ async fn subscribe(
 }
 
 /// Keeps every event `client` pushes until its connection ends, or until `until`
-/// passes (then the client drops the connection, without a close frame, as a network
-/// that goes away does). True when it was dropped.
+/// passes once it has a position to resume from, an event (then the client drops the
+/// connection, without a close frame, as a network that goes away does). True when it
+/// was dropped.
 async fn keep(
     client: &mut RealtimeClient,
     received: &Mutex<Vec<Received>>,
     until: Option<tokio::time::Instant>,
 ) -> bool {
     loop {
-        let frame = match until {
+        let has_position = !received.lock().unwrap().is_empty();
+        let frame = match until.filter(|_| has_position) {
             None => client.next_forever().await,
             Some(until) => tokio::select! {
                 frame = client.next_forever() => frame,
@@ -403,9 +405,10 @@ impl Watcher {
     }
 
     /// As [`Watcher::start`], but while `reconnecting` is set the client drops its
-    /// connection at random moments (after 0.2 to 2 s connected), waits up to 0.5 s,
-    /// connects again with a fresh token and resumes from the last event it received:
-    /// its stream goes on without a gap or a repeat.
+    /// connection at random moments (after 0.2 to 2 s connected, once it has had an
+    /// event: before, it has no position to resume from), waits up to 0.5 s, connects
+    /// again with a fresh token and resumes from the last event it received: its
+    /// stream goes on without a gap or a repeat.
     pub async fn start_reconnecting(
         address: SocketAddr,
         partner: &crate::TestPartner,
