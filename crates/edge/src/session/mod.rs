@@ -109,12 +109,11 @@ impl Default for StreamRequest {
     }
 }
 
-/// How a stream subscription started: from where (or why not from the position asked,
-/// in which case it is live), and the tag of its stream.
+/// How a stream subscription started: from where, or why not from the position asked
+/// (it is live then).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Opened {
     pub resume: Result<Resume, NotResumable>,
-    pub tag: u32,
 }
 
 /// What a state machine asks of the driver besides writing.
@@ -739,10 +738,7 @@ where
             identity,
             admitted: held,
         }));
-        Ok(Opened {
-            resume,
-            tag: fanout_protocol::stream::stream_tag(&key),
-        })
+        Ok(Opened { resume })
     }
 
     /// Sorts one socket read, applying the limits every protocol shares.
