@@ -62,6 +62,7 @@ impl TestPartner {
     }
 }
 
+pub mod anycable;
 pub mod metrics_doc;
 pub mod node;
 pub mod process;
