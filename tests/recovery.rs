@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 
+use fanout_protocol::stream::stream_tag;
 use fanout_tests::*;
 use serde_json::{Value, json};
 
@@ -197,4 +198,67 @@ async fn away_longer_than_the_window_a_client_is_told_to_reset_and_given_none_of
     for stages in [ingest, router, edge.running] {
         stages.stop().await;
     }
+}
+
+/// user-streams records written long ago and a moment ago: a starting edge reads back
+/// exactly those of the window's age, found by their write time (on this broker, which
+/// cannot look offsets up by time, by reading them), on every partition at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_edge_reads_back_exactly_the_window_s_age_of_every_partition() {
+    use prost::Message as _;
+    use rdkafka::producer::FutureRecord;
+    let partner = TestPartner::new("acme");
+    let cluster = TestCluster::start(4, std::slice::from_ref(&partner));
+    let config = &cluster.config;
+    let producer = cluster.producer();
+    let now = fanout_schema::unix_millis();
+    let users: Vec<String> = (0..8).map(|user| format!("u{user}")).collect();
+    // Offsets 1..=30 written 8 minutes ago, 31..=50 within the last minute, in time
+    // order (as a router writes them); the window keeps 5 minutes.
+    for offset in 1..=50_u64 {
+        let written = if offset <= 30 {
+            now - 8 * 60_000
+        } else {
+            now - 60_000 + i64::try_from(offset).unwrap()
+        };
+        for user in &users {
+            let record = fanout_schema::v1::StreamEvent {
+                partner: "acme".to_owned(),
+                user: user.clone(),
+                epoch: 7,
+                offset,
+                event: "typing.started".to_owned(),
+                event_id: format!("{user}-{offset}"),
+                ..Default::default()
+            };
+            let key = format!("acme/{user}");
+            let payload = record.encode_to_vec();
+            producer
+                .send(
+                    FutureRecord::to(&config.topics.user_streams)
+                        .key(&key)
+                        .payload(&payload)
+                        .timestamp(written),
+                    DEADLINE,
+                )
+                .await
+                .map_err(|(error, _)| error)
+                .unwrap();
+        }
+    }
+    let edge = start_edge(config).await;
+    let history = edge.node.streams.history();
+    assert_eq!((history.events, history.users), (8 * 20, 8));
+    let mut client = client(edge.address, &partner, "u3").await;
+    let epoch = format!("7-{:08x}", stream_tag("acme/u3"));
+    assert_eq!(
+        subscribe(&mut client, Some((&epoch, 29))).await,
+        json!({"type": "subscribed", "recovery": "reset", "reason": "beyond_window", "id": "s"})
+    );
+    let mut client = self::client(edge.address, &partner, "u3").await;
+    assert_eq!(
+        subscribe(&mut client, Some((&epoch, 30))).await,
+        json!({"type": "subscribed", "recovery": "resumed", "missed": 20, "id": "s"})
+    );
+    edge.running.stop().await;
 }

@@ -215,7 +215,9 @@ pub fn banner(info: &DevInfo) -> String {
          RoomChannel, {user}'s events as Chatwoot's widget gets them (no jwt in the URL):\n  \
          open {room_url}\n  \
          and send {room_subscribe}\n  \
-         (its pubsub_token is good for 24h, on any number of connections)\n\n\
+         (its pubsub_token is good for 24h, on any number of connections; with\n  \
+         @anycable/web and protocol actioncable-v1-ext-json, a reconnect also gets every\n  \
+         event it missed: docs/streams.md, Recovery)\n\n\
          partner:          {partner}\n\
          partner secret:   {secret}\n\
          demo token (24h): {token}\n\

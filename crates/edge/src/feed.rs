@@ -322,7 +322,11 @@ async fn starting_positions(
         let wanted = wanted.to_vec();
         let found =
             tokio::task::spawn_blocking(move || -> Result<Option<Watermarks>, KafkaError> {
-                let consumer: BaseConsumer = kafka.assign_consumer_config().create()?;
+                let mut config = kafka.assign_consumer_config();
+                // A probe of `first_written_at` reads one record per partition: no need
+                // for a fetch's usual megabyte each.
+                config.set("max.partition.fetch.bytes", "16384");
+                let consumer: BaseConsumer = config.create()?;
                 let timeout = Duration::from_secs(10);
                 let metadata = consumer.fetch_metadata(Some(&topic_name), timeout)?;
                 let Some(topic_metadata) =
@@ -351,24 +355,26 @@ async fn starting_positions(
                         )?;
                     }
                     let found = consumer.offsets_for_times(times, timeout)?;
+                    // No record at or after the time, says the broker; or it cannot
+                    // look up by time (librdkafka's mock cluster): find out by reading.
+                    let mut unanswered = HashMap::new();
                     for element in found.elements() {
                         let partition = element.partition();
                         if let Some((low, high)) = positions.get_mut(&partition) {
-                            *low = match element.offset() {
-                                Offset::Offset(offset) => offset.clamp(*low, *high),
-                                // No record at or after the time, says the broker; or it
-                                // cannot look up by time (librdkafka's mock cluster):
-                                // find out by reading.
-                                _ if high > low => first_written_at(
-                                    &consumer,
-                                    &topic_name,
-                                    partition,
-                                    (*low, *high),
-                                    since_ms,
-                                    timeout,
-                                )?,
-                                _ => *high,
-                            };
+                            match element.offset() {
+                                Offset::Offset(offset) => *low = offset.clamp(*low, *high),
+                                _ if high > low => {
+                                    unanswered.insert(partition, (*low, *high));
+                                }
+                                _ => *low = *high,
+                            }
+                        }
+                    }
+                    let read =
+                        first_written_at(&consumer, &topic_name, unanswered, since_ms, timeout)?;
+                    for (partition, start) in read {
+                        if let Some((low, _)) = positions.get_mut(&partition) {
+                            *low = start;
                         }
                     }
                 }
@@ -387,52 +393,97 @@ async fn starting_positions(
     }
 }
 
-/// The offset of the first record of `partition` in `range` (low to high-water mark)
-/// written at or after `since_ms`, found by reading records (a binary search over
-/// their timestamps, which one partition's writer makes non-decreasing); the high-water
-/// mark if there is none.
+/// For each partition and its range (low to high-water mark), the offset of its first
+/// record written at or after `since_ms`, or the high-water mark if there is none,
+/// found by reading records: a binary search over their timestamps (which a
+/// partition's writer makes non-decreasing), all partitions at once, so that it takes
+/// as many fetches as one partition's search.
 fn first_written_at(
     consumer: &BaseConsumer,
     topic: &str,
-    partition: i32,
-    (low, high): (i64, i64),
+    ranges: HashMap<i32, (i64, i64)>,
     since_ms: i64,
     timeout: Duration,
-) -> Result<i64, KafkaError> {
-    let written_at = |offset: i64| -> Result<Option<(i64, i64)>, KafkaError> {
-        let mut at = TopicPartitionList::new();
-        at.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        consumer.assign(&at)?;
-        let deadline = std::time::Instant::now() + timeout;
-        while std::time::Instant::now() < deadline {
-            match consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(message))
-                    if message.partition() == partition && message.offset() >= offset =>
-                {
-                    let written = message.timestamp().to_millis().unwrap_or(i64::MAX);
-                    return Ok(Some((message.offset(), written)));
-                }
-                Some(Err(error)) => return Err(error),
-                Some(Ok(_)) | None => {}
+) -> Result<HashMap<i32, i64>, KafkaError> {
+    let mut found = HashMap::new();
+    // The last records first: most restarts find the window's start well inside.
+    let probes: HashMap<i32, i64> = ranges
+        .iter()
+        .map(|(partition, (_, high))| (*partition, high - 1))
+        .collect();
+    // Each partition still searched, and the offsets its answer lies within.
+    let mut searching = HashMap::new();
+    for (partition, read) in written_at(consumer, topic, &probes, timeout)? {
+        let (low, high) = ranges[&partition];
+        match read {
+            Some((_, written)) if written >= since_ms => {
+                searching.insert(partition, (low, high - 1, high));
+            }
+            _ => {
+                found.insert(partition, high);
             }
         }
-        Ok(None)
-    };
-    // The last record first: most restarts find the window's start well inside.
-    match written_at(high - 1)? {
-        Some((_, written)) if written >= since_ms => {}
-        _ => return Ok(high),
     }
-    let (mut first, mut last) = (low, high - 1);
-    while first < last {
-        let middle = first + (last - first) / 2;
-        match written_at(middle)? {
-            Some((_, written)) if written >= since_ms => last = middle,
-            Some((offset, _)) => first = offset.max(middle) + 1,
-            None => return Ok(high),
+    while !searching.is_empty() {
+        let probes: HashMap<i32, i64> = searching
+            .iter()
+            .map(|(partition, (first, last, _))| (*partition, first + (last - first) / 2))
+            .collect();
+        for (partition, read) in written_at(consumer, topic, &probes, timeout)? {
+            let Some((first, last, high)) = searching.get_mut(&partition) else {
+                continue;
+            };
+            let middle = probes[&partition];
+            match read {
+                Some((_, written)) if written >= since_ms => *last = middle,
+                Some((offset, _)) => *first = offset.max(middle) + 1,
+                None => *first = *high,
+            }
+            if *first >= *last {
+                found.insert(partition, (*first).min(*high));
+                searching.remove(&partition);
+            }
         }
     }
-    Ok(first)
+    Ok(found)
+}
+
+/// For each partition, the offset and write time of its first record at or after the
+/// offset given, `None` when none came within `timeout`.
+fn written_at(
+    consumer: &BaseConsumer,
+    topic: &str,
+    offsets: &HashMap<i32, i64>,
+    timeout: Duration,
+) -> Result<HashMap<i32, Option<(i64, i64)>>, KafkaError> {
+    let mut at = TopicPartitionList::new();
+    for (partition, offset) in offsets {
+        at.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    consumer.assign(&at)?;
+    let mut read = HashMap::new();
+    let deadline = std::time::Instant::now() + timeout;
+    while read.len() < offsets.len() && std::time::Instant::now() < deadline {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let partition = message.partition();
+                if offsets
+                    .get(&partition)
+                    .is_some_and(|offset| message.offset() >= *offset)
+                {
+                    let written = message.timestamp().to_millis().unwrap_or(i64::MAX);
+                    read.entry(partition)
+                        .or_insert(Some((message.offset(), written)));
+                }
+            }
+            Some(Err(error)) => return Err(error),
+            None => {}
+        }
+    }
+    Ok(offsets
+        .keys()
+        .map(|partition| (*partition, read.get(partition).copied().flatten()))
+        .collect())
 }
 
 /// The high-water mark of every partition the feed reads, now.
