@@ -71,7 +71,13 @@ impl EdgeProcess {
     }
 
     fn spawn(config: &Path, log: &Path) -> FanoutProcess {
-        let args = ["edge", "--config", config.to_str().unwrap()];
+        let args = [
+            "--log-format",
+            "json",
+            "edge",
+            "--config",
+            config.to_str().unwrap(),
+        ];
         FANOUT.start_logging_to(&args, &[("RUST_LOG", "info")], log)
     }
 
