@@ -259,9 +259,15 @@ pub async fn wait_for_counts(
             return;
         }
         if tokio::time::Instant::now() >= deadline {
+            let differing = expected
+                .iter()
+                .filter(|(key, count)| actual.get(*key) != Some(*count))
+                .count();
+            // Each description reads the topics whole: the first few say enough.
             let details: Vec<String> = expected
                 .iter()
                 .filter(|(key, count)| actual.get(*key) != Some(*count))
+                .take(5)
                 .map(|(key, count)| {
                     format!(
                         "expected {count}, edge {:?}; {}",
@@ -271,7 +277,7 @@ pub async fn wait_for_counts(
                 })
                 .collect();
             panic!(
-                "final counts differ from the recount ({context}):\n{}",
+                "final counts of {differing} users differ from the recount ({context}); the first:\n{}",
                 details.join("\n")
             );
         }
