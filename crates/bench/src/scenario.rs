@@ -134,10 +134,18 @@ pub struct WsBenchOptions {
     /// The Kafka (`host:port`) the deployment the bench starts runs on, instead of an
     /// embedded one; the run's topics are created there. For where the embedded
     /// broker (librdkafka's mock cluster) is not like a real one: it keeps only the last
-    /// 5 MiB of each partition and cannot look an offset up by time, so an edge started
-    /// again cannot read its history window back from it (reconnect-storm).
+    /// 5 MiB of each partition, deleting from the front as records arrive, and cannot
+    /// look an offset up by time (reconnect-storm's restarted edge reads its window back
+    /// from it only as far as it keeps).
     #[arg(long)]
     pub local_brokers: Option<String>,
+    /// A librdkafka setting (`property=value`; repeat for several) for every Kafka
+    /// client of the deployment the bench starts, after the bench's own
+    /// (`fetch.wait.max.ms=5`, `socket.nagle.disable=true`). E.g.
+    /// `fetch.error.backoff.ms=0` for reconnect-storm on the embedded broker (see
+    /// docs/benchmarks.md).
+    #[arg(long = "kafka-client", value_name = "PROPERTY=VALUE", value_parser = parse_setting)]
+    pub kafka_client: Vec<(String, String)>,
     /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,
@@ -171,6 +179,16 @@ pub struct ExternalTarget {
     pub topic_prefix: Option<String>,
 }
 
+/// `property=value`, as `--kafka-client` takes it.
+fn parse_setting(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((property, value)) if !property.trim().is_empty() => {
+            Ok((property.trim().to_owned(), value.trim().to_owned()))
+        }
+        _ => Err(format!("expected property=value, got {text:?}")),
+    }
+}
+
 impl WsBenchOptions {
     /// The clients' protocol: `--protocol`, or the scenario's default.
     pub(crate) fn protocol_of(&self, scenario: Scenario) -> Protocol {
@@ -182,5 +200,24 @@ impl ExternalTarget {
     /// Whether the run measures a running deployment (`--edge-url` given).
     pub(crate) fn is_named(&self) -> bool {
         !self.edge_urls.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kafka_client_settings_are_property_equals_value() {
+        assert_eq!(
+            parse_setting("fetch.error.backoff.ms=0"),
+            Ok(("fetch.error.backoff.ms".to_owned(), "0".to_owned()))
+        );
+        assert_eq!(
+            parse_setting("client.id=a=b"),
+            Ok(("client.id".to_owned(), "a=b".to_owned()))
+        );
+        assert!(parse_setting("fetch.error.backoff.ms").is_err());
+        assert!(parse_setting("=0").is_err());
     }
 }

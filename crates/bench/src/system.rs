@@ -40,14 +40,17 @@ pub fn source_addresses(run: u8, worker: usize, count: usize) -> Vec<Ipv4Addr> {
 }
 
 /// This binary, to start as a child process (a role, a bench worker): logging at
-/// `warn` to `log`, killed if dropped. The caller adds the arguments and stdio.
+/// `warn` (the edge feed at `info`) to `log`, killed if dropped. The caller adds the
+/// arguments and stdio.
 pub(crate) fn this_binary(log: &Path) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("finding this binary")?;
     let log_file =
         std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let mut command = Command::new(exe);
     command
-        .env("RUST_LOG", "warn")
+        // The edge feed's few info lines (started, catching up again, caught up) time
+        // a restart's read-back (reconnect-storm).
+        .env("RUST_LOG", "warn,fanout_edge::feed=info")
         .stderr(log_file)
         .kill_on_drop(true);
     Ok(command)

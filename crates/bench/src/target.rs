@@ -100,13 +100,18 @@ impl Target {
             pipeline: scenario.needs_pipeline(),
             partitions: options.partitions,
             brokers: options.local_brokers.as_deref(),
+            kafka_client: &options.kafka_client,
             run_dir,
         })
         .await?;
-        let kafka = match &options.local_brokers {
+        let mut kafka = match &options.local_brokers {
             Some(brokers) => format!("the Kafka at {brokers}"),
             None => "embedded Kafka (librdkafka mock) in the bench process".to_owned(),
         };
+        kafka.push_str(&format!(", {} partitions", options.partitions));
+        for (property, value) in &options.kafka_client {
+            kafka.push_str(&format!(", {property}={value}"));
+        }
         Ok(Self {
             description: format!(
                 "local: {kafka}, {edges} edge process(es){}",
@@ -205,6 +210,8 @@ pub struct LocalOptions<'a> {
     /// A running Kafka (`host:port`) to use instead of an embedded one; the run's
     /// topics are created on it.
     pub brokers: Option<&'a str>,
+    /// librdkafka settings for every child's clients, after [`LOW_LATENCY_CLIENT`].
+    pub kafka_client: &'a [(String, String)],
     /// Child logs and configs go here.
     pub run_dir: &'a Path,
 }
@@ -230,7 +237,11 @@ impl LocalDeployment {
             .with_context(|| format!("creating {}", options.run_dir.display()))?;
         let partner = "bench".to_owned();
         let secret = fanout_app::tools::random_hex(24);
-        let config = shared_config(&brokers, &topics, &run_id, &partner, &secret);
+        let mut config = shared_config(&brokers, &topics, &run_id, &partner, &secret);
+        config
+            .kafka
+            .client
+            .extend(options.kafka_client.iter().cloned());
         let mut deployment = Self {
             kafka,
             brokers,
