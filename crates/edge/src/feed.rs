@@ -406,18 +406,39 @@ fn first_written_at(
     timeout: Duration,
 ) -> Result<HashMap<i32, i64>, KafkaError> {
     let mut found = HashMap::new();
-    // The last records first: most restarts find the window's start well inside.
-    let probes: HashMap<i32, i64> = ranges
+    // The first records first: a partition written entirely within the window (the
+    // window reaches back further than the partition keeps) is read from its start.
+    let firsts: HashMap<i32, i64> = ranges
         .iter()
-        .map(|(partition, (_, high))| (*partition, high - 1))
+        .map(|(partition, (low, _))| (*partition, *low))
+        .collect();
+    let mut older = HashMap::new();
+    for (partition, read) in written_at(consumer, topic, &firsts, timeout)? {
+        let (_, high) = ranges[&partition];
+        match read {
+            Some((offset, written)) if written >= since_ms => {
+                found.insert(partition, offset);
+            }
+            Some((offset, _)) if offset + 1 < high => {
+                older.insert(partition, offset + 1);
+            }
+            _ => {
+                found.insert(partition, high);
+            }
+        }
+    }
+    // Then the last: one written before the window has nothing in it.
+    let lasts: HashMap<i32, i64> = older
+        .keys()
+        .map(|partition| (*partition, ranges[partition].1 - 1))
         .collect();
     // Each partition still searched, and the offsets its answer lies within.
     let mut searching = HashMap::new();
-    for (partition, read) in written_at(consumer, topic, &probes, timeout)? {
-        let (low, high) = ranges[&partition];
+    for (partition, read) in written_at(consumer, topic, &lasts, timeout)? {
+        let high = ranges[&partition].1;
         match read {
             Some((_, written)) if written >= since_ms => {
-                searching.insert(partition, (low, high - 1, high));
+                searching.insert(partition, (older[&partition], high - 1, high));
             }
             _ => {
                 found.insert(partition, high);

@@ -205,6 +205,11 @@ impl KafkaSettings {
             ("enable.auto.offset.store", "false"),
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
+            // After a fetch error (an offset deleted by retention meanwhile: the reset
+            // to the earliest one), fetch again soon rather than in librdkafka's 500
+            // ms, by when a broker deleting steadily from the front (librdkafka's mock
+            // cluster keeps 5 MiB a partition) has deleted that one too.
+            ("fetch.error.backoff.ms", "50"),
         ])
     }
 }
