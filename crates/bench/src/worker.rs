@@ -599,12 +599,18 @@ fn reconnect_delay(attempt: u32, unit: f64) -> Duration {
 }
 
 impl Client<'_> {
-    async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
+    /// The first connection: set up (under `setup`, which bounds how many connect at
+    /// once) and subscribed, counted as such.
+    async fn subscribe_first(
+        &self,
+        token: &str,
+        setup: &tokio::sync::Semaphore,
+    ) -> Result<Socket, String> {
         let permit = setup.acquire().await.map_err(|error| error.to_string())?;
         let started_us = unix_micros();
-        let (mut socket, _) = tokio::time::timeout(
+        let (socket, _) = tokio::time::timeout(
             SETUP_TIMEOUT,
-            self.setup(&token, Attempt::First { started_us }),
+            self.setup(token, Attempt::First { started_us }),
         )
         .await
         .map_err(|_| "setup timed out".to_owned())??;
@@ -613,6 +619,11 @@ impl Client<'_> {
         self.shared
             .last_subscribed_us
             .fetch_max(unix_micros(), Ordering::Relaxed);
+        Ok(socket)
+    }
+
+    async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
+        let mut socket = self.subscribe_first(&token, setup).await?;
         while let Some(frame) = socket.next().await {
             match frame.map_err(|error| format!("read: {error}"))? {
                 Message::Text(text) => {
@@ -650,19 +661,7 @@ impl Client<'_> {
         setup: &tokio::sync::Semaphore,
         recovery: &Mutex<ClientRecovery>,
     ) -> Result<(), String> {
-        let permit = setup.acquire().await.map_err(|error| error.to_string())?;
-        let started_us = unix_micros();
-        let (mut socket, _) = tokio::time::timeout(
-            SETUP_TIMEOUT,
-            self.setup(&token, Attempt::First { started_us }),
-        )
-        .await
-        .map_err(|_| "setup timed out".to_owned())??;
-        drop(permit);
-        self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .last_subscribed_us
-            .fetch_max(unix_micros(), Ordering::Relaxed);
+        let mut socket = self.subscribe_first(&token, setup).await?;
         let mut position = None;
         let mut positioned = false;
         let mut dropped = false;
