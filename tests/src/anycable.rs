@@ -158,6 +158,20 @@ impl Client {
         }
     }
 
+    /// Waits for `count` more messages than it has now.
+    pub async fn more(&mut self, count: usize) {
+        let received = self.received();
+        self.until(&format!("{count} more events"), |seen| {
+            seen.messages.len() >= received + count
+        })
+        .await;
+    }
+
+    /// The `history_received` infos its application got so far.
+    pub fn histories(&self) -> usize {
+        histories(&self.seen)
+    }
+
     pub fn received(&self) -> usize {
         self.seen.messages.len()
     }
@@ -210,4 +224,12 @@ pub fn produce_until(
         }
         seq
     })
+}
+
+/// The `history_received` infos in `seen`: each a history request answered in full.
+pub fn histories(seen: &Seen) -> usize {
+    seen.infos
+        .iter()
+        .filter(|info| *info == "history_received")
+        .count()
 }

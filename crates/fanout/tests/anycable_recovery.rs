@@ -18,7 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use fanout_tests::anycable::{Client, Runtime, Seen, produce_until, serve_anycable_page};
+use fanout_tests::anycable::{
+    Client, Runtime, Seen, histories, produce_until, serve_anycable_page,
+};
 use fanout_tests::node::{ensure_chromium, ensure_node_modules};
 use fanout_tests::process::{Fanout, FanoutProcess, temp_dir, wait_for_metric, write_config};
 use fanout_tests::proxy::TcpProxy;
@@ -118,12 +120,6 @@ async fn recovers_every_event_across_drops_restarts_and_edges(runtime: Runtime, 
     // The events flow from here to the end, whatever happens to the connection.
     let stop = Arc::new(AtomicBool::new(false));
     let producing = produce_until(&cluster, "jane", Duration::from_millis(40), stop.clone());
-    let history = |seen: &Seen| {
-        seen.infos
-            .iter()
-            .filter(|info| *info == "history_received")
-            .count()
-    };
 
     // 1. The network drops the connection: the client restores its session on the same
     // edge and asks for what it missed.
@@ -131,54 +127,39 @@ async fn recovers_every_event_across_drops_restarts_and_edges(runtime: Runtime, 
         .until("40 events", |seen| seen.messages.len() >= 40)
         .await;
     // The first subscribe asked for history too (since the client started).
-    let answered = history(&client.seen);
+    let answered = client.histories();
     assert_eq!(proxy.cut(), 1, "one connection to cut");
     client
         .until("a restored session", |seen| seen.connects.contains(&true))
         .await;
     client
-        .until("its history", |seen| history(seen) > answered)
+        .until("its history", |seen| histories(seen) > answered)
         .await;
 
     // 2. The edge process restarts: the new one reads the window back from Kafka
     // before it is ready, and the client, whose session it does not know, subscribes
     // again with its position.
-    let received = client.received();
-    client
-        .until("10 more events", |seen| {
-            seen.messages.len() >= received + 10
-        })
-        .await;
-    let answered = history(&client.seen);
+    client.more(10).await;
+    let answered = client.histories();
     first.restart(restart).await;
     client
         .until("history from the restarted edge", |seen| {
-            history(seen) > answered
+            histories(seen) > answered
         })
         .await;
 
     // 3. The network drops it again and the next connection reaches the other edge.
-    let received = client.received();
-    client
-        .until("10 more events", |seen| {
-            seen.messages.len() >= received + 10
-        })
-        .await;
-    let answered = history(&client.seen);
+    client.more(10).await;
+    let answered = client.histories();
     proxy.set_upstream(second.address);
     proxy.cut();
     client
         .until("history from the other edge", |seen| {
-            history(seen) > answered
+            histories(seen) > answered
         })
         .await;
 
-    let received = client.received();
-    client
-        .until("more events", |seen| {
-            seen.messages.len() >= received + EVENTS_AFTER
-        })
-        .await;
+    client.more(EVENTS_AFTER).await;
     stop.store(true, Ordering::SeqCst);
     let last = producing.await.unwrap();
     client
