@@ -174,6 +174,10 @@ impl Outbox {
         std::mem::take(&mut self.0)
     }
 
+    fn has_request(&self) -> bool {
+        self.1.is_some()
+    }
+
     fn take_request(&mut self) -> Option<Request> {
         self.1.take().map(|request| *request)
     }
@@ -447,7 +451,11 @@ where
                 incoming = self.socket.next() => match self.read(incoming)? {
                     Read::Text(frame) => {
                         self.protocol.on_text(frame.as_bytes(), counts.as_mut(), &mut self.out);
-                        self.serve_requests().await;
+                        if self.out.has_request() {
+                            // Boxed: few frames ask for anything, and what serving them
+                            // holds would otherwise size every session for its life.
+                            Box::pin(self.serve_requests()).await;
+                        }
                     }
                     Read::Binary => self.protocol.on_binary(&mut self.out),
                     Read::Nothing => {}
