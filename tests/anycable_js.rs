@@ -5,10 +5,7 @@
 //! another edge, in Node and in headless Chromium, is in
 //! crates/fanout/tests/anycable_recovery.rs (against `fanout edge` processes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-use std::time::Duration;
-
-use fanout_tests::anycable::{Client, Runtime, produce_paced};
+use fanout_tests::anycable::{Client, Runtime, produce_numbered};
 use fanout_tests::node::ensure_node_modules;
 use fanout_tests::proxy::TcpProxy;
 use fanout_tests::*;
@@ -29,9 +26,7 @@ async fn anycable_web_away_longer_than_the_window_is_rejected_never_given_a_part
     client
         .until("the first connect", |seen| !seen.connects.is_empty())
         .await;
-    produce_paced(&cluster, "jane", 1, 3, Duration::ZERO)
-        .await
-        .unwrap();
+    produce_numbered(&cluster, "jane", 1..=3).await;
     client
         .until("3 events", |seen| seen.messages.len() >= 3)
         .await;
@@ -39,9 +34,7 @@ async fn anycable_web_away_longer_than_the_window_is_rejected_never_given_a_part
     // Away: 20 events, of which the window keeps the last 5.
     proxy.refuse(true);
     proxy.cut();
-    produce_paced(&cluster, "jane", 4, 23, Duration::ZERO)
-        .await
-        .unwrap();
+    produce_numbered(&cluster, "jane", 4..=23).await;
     wait_for_stream_position(&edge, "acme/jane", 23).await;
     proxy.refuse(false);
     client
@@ -49,9 +42,7 @@ async fn anycable_web_away_longer_than_the_window_is_rejected_never_given_a_part
             seen.infos.contains(&"history_not_found".to_owned())
         })
         .await;
-    produce_paced(&cluster, "jane", 24, 26, Duration::ZERO)
-        .await
-        .unwrap();
+    produce_numbered(&cluster, "jane", 24..=26).await;
     client
         .until("live events", |seen| seen.messages.contains(&26))
         .await;

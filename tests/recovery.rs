@@ -10,20 +10,9 @@
 use std::net::SocketAddr;
 
 use fanout_protocol::stream::stream_tag;
+use fanout_tests::anycable::produce_numbered;
 use fanout_tests::*;
 use serde_json::{Value, json};
-
-async fn produce(cluster: &TestCluster, user: &str, seqs: std::ops::RangeInclusive<u64>) {
-    let producer = cluster.producer();
-    for seq in seqs {
-        produce_event(
-            &producer,
-            &cluster.config,
-            &event::numbered("acme", "c1", seq, user),
-        )
-        .await;
-    }
-}
 
 /// An authenticated `/realtime` client of `user`.
 async fn client(address: SocketAddr, partner: &TestPartner, user: &str) -> RealtimeClient {
@@ -85,14 +74,14 @@ async fn a_client_resumes_exactly_on_another_edge_and_on_a_restarted_one() {
         subscribe(&mut jane, None).await,
         json!({"type": "subscribed", "id": "s"})
     );
-    produce(&cluster, "jane", 1..=10).await;
+    produce_numbered(&cluster, "jane", 1..=10).await;
     let (seen, (epoch, offset)) = events(&mut jane, 10).await;
     assert_eq!(seen, (1..=10).collect::<Vec<_>>());
     assert_eq!(offset, 10);
     drop(jane);
 
     // Away: 11..=20. Back on the other edge, from offset 10.
-    produce(&cluster, "jane", 11..=20).await;
+    produce_numbered(&cluster, "jane", 11..=20).await;
     wait_for_stream_position(&second, "acme/jane", 20).await;
     let mut jane = client(second.address, &partner, "jane").await;
     assert_eq!(
@@ -101,7 +90,7 @@ async fn a_client_resumes_exactly_on_another_edge_and_on_a_restarted_one() {
     );
     let (seen, _) = events(&mut jane, 10).await;
     assert_eq!(seen, (11..=20).collect::<Vec<_>>());
-    produce(&cluster, "jane", 21..=21).await;
+    produce_numbered(&cluster, "jane", 21..=21).await;
     let (seen, (same_epoch, offset)) = events(&mut jane, 1).await;
     assert_eq!(
         (seen, same_epoch.as_str(), offset),
@@ -128,7 +117,7 @@ async fn a_client_resumes_exactly_on_another_edge_and_on_a_restarted_one() {
     );
     let (seen, _) = events(&mut jane, 6).await;
     assert_eq!(seen, (16..=21).collect::<Vec<_>>());
-    produce(&cluster, "jane", 22..=22).await;
+    produce_numbered(&cluster, "jane", 22..=22).await;
     assert_eq!(events(&mut jane, 1).await.0, [22]);
 
     // A position of another user's stream, and one past the end, are refused; the
@@ -169,10 +158,10 @@ async fn away_longer_than_the_window_a_client_is_told_to_reset_and_given_none_of
 
     let mut jane = client(edge.address, &partner, "jane").await;
     subscribe(&mut jane, None).await;
-    produce(&cluster, "jane", 1..=3).await;
+    produce_numbered(&cluster, "jane", 1..=3).await;
     let (_, (epoch, offset)) = events(&mut jane, 3).await;
     drop(jane);
-    produce(&cluster, "jane", 4..=12).await;
+    produce_numbered(&cluster, "jane", 4..=12).await;
     wait_for_stream_position(&edge, "acme/jane", 12).await;
 
     // 4..=12 missed, 8..=12 kept: a reset, and none of them.
@@ -181,7 +170,7 @@ async fn away_longer_than_the_window_a_client_is_told_to_reset_and_given_none_of
         subscribe(&mut jane, Some((&epoch, offset))).await,
         json!({"type": "subscribed", "recovery": "reset", "reason": "beyond_window", "id": "s"})
     );
-    produce(&cluster, "jane", 13..=13).await;
+    produce_numbered(&cluster, "jane", 13..=13).await;
     let (seen, (_, offset)) = events(&mut jane, 1).await;
     assert_eq!((seen, offset), (vec![13], 13));
     // Still within the window: resumed.

@@ -177,27 +177,21 @@ impl Client {
     }
 }
 
-/// Produces messages `from..=to` for `user`, one every `pace`.
-pub fn produce_paced(
+/// Produces messages `seqs` for `user`, one after the other.
+pub async fn produce_numbered(
     cluster: &TestCluster,
-    user: &'static str,
-    from: u64,
-    to: u64,
-    pace: Duration,
-) -> tokio::task::JoinHandle<()> {
+    user: &str,
+    seqs: std::ops::RangeInclusive<u64>,
+) {
     let producer = cluster.producer();
-    let config = cluster.config.clone();
-    tokio::spawn(async move {
-        for seq in from..=to {
-            produce_event(
-                &producer,
-                &config,
-                &event::numbered("acme", "c1", seq, user),
-            )
-            .await;
-            tokio::time::sleep(pace).await;
-        }
-    })
+    for seq in seqs {
+        produce_event(
+            &producer,
+            &cluster.config,
+            &event::numbered("acme", "c1", seq, user),
+        )
+        .await;
+    }
 }
 
 /// Produces messages 1, 2, ... for `user`, one every `pace`, until `stop` is set;
