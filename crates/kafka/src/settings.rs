@@ -223,6 +223,8 @@ pub struct Topics {
     pub router_state: String,
     pub unread_counts: String,
     pub user_streams: String,
+    /// Read marks and message reads, compacted; what the api's receipt queries serve.
+    pub read_receipts: String,
     pub dead_letter: String,
 }
 
@@ -234,6 +236,7 @@ impl Default for Topics {
             router_state: "router-state".to_owned(),
             unread_counts: "unread-counts".to_owned(),
             user_streams: "user-streams".to_owned(),
+            read_receipts: "read-receipts".to_owned(),
             dead_letter: "dead-letter".to_owned(),
         }
     }
@@ -249,6 +252,7 @@ impl Topics {
             ("router_state", &self.router_state),
             ("unread_counts", &self.unread_counts),
             ("user_streams", &self.user_streams),
+            ("read_receipts", &self.read_receipts),
             ("dead_letter", &self.dead_letter),
         ];
         let mut seen = BTreeSet::new();
@@ -285,12 +289,13 @@ impl Topics {
             router_state: format!("{prefix}{}", defaults.router_state),
             unread_counts: format!("{prefix}{}", defaults.unread_counts),
             user_streams: format!("{prefix}{}", defaults.user_streams),
+            read_receipts: format!("{prefix}{}", defaults.read_receipts),
             dead_letter: format!("{prefix}{}", defaults.dead_letter),
         }
     }
 
-    /// Each topic with its partition count: user-events, router-state, unread-counts and
-    /// user-streams must share one so that partition p of each holds the same users.
+    /// Each topic with its partition count: user-events, router-state, unread-counts,
+    /// user-streams and read-receipts must share one so that partition p of each holds the same users.
     pub fn with_partitions(
         &self,
         input_partitions: i32,
@@ -302,6 +307,7 @@ impl Topics {
             (self.router_state.clone(), user_partitions),
             (self.unread_counts.clone(), user_partitions),
             (self.user_streams.clone(), user_partitions),
+            (self.read_receipts.clone(), user_partitions),
             (self.dead_letter.clone(), 1),
         ]
     }
