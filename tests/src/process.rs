@@ -40,9 +40,11 @@ pub fn write_config(config: &Config, path: &Path) {
 }
 
 /// `fanout dev` on free ports: the arguments before any of the test's own.
-pub const DEV_ON_FREE_PORTS: [&str; 5] = [
+pub const DEV_ON_FREE_PORTS: [&str; 7] = [
     "dev",
     "--listen",
+    "127.0.0.1:0",
+    "--api-listen",
     "127.0.0.1:0",
     "--admin-listen",
     "127.0.0.1:0",

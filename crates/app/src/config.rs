@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fanout_api::ApiConfig;
 use fanout_edge::EdgeConfig;
 use fanout_ingest::IngestConfig;
 use fanout_kafka::{InvalidSetting, KafkaSettings, Topics};
@@ -31,6 +32,7 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub router: RouterConfig,
     pub edge: EdgeConfig,
+    pub api: ApiConfig,
     pub listen: Listen,
     pub shutdown: Shutdown,
 }
@@ -41,6 +43,8 @@ pub struct Config {
 pub struct Listen {
     /// The edge's client (WebSocket) address.
     pub edge: String,
+    /// The api's HTTP address.
+    pub api: String,
     /// The admin address (`/metrics`, `/healthz`, `/readyz`), for every role.
     pub admin: String,
 }
@@ -49,6 +53,7 @@ impl Default for Listen {
     fn default() -> Self {
         Self {
             edge: "0.0.0.0:8080".to_owned(),
+            api: "0.0.0.0:8081".to_owned(),
             admin: "0.0.0.0:9090".to_owned(),
         }
     }
@@ -128,14 +133,24 @@ impl Config {
         }
         self.router.validate().map_err(in_section("router"))?;
         self.edge.validate().map_err(in_section("edge"))?;
+        self.api.validate().map_err(in_section("api"))?;
         validate_address("listen.edge", &self.listen.edge)?;
+        validate_address("listen.api", &self.listen.api)?;
         validate_address("listen.admin", &self.listen.admin)?;
         // Port 0 (any free port) twice is two ports.
-        if self.listen.edge == self.listen.admin && !self.listen.edge.ends_with(":0") {
-            return Err(invalid(
-                "listen.admin",
-                "must differ from listen.edge (client traffic and admin are separate)",
-            ));
+        for (key, address) in [
+            ("listen.edge", &self.listen.edge),
+            ("listen.api", &self.listen.api),
+        ] {
+            if *address == self.listen.admin && !address.ends_with(":0") {
+                return Err(invalid(
+                    "listen.admin",
+                    format!("must differ from {key} (client traffic and admin are separate)"),
+                ));
+            }
+        }
+        if self.listen.edge == self.listen.api && !self.listen.api.ends_with(":0") {
+            return Err(invalid("listen.api", "must differ from listen.edge"));
         }
         if self.shutdown.grace_ms <= self.edge.drain_window_ms {
             return Err(invalid(

@@ -19,6 +19,12 @@ pub struct DevOptions {
     /// Address of the WebSocket listener (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
+    /// Address of the HTTP api (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    pub api_listen: String,
+    /// The demo partner's API key (random if not given).
+    #[arg(long)]
+    pub api_key: Option<String>,
     /// Address of the admin port: /metrics, /healthz, /readyz (port 0 picks one).
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub admin_listen: String,
@@ -75,6 +81,12 @@ pub struct DevInfo {
     pub room_subscribe: String,
     pub kafka_bootstrap: String,
     pub admin_url: String,
+    /// The HTTP api's base URL.
+    pub api_url: String,
+    /// The demo partner's API key (`Authorization: Bearer <key>`).
+    pub api_key: String,
+    /// A ready `curl` that publishes a message to the demo user through the api.
+    pub api_curl: String,
     pub topics: fanout_kafka::Topics,
 }
 
@@ -113,21 +125,40 @@ pub async fn run(
             ..PartnerConfig::default()
         },
     );
+    let api_key = options
+        .api_key
+        .clone()
+        .unwrap_or_else(|| crate::tools::random_hex(32));
+    config.api.partners.insert(
+        options.partner.clone(),
+        fanout_api::ApiPartner {
+            keys: vec![fanout_api::ApiKey(api_key.clone())],
+        },
+    );
     config.validate()?;
 
     let listener = stages::bind_client_listener(&options.listen).await?;
+    let api_listener = TcpListener::bind(&options.api_listen)
+        .await
+        .with_context(|| format!("binding {}", options.api_listen))?;
     let admin_listener = TcpListener::bind(&options.admin_listen)
         .await
         .with_context(|| format!("binding {}", options.admin_listen))?;
     let started = stages::start_roles(
         &config,
-        &[Role::Ingest, Role::Router, Role::Edge],
-        Some(listener),
+        &[Role::Ingest, Role::Router, Role::Edge, Role::Api],
+        stages::ClientListeners {
+            edge: Some(listener),
+            api: Some(api_listener),
+        },
         admin_listener,
         shutdown.clone(),
     )?;
     let Some((edge, edge_address)) = started.edge.clone() else {
         anyhow::bail!("the edge did not start");
+    };
+    let Some((api_address, api_health)) = started.api.clone() else {
+        anyhow::bail!("the api did not start");
     };
 
     let token = crate::tools::mint_token(
@@ -156,7 +187,12 @@ pub async fn run(
         host(started.admin_address),
         started.admin_address.port()
     );
+    let api_url = format!("http://{}:{}", host(api_address), api_address.port());
+    let api_curl = api_curl(&api_url, &api_key, &options.partner, &options.user);
     let info = DevInfo {
+        api_url,
+        api_key,
+        api_curl,
         cable_url: format!(
             "{websocket_url}/cable?jwt={token}&partner={}",
             options.partner
@@ -177,7 +213,12 @@ pub async fn run(
     let mut ready = edge.ready.clone();
     tokio::select! {
         () = shutdown.cancelled() => {}
-        _ = ready.wait_for(|ready| *ready) => {
+        _ = async {
+            let _ = ready.wait_for(|ready| *ready).await;
+            while !api_health.is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        } => {
             if let Some(path) = &options.info_file {
                 let json = serde_json::to_vec_pretty(&info)?;
                 std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
@@ -207,10 +248,29 @@ pub fn room_subscribe(pubsub_token: &str) -> String {
     )
 }
 
+/// A `curl` that publishes one message from `alice` to `user` through the api.
+pub fn api_curl(api_url: &str, api_key: &str, partner: &str, user: &str) -> String {
+    let event = serde_json::json!({
+        "eventId": "curl-1",
+        "partner": partner,
+        "messageCreated": {
+            "conversationId": "c1",
+            "seq": "1",
+            "messageId": "m1",
+            "sender": "alice",
+            "recipients": [user],
+        },
+        "data": {"text": "hello over HTTP"},
+    });
+    format!(
+        "curl -sS -X POST {api_url}/v1/events -H 'Authorization: Bearer {api_key}' -H 'Content-Type: application/json' -d '{event}'"
+    )
+}
+
 /// The banner `fanout dev` prints.
 pub fn banner(info: &DevInfo) -> String {
     format!(
-        "\nfanout dev is running (embedded Kafka, ingest, router, edge).\n\n\
+        "\nfanout dev is running (embedded Kafka, ingest, router, edge, api).\n\n\
          ActionCable URL (demo user {user}):\n  {cable_url}\n\n\
          RoomChannel, {user}'s events as Chatwoot's widget gets them (no jwt in the URL):\n  \
          open {room_url}\n  \
@@ -222,11 +282,15 @@ pub fn banner(info: &DevInfo) -> String {
          partner secret:   {secret}\n\
          demo token (24h): {token}\n\
          Kafka bootstrap:  {bootstrap}\n\
-         admin:            {admin}/metrics, /healthz, /readyz\n\n\
+         admin:            {admin}/metrics, /healthz, /readyz\n\
+         HTTP api:         {api_url} (docs/openapi.json; API key {api_key})\n\n\
          Make {user} an unread message:\n  \
          fanout produce --brokers {bootstrap} created --partner {partner} --conversation c1 --seq 1 --from alice --to {user} --data '{{\"text\":\"hello\"}}'\n\
          Tokens in a URL are single-use (one connection each); mint another, for any user:\n  \
          fanout token --secret {secret} --user alice\n\n\
+         Or publish it over HTTP, then read the count back:\n  \
+         {api_curl}\n  \
+         curl -sS {api_url}/v1/users/{user}/unread_count -H 'Authorization: Bearer {api_key}'\n\n\
          Ctrl-C stops everything.\n",
         user = info.user,
         cable_url = info.cable_url,
@@ -237,6 +301,9 @@ pub fn banner(info: &DevInfo) -> String {
         token = info.token,
         bootstrap = info.kafka_bootstrap,
         admin = info.admin_url,
+        api_url = info.api_url,
+        api_key = info.api_key,
+        api_curl = info.api_curl,
     )
 }
 

@@ -1,4 +1,4 @@
-//! `fanout ingest`, `fanout router` and `fanout edge`: one role as its own process,
+//! `fanout ingest`, `fanout router`, `fanout edge` and `fanout api`: one role as its own process,
 //! its whole config validated before anything is bound; and `fanout check-config`,
 //! which loads a config exactly as they do.
 
@@ -32,10 +32,20 @@ impl RoleOptions {
             Ok(config) => config,
             Err(code) => return Ok(code),
         };
-        let edge_listener = match role {
-            Role::Edge => Some(stages::bind_client_listener(&config.listen.edge).await?),
-            Role::Ingest | Role::Router => None,
-        };
+        let mut listeners = stages::ClientListeners::default();
+        match role {
+            Role::Edge => {
+                listeners.edge = Some(stages::bind_client_listener(&config.listen.edge).await?);
+            }
+            Role::Api => {
+                listeners.api = Some(
+                    tokio::net::TcpListener::bind(&config.listen.api)
+                        .await
+                        .with_context(|| format!("binding {}", config.listen.api))?,
+                );
+            }
+            Role::Ingest | Role::Router => {}
+        }
         let admin_listener = tokio::net::TcpListener::bind(&config.listen.admin)
             .await
             .with_context(|| format!("binding {}", config.listen.admin))?;
@@ -44,7 +54,7 @@ impl RoleOptions {
         let started = stages::start_roles(
             &config,
             &[role],
-            edge_listener,
+            listeners,
             admin_listener,
             shutdown.clone(),
         )?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use fanout_api::Api;
 use fanout_edge::{Edge, Node};
 use fanout_ingest::IngestMetrics;
 use fanout_kafka::StageHealth;
@@ -119,6 +120,35 @@ pub fn spawn_edge(
         node,
         address,
     })
+}
+
+/// Spawns the api on an already bound `listener`; returns its stage and address.
+pub fn spawn_api(
+    config: &Config,
+    listener: TcpListener,
+    registry: &Registry,
+    shutdown: CancellationToken,
+) -> anyhow::Result<(Stage, SocketAddr)> {
+    let health = StageHealth::new();
+    let api = Api::new(
+        config.api.clone(),
+        config.ingest.limits.clone(),
+        config.kafka.clone(),
+        &config.topics,
+        listener,
+        registry,
+        health.clone(),
+    )?;
+    let address = api.address()?;
+    let task = tokio::spawn(async move { api.run(shutdown).await.context("api") });
+    Ok((
+        Stage {
+            name: "api",
+            task,
+            health: Some(health),
+        },
+        address,
+    ))
 }
 
 /// The listen backlog of the edge's client listener. tokio (through mio) binds with
@@ -269,6 +299,7 @@ pub enum Role {
     Ingest,
     Router,
     Edge,
+    Api,
 }
 
 /// Handles on the roles [`start_roles`] started.
@@ -276,15 +307,25 @@ pub struct StartedRoles {
     pub stages: Vec<Stage>,
     /// With [`Role::Edge`]: its node and the address clients connect to.
     pub edge: Option<(Arc<Node>, SocketAddr)>,
+    /// With [`Role::Api`]: the address it serves, and its health (ready once its
+    /// tables caught up).
+    pub api: Option<(SocketAddr, StageHealth)>,
     pub admin_address: SocketAddr,
 }
 
+/// The client listeners of the roles that serve clients: the edge's and the api's.
+#[derive(Default)]
+pub struct ClientListeners {
+    pub edge: Option<TcpListener>,
+    pub api: Option<TcpListener>,
+}
+
 /// Starts `roles` and the admin port, on listeners the caller bound (the edge's is
-/// needed only with [`Role::Edge`]).
+/// needed only with [`Role::Edge`], the api's only with [`Role::Api`]).
 pub fn start_roles(
     config: &Config,
     roles: &[Role],
-    edge_listener: Option<TcpListener>,
+    listeners: ClientListeners,
     admin_listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<StartedRoles> {
@@ -294,15 +335,24 @@ pub fn start_roles(
         match role {
             Role::Ingest => stages.push(spawn_ingest(config, &registry, shutdown.clone())?.0),
             Role::Router => stages.push(spawn_router(config, &registry, shutdown.clone())?.0),
-            // Started below, once, on its listener.
-            Role::Edge => {}
+            // Started below, once, on their listeners.
+            Role::Edge | Role::Api => {}
         }
     }
     let edge = if roles.contains(&Role::Edge) {
-        let listener = edge_listener.context("the edge role needs a listener")?;
+        let listener = listeners.edge.context("the edge role needs a listener")?;
         let started = spawn_edge(config, listener, &registry, shutdown.clone())?;
         stages.push(started.stage);
         Some((started.node, started.address))
+    } else {
+        None
+    };
+    let api = if roles.contains(&Role::Api) {
+        let listener = listeners.api.context("the api role needs a listener")?;
+        let (stage, address) = spawn_api(config, listener, &registry, shutdown.clone())?;
+        let health = stage.health.clone().context("the api stage has a health")?;
+        stages.push(stage);
+        Some((address, health))
     } else {
         None
     };
@@ -325,6 +375,7 @@ pub fn start_roles(
     Ok(StartedRoles {
         stages,
         edge,
+        api,
         admin_address,
     })
 }

@@ -430,6 +430,7 @@ fn role_config(
     let config = Config {
         listen: Listen {
             edge: edge_listen.unwrap_or("127.0.0.1:0").to_owned(),
+            api: "127.0.0.1:0".to_owned(),
             admin: admin_listen.to_owned(),
         },
         ..shared.clone()

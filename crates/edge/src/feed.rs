@@ -25,7 +25,7 @@ use crate::table::{CountTable, CountValue};
 use crate::telemetry::{CountRecord, EdgeMetrics, StreamRecord};
 
 /// Where reading starts in each partition, and its high-water mark then.
-type Watermarks = HashMap<i32, (i64, i64)>;
+pub type Watermarks = HashMap<i32, (i64, i64)>;
 
 /// How often the history window is aged and its metrics set while records come or not.
 const HISTORY_TICK: Duration = Duration::from_secs(1);
@@ -221,25 +221,32 @@ fn apply(
     message: &rdkafka::message::BorrowedMessage<'_>,
     metrics: &EdgeMetrics,
 ) {
-    let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
+    let Some((key, value)) = count_record(message) else {
         metrics.count_record(CountRecord::Invalid);
         return;
-    };
-    let Ok(record) = v1::UnreadCount::decode(message.payload().unwrap_or_default()) else {
-        metrics.count_record(CountRecord::Invalid);
-        return;
-    };
-    let value = CountValue {
-        count: record.count,
-        version: record.version,
-        occurred_at_ms: record.occurred_at_ms,
-        changes: 0,
     };
     if table.apply(key, value) {
         metrics.count_record(CountRecord::Applied);
     } else {
         metrics.count_record(CountRecord::Stale);
     }
+}
+
+/// An unread-counts record's key and value; `None` when it is not one the router wrote.
+pub fn count_record<'m>(message: &'m impl Message) -> Option<(&'m str, CountValue)> {
+    let key = message
+        .key()
+        .and_then(|key| std::str::from_utf8(key).ok())?;
+    let record = v1::UnreadCount::decode(message.payload().unwrap_or_default()).ok()?;
+    Some((
+        key,
+        CountValue {
+            count: record.count,
+            version: record.version,
+            occurred_at_ms: record.occurred_at_ms,
+            changes: 0,
+        },
+    ))
 }
 
 /// Hands a user-streams record to the history window and the sessions subscribed to
@@ -310,7 +317,7 @@ fn render(key: &str, record: &v1::StreamEvent, written_ms: i64) -> Option<Stream
 /// now: the start is the low-water mark, or with `since_ms` the first record written at
 /// or after it. Retries until the topic exists (an edge may start before the topics are
 /// created).
-async fn starting_positions(
+pub async fn starting_positions(
     kafka: &KafkaSettings,
     topic: &str,
     wanted: &[i32],

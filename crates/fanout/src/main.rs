@@ -34,6 +34,8 @@ enum Command {
     Router(RoleOptions),
     /// Run an edge node.
     Edge(RoleOptions),
+    /// Run the HTTP api: publish events, query unread counts and read receipts.
+    Api(RoleOptions),
     /// Validate a config file (and FANOUT_* overrides) and exit: 0 if it is good, 64
     /// with the reason (naming the key) if not.
     CheckConfig(CheckConfigOptions),
@@ -83,6 +85,7 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
         Command::Ingest(options) => return options.execute(Role::Ingest, format).await,
         Command::Router(options) => return options.execute(Role::Router, format).await,
         Command::Edge(options) => return options.execute(Role::Edge, format).await,
+        Command::Api(options) => return options.execute(Role::Api, format).await,
         Command::CheckConfig(options) => return Ok(options.execute(format)),
         Command::DefaultConfig => print!("{}", fanout_app::config::DEFAULT_CONFIG_TOML),
         Command::Produce(options) => options.execute().await?,

@@ -131,12 +131,14 @@ fn nobody_connected(listener: &TcpListener) -> bool {
 fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
     let dir = temp_dir("config-cli");
     let (edge_port, edge_address) = held_port();
+    let (api_port, api_address) = held_port();
     let (admin_port, admin_address) = held_port();
     let (broker_port, broker_address) = held_port();
     let good = Config {
         kafka: KafkaSettings::new(&broker_address),
         listen: Listen {
             edge: edge_address.clone(),
+            api: api_address.clone(),
             admin: admin_address,
         },
         ..Config::default()
@@ -146,7 +148,7 @@ fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
     let bad_path = dir.join("bad.toml");
     write_config(&bad, &bad_path);
     let bad = bad_path.to_str().unwrap();
-    for role in ["edge", "ingest", "router"] {
+    for role in ["edge", "ingest", "router", "api"] {
         let output = FANOUT.output(&[role, "--config", bad], &[]);
         assert_eq!(
             output.status.code(),
@@ -174,7 +176,15 @@ fn every_role_refuses_a_bad_config_with_64_before_binding_or_connecting() {
         "{}",
         stderr(&output)
     );
-    drop((edge_port, admin_port));
+    // And the api's, the same way.
+    let output = FANOUT.output(&["api", "--config", good_path.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains(&format!("binding {api_address}")),
+        "{}",
+        stderr(&output)
+    );
+    drop((edge_port, api_port, admin_port));
 }
 
 /// Runs `fanout dev` until it is ready, then SIGTERM; returns stdout's and stderr's

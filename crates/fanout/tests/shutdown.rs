@@ -65,6 +65,7 @@ fn write_role_config(
     config.edge.drain_window_ms = drain_window_ms;
     config.listen = Listen {
         edge: "127.0.0.1:0".to_owned(),
+        api: "127.0.0.1:0".to_owned(),
         admin: "127.0.0.1:0".to_owned(),
     };
     config.shutdown.grace_ms = grace_ms;
