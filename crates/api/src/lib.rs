@@ -80,6 +80,14 @@ impl Api {
         metrics.keys_loaded(Ok(config.merged_keys(&file).values().map(Vec::len).sum()));
         let mut producer_config = kafka.producer_config();
         producer_config.set("message.timeout.ms", config.publish_timeout_ms.to_string());
+        // Not idempotent: a publish gives up after `publish_timeout_ms`, and an
+        // idempotent producer whose records timed out must re-establish its producer
+        // epoch with the broker, which a broker may refuse for good (tansu 0.6 answers
+        // every later record with an unknown error). A retried record may then be
+        // written twice, which processing absorbs (every transition is idempotent);
+        // one request in flight per broker keeps a partition's records in order.
+        producer_config.set("enable.idempotence", "false");
+        producer_config.set("max.in.flight.requests.per.connection", "1");
         let producer: FutureProducer = producer_config.create().map_err(ApiError::Producer)?;
         let state = Arc::new(ApiState {
             config,
