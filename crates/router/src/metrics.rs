@@ -42,6 +42,7 @@ pub struct RouterMetrics {
     evicted_ranges: IntCounter,
     streamed: IntCounter,
     receipts: IntCounter,
+    read_receipts: IntCounter,
     state_writes: IntCounter,
     covered_states: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
@@ -81,6 +82,10 @@ impl RouterMetrics {
             "fanout_router_receipts_total",
             "Read receipts written back to user-events for notify users",
         )?;
+        let read_receipts = IntCounter::new(
+            "fanout_router_read_receipts_total",
+            "Read marks and message reads written to read-receipts",
+        )?;
         let state_writes = IntCounter::new(
             "fanout_router_state_writes_total",
             "User states written to router-state",
@@ -93,6 +98,7 @@ impl RouterMetrics {
         registry.register(Box::new(covered_states.clone()))?;
         registry.register(Box::new(streamed.clone()))?;
         registry.register(Box::new(receipts.clone()))?;
+        registry.register(Box::new(read_receipts.clone()))?;
         registry.register(Box::new(events.clone()))?;
         registry.register(Box::new(restore_seconds.clone()))?;
         registry.register(Box::new(restored_users.clone()))?;
@@ -111,6 +117,7 @@ impl RouterMetrics {
             evicted_ranges,
             streamed,
             receipts,
+            read_receipts,
             state_writes,
             covered_states,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
@@ -166,6 +173,10 @@ impl RouterMetrics {
         self.receipts.inc();
     }
 
+    pub(crate) fn read_receipt(&self) {
+        self.read_receipts.inc();
+    }
+
     /// A user's state written, covering `covered` earlier changes of it besides.
     pub(crate) fn state_written(&self, covered: usize) {
         self.state_writes.inc();
@@ -180,6 +191,11 @@ impl RouterMetrics {
     /// Errors reported by the Kafka clients so far.
     pub fn kafka_error_count(&self) -> u64 {
         self.kafka.error_count()
+    }
+
+    /// Records written to read-receipts so far.
+    pub fn read_receipt_count(&self) -> u64 {
+        self.read_receipts.get()
     }
 
     /// Events consumed with `result` so far (one of [`Self::RESULTS`]).

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{EventResult, RouterMetrics};
 use crate::restore::{RestoreError, restore_partitions};
-use crate::state::{Step, UserRecord, epoch_of, input_of, receipts_of};
+use crate::state::{Step, UserRecord, epoch_of, input_of, read_receipt_of, receipts_of};
 
 /// The router's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -223,12 +223,13 @@ pub async fn run(
         },
         unwritten: HashMap::new(),
     };
-    // Two stages of acknowledgement: an input's outputs (count, stream event, receipts)
-    // first; only once they are in Kafka is the user's state written, in input order,
-    // and only once that is in Kafka is the input offset stored. A state on record
-    // therefore never covers an event whose stream record could still be lost: a crash
-    // at any point replays the event from an older state, which gives it the same
-    // position and the same content again (edges and receivers skip the repeat).
+    // Two stages of acknowledgement: an input's outputs (count, stream event, receipts,
+    // read receipt) first; only once they are in Kafka is the user's state written, in
+    // input order, and only once that is in Kafka is the input offset stored. A state on
+    // record therefore never covers an event whose stream record could still be lost: a
+    // crash at any point replays the event from an older state, which gives it the same
+    // position and the same content again (edges and receivers skip the repeat; a
+    // read-receipts record is rewritten with the same key and value).
     let mut outputs: AckPipeline<Option<String>> = AckPipeline::new();
     let mut states = AckPipeline::new();
     // Assignment changes arrive inside the consumer's poll; this tick makes sure an
@@ -343,7 +344,7 @@ impl Router<'_> {
             .send(
                 &self.topics.router_state,
                 Some(acked.partition),
-                &key,
+                key.as_bytes(),
                 &payload,
             )
             .await?;
@@ -489,7 +490,12 @@ impl Router<'_> {
                 self.metrics.event(EventResult::Replayed);
                 let count = record.count_record(partner, user).encode_to_vec();
                 let delivery = self
-                    .send(&self.topics.unread_counts, Some(partition), key, &count)
+                    .send(
+                        &self.topics.unread_counts,
+                        Some(partition),
+                        key.as_bytes(),
+                        &count,
+                    )
                     .await?;
                 Ok((vec![delivery], None))
             }
@@ -498,34 +504,43 @@ impl Router<'_> {
                 self.metrics.event(EventResult::Unchanged);
                 nothing()
             }
-            Step::Applied {
-                count_changed,
-                delivered,
-                evicted_ranges,
-            } => {
-                self.metrics.evicted(evicted_ranges);
+            Step::Applied { counts, delivered } => {
+                self.metrics.evicted(counts.evicted_ranges);
                 self.metrics.event(EventResult::Applied);
-                let count =
-                    count_changed.then(|| record.count_record(partner, user).encode_to_vec());
+                let count = counts
+                    .count_changed
+                    .then(|| record.count_record(partner, user).encode_to_vec());
                 let streamed = delivered.map(|position| {
                     let stream = record
                         .stream_record(&event, position, partner, user)
                         .encode_to_vec();
                     (stream, receipts_of(&event, position))
                 });
+                let read = read_receipt_of(&event, &counts, partner, user)
+                    .map(|(read_key, receipt)| (read_key, receipt.encode_to_vec()));
                 self.unwritten.entry(key.to_owned()).or_default().in_flight += 1;
-                let mut deliveries = Vec::with_capacity(2);
+                let mut deliveries = Vec::with_capacity(3);
                 if let Some(count) = count {
                     deliveries.push(
-                        self.send(&self.topics.unread_counts, Some(partition), key, &count)
-                            .await?,
+                        self.send(
+                            &self.topics.unread_counts,
+                            Some(partition),
+                            key.as_bytes(),
+                            &count,
+                        )
+                        .await?,
                     );
                 }
                 if let Some((stream, receipts)) = streamed {
                     self.metrics.streamed();
                     deliveries.push(
-                        self.send(&self.topics.user_streams, Some(partition), key, &stream)
-                            .await?,
+                        self.send(
+                            &self.topics.user_streams,
+                            Some(partition),
+                            key.as_bytes(),
+                            &stream,
+                        )
+                        .await?,
                     );
                     for receipt in receipts {
                         let receiver = user_key(&receipt.partner, &receipt.user);
@@ -534,12 +549,26 @@ impl Router<'_> {
                             self.send(
                                 &self.topics.user_events,
                                 None,
-                                &receiver,
+                                receiver.as_bytes(),
                                 &receipt.encode_to_vec(),
                             )
                             .await?,
                         );
                     }
+                }
+                // The reader's own partition, as the count's: the api finds a user's
+                // reads where it finds the user.
+                if let Some((read_key, read_receipt)) = read {
+                    self.metrics.read_receipt();
+                    deliveries.push(
+                        self.send(
+                            &self.topics.read_receipts,
+                            Some(partition),
+                            &read_key,
+                            &read_receipt,
+                        )
+                        .await?,
+                    );
                 }
                 Ok((deliveries, Some(key.to_owned())))
             }
@@ -552,7 +581,7 @@ impl Router<'_> {
         &self,
         topic: &str,
         partition: Option<i32>,
-        key: &str,
+        key: &[u8],
         payload: &[u8],
     ) -> Result<DeliveryFuture, RouterError> {
         let mut record = FutureRecord::to(topic).key(key).payload(payload);

@@ -2,9 +2,10 @@
 
 use fanout_schema::v1::{self, user_event::Kind};
 use fanout_unread::{
-    ConversationSnapshot, Input, Limits, Position, SeenSnapshot, SeqRange, Snapshot, SnapshotError,
-    StreamLimits, StreamSnapshot, User,
+    ConversationSnapshot, Input, Limits, Outcome, Position, SeenSnapshot, SeqRange, Snapshot,
+    SnapshotError, StreamLimits, StreamSnapshot, User,
 };
+use prost::Message as _;
 
 /// A user's state as the router keeps it: the unread state and the stream (one state
 /// machine, [`User`]) plus the bookkeeping that makes replays safe.
@@ -27,12 +28,13 @@ pub enum Step {
     Replayed,
     /// Nothing changed (a duplicate from upstream, a read of what was read).
     Unchanged { evicted_ranges: usize },
-    /// The record changed: it must be written, with the count if it changed and the
-    /// stream event at `delivered` if the user is to see it.
+    /// The record changed: it must be written, with the count if it changed
+    /// (`counts.count_changed`), the stream event at `delivered` if the user is to see
+    /// it, and the read receipt if the event read something unread (see
+    /// [`read_receipt_of`]).
     Applied {
-        count_changed: bool,
+        counts: Outcome,
         delivered: Option<Position>,
-        evicted_ranges: usize,
     },
 }
 
@@ -69,9 +71,8 @@ impl UserRecord {
         self.last_offset = offset;
         self.occurred_at_ms = event.occurred_at_ms;
         Step::Applied {
-            count_changed: applied.counts.count_changed,
+            counts: applied.counts,
             delivered: applied.delivered,
-            evicted_ranges: applied.counts.evicted_ranges,
         }
     }
 
@@ -267,6 +268,50 @@ pub fn receipts_of(event: &v1::UserEvent, position: Position) -> Vec<v1::UserEve
         .collect()
 }
 
+/// The read-receipts record a read owes, as (key, value): for a `KIND_CONVERSATION_READ`
+/// or `KIND_MESSAGE_READ` of `partner`/`user` whose op read something not read before
+/// (`counts.op_changed`); `None` for any other event, and for a read that changed
+/// nothing (a duplicate, a replay of an applied read, a read at or below the mark).
+///
+/// The key is a protobuf [`v1::ReadReceiptKey`]: seq 0 for a ConversationRead, so the
+/// user's latest mark in the conversation replaces the earlier ones under compaction
+/// (marks only grow, and a lower one changes nothing, so the last record is the highest);
+/// the message's seq for a MessageRead. The value is the same for the same event, so a
+/// replay rewrites the same records.
+pub fn read_receipt_of(
+    event: &v1::UserEvent,
+    counts: &Outcome,
+    partner: &str,
+    user: &str,
+) -> Option<(Vec<u8>, v1::ReadReceipt)> {
+    let key_seq = match Kind::try_from(event.kind) {
+        Ok(Kind::ConversationRead) => 0,
+        Ok(Kind::MessageRead) => event.seq,
+        _ => return None,
+    };
+    if !counts.op_changed {
+        return None;
+    }
+    let key = v1::ReadReceiptKey {
+        partner: partner.to_owned(),
+        conversation_id: event.conversation_id.clone(),
+        user: user.to_owned(),
+        seq: key_seq,
+    }
+    .encode_to_vec();
+    let receipt = v1::ReadReceipt {
+        partner: partner.to_owned(),
+        conversation_id: event.conversation_id.clone(),
+        user: user.to_owned(),
+        kind: event.kind,
+        seq: event.seq,
+        read_at_ms: event.occurred_at_ms,
+        event_id: event.event_id.clone(),
+        message_id: event.message_id.clone(),
+    };
+    Some((key, receipt))
+}
+
 /// The epoch of a user first seen in the user-events record at `offset` with Kafka
 /// timestamp `timestamp_ms`: the same record always gives the same epoch, so a replay
 /// after a crash continues the same stream, while a user whose state was lost (and who
@@ -398,16 +443,17 @@ mod tests {
     fn deliveries_take_consecutive_positions_and_replays_take_none() {
         let mut record = UserRecord::new(5);
         let created = event(Kind::Created, "c1", 1);
+        let Step::Applied { counts, delivered } = apply(&mut record, &created, 10) else {
+            panic!("the message applies");
+        };
+        assert!(counts.count_changed);
+        assert_eq!(counts.evicted_ranges, 0);
         assert_eq!(
-            apply(&mut record, &created, 10),
-            Step::Applied {
-                count_changed: true,
-                delivered: Some(Position {
-                    epoch: 5,
-                    offset: 1
-                }),
-                evicted_ranges: 0
-            }
+            delivered,
+            Some(Position {
+                epoch: 5,
+                offset: 1
+            })
         );
         // The same record again (a router replay), then the same event at a new offset
         // (an ingest replay): neither delivers.
@@ -463,6 +509,171 @@ mod tests {
         assert_eq!(receipt.data_json, read.data_json);
         assert_eq!(event_name(receipt), "message.read");
         assert!(receipts_of(&event(Kind::Created, "c1", 4), position).is_empty());
+    }
+
+    /// The read-receipts record `event` owes once applied at `offset`, as the router
+    /// decides it: only an applied step's outcome can owe one.
+    fn read_receipt_after(
+        record: &mut UserRecord,
+        event: &v1::UserEvent,
+        offset: i64,
+    ) -> Option<(v1::ReadReceiptKey, v1::ReadReceipt)> {
+        let Step::Applied { counts, .. } = apply(record, event, offset) else {
+            return None;
+        };
+        read_receipt_of(event, &counts, "acme", "bob")
+            .map(|(key, receipt)| (v1::ReadReceiptKey::decode(key.as_slice()).unwrap(), receipt))
+    }
+
+    fn key(seq: u64) -> v1::ReadReceiptKey {
+        v1::ReadReceiptKey {
+            partner: "acme".into(),
+            conversation_id: "c1".into(),
+            user: "bob".into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn a_read_that_reads_something_owes_one_read_receipt_keyed_by_mark_or_message() {
+        let mut record = UserRecord::new(1);
+        for (offset, seq) in [1, 2, 3].into_iter().enumerate() {
+            apply(&mut record, &event(Kind::Created, "c1", seq), offset as i64);
+        }
+        let mut mark = event(Kind::ConversationRead, "c1", 2);
+        mark.occurred_at_ms = 1_700_000_000_500;
+        mark.event_id = "read-2".into();
+        assert_eq!(
+            read_receipt_after(&mut record, &mark, 10),
+            Some((
+                key(0),
+                v1::ReadReceipt {
+                    partner: "acme".into(),
+                    conversation_id: "c1".into(),
+                    user: "bob".into(),
+                    kind: Kind::ConversationRead.into(),
+                    seq: 2,
+                    read_at_ms: 1_700_000_000_500,
+                    event_id: "read-2".into(),
+                    message_id: String::new(),
+                }
+            ))
+        );
+        // A message read before the message exists: keyed by its seq; the seq is the
+        // event's, not the mark it may move.
+        let mut early = event(Kind::MessageRead, "c1", 9);
+        early.message_id = "m9".into();
+        early.occurred_at_ms = 1_700_000_000_600;
+        let (early_key, early_receipt) = read_receipt_after(&mut record, &early, 11).unwrap();
+        assert_eq!(early_key, key(9));
+        assert_eq!(
+            (
+                early_receipt.kind,
+                early_receipt.seq,
+                early_receipt.read_at_ms,
+                early_receipt.message_id.as_str()
+            ),
+            (i32::from(Kind::MessageRead), 9, 1_700_000_000_600, "m9")
+        );
+        let (_, next) =
+            read_receipt_after(&mut record, &event(Kind::MessageRead, "c1", 3), 12).unwrap();
+        assert_eq!(next.seq, 3);
+        // A later, higher mark: the same key as the first, to replace it.
+        let (higher_key, higher) =
+            read_receipt_after(&mut record, &event(Kind::ConversationRead, "c1", 12), 13).unwrap();
+        assert_eq!((higher_key, higher.seq), (key(0), 12));
+    }
+
+    #[test]
+    fn a_read_that_changes_nothing_owes_no_read_receipt() {
+        let mut record = UserRecord::new(1);
+        apply(&mut record, &event(Kind::Created, "c1", 1), 0);
+        let mark = event(Kind::ConversationRead, "c1", 5);
+        assert!(read_receipt_after(&mut record, &mark, 1).is_some());
+        // The same record again (a router replay), the same event again (a duplicate),
+        // a lower mark, a message read at or below the mark: none reads anything.
+        assert_eq!(read_receipt_after(&mut record, &mark, 1), None);
+        assert_eq!(read_receipt_after(&mut record, &mark, 2), None);
+        let below = [
+            event(Kind::ConversationRead, "c1", 3),
+            event(Kind::MessageRead, "c1", 4),
+            event(Kind::MessageRead, "c1", 5),
+        ];
+        for (offset, read) in (3..).zip(&below) {
+            assert_eq!(
+                read_receipt_after(&mut record, read, offset),
+                None,
+                "{read:?}"
+            );
+        }
+        let read = event(Kind::MessageRead, "c1", 8);
+        assert!(read_receipt_after(&mut record, &read, 10).is_some());
+        assert_eq!(read_receipt_after(&mut record, &read, 11), None);
+        // A read of a message deleted for the user reads nothing more.
+        apply(&mut record, &event(Kind::Deleted, "c1", 9), 12);
+        assert_eq!(
+            read_receipt_after(&mut record, &event(Kind::MessageRead, "c1", 9), 13),
+            None
+        );
+    }
+
+    #[test]
+    fn only_reads_whose_own_op_changed_owe_a_read_receipt() {
+        let changed = Outcome {
+            state_changed: true,
+            op_changed: true,
+            count_changed: true,
+            evicted_ranges: 0,
+        };
+        for kind in [Kind::Created, Kind::Sent, Kind::Deleted, Kind::Notification] {
+            assert_eq!(
+                read_receipt_of(&event(kind, "c1", 1), &changed, "acme", "bob"),
+                None
+            );
+        }
+        let mut receipt = event(Kind::Receipt, "c1", 1);
+        receipt.receipt_of = Kind::MessageRead.into();
+        assert_eq!(read_receipt_of(&receipt, &changed, "acme", "bob"), None);
+        // Evictions alone changed the state: the read itself changed nothing.
+        let evicted_only = Outcome {
+            state_changed: true,
+            op_changed: false,
+            count_changed: false,
+            evicted_ranges: 1,
+        };
+        let read = event(Kind::MessageRead, "c1", 1);
+        assert_eq!(read_receipt_of(&read, &evicted_only, "acme", "bob"), None);
+        assert!(read_receipt_of(&read, &changed, "acme", "bob").is_some());
+    }
+
+    #[test]
+    fn read_receipt_keys_keep_partners_users_and_conversations_apart() {
+        let changed = Outcome {
+            state_changed: true,
+            op_changed: true,
+            count_changed: true,
+            evicted_ranges: 0,
+        };
+        // Ids that a separator would confuse: "a/b" + "c" and "a" + "b/c".
+        let keys: Vec<Vec<u8>> = [("a/b", "c", "u"), ("a", "b/c", "u"), ("a", "b", "c/u")]
+            .into_iter()
+            .map(|(partner, conversation, user)| {
+                let read = event(Kind::ConversationRead, conversation, 1);
+                read_receipt_of(&read, &changed, partner, user).unwrap().0
+            })
+            .collect();
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+        assert_ne!(keys[0], keys[2]);
+        let decoded = v1::ReadReceiptKey::decode(keys[1].as_slice()).unwrap();
+        assert_eq!(
+            (
+                decoded.partner.as_str(),
+                decoded.conversation_id.as_str(),
+                decoded.user.as_str()
+            ),
+            ("a", "b/c", "u")
+        );
     }
 
     #[test]
