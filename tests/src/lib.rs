@@ -63,6 +63,7 @@ impl TestPartner {
 }
 
 pub mod anycable;
+pub mod api;
 pub mod metrics_doc;
 pub mod node;
 pub mod process;

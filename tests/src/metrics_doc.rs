@@ -5,15 +5,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The stages a metric name may start with.
-pub const STAGES: [&str; 3] = ["ingest", "router", "edge"];
+pub const STAGES: [&str; 4] = ["ingest", "router", "edge", "api"];
 
 /// Label names with a bounded set of values (see docs/metrics.md). A new label is added
 /// here, and to the doc, deliberately.
-pub const ALLOWED_LABELS: [&str; 6] = [
+pub const ALLOWED_LABELS: [&str; 8] = [
     "result",
     "reason",
     "protocol",
     "limit",
+    "route",
+    "status",
     "topic",
     "partition",
 ];

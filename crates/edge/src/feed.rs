@@ -233,7 +233,7 @@ fn apply(
 }
 
 /// An unread-counts record's key and value; `None` when it is not one the router wrote.
-pub fn count_record<'m>(message: &'m impl Message) -> Option<(&'m str, CountValue)> {
+pub fn count_record(message: &impl Message) -> Option<(&str, CountValue)> {
     let key = message
         .key()
         .and_then(|key| std::str::from_utf8(key).ok())?;

@@ -22,8 +22,10 @@ fn registered() -> BTreeMap<String, MetricShape> {
     fanout_router::RouterMetrics::new(&router).unwrap();
     let edge = Registry::new();
     fanout_edge::EdgeMetrics::new(&edge).unwrap();
+    let api = Registry::new();
+    fanout_api::ApiMetrics::new(&api).unwrap();
     let mut text = Vec::new();
-    for registry in [ingest, router, edge] {
+    for registry in [ingest, router, edge, api] {
         TextEncoder::new()
             .encode(&registry.gather(), &mut text)
             .unwrap();
