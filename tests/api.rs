@@ -264,7 +264,7 @@ async fn every_route_answers_with_its_documented_codes_and_only_valid_events_are
     assert_eq!(none_for_globex.body["readers"], json!([]));
 
     // Path values that are not what they should be.
-    for seq in ["0", "abc", "9007199254740993", "-1"] {
+    for seq in ["0", "abc", "9007199254740993", "-1", "+5"] {
         let answer = get(
             address,
             ACME_KEY,
@@ -287,6 +287,20 @@ async fn every_route_answers_with_its_documented_codes_and_only_valid_events_are
     )
     .await;
     assert_eq!((answer.status, answer.code()), (400, "id_too_long"));
+    let answer = get(address, ACME_KEY, "/v1/users//unread_count").await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (400, "missing_field"),
+        "{}",
+        answer.text
+    );
+    let answer = get(address, ACME_KEY, "/v1/conversations//messages/1/receipts").await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (400, "missing_field"),
+        "{}",
+        answer.text
+    );
     // Percent-encoded ids are decoded: a user id with a slash and a space.
     let answer = get(address, ACME_KEY, "/v1/users/a%2Fb%20c/unread_count").await;
     assert_eq!(answer.body["user"], "a/b c", "{}", answer.text);

@@ -108,8 +108,10 @@ fn check_partner(code: &str, partner: &ApiPartner) -> Result<(), String> {
 }
 
 impl ApiConfig {
-    /// Every partner's keys: those in `partners` plus those in `file`.
-    pub fn merged_keys(&self, file: &KeysFile) -> BTreeMap<String, Vec<ApiKey>> {
+    /// Every partner's keys: those in `partners` plus those in `file`; refused if one
+    /// key is listed for two partners (it could act for only one of them, and which
+    /// would be an accident). The error names the partners, never the key.
+    pub fn merged_keys(&self, file: &KeysFile) -> Result<BTreeMap<String, Vec<ApiKey>>, String> {
         let mut merged: BTreeMap<String, Vec<ApiKey>> = self
             .partners
             .iter()
@@ -121,7 +123,19 @@ impl ApiConfig {
                 .or_default()
                 .extend(partner.keys.iter().cloned());
         }
-        merged
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for (code, keys) in &merged {
+            for ApiKey(key) in keys {
+                if let Some(other) = owners.insert(key, code)
+                    && other != code
+                {
+                    return Err(format!(
+                        "a key of {other} is also listed for {code}: a key acts for one partner"
+                    ));
+                }
+            }
+        }
+        Ok(merged)
     }
 
     /// Checks what serde cannot, naming the key within `[api]`. Reads `keys_file` if set.
@@ -138,11 +152,14 @@ impl ApiConfig {
             check_partner(code, partner)
                 .map_err(|reason| InvalidSetting::new(format!("partners.{code}.keys"), reason))?;
         }
-        if let Some(path) = &self.keys_file {
-            read_keys_file(path).map_err(|reason| {
+        let file = match &self.keys_file {
+            Some(path) => read_keys_file(path).map_err(|reason| {
                 InvalidSetting::new("keys_file", format!("{}: {reason}", path.display()))
-            })?;
-        }
+            })?,
+            None => KeysFile::new(),
+        };
+        self.merged_keys(&file)
+            .map_err(|reason| InvalidSetting::new("partners", reason))?;
         Ok(())
     }
 }
@@ -177,9 +194,17 @@ mod tests {
             "[acme]\nkeys = [\"acme-file-key-0123456789abcdef\"]\n[globex]\nkeys = [\"globex-key-0123456789abcdefgh\"]\n",
         )
         .unwrap();
-        let merged = config.merged_keys(&file);
+        let merged = config.merged_keys(&file).unwrap();
         assert_eq!(merged["acme"].len(), 2);
         assert_eq!(merged["globex"].len(), 1);
         assert!(!format!("{config:?}").contains("configured-key"));
+        let shared =
+            parse_keys_file("[globex]\nkeys = [\"acme-configured-key-0123456789\"]\n").unwrap();
+        let error = config.merged_keys(&shared).unwrap_err();
+        assert!(
+            error.contains("acme") && error.contains("globex"),
+            "{error}"
+        );
+        assert!(!error.contains("configured-key"), "{error}");
     }
 }

@@ -78,7 +78,12 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
                 .map(|(partition, range)| ((is_receipts, partition), range)),
         );
     }
-    let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
+    // Broker outages are reported to a health of the feed's own, not the api's: an api
+    // whose brokers are away stays ready, so that a load balancer keeps sending it
+    // publishes to answer 503 with Retry-After (a documented answer) rather than
+    // failing them itself; its tables answer as of the outage's start meanwhile.
+    let feed_health = StageHealth::new();
+    let context = StageContext::new(feed_health.clone()).with_metrics(metrics.kafka().clone());
     let consumer: StreamConsumer<StageContext> =
         KafkaSettings::with_statistics(kafka.assign_consumer_config())
             .create_with_context(context)
@@ -119,7 +124,7 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         };
         let message = match received {
             Ok(message) => {
-                health.set_brokers_down(false);
+                feed_health.set_brokers_down(false);
                 message
             }
             Err(error) => {

@@ -199,6 +199,13 @@ fn require_ready(state: &ApiState) -> Result<(), ApiError> {
 }
 
 fn check_id(field: &str, value: &str, limits: &IngestLimits) -> Result<(), ApiError> {
+    if value.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            format!("{field} is empty"),
+        ));
+    }
     if value.len() > limits.max_id_bytes {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -387,9 +394,9 @@ async fn get_receipts(
         let caller = authorize(&state, &headers)?;
         let Path((conversation_id, seq)) = path.map_err(|rejection| path_error(&rejection))?;
         check_id("conversation_id", &conversation_id, &state.limits)?;
-        let seq = seq
-            .parse::<u64>()
-            .ok()
+        let seq = Some(seq.as_str())
+            .filter(|seq| seq.bytes().all(|byte| byte.is_ascii_digit()))
+            .and_then(|seq| seq.parse::<u64>().ok())
             .filter(|seq| (1..=state.limits.max_seq).contains(seq))
             .ok_or_else(|| {
                 ApiError::new(

@@ -76,8 +76,9 @@ impl Api {
                 .map_err(|reason| ApiError::KeysFile(format!("{}: {reason}", path.display())))?,
             None => KeysFile::new(),
         };
-        let keys = KeyRing::new(&config.merged_keys(&file));
-        metrics.keys_loaded(Ok(config.merged_keys(&file).values().map(Vec::len).sum()));
+        let merged = config.merged_keys(&file).map_err(ApiError::KeysFile)?;
+        let keys = KeyRing::new(&merged);
+        metrics.keys_loaded(Ok(merged.values().map(Vec::len).sum()));
         let mut producer_config = kafka.producer_config();
         producer_config.set("message.timeout.ms", config.publish_timeout_ms.to_string());
         // Not idempotent: a publish gives up after `publish_timeout_ms`, and an
@@ -192,10 +193,11 @@ async fn watch_keys(path: PathBuf, state: Arc<ApiState>, shutdown: CancellationT
         }
         let parsed = std::str::from_utf8(&current)
             .map_err(|_| "not UTF-8".to_owned())
-            .and_then(parse_keys_file);
+            .and_then(parse_keys_file)
+            .and_then(|file| state.config.merged_keys(&file));
         match parsed {
-            Ok(file) => {
-                let live = state.keys.replace(&state.config.merged_keys(&file));
+            Ok(merged) => {
+                let live = state.keys.replace(&merged);
                 state.metrics.keys_loaded(Ok(live));
             }
             Err(reason) => {
