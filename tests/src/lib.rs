@@ -69,6 +69,7 @@ pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod scenarios;
+pub mod schemathesis;
 pub mod streams;
 pub mod tansu;
 pub mod token;
