@@ -26,6 +26,7 @@ RUN apt-get update \
 COPY --from=builder /fanout /usr/local/bin/fanout
 # Numeric, so the kubelet can enforce runAsNonRoot; the manifests use the same uid.
 USER 10001:10001
-# 8080: the edge's clients (/cable, /realtime); 9090: the admin port of every role.
-EXPOSE 8080 9090
+# 8080: the edge's clients (/cable, /realtime); 8081: the api's HTTP; 9090: the admin
+# port of every role.
+EXPOSE 8080 8081 9090
 ENTRYPOINT ["/usr/local/bin/fanout"]

@@ -23,12 +23,14 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor.json",
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule.json",
 }
-ROLES = {"ingest", "router", "edge"}
-# fanout's own defaults (crates/app/src/config.rs, crates/edge/src/config.rs), used
-# when the mounted fanout.toml leaves a key out.
+ROLES = {"ingest", "router", "edge", "api"}
+# fanout's own defaults (crates/app/src/config.rs, crates/edge/src/config.rs,
+# crates/api/src/config.rs), used when the mounted fanout.toml leaves a key out.
 DEFAULT_ADMIN_LISTEN = "0.0.0.0:9090"
 DEFAULT_EDGE_LISTEN = "0.0.0.0:8080"
+DEFAULT_API_LISTEN = "0.0.0.0:8081"
 DEFAULT_DRAIN_WINDOW_MS = 10_000
+DEFAULT_PUBLISH_TIMEOUT_MS = 5_000
 CONFIG_MOUNT = "/etc/fanout/config"
 # The environment variable that overrides edge.secrets_file (figment: FANOUT_ + the key
 # path joined by a double underscore, crates/app/src/config.rs).
@@ -40,6 +42,14 @@ PARTNER_SECRET = "fanout-partners"
 # crates/ingest/src/events.rs is_valid_partner accepts them.
 MIN_SECRET_BYTES = 16
 PARTNER_CODE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# The api's keys file, likewise: api.keys_file is set by FANOUT_API__KEYS_FILE on the
+# api only, read from the fanout-api-keys Secret (fixed name, hot-reloaded). Keys as
+# crates/api/src/config.rs check_partner accepts them: MIN_KEY_BYTES, and printable
+# ASCII without spaces (u8::is_ascii_graphic: they travel in a header).
+KEYS_FILE_ENV = "FANOUT_API__KEYS_FILE"
+API_KEYS_SECRET = "fanout-api-keys"
+MIN_API_KEY_BYTES = 24
+API_KEY_CHARS = re.compile(r"[\x21-\x7e]+")
 
 problems = []
 
@@ -170,6 +180,70 @@ def secrets_file_problems(text):
     return found
 
 
+def keys_file_problems(text):
+    """What the api's parse_keys_file (crates/api/src/config.rs) would refuse in an
+    api.keys_file, plus a file naming no partner, a partner with no key (no caller gets
+    in as it) and one key listed for two partners (the api's KeyRing maps a key to one
+    partner: the one whose code sorts last, silently). Never quotes a key."""
+    try:
+        partners = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        return [f"not TOML: {error}"]
+    found = []
+    if not partners:
+        found.append("names no partner")
+    owners = {}
+    for code, partner in partners.items():
+        if not PARTNER_CODE.fullmatch(code):
+            found.append(f"[{code}]: not a valid partner code")
+        if not isinstance(partner, dict):
+            found.append(f"{code}: not a table ([{code}] keys = [...])")
+            continue
+        unknown = set(partner) - {"keys"}
+        if unknown:
+            found.append(f"[{code}]: unknown keys {sorted(unknown)} (only `keys`)")
+        keys = partner.get("keys")
+        if not isinstance(keys, list) or not keys:
+            found.append(f"[{code}] keys: must be a non-empty list of strings")
+            continue
+        for index, key in enumerate(keys):
+            where = f"[{code}] keys[{index}]"
+            if not isinstance(key, str):
+                found.append(f"{where}: not a string")
+                continue
+            if len(key.encode()) < MIN_API_KEY_BYTES:
+                found.append(f"{where}: shorter than {MIN_API_KEY_BYTES} bytes")
+            if not API_KEY_CHARS.fullmatch(key):
+                found.append(f"{where}: not printable ASCII without spaces (it travels in a header)")
+            owner = owners.setdefault(key, code)
+            if owner != code:
+                found.append(f"{where}: the same key as one of [{owner}]'s; a key acts for one partner only")
+    return found
+
+
+# A file a role re-reads while it runs, from a Secret mounted as a directory: the
+# setting naming it, the environment variable the Deployment sets it by, the Secret
+# (fixed name) it must come from, and the checker of its content.
+MOUNTED_FILES = {
+    "edge.secrets_file": {
+        "section": "edge",
+        "key": "secrets_file",
+        "env": SECRETS_FILE_ENV,
+        "secret": PARTNER_SECRET,
+        "roles": "edges",
+        "problems": secrets_file_problems,
+    },
+    "api.keys_file": {
+        "section": "api",
+        "key": "keys_file",
+        "env": KEYS_FILE_ENV,
+        "secret": API_KEYS_SECRET,
+        "roles": "api replicas",
+        "problems": keys_file_problems,
+    },
+}
+
+
 def secret_key_text(secret, key):
     """A rendered Secret's value for `key` as text, or None if it has no such key."""
     if key in secret.get("stringData", {}):
@@ -179,12 +253,14 @@ def secret_key_text(secret, key):
     return None
 
 
-def check_secrets_mount(cwhere, secrets_file, mounts, volumes, secrets):
-    """A container whose effective edge.secrets_file is `secrets_file` must mount a Secret
-    as a whole directory there (no subPath: the kubelet never updates a subPath mount,
-    so hot reload would never see a change), with the file's name as a key."""
+def check_secrets_mount(cwhere, setting, secrets_file, mounts, volumes, secrets):
+    """A container whose effective `setting` (edge.secrets_file, api.keys_file) is
+    `secrets_file` must mount the setting's Secret as a whole directory there (no
+    subPath: the kubelet never updates a subPath mount, so hot reload would never see a
+    change), with the file's name as a key; a rendered Secret's file is checked."""
+    spec = MOUNTED_FILES[setting]
     if not posixpath.isabs(secrets_file):
-        problem(cwhere, f"edge.secrets_file {secrets_file!r} is not an absolute path")
+        problem(cwhere, f"{setting} {secrets_file!r} is not an absolute path")
         return
     directory, key = posixpath.split(posixpath.normpath(secrets_file))
     at_dir = [m for m in mounts if posixpath.normpath(m["mountPath"]) == directory]
@@ -197,7 +273,7 @@ def check_secrets_mount(cwhere, secrets_file, mounts, volumes, secrets):
         )
     if not at_dir:
         if not at_file:
-            problem(cwhere, f"edge.secrets_file is {secrets_file}, but nothing is mounted at {directory}; fanout exits at start")
+            problem(cwhere, f"{setting} is {secrets_file}, but nothing is mounted at {directory}; fanout exits at start")
         return
     for mount in at_dir:
         mwhere = f"{cwhere} volumeMount {mount['name']}"
@@ -205,14 +281,14 @@ def check_secrets_mount(cwhere, secrets_file, mounts, volumes, secrets):
             problem(mwhere, f"uses subPath at {directory}: the kubelet never updates it; mount the whole Secret")
         volume = volumes.get(mount["name"])
         if volume is None or "secret" not in volume:
-            problem(mwhere, f"is not a Secret volume, but {directory} holds edge.secrets_file")
+            problem(mwhere, f"is not a Secret volume, but {directory} holds {setting}")
             continue
         source = volume["secret"]
-        if source["secretName"] != PARTNER_SECRET:
+        if source["secretName"] != spec["secret"]:
             problem(
                 mwhere,
-                f"mounts Secret {source['secretName']}, want {PARTNER_SECRET} (a generated name with a"
-                " hash suffix rolls the edges on every change; use disableNameSuffixHash)",
+                f"mounts Secret {source['secretName']}, want {spec['secret']} (a generated name with a"
+                f" hash suffix rolls the {spec['roles']} on every change; use disableNameSuffixHash)",
             )
         items = source.get("items")
         if items is not None and not any(item.get("key") == key and item.get("path") == key for item in items):
@@ -222,9 +298,9 @@ def check_secrets_mount(cwhere, secrets_file, mounts, volumes, secrets):
             continue  # external: created by hand, so its content cannot be checked here
         text = secret_key_text(secret, key)
         if text is None:
-            problem(mwhere, f"Secret {source['secretName']} has no key {key} (edge.secrets_file is {secrets_file})")
+            problem(mwhere, f"Secret {source['secretName']} has no key {key} ({setting} is {secrets_file})")
             continue
-        for found in secrets_file_problems(text):
+        for found in spec["problems"](text):
             problem(f"{mwhere}: Secret {source['secretName']} key {key}", found)
 
 
@@ -250,6 +326,40 @@ def validate_schema(where, obj, schema_dir):
 
 def port_of(listen):
     return int(listen.rsplit(":", 1)[1])
+
+
+# The roles that serve clients: their client port's name and listen default, the
+# hot-reloaded file they must read, and the setting bounding what SIGTERM starts
+# (section, key, default), which must fit in the grace period after the preStop sleep.
+CLIENT_ROLES = {
+    "edge": {
+        "port": "client",
+        "default_listen": DEFAULT_EDGE_LISTEN,
+        "file": "edge.secrets_file",
+        "shutdown": ("edge", "drain_window_ms", DEFAULT_DRAIN_WINDOW_MS),
+    },
+    "api": {
+        "port": "http",
+        "default_listen": DEFAULT_API_LISTEN,
+        "file": "api.keys_file",
+        "shutdown": ("api", "publish_timeout_ms", DEFAULT_PUBLISH_TIMEOUT_MS),
+    },
+}
+
+
+def pre_stop_sleep(cwhere, container):
+    """The seconds a container's preStop hook sleeps: 0 without one, None (reported) if
+    it is not a plain sleep."""
+    pre_stop = container.get("lifecycle", {}).get("preStop", {})
+    if "exec" in pre_stop:
+        command = pre_stop["exec"].get("command", [])
+        if len(command) == 2 and command[0] == "sleep":
+            return float(command[1])
+        problem(cwhere, f"preStop {command!r} is not a plain sleep; cannot check the grace period")
+        return None
+    elif "sleep" in pre_stop:
+        return pre_stop["sleep"]["seconds"]
+    return 0
 
 
 def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_configs):
@@ -306,15 +416,19 @@ def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_
             problem(cwhere, f"args {args!r} do not start with a role ({', '.join(sorted(ROLES))})")
         # The config is what fanout reads only if FANOUT_CONFIG names the mounted file.
         mounts = {mount["mountPath"]: mount["name"] for mount in container.get("volumeMounts", [])}
-        # edge.secrets_file as this container sees it: every role validates the whole
-        # config at start and reads the file if one is named, so whichever role names
-        # it (in fanout.toml or the environment) must mount it.
-        secrets_file = env.get(SECRETS_FILE_ENV) or config.get("edge", {}).get("secrets_file")
-        if secrets_file:
-            check_secrets_mount(cwhere, secrets_file, container.get("volumeMounts", []), volumes, secrets)
+        # edge.secrets_file and api.keys_file as this container sees them: every role
+        # validates the whole config at start and reads the files named, so whichever
+        # role names one (in fanout.toml or the environment) must mount it.
+        mounted_files = {}
+        for setting, spec_of in MOUNTED_FILES.items():
+            path = env.get(spec_of["env"]) or config.get(spec_of["section"], {}).get(spec_of["key"])
+            mounted_files[setting] = path
+            if path:
+                check_secrets_mount(cwhere, setting, path, container.get("volumeMounts", []), volumes, secrets)
         if env.get("FANOUT_CONFIG") != f"{CONFIG_MOUNT}/fanout.toml" or CONFIG_MOUNT not in mounts:
             problem(cwhere, f"FANOUT_CONFIG must be {CONFIG_MOUNT}/fanout.toml, mounted from the ConfigMap")
-        # Probes on the admin port: the client port answers WebSockets, not /readyz.
+        # Probes on the admin port: the client ports answer WebSockets and the api's
+        # routes, not /readyz.
         admin_port = port_of(config.get("listen", {}).get("admin", DEFAULT_ADMIN_LISTEN))
         if ports.get("admin") != admin_port:
             problem(cwhere, f"port 'admin' is {ports.get('admin')}, config listen.admin is {admin_port}")
@@ -330,31 +444,35 @@ def pod_facts(where, deployment, config_maps, secrets, external_secrets, fanout_
                 problem(cwhere, f"{probe_name} uses port {port!r}, not the admin port {admin_port}")
             if get.get("path") != path:
                 problem(cwhere, f"{probe_name} path is {get.get('path')!r}, want {path}")
-        if role == "edge":
-            client_port = port_of(config.get("listen", {}).get("edge", DEFAULT_EDGE_LISTEN))
-            if ports.get("client") != client_port:
-                problem(cwhere, f"port 'client' is {ports.get('client')}, config listen.edge is {client_port}")
-            if not secrets_file:
-                problem(cwhere, f"no edge.secrets_file (in fanout.toml or {SECRETS_FILE_ENV}): the partner Secret is not read")
-            # The grace period runs from the start of preStop; the drain must fit in it
-            # after the sleep, or the kubelet SIGKILLs clients mid-drain.
+        client = CLIENT_ROLES.get(role)
+        if client:
+            listen = config.get("listen", {}).get(role, client["default_listen"])
+            client_port = port_of(listen)
+            if ports.get(client["port"]) != client_port:
+                problem(cwhere, f"port {client['port']!r} is {ports.get(client['port'])}, config listen.{role} is {client_port}")
+            setting = client["file"]
+            if not mounted_files[setting]:
+                env_name = MOUNTED_FILES[setting]["env"]
+                problem(cwhere, f"no {setting} (in fanout.toml or {env_name}): the {MOUNTED_FILES[setting]['secret']} Secret is not read")
+            # The grace period runs from the start of preStop; what SIGTERM starts
+            # (the edge's drain, the api's last publishes) must fit in it after the
+            # sleep, or the kubelet SIGKILLs clients mid-way.
             grace = spec.get("terminationGracePeriodSeconds", 30)
-            pre_stop = container.get("lifecycle", {}).get("preStop", {})
-            sleep_seconds = 0
-            if "exec" in pre_stop:
-                command = pre_stop["exec"].get("command", [])
-                if len(command) == 2 and command[0] == "sleep":
-                    sleep_seconds = float(command[1])
-                else:
-                    problem(cwhere, f"preStop {command!r} is not a plain sleep; cannot check the grace period")
-            elif "sleep" in pre_stop:
-                sleep_seconds = pre_stop["sleep"]["seconds"]
-            drain_ms = config.get("edge", {}).get("drain_window_ms", DEFAULT_DRAIN_WINDOW_MS)
-            if not grace > sleep_seconds + drain_ms / 1000:
+            sleep_seconds = pre_stop_sleep(cwhere, container)
+            if sleep_seconds == 0:
+                problem(
+                    cwhere,
+                    "no preStop sleep: the endpoints and the load balancer would still send to a"
+                    " pod that has stopped accepting",
+                )
+            sleep_seconds = sleep_seconds or 0
+            section, key, default = client["shutdown"]
+            shutdown_ms = config.get(section, {}).get(key, default)
+            if not grace > sleep_seconds + shutdown_ms / 1000:
                 problem(
                     cwhere,
                     f"terminationGracePeriodSeconds {grace} is not above preStop sleep {sleep_seconds} s"
-                    f" + edge.drain_window_ms {drain_ms} ms",
+                    f" + {section}.{key} {shutdown_ms} ms",
                 )
     return ports
 
@@ -425,6 +543,23 @@ def check_overlay(name, rendered_path, schema_dir, known, pending_used, external
             for dep, ports in targets:
                 if target not in ports and target not in ports.values():
                     problem(where, f"targetPort {target!r} is not a port of {dep}")
+    # Each client-facing role is reachable: a Service selects its pods on its client port.
+    for role, client in sorted(CLIENT_ROLES.items()):
+        role_deployments = {
+            dep for dep, deployment in deployments.items()
+            if any(c.get("args", [])[:1] == [role] for c in deployment["spec"]["template"]["spec"]["containers"])
+        }
+        served = False
+        for service in by_kind.get("Service", {}).values():
+            for dep, ports in selected(service["spec"].get("selector", {})):
+                if dep not in role_deployments:
+                    continue
+                for port in service["spec"]["ports"]:
+                    target = port.get("targetPort", port["port"])
+                    if target == client["port"] or target == ports.get(client["port"]):
+                        served = True
+        if role_deployments and not served:
+            problem(name, f"no Service reaches the {role}'s {client['port']!r} port")
     for pdb_name, pdb in by_kind.get("PodDisruptionBudget", {}).items():
         if not selected(pdb["spec"]["selector"].get("matchLabels", {})):
             problem(f"{name}: PodDisruptionBudget/{pdb_name}", "selects no Deployment's pods")
@@ -525,10 +660,12 @@ def main(argv):
         problem("crates", "found no metric names in the code; the extraction is broken")
     pending_used = set()
     dockerfile = dockerfile_facts(root / "Dockerfile")
-    # Committed partner files (dev's demo partner), checked even where not rendered.
-    for path in sorted(root.glob("deploy/overlays/*/partners.toml")):
-        for found in secrets_file_problems(path.read_text()):
-            problem(str(path.relative_to(root)), found)
+    # Committed partner and API key files (dev's demo partner), checked even where not
+    # rendered.
+    for pattern, file_problems in (("partners.toml", secrets_file_problems), ("api-keys.toml", keys_file_problems)):
+        for path in sorted(root.glob(f"deploy/overlays/*/{pattern}")):
+            for found in file_problems(path.read_text()):
+                problem(str(path.relative_to(root)), found)
     for overlay_arg in argv[2:]:
         name, rendered = overlay_arg.split("=", 1)
         external_file = root / "deploy/overlays" / name / "external-secrets.txt"

@@ -16,6 +16,8 @@ use fanout_app::config::Config;
 
 /// The variable the edge Deployment sets (deploy/base/edge.yaml).
 const SECRETS_FILE_ENV: &str = "FANOUT_EDGE__SECRETS_FILE";
+/// The variable the api Deployment sets (deploy/base/api.yaml).
+const KEYS_FILE_ENV: &str = "FANOUT_API__KEYS_FILE";
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy")
@@ -40,9 +42,21 @@ fn config_files() -> Vec<PathBuf> {
     files
 }
 
+fn dev_api_keys_file() -> PathBuf {
+    deploy_dir()
+        .join("overlays/dev/api-keys.toml")
+        .canonicalize()
+        .expect("deploy/overlays/dev/api-keys.toml")
+}
+
 /// The value the edge Deployment gives `name`: the `value:` line after `- name: NAME`.
 fn edge_env_value(name: &str) -> Option<String> {
-    let manifest = std::fs::read_to_string(deploy_dir().join("base/edge.yaml")).unwrap();
+    env_value("edge.yaml", name)
+}
+
+/// The value the Deployment in `manifest` gives `name`.
+fn env_value(manifest: &str, name: &str) -> Option<String> {
+    let manifest = std::fs::read_to_string(deploy_dir().join("base").join(manifest)).unwrap();
     let mut lines = manifest.lines();
     lines.find(|line| line.trim() == format!("- name: {name}"))?;
     let value = lines.next()?.trim().strip_prefix("value:")?;
@@ -115,4 +129,38 @@ fn the_dev_partners_file_is_a_valid_secrets_file() {
     assert_eq!(demo.len(), 1);
     assert_eq!(demo[0].kid.as_deref(), Some("dev-1"));
     assert_eq!(demo[0].secret, "dev-only-secret-0123456789");
+}
+
+#[test]
+fn every_deploy_config_file_loads_as_the_api_loads_it() {
+    let keys = dev_api_keys_file();
+    for file in config_files() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(KEYS_FILE_ENV, keys.display());
+            let config = Config::load(Some(&file))
+                .unwrap_or_else(|error| panic!("{}: {error}", file.display()));
+            assert_eq!(
+                config.api.keys_file.as_deref(),
+                Some(keys.as_path()),
+                "{}: {KEYS_FILE_ENV} does not set api.keys_file",
+                file.display()
+            );
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn the_api_deployment_names_the_keys_file_the_dev_overlay_provides() {
+    let path = env_value("api.yaml", KEYS_FILE_ENV)
+        .unwrap_or_else(|| panic!("deploy/base/api.yaml sets no {KEYS_FILE_ENV}"));
+    assert_eq!(
+        Path::new(&path).file_name(),
+        dev_api_keys_file().file_name(),
+        "the dev Secret's key is its file name"
+    );
+    let text = std::fs::read_to_string(dev_api_keys_file()).unwrap();
+    let file = fanout_api::config::parse_keys_file(&text)
+        .unwrap_or_else(|reason| panic!("deploy/overlays/dev/api-keys.toml: {reason}"));
+    assert!(!file["demo"].keys.is_empty());
 }
