@@ -249,6 +249,50 @@ async fn dev_mode_prints_a_room_channel_example_that_works_as_printed() {
     assert!(status.success(), "dev mode exited with {status}");
 }
 
+/// The api's lines of the banner, run as printed: the `curl` publishes a message to the
+/// demo user, and the count read back over HTTP (and pushed on a socket) is 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_prints_an_api_curl_that_works_as_printed() {
+    let (mut dev, info) = start_dev().await;
+    let api_url = info["api_url"].as_str().unwrap();
+    let api_key = info["api_key"].as_str().unwrap();
+    assert!(api_key.len() >= 24);
+    let curl_line = dev
+        .wait_for_stdout(|line| line.trim_start().starts_with("curl -sS -X POST"))
+        .await;
+    assert_eq!(curl_line.trim(), info["api_curl"]);
+    assert!(curl_line.contains(api_url) && curl_line.contains(api_key));
+    let mut demo_user = connect(info["cable_url"].as_str().unwrap()).await;
+    assert_eq!(demo_user.welcome_and_subscribe().await, count_frame(0));
+
+    let output = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(curl_line.trim())
+        .output()
+        .expect("sh and curl run the printed line");
+    let answer: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("{error}: {output:?}"));
+    assert_eq!(answer["results"][0]["status"], "accepted", "{answer}");
+    assert_eq!(demo_user.next_frame().await.unwrap(), count_frame(1));
+
+    let address: std::net::SocketAddr = api_url.strip_prefix("http://").unwrap().parse().unwrap();
+    let count = fanout_tests::api::wait_for_answer(
+        address,
+        api_key,
+        "/v1/users/demo-user/unread_count",
+        |body| body["count"] == 1,
+    )
+    .await;
+    assert_eq!(
+        count,
+        json!({"partner": "demo", "user": "demo-user", "count": 1})
+    );
+
+    dev.signal("TERM");
+    let status = dev.wait_exit().await;
+    assert!(status.success(), "dev mode exited with {status}");
+}
+
 /// Debian's kcat, installed with apt-get if it is missing.
 fn ensure_kcat() {
     let present = std::process::Command::new("kcat")

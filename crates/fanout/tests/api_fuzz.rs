@@ -9,7 +9,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,55 +19,18 @@ use fanout_tests::schemathesis::schemathesis_binary;
 use serde_json::{Value, json};
 
 /// The document the api serves (it includes the very same file).
-const DOC: &str = include_str!("../docs/openapi.json");
+const DOC: &str = include_str!("../../../docs/openapi.json");
 const API_KEY: &str = "fuzz-api-key-0123456789abcdef";
 /// How long one schemathesis run may take before the test fails (it takes seconds).
 const SCHEMATHESIS_DEADLINE: Duration = Duration::from_secs(600);
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The `fanout` binary of this worktree, built by cargo if it is not fresh (cargo names
-/// the executable: whatever the target directory), or `TEST_FANOUT`. This crate does
-/// not build the binary, so `CARGO_BIN_EXE_fanout` is not set for its tests.
+/// The `fanout` binary cargo built for these tests.
 fn fanout() -> Fanout {
-    static BINARY: OnceLock<String> = OnceLock::new();
-    Fanout(BINARY.get_or_init(build_fanout).as_str())
-}
-
-fn build_fanout() -> String {
-    if let Ok(path) = std::env::var("TEST_FANOUT") {
-        return path;
-    }
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = std::process::Command::new(cargo);
-    command
-        .args(["build", "--package", "fanout", "--bin", "fanout"])
-        .arg("--message-format=json-render-diagnostics")
-        .arg("--manifest-path")
-        .arg(repo_root().join("Cargo.toml"));
-    if !cfg!(debug_assertions) {
-        command.arg("--release");
-    }
-    let output = command.stderr(Stdio::piped()).output().unwrap();
-    assert!(
-        output.status.success(),
-        "cargo build --bin fanout failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|message| {
-            message["reason"] == "compiler-artifact" && message["target"]["name"] == "fanout"
-        })
-        .find_map(|message| message["executable"].as_str().map(str::to_owned))
-        .expect("cargo named no fanout executable")
+    Fanout(env!("CARGO_BIN_EXE_fanout"))
 }
 
 /// `fanout dev` on free ports, as the facts of its `--info-file` describe it.
