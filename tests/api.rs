@@ -301,6 +301,13 @@ async fn every_route_answers_with_its_documented_codes_and_only_valid_events_are
         "{}",
         answer.text
     );
+    let answer = get(address, ACME_KEY, "/v1/users/%FF/unread_count").await;
+    assert_eq!(
+        (answer.status, answer.code()),
+        (400, "invalid_path"),
+        "{}",
+        answer.text
+    );
     // Percent-encoded ids are decoded: a user id with a slash and a space.
     let answer = get(address, ACME_KEY, "/v1/users/a%2Fb%20c/unread_count").await;
     assert_eq!(answer.body["user"], "a/b c", "{}", answer.text);
@@ -496,4 +503,43 @@ async fn published_over_http_it_reaches_partner_channel_and_room_channel() {
 
     api.running.stop().await;
     pipeline.stop().await;
+}
+
+/// An api started before its tables' topics exist is not ready: queries are answered
+/// 503 not_ready with Retry-After, while publishing works at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn until_its_tables_caught_up_queries_are_503_not_ready_and_publishing_works() {
+    let (mut cluster, _) = cluster_with_keys(1);
+    cluster.config.topics.read_receipts =
+        format!("{}-not-yet", cluster.config.topics.read_receipts);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stage, address) = fanout_app::stages::spawn_api(
+        &cluster.config,
+        listener,
+        &prometheus::Registry::new(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    for path in [
+        "/v1/users/bob/unread_count",
+        "/v1/conversations/c1/messages/1/receipts",
+    ] {
+        let answer = get(address, ACME_KEY, path).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (503, "not_ready"),
+            "{}",
+            answer.text
+        );
+        assert_eq!(answer.header("retry-after"), Some("2"));
+    }
+    let event = event::created("acme", "c1", 1, "ann", &["bob"]);
+    assert_eq!(
+        publish(address, ACME_KEY, &json_of(&event)).await.status,
+        200
+    );
+    assert!(!stage.health.as_ref().unwrap().is_ready());
+    shutdown.cancel();
+    stage.task.await.unwrap().unwrap();
 }
