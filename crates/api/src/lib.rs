@@ -132,7 +132,7 @@ impl Api {
         if let Ok(address) = listener.local_addr() {
             tracing::info!(%address, "api listening");
         }
-        let feed = tokio::spawn(feed::run(
+        let mut feed = tokio::spawn(feed::run(
             Feed {
                 kafka,
                 counts_topic,
@@ -148,19 +148,29 @@ impl Api {
             .keys_file
             .clone()
             .map(|path| tokio::spawn(watch_keys(path, state.clone(), shutdown.clone())));
-        let served = axum::serve(listener, http::router(state.clone()))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await
-            .map_err(ApiError::Listener);
-        shutdown.cancel();
+        let serve = axum::serve(listener, http::router(state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        // The feed ends only on shutdown, or on an error that leaves the tables stale
+        // for good: then the api stops too (its supervisor says why) rather than
+        // answering from them.
+        let (served, fed) = tokio::select! {
+            served = serve => {
+                shutdown.cancel();
+                (served, feed.await)
+            }
+            fed = &mut feed => {
+                shutdown.cancel();
+                (Ok(()), fed)
+            }
+        };
         if let Some(keys_watch) = keys_watch {
             keys_watch.abort();
         }
-        let fed = match feed.await {
+        let fed = match fed {
             Ok(result) => result.map_err(ApiError::from),
             Err(join) => Err(ApiError::Feed(feed::FeedError::Setup(join.to_string()))),
         };
-        served?;
+        served.map_err(ApiError::Listener)?;
         fed
     }
 }
