@@ -175,46 +175,27 @@ impl Api {
     }
 }
 
-/// Re-reads `api.keys_file` every `keys_reload_interval_ms` until `shutdown`: a changed
-/// file replaces the file's keys (those in the config stay); one that does not parse
-/// leaves the previous keys in use. Compared by content, as a Kubernetes Secret volume
-/// swaps a symlink and keeps the old modification time on some setups.
+/// Re-reads `api.keys_file` every `keys_reload_interval_ms` until `shutdown` (as the
+/// edge re-reads its secrets file): a changed file replaces the file's keys (those in
+/// the config stay); one that does not parse leaves the previous keys in use.
 async fn watch_keys(path: PathBuf, state: Arc<ApiState>, shutdown: CancellationToken) {
     let interval = Duration::from_millis(state.config.keys_reload_interval_ms);
-    let mut last = tokio::fs::read(&path).await.ok();
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(interval) => {}
-        }
-        let current = match tokio::fs::read(&path).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                if last.is_some() {
-                    let reason = format!("{}: {error}", path.display());
-                    state.metrics.keys_loaded(Err(&reason));
-                    last = None;
-                }
-                continue;
-            }
-        };
-        if last.as_deref() == Some(current.as_slice()) {
-            continue;
-        }
-        let parsed = std::str::from_utf8(&current)
-            .map_err(|_| "not UTF-8".to_owned())
-            .and_then(parse_keys_file)
-            .and_then(|file| state.config.merged_keys(&file));
+    let shown = path.display().to_string();
+    fanout_edge::secrets::watch_file(path, interval, shutdown, |read| {
+        let parsed = read.and_then(|bytes| {
+            std::str::from_utf8(bytes)
+                .map_err(|_| "not UTF-8".to_owned())
+                .and_then(parse_keys_file)
+                .and_then(|file| state.config.merged_keys(&file))
+                .map_err(|reason| format!("{shown}: {reason}"))
+        });
         match parsed {
             Ok(merged) => {
                 let live = state.keys.replace(&merged);
                 state.metrics.keys_loaded(Ok(live));
             }
-            Err(reason) => {
-                let reason = format!("{}: {reason}", path.display());
-                state.metrics.keys_loaded(Err(&reason));
-            }
+            Err(reason) => state.metrics.keys_loaded(Err(&reason)),
         }
-        last = Some(current);
-    }
+    })
+    .await;
 }

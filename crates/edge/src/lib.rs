@@ -31,7 +31,7 @@ pub mod limits;
 pub mod node;
 pub mod replay;
 pub mod restore;
-mod secrets;
+pub mod secrets;
 pub mod server;
 pub mod session;
 pub mod streams;
