@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 
+use crate::publish::PublishBenchOptions;
 use crate::router::{RouterBenchOptions, router};
 use crate::scenario::{Scenario, WsBenchOptions};
 
@@ -31,6 +32,11 @@ pub enum BenchCommand {
     /// edge killed and started again: time from its ready until every client has every
     /// event it missed (no gap, no repeat), and the history window's memory per event.
     ReconnectStorm(WsBenchOptions),
+    /// One api process over HTTP: events/s and time to acknowledgement publishing with
+    /// batches of 1 and of 100 events, receipts and unread_count queries per second, and
+    /// a read receipt's time from the HTTP request to the sender's socket; checked
+    /// against the topic's watermarks.
+    Publish(PublishBenchOptions),
     /// One process of bench clients (started by the scenarios).
     #[command(hide = true)]
     Worker {
@@ -41,13 +47,19 @@ pub enum BenchCommand {
 }
 
 impl BenchCommand {
-    /// Runs the command. A WebSocket scenario prints a human summary on stderr and its
-    /// result as JSON on stdout; `router` prints its result as JSON; `worker` is one
-    /// process of clients, talking to the scenario that started it.
+    /// Runs the command. A WebSocket scenario, and `publish`, print a human summary on
+    /// stderr and the result as JSON on stdout; `router` prints its result as JSON;
+    /// `worker` is one process of clients, talking to the scenario that started it.
     pub async fn execute(self) -> anyhow::Result<()> {
         let (scenario, options) = match self {
             Self::Router(options) => {
                 let result = router(&options).await?;
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::Publish(options) => {
+                let result = crate::publish::run(&options).await?;
+                eprintln!("{}", crate::publish::result::summary(&result));
                 println!("{}", serde_json::to_string_pretty(&result)?);
                 return Ok(());
             }

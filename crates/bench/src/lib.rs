@@ -12,15 +12,20 @@
 //!   latency goes in an HDR histogram and the result is written as JSON and SVG
 //!   ([`report`]). What they ask of the machine (this binary, /proc, the children's
 //!   admin HTTP) is in [`system`].
+//! - [`publish`]: one api process over HTTP (publish with batches of 1 and 100,
+//!   receipts and unread_count queries, a read receipt from the HTTP request to the
+//!   sender's socket), against a deployment [`target`] starts with an api, checked
+//!   against message-events' watermarks.
 //!
 //! Modules depend one way, each only on those listed before it: `system`; `report`,
 //! `worker`; `scenario`, `result`, `pool`; `target`; `load`; `measure`; `storm`; `ws`;
-//! `command`. `router` stands alone, but for `system`.
+//! `publish`; `command`. `router` stands alone, but for `system`.
 
 mod command;
 mod load;
 mod measure;
 mod pool;
+pub mod publish;
 pub mod report;
 pub mod result;
 pub mod router;

@@ -180,7 +180,7 @@ pub struct ExternalTarget {
 }
 
 /// `property=value`, as `--kafka-client` takes it.
-fn parse_setting(text: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_setting(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((property, value)) if !property.trim().is_empty() => {
             Ok((property.trim().to_owned(), value.trim().to_owned()))

@@ -1,8 +1,10 @@
 //! What the bench asks of this machine and process, needing no other part of the
 //! bench: this binary to start as a child, the open-file limit, the source addresses
 //! clients bind, /proc for a process's RSS and CPU time, a child's `/readyz` and
-//! `/metrics` over HTTP, topics on a running broker, and where a run's files go.
+//! `/metrics` over HTTP, topics on a running broker and their watermarks, and where a
+//! run's files go.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use tokio::process::Command;
 
 /// Raises this process's soft open-file limit to the hard one (children inherit it).
@@ -73,14 +76,45 @@ pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
 /// CPU time (user + system) `pid` has used so far, in seconds, from /proc.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; the fields after it are plain.
-    let (_, after_name) = stat.rsplit_once(')')?;
+    stat_name_and_cpu(&stat).map(|(_, seconds)| seconds)
+}
+
+/// CPU time (user + system) of `pid`'s threads so far, in seconds, split by whether a
+/// thread's name starts with one of `prefixes` (librdkafka names its threads `rdk:...`,
+/// its mock broker's `rdk:mock`): (theirs, the others'). Threads that ended are in
+/// neither.
+pub fn thread_cpu_seconds(pid: u32, prefixes: &[&str]) -> (f64, f64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0.0, 0.0);
+    };
+    let mut split = (0.0, 0.0);
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, seconds)) = stat_name_and_cpu(&stat) else {
+            continue;
+        };
+        if prefixes.iter().any(|prefix| name.starts_with(prefix)) {
+            split.0 += seconds;
+        } else {
+            split.1 += seconds;
+        }
+    }
+    split
+}
+
+/// The command name and CPU seconds (user + system) of a /proc `stat` line.
+fn stat_name_and_cpu(stat: &str) -> Option<(&str, f64)> {
+    // The command name (field 2) may hold spaces and parentheses; the fields after its
+    // last `)` are plain. utime and stime are fields 14 and 15 of the line, 12 and 13
+    // after the name; USER_HZ is 100 on Linux.
+    let (before, after_name) = stat.rsplit_once(')')?;
+    let (_, name) = before.split_once('(')?;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
     let user: f64 = fields.get(11)?.parse().ok()?;
     let system: f64 = fields.get(12)?.parse().ok()?;
-    // USER_HZ is 100 on Linux.
-    Some((user + system) / 100.0)
+    Some((name, (user + system) / 100.0))
 }
 
 /// GET `path` from `base` (`http://host:port`, a child's admin port): (status, body),
@@ -133,6 +167,38 @@ pub async fn create_topics(kafka: &KafkaSettings, topics: &[(String, i32)]) -> a
         }
     }
     Ok(())
+}
+
+/// Every partition's (low, high) watermarks of `topic` now.
+pub async fn watermarks(
+    kafka: &KafkaSettings,
+    topic: &str,
+) -> anyhow::Result<BTreeMap<i32, (i64, i64)>> {
+    let config = kafka.assign_consumer_config();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().context("creating a consumer")?;
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer
+            .fetch_metadata(Some(&topic), timeout)
+            .with_context(|| format!("reading {topic}'s partitions"))?;
+        let mut marks = BTreeMap::new();
+        for partition in metadata
+            .topics()
+            .iter()
+            .filter(|found| found.name() == topic)
+            .flat_map(|found| found.partitions())
+        {
+            let marks_of = consumer
+                .fetch_watermarks(&topic, partition.id(), timeout)
+                .with_context(|| format!("reading {topic}'s watermarks"))?;
+            marks.insert(partition.id(), marks_of);
+        }
+        anyhow::ensure!(!marks.is_empty(), "{topic} has no partition");
+        Ok(marks)
+    })
+    .await
+    .context("the watermark task")?
 }
 
 /// Where a run's child configs and logs go.

@@ -1,7 +1,7 @@
-//! What the WebSocket scenarios run against: by default a deployment the bench starts
-//! itself (an embedded Kafka in the bench process; each edge, and ingest and router
-//! when a scenario needs them, as child processes of this binary, so an edge's RSS is
-//! its own), or a running one named on the command line.
+//! What the scenarios run against: by default a deployment the bench starts itself (an
+//! embedded Kafka in the bench process; each edge, and ingest, router and the api when
+//! a scenario needs them, as child processes of this binary, so a process's RSS and CPU
+//! are its own), or a running one named on the command line.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -99,8 +99,10 @@ impl Target {
             edges,
             pipeline: scenario.needs_pipeline(),
             partitions: options.partitions,
+            user_partitions: None,
             brokers: options.local_brokers.as_deref(),
             kafka_client: &options.kafka_client,
+            api: None,
             run_dir,
         })
         .await?;
@@ -191,8 +193,12 @@ pub struct LocalDeployment {
     pub partner: String,
     pub secret: String,
     pub edges: Vec<EdgeTarget>,
+    /// The api, if [`LocalOptions::api`] asked for it.
+    pub api: Option<ApiEndpoint>,
     children: Vec<Child>,
-    /// Every child's admin address, for /readyz.
+    /// The role of each child, in `children` order.
+    child_roles: Vec<&'static str>,
+    /// Every child's admin address, for /readyz, in `children` order.
     admins: Vec<String>,
     /// Each edge's place in `children`, and its config file.
     edge_processes: Vec<(usize, PathBuf)>,
@@ -207,20 +213,50 @@ pub struct LocalOptions<'a> {
     /// Also ingest and router (scenarios fed by message events).
     pub pipeline: bool,
     pub partitions: i32,
+    /// Partitions of the topics keyed by user (user-events and those after it), if not
+    /// `partitions`.
+    pub user_partitions: Option<i32>,
     /// A running Kafka (`host:port`) to use instead of an embedded one; the run's
     /// topics are created on it.
     pub brokers: Option<&'a str>,
     /// librdkafka settings for every child's clients, after [`LOW_LATENCY_CLIENT`].
     pub kafka_client: &'a [(String, String)],
+    /// Also an api process, with an API key for the partner.
+    pub api: Option<LocalApi>,
     /// Child logs and configs go here.
     pub run_dir: &'a Path,
+}
+
+/// How the api of a local deployment is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalApi {
+    /// `api.requests_per_second`: what one key may make (the default 1000 would cap a
+    /// measurement of the api's throughput).
+    pub requests_per_second: u32,
+}
+
+/// The api process of a local deployment.
+#[derive(Debug, Clone)]
+pub struct ApiEndpoint {
+    /// `http://127.0.0.1:port`.
+    pub url: String,
+    /// The admin port's `http://host:port`.
+    pub admin: String,
+    pub pid: Option<u32>,
+    /// An API key of the deployment's partner (48 hex digits).
+    pub key: String,
+    /// The `api.requests_per_second` it runs with.
+    pub requests_per_second: u32,
 }
 
 impl LocalDeployment {
     pub async fn start(options: &LocalOptions<'_>) -> anyhow::Result<Self> {
         let run_id = fanout_app::tools::random_hex(4);
         let topics = Topics::with_prefix(&format!("bench-{run_id}-"));
-        let layout = topics.with_partitions(options.partitions, options.partitions);
+        let layout = topics.with_partitions(
+            options.partitions,
+            options.user_partitions.unwrap_or(options.partitions),
+        );
         let (kafka, brokers) = match options.brokers {
             Some(brokers) => {
                 crate::system::create_topics(&KafkaSettings::new(brokers), &layout).await?;
@@ -249,7 +285,9 @@ impl LocalDeployment {
             partner,
             secret,
             edges: Vec::new(),
+            api: None,
             children: Vec::new(),
+            child_roles: Vec::new(),
             admins: Vec::new(),
             edge_processes: Vec::new(),
             run_dir: options.run_dir.to_owned(),
@@ -263,7 +301,34 @@ impl LocalDeployment {
                 deployment.admins.push(format!("http://{admin_port}"));
                 let child = spawn_role(role, &path, &options.run_dir.join(format!("{role}.log")))?;
                 deployment.children.push(child);
+                deployment.child_roles.push(role);
             }
+        }
+        if let Some(api) = options.api {
+            let api_port = free_port()?;
+            let admin_port = free_port()?;
+            let key = fanout_app::tools::random_hex(24);
+            let path = options.run_dir.join("api.toml");
+            let text = api_config(
+                &config,
+                &deployment.partner,
+                &key,
+                api,
+                &api_port,
+                &admin_port,
+            )?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            let child = spawn_role("api", &path, &options.run_dir.join("api.log"))?;
+            deployment.api = Some(ApiEndpoint {
+                url: format!("http://{api_port}"),
+                admin: format!("http://{admin_port}"),
+                pid: child.id(),
+                key,
+                requests_per_second: api.requests_per_second,
+            });
+            deployment.admins.push(format!("http://{admin_port}"));
+            deployment.children.push(child);
+            deployment.child_roles.push("api");
         }
         for index in 0..options.edges {
             let edge_port = free_port()?;
@@ -285,6 +350,7 @@ impl LocalDeployment {
                 .edge_processes
                 .push((deployment.children.len(), path));
             deployment.children.push(child);
+            deployment.child_roles.push("edge");
         }
         deployment.wait_ready(Duration::from_secs(60)).await?;
         Ok(deployment)
@@ -348,11 +414,28 @@ impl LocalDeployment {
 
     /// Pids of the ingest and router processes (empty without them).
     pub fn pipeline_pids(&self) -> Vec<u32> {
-        let edge_pids: Vec<Option<u32>> = self.edges.iter().map(|edge| edge.pid).collect();
+        let mut pids = self.pids_of("ingest");
+        pids.extend(self.pids_of("router"));
+        pids
+    }
+
+    /// Admin addresses (`http://host:port`) of the children running `role`.
+    pub fn admins_of(&self, role: &str) -> Vec<String> {
+        self.admins
+            .iter()
+            .zip(&self.child_roles)
+            .filter(|(_, child_role)| **child_role == role)
+            .map(|(admin, _)| admin.clone())
+            .collect()
+    }
+
+    /// Pids of the children running `role` (`ingest`, `router`, `edge`, `api`).
+    pub fn pids_of(&self, role: &str) -> Vec<u32> {
         self.children
             .iter()
-            .filter_map(Child::id)
-            .filter(|pid| !edge_pids.contains(&Some(*pid)))
+            .zip(&self.child_roles)
+            .filter(|(_, child_role)| **child_role == role)
+            .filter_map(|(child, _)| child.id())
             .collect()
     }
 
@@ -438,6 +521,45 @@ fn role_config(
     toml::to_string(&config).context("writing a role's config as TOML")
 }
 
+/// The api's config file: the shared config with these listen addresses, `key` as the
+/// one API key of `partner`, and `api.requests_per_second` as `api` says.
+fn api_config(
+    shared: &Config,
+    partner: &str,
+    key: &str,
+    api: LocalApi,
+    api_listen: &str,
+    admin_listen: &str,
+) -> anyhow::Result<String> {
+    let mut config = Config {
+        listen: Listen {
+            edge: "127.0.0.1:0".to_owned(),
+            api: api_listen.to_owned(),
+            admin: admin_listen.to_owned(),
+        },
+        ..shared.clone()
+    };
+    config.api.requests_per_second = api.requests_per_second;
+    // The key goes in as TOML (`[api.partners.<partner>] keys = [..]`): the bench does
+    // not link the api.
+    let mut value = toml::Value::try_from(&config).context("writing the api's config")?;
+    let partners = value
+        .get_mut("api")
+        .and_then(|api| api.as_table_mut())
+        .context("the config has no [api] table")?
+        .entry("partners")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .context("api.partners is not a table")?;
+    let mut keys = toml::Table::new();
+    keys.insert(
+        "keys".to_owned(),
+        toml::Value::Array(vec![toml::Value::String(key.to_owned())]),
+    );
+    partners.insert(partner.to_owned(), toml::Value::Table(keys));
+    toml::to_string(&value).context("writing the api's config as TOML")
+}
+
 /// `127.0.0.1:<port>` with a port free right now (the child binds it a moment later).
 fn free_port() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
@@ -490,5 +612,37 @@ mod tests {
                 ..shared
             }
         );
+    }
+
+    #[test]
+    fn the_api_config_has_the_partners_key_and_the_raised_rate() {
+        let topics = Topics::with_prefix("bench-0a1b-");
+        let shared = shared_config(
+            "127.0.0.1:39092",
+            &topics,
+            "0a1b",
+            "bench",
+            "0123456789abcdef0123456789abcdef",
+        );
+        let key = "0123456789abcdef0123456789abcdef0123456789abcdef";
+        let text = api_config(
+            &shared,
+            "bench",
+            key,
+            LocalApi {
+                requests_per_second: 100_000_000,
+            },
+            "127.0.0.1:38081",
+            "127.0.0.1:39091",
+        )
+        .unwrap();
+        let read: Config = toml::from_str(&text).unwrap();
+        read.validate().unwrap();
+        assert_eq!(read.listen.api, "127.0.0.1:38081");
+        assert_eq!(read.listen.admin, "127.0.0.1:39091");
+        assert_eq!(read.api.requests_per_second, 100_000_000);
+        assert_eq!(read.api.partners["bench"].keys.len(), 1);
+        assert_eq!(read.api.partners["bench"].keys[0].0, key);
+        assert_eq!(read.topics, topics);
     }
 }

@@ -193,3 +193,42 @@ fn reconnect_storm_brings_every_client_back_without_a_gap_or_a_repeat() {
     assert!(memory["samples"].as_array().unwrap().len() >= 2);
     assert!(!storm["edge_resumes"].as_array().unwrap().is_empty());
 }
+
+#[test]
+fn publish_checks_every_acknowledged_event_against_the_topic() {
+    let result = bench(
+        "publish",
+        &[
+            "--connections",
+            "2",
+            "--duration-seconds",
+            "1",
+            "--query-seconds",
+            "1",
+            "--warm-up-seconds",
+            "0",
+            "--receipts",
+            "5",
+            "--users",
+            "50",
+            "--conversations",
+            "4",
+            "--partitions",
+            "2",
+            "--user-partitions",
+            "4",
+        ],
+    );
+    let check = &result["check"];
+    assert_eq!(check["met"], true, "{check}");
+    assert!(check["accepted_events"].as_u64().unwrap() > 0);
+    assert_eq!(check["message_events_records"], check["accepted_events"]);
+    assert_eq!(check["repeated_positions"], 0);
+    for phase in result["publish"].as_array().unwrap() {
+        assert!(phase["events"].as_u64().unwrap() > 0, "{phase}");
+    }
+    for route in result["queries"].as_array().unwrap() {
+        assert_eq!(route["wrong"], 0, "{route}");
+    }
+    assert_eq!(result["receipt_on_socket"]["received"], 5);
+}
