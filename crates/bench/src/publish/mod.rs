@@ -1029,7 +1029,10 @@ async fn ingest_consumed(admin: &str) -> anyhow::Result<f64> {
     let (_, metrics) = http_get(admin, "/metrics").await?;
     Ok(metrics
         .lines()
-        .filter(|line| line.starts_with("fanout_ingest_events_total{"))
+        .filter(|line| {
+            line.strip_prefix("fanout_ingest_events_total")
+                .is_some_and(|labels| labels.starts_with('{'))
+        })
         .filter_map(|line| line.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
         .sum())
 }
