@@ -146,6 +146,7 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
             () = shutdown.cancelled() => break,
             _ = history_tick.tick() => {
                 streams.expire(fanout_schema::unix_millis());
+                table.sweep();
                 let now = streams.history();
                 metrics.history(&now, &history);
                 history = now;

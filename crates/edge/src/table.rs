@@ -1,9 +1,24 @@
 //! The edge's count table: the newest count per `partner/user` key.
+//!
+//! Every user ever counted has an entry, connected or not, so an entry is lean: the key
+//! inline when it fits in 24 bytes (`CompactString`), the count and the version; about
+//! 60 bytes with the map's own overhead (`examples/table_memory.rs` measures it). Only a
+//! user with a session subscribed also has a `watch` channel, created by the first
+//! subscription and dropped once no session holds it, which carries the count to the
+//! sessions with the source time of its change and the changes they skipped.
+//!
+//! The table is split in shards, each behind its own lock, so that the feed's writes
+//! and the sessions' subscriptions rarely wait for each other.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{PoisonError, RwLock};
 
+use compact_str::CompactString;
 use tokio::sync::watch;
+
+/// Shards of the table: a power of two, well above the cores that write and read.
+const SHARDS: usize = 64;
 
 /// A user's count as the edge holds it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -11,9 +26,10 @@ pub struct CountValue {
     pub count: u64,
     /// The router's per-user version; 0 means "no record seen yet".
     pub version: u64,
-    /// Source time of the event that produced this count, Unix milliseconds.
+    /// Source time of the event that produced this count, Unix milliseconds; 0 when not
+    /// known (a value a session got on subscribing, not from a change it watched).
     pub occurred_at_ms: i64,
-    /// How many values this edge has stored for the key, this one included (set by the
+    /// How many values the user's channel has carried, this one included (set by the
     /// table): a session that skips from change 3 to change 7 coalesced three.
     pub changes: u64,
 }
@@ -25,11 +41,34 @@ impl CountValue {
     }
 }
 
-/// Counts by key, each behind a `watch` channel: subscribers see only the newest value,
-/// so memory per subscriber is bounded however fast counts change.
+/// What every user's entry holds.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    count: u64,
+    version: u64,
+}
+
 #[derive(Default)]
+struct Shard {
+    counts: HashMap<CompactString, Stored>,
+    /// Users with a session subscribed (or one that ended since their last change).
+    watched: HashMap<CompactString, watch::Sender<CountValue>>,
+}
+
+/// Counts by key. Subscribers see only the newest value, so memory per subscriber is
+/// bounded however fast counts change.
 pub struct CountTable {
-    slots: RwLock<HashMap<Box<str>, watch::Sender<CountValue>>>,
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+}
+
+impl Default for CountTable {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+        }
+    }
 }
 
 impl CountTable {
@@ -37,41 +76,66 @@ impl CountTable {
         Self::default()
     }
 
+    fn shard(&self, key: &str) -> &RwLock<Shard> {
+        // `SHARDS` is a power of two: the low bits of the hash pick the shard.
+        let index = usize::try_from(self.hasher.hash_one(key)).unwrap_or(0) & (SHARDS - 1);
+        &self.shards[index]
+    }
+
     /// Stores `value` for `key` if it is newer than the one held; returns whether it was.
+    /// A session watching `key` gets it.
     pub fn apply(&self, key: &str, value: CountValue) -> bool {
-        self.with_slot(key, |slot| {
-            slot.send_if_modified(|held| {
-                if value.version > held.version {
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let stored = Stored {
+            count: value.count,
+            version: value.version,
+        };
+        match shard.counts.get_mut(key) {
+            Some(held) if value.version <= held.version => return false,
+            Some(held) => *held = stored,
+            None => {
+                shard.counts.insert(CompactString::from(key), stored);
+            }
+        }
+        if let Some(sender) = shard.watched.get(key) {
+            if sender.receiver_count() == 0 {
+                shard.watched.remove(key);
+            } else {
+                sender.send_modify(|held| {
                     *held = CountValue {
                         changes: held.changes + 1,
                         ..value
                     };
-                    true
-                } else {
-                    false
-                }
-            })
-        })
+                });
+            }
+        }
+        true
     }
 
     /// A receiver of `key`'s count: its current value now, and every later change.
     pub fn subscribe(&self, key: &str) -> watch::Receiver<CountValue> {
-        self.with_slot(key, watch::Sender::subscribe)
-    }
-
-    /// Runs `f` on `key`'s slot, creating it (count 0, version 0) if missing. The common
-    /// case, an existing key, takes only the read lock.
-    fn with_slot<T>(&self, key: &str, f: impl FnOnce(&watch::Sender<CountValue>) -> T) -> T {
-        {
-            let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(slot) = slots.get(key) {
-                return f(slot);
-            }
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(sender) = shard.watched.get(key) {
+            return sender.subscribe();
         }
-        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
-        f(slots
-            .entry(Box::from(key))
-            .or_insert_with(|| watch::Sender::new(CountValue::default())))
+        let current = shard
+            .counts
+            .get(key)
+            .map(|held| CountValue {
+                count: held.count,
+                version: held.version,
+                ..CountValue::default()
+            })
+            .unwrap_or_default();
+        let (sender, receiver) = watch::channel(current);
+        shard.watched.insert(CompactString::from(key), sender);
+        receiver
     }
 
     /// A session's subscription to `key`: the current value, every later change, and
@@ -83,24 +147,62 @@ impl CountTable {
         CountSubscription { receiver, taken }
     }
 
-    /// The count held for `key`, if any record was seen for it.
+    /// The count held for `key`, if any record was seen for it (without its source
+    /// time, which only a watched change carries).
     pub fn get(&self, key: &str) -> Option<CountValue> {
-        let slots = self.slots.read().unwrap_or_else(PoisonError::into_inner);
-        slots
-            .get(key)
-            .map(|slot| *slot.borrow())
-            .filter(|value| value.version > 0)
+        let shard = self
+            .shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard.counts.get(key).map(|held| CountValue {
+            count: held.count,
+            version: held.version,
+            ..CountValue::default()
+        })
     }
 
+    /// Drops the channels no session holds any more (a user whose count changes drops
+    /// its own at the change; this catches those whose count stays as it is).
+    pub fn sweep(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
+            shard
+                .watched
+                .retain(|_, sender| sender.receiver_count() > 0);
+        }
+    }
+
+    /// Users with a count.
     pub fn len(&self) -> usize {
-        self.slots
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .counts
+                    .len()
+            })
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Users with a channel: those with a session subscribed, and those whose last
+    /// session ended since their last change, until [`CountTable::sweep`].
+    pub fn watched_len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .watched
+                    .len()
+            })
+            .sum()
     }
 }
 
@@ -141,13 +243,7 @@ mod tests {
         assert!(table.apply("acme/bob", value(3, 2)));
         assert!(!table.apply("acme/bob", value(9, 1)));
         assert!(!table.apply("acme/bob", value(9, 2)));
-        assert_eq!(
-            table.get("acme/bob"),
-            Some(CountValue {
-                changes: 1,
-                ..value(3, 2)
-            })
-        );
+        assert_eq!(table.get("acme/bob"), Some(value(3, 2)));
         assert!(table.apply("acme/bob", value(1, 3)));
         assert_eq!(table.get("acme/bob").map(|v| v.count), Some(1));
     }
@@ -172,16 +268,7 @@ mod tests {
         let table = CountTable::new();
         table.apply("acme/bob", value(1, 1));
         let mut subscription = table.subscription("acme/bob");
-        assert_eq!(
-            subscription.take(),
-            (
-                CountValue {
-                    changes: 1,
-                    ..value(1, 1)
-                },
-                0
-            )
-        );
+        assert_eq!(subscription.take(), (value(1, 1), 0));
         table.apply("acme/bob", value(2, 2));
         assert_eq!(subscription.take().1, 0);
         for version in 3..=1002 {
@@ -200,5 +287,50 @@ mod tests {
         assert_eq!(table.get("a/u1").map(|v| v.count), Some(5));
         assert_eq!(table.get("b/u1").map(|v| v.count), Some(7));
         assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn only_a_watched_user_has_a_channel_and_it_goes_with_its_last_session() {
+        let table = CountTable::new();
+        for user in 0..100 {
+            table.apply(&format!("acme/user-{user}"), value(1, 1));
+        }
+        assert_eq!((table.len(), table.watched_len()), (100, 0));
+        let mut first = table.subscription("acme/user-7");
+        let second = table.subscription("acme/user-7");
+        let fresh = table.subscription("acme/never-counted");
+        assert_eq!(
+            table.watched_len(),
+            2,
+            "one channel per user, not per session"
+        );
+        assert_eq!(first.take().0.count, 1);
+        assert_eq!(table.len(), 100, "subscribing counts nobody");
+        table.sweep();
+        assert_eq!(table.watched_len(), 2, "both still held");
+
+        // The last session of user-7 goes: its next change drops the channel.
+        drop((first, second));
+        assert!(table.apply("acme/user-7", value(2, 2)));
+        assert_eq!(table.watched_len(), 1);
+        assert_eq!(table.get("acme/user-7"), Some(value(2, 2)));
+        // One whose count stays put is swept.
+        drop(fresh);
+        table.sweep();
+        assert_eq!(table.watched_len(), 0);
+        // And a new session starts from the count held.
+        let mut again = table.subscription("acme/user-7");
+        assert_eq!(again.take(), (value(2, 2), 0));
+    }
+
+    #[test]
+    fn long_keys_work_as_short_ones() {
+        let table = CountTable::new();
+        let long = format!("acme/{}", "u".repeat(300));
+        assert!(table.apply(&long, value(4, 1)));
+        let mut subscription = table.subscription(&long);
+        assert_eq!(subscription.take().0.count, 4);
+        assert!(table.apply(&long, value(5, 2)));
+        assert_eq!(subscription.take().0.count, 5);
     }
 }
