@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use crate::publish::PublishBenchOptions;
 use crate::router::{RouterBenchOptions, router};
 use crate::scenario::{Scenario, WsBenchOptions};
+use crate::table::TableBenchOptions;
 
 /// The subcommands of `fanout bench`.
 #[derive(Debug, clap::Subcommand)]
@@ -37,6 +38,10 @@ pub enum BenchCommand {
     /// a read receipt's time from the HTTP request to the sender's socket; checked
     /// against the topic's watermarks.
     Publish(PublishBenchOptions),
+    /// The count table of users without a connection: one count per user (`--users`,
+    /// default 1M) in unread-counts, then a new edge reading them back: its RSS growth
+    /// per user over an edge on empty topics, and its time from start to ready.
+    Table(TableBenchOptions),
     /// One process of bench clients (started by the scenarios).
     #[command(hide = true)]
     Worker {
@@ -47,7 +52,7 @@ pub enum BenchCommand {
 }
 
 impl BenchCommand {
-    /// Runs the command. A WebSocket scenario, and `publish`, print a human summary on
+    /// Runs the command. A WebSocket scenario, `publish` and `table` print a human summary on
     /// stderr and the result as JSON on stdout; `router` prints its result as JSON;
     /// `worker` is one process of clients, talking to the scenario that started it.
     pub async fn execute(self) -> anyhow::Result<()> {
@@ -60,6 +65,12 @@ impl BenchCommand {
             Self::Publish(options) => {
                 let result = crate::publish::run(&options).await?;
                 eprintln!("{}", crate::publish::result::summary(&result));
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::Table(options) => {
+                let result = crate::table::run(&options).await?;
+                eprintln!("{}", crate::table::result::summary(&result));
                 println!("{}", serde_json::to_string_pretty(&result)?);
                 return Ok(());
             }

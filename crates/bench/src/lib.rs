@@ -16,10 +16,12 @@
 //!   receipts and unread_count queries, a read receipt from the HTTP request to the
 //!   sender's socket), against a deployment [`target`] starts with an api, checked
 //!   against message-events' watermarks.
+//! - [`table`]: the count table of users without a connection: 1M counts in
+//!   unread-counts, a new edge's RSS growth per user and time to read them back.
 //!
 //! Modules depend one way, each only on those listed before it: `system`; `report`,
 //! `worker`; `scenario`, `result`, `pool`; `target`; `load`; `measure`; `storm`; `ws`;
-//! `publish`; `command`. `router` stands alone, but for `system`.
+//! `publish`, `table`; `command`. `router` stands alone, but for `system`.
 
 mod command;
 mod load;
@@ -32,6 +34,7 @@ pub mod router;
 pub mod scenario;
 mod storm;
 pub mod system;
+pub mod table;
 pub mod target;
 pub mod worker;
 pub mod ws;

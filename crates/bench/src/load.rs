@@ -41,9 +41,9 @@ impl Sends {
 
 /// Counts the producer's acknowledgements.
 #[derive(Clone, Default)]
-struct Deliveries {
-    acknowledged: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+pub(crate) struct Deliveries {
+    pub(crate) acknowledged: Arc<AtomicU64>,
+    pub(crate) failed: Arc<AtomicU64>,
 }
 
 impl rdkafka::ClientContext for Deliveries {}
@@ -59,7 +59,9 @@ impl rdkafka::producer::ProducerContext for Deliveries {
     }
 }
 
-fn producer(
+/// A producer of `kafka`'s producer config (acks from all replicas, idempotent) with
+/// Nagle off and `settings`, and its acknowledgement counts.
+pub(crate) fn producer(
     kafka: &KafkaSettings,
     settings: &[(&str, &str)],
 ) -> anyhow::Result<(ThreadedProducer<Deliveries>, Deliveries)> {
@@ -76,7 +78,7 @@ fn producer(
 }
 
 /// Sends one record, waiting while the producer's queue is full.
-async fn send(
+pub(crate) async fn send(
     producer: &ThreadedProducer<Deliveries>,
     topic: &str,
     key: &str,

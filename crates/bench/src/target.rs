@@ -205,6 +205,17 @@ pub struct LocalDeployment {
     /// The run's directory, for the logs of edges started again.
     run_dir: PathBuf,
     restarts: usize,
+    /// The config every child shares, for edges started later ([`Self::spawn_edge`]).
+    config: Config,
+}
+
+/// An edge process started on its own by [`LocalDeployment::spawn_edge`]: killed when
+/// dropped.
+pub struct LoneEdge {
+    pub target: EdgeTarget,
+    pub child: Child,
+    /// Its log (stderr).
+    pub log: PathBuf,
 }
 
 /// What to start.
@@ -292,6 +303,7 @@ impl LocalDeployment {
             edge_processes: Vec::new(),
             run_dir: options.run_dir.to_owned(),
             restarts: 0,
+            config: config.clone(),
         };
         if options.pipeline {
             for role in ["ingest", "router"] {
@@ -377,6 +389,28 @@ impl LocalDeployment {
         self.edges[index].pid = child.id();
         self.children[slot] = child;
         Ok(())
+    }
+
+    /// Starts an edge process of the deployment's config, named `name` (its config and
+    /// log are `<name>.toml` and `<name>.log` in the run's directory), apart from the
+    /// deployment's children: the caller owns it, and it is killed when dropped. Returns
+    /// once it is started, not ready (`table` times its catch-up from here).
+    pub fn spawn_edge(&self, name: &str) -> anyhow::Result<LoneEdge> {
+        let edge_port = free_port()?;
+        let admin_port = free_port()?;
+        let path = self.run_dir.join(format!("{name}.toml"));
+        write_role_config(&self.config, Some(&edge_port), &admin_port, &path)?;
+        let log = self.run_dir.join(format!("{name}.log"));
+        let child = spawn_role("edge", &path, &log)?;
+        Ok(LoneEdge {
+            target: EdgeTarget {
+                url: format!("ws://{edge_port}"),
+                admin: Some(format!("http://{admin_port}")),
+                pid: child.id(),
+            },
+            child,
+            log,
+        })
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

@@ -232,3 +232,33 @@ fn publish_checks_every_acknowledged_event_against_the_topic() {
     }
     assert_eq!(result["receipt_on_socket"]["received"], 5);
 }
+
+#[test]
+fn table_reads_every_users_count_back_into_a_new_edge() {
+    let result = bench(
+        "table",
+        &[
+            "--users",
+            "20000",
+            "--partitions",
+            "8",
+            "--settle-seconds",
+            "0",
+        ],
+    );
+    let check = &result["check"];
+    assert_eq!(check["keys_passed"], true, "{check}");
+    assert_eq!(check["table_keys"], 20000, "{check}");
+    assert_eq!(check["records_applied"], 20000, "{check}");
+    assert_eq!(result["produced"]["acknowledged"], 20000);
+    assert_eq!(result["produced"]["records_in_topic"], 20000);
+    assert_eq!(result["produced"]["deleted_from"], serde_json::json!([]));
+    for edge in ["baseline", "loaded"] {
+        let run = &result[edge];
+        assert!(run["rss_ready_kib"].as_u64().unwrap() > 0, "{run}");
+        assert!(run["ready_seconds"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    assert!(result["rss_per_user_bytes"].is_number());
+    assert!(check["catch_up"]["measured"].is_number());
+    assert!(check["rss_per_user"]["met"].is_boolean());
+}
