@@ -93,6 +93,8 @@ pub enum CountRecord {
 }
 
 impl CountRecord {
+    const ALL: [Self; 3] = [Self::Applied, Self::Stale, Self::Invalid];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Applied => "applied",
@@ -118,6 +120,13 @@ pub enum StreamRecord {
 }
 
 impl StreamRecord {
+    const ALL: [Self; 4] = [
+        Self::Delivered,
+        Self::Unwatched,
+        Self::Repeated,
+        Self::Invalid,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Delivered => "delivered",
@@ -240,7 +249,10 @@ pub struct EdgeMetrics {
     closes: IntCounterVec,
     limited: IntCounterVec,
     secret_reloads: IntCounterVec,
-    count_records: IntCounterVec,
+    /// `fanout_edge_count_records_total`'s series, resolved once: the feed counts every record, and a
+    /// label lookup per record was a tenth of a catch-up's CPU.
+    count_record_series: [IntCounter; 3],
+    stream_record_series: [IntCounter; 4],
     table_keys: IntGauge,
     delivery_seconds: Histogram,
     stream_records: IntCounterVec,
@@ -438,7 +450,10 @@ impl EdgeMetrics {
             closes,
             limited,
             secret_reloads,
-            count_records,
+            count_record_series: CountRecord::ALL
+                .map(|result| count_records.with_label_values(&[result.as_str()])),
+            stream_record_series: StreamRecord::ALL
+                .map(|result| stream_records.with_label_values(&[result.as_str()])),
             table_keys,
             delivery_seconds,
             stream_records,
@@ -548,15 +563,11 @@ impl EdgeMetrics {
     }
 
     pub(crate) fn count_record(&self, result: CountRecord) {
-        self.count_records
-            .with_label_values(&[result.as_str()])
-            .inc();
+        self.count_record_series[result as usize].inc();
     }
 
     pub(crate) fn stream_record(&self, result: StreamRecord) {
-        self.stream_records
-            .with_label_values(&[result.as_str()])
-            .inc();
+        self.stream_record_series[result as usize].inc();
     }
 
     pub(crate) fn stream_subscribe(&self, result: StreamSubscribe) {
