@@ -262,31 +262,11 @@ async fn stream_resumes(target: &Target) -> Vec<(String, f64)> {
 
 /// Every partition's high-water mark of `topic` now.
 async fn watermarks(kafka: &KafkaSettings, topic: &str) -> anyhow::Result<HashMap<i32, i64>> {
-    let config = kafka.assign_consumer_config();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().context("creating a consumer")?;
-        let timeout = Duration::from_secs(10);
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), timeout)
-            .with_context(|| format!("reading {topic}'s partitions"))?;
-        let mut marks = HashMap::new();
-        for partition in metadata
-            .topics()
-            .iter()
-            .filter(|found| found.name() == topic)
-            .flat_map(|found| found.partitions())
-        {
-            let (_, high) = consumer
-                .fetch_watermarks(&topic, partition.id(), timeout)
-                .with_context(|| format!("reading {topic}'s high-water marks"))?;
-            marks.insert(partition.id(), high);
-        }
-        anyhow::ensure!(!marks.is_empty(), "{topic} has no partition");
-        Ok(marks)
-    })
-    .await
-    .context("the watermark task")?
+    Ok(crate::system::watermarks(kafka, topic)
+        .await?
+        .into_iter()
+        .map(|(partition, (_, high))| (partition, high))
+        .collect())
 }
 
 /// One user-streams record as [`Follower`] read it.
