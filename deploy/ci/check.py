@@ -138,30 +138,41 @@ def check_metric_names(where, exprs, known, pending_used):
 # ---------------------------------------------------------------- partner secrets file
 
 
-def secrets_file_problems(text):
-    """What the edge's parse_secrets_file (crates/edge/src/config.rs) would refuse in an
-    edge.secrets_file, plus a file naming no partner or a partner with no secret (which
-    the edge's validation refuses, or which lets no client in). Never quotes a secret."""
+def partner_lists(text, field, shape):
+    """The lists a partners file (`[<partner>] <field> = [...]`) holds, as `(code, list)`,
+    and what is wrong with its shape: not TOML, no partner, a bad partner code, an entry
+    that is not a table, other keys, an empty list (`shape` says what the list holds)."""
     try:
         partners = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        return [f"not TOML: {error}"]
+        return [f"not TOML: {error}"], []
     found = []
+    lists = []
     if not partners:
         found.append("names no partner")
     for code, partner in partners.items():
         if not PARTNER_CODE.fullmatch(code):
             found.append(f"[{code}]: not a valid partner code")
         if not isinstance(partner, dict):
-            found.append(f"{code}: not a table ([{code}] secrets = [...])")
+            found.append(f"{code}: not a table ([{code}] {field} = [...])")
             continue
-        unknown = set(partner) - {"secrets"}
+        unknown = set(partner) - {field}
         if unknown:
-            found.append(f"[{code}]: unknown keys {sorted(unknown)} (only `secrets`)")
-        secrets = partner.get("secrets")
-        if not isinstance(secrets, list) or not secrets:
-            found.append(f"[{code}] secrets: must be a non-empty list of {{ kid, secret }} tables")
+            found.append(f"[{code}]: unknown keys {sorted(unknown)} (only `{field}`)")
+        items = partner.get(field)
+        if not isinstance(items, list) or not items:
+            found.append(f"[{code}] {field}: must be a non-empty list of {shape}")
             continue
+        lists.append((code, items))
+    return found, lists
+
+
+def secrets_file_problems(text):
+    """What the edge's parse_secrets_file (crates/edge/src/config.rs) would refuse in an
+    edge.secrets_file, plus a file naming no partner or a partner with no secret (which
+    the edge's validation refuses, or which lets no client in). Never quotes a secret."""
+    found, lists = partner_lists(text, "secrets", "{ kid, secret } tables")
+    for code, secrets in lists:
         for index, secret in enumerate(secrets):
             where = f"[{code}] secrets[{index}]"
             if not isinstance(secret, dict):
@@ -181,31 +192,13 @@ def secrets_file_problems(text):
 
 
 def keys_file_problems(text):
-    """What the api's parse_keys_file (crates/api/src/config.rs) would refuse in an
-    api.keys_file, plus a file naming no partner, a partner with no key (no caller gets
-    in as it) and one key listed for two partners (the api's KeyRing maps a key to one
-    partner: the one whose code sorts last, silently). Never quotes a key."""
-    try:
-        partners = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
-        return [f"not TOML: {error}"]
-    found = []
-    if not partners:
-        found.append("names no partner")
+    """What the api would refuse in an api.keys_file (parse_keys_file and merged_keys,
+    crates/api/src/config.rs): short keys, keys not printable ASCII, one key listed for
+    two partners; plus a file naming no partner or a partner with no key (no caller gets
+    in as it). Never quotes a key."""
+    found, lists = partner_lists(text, "keys", "strings")
     owners = {}
-    for code, partner in partners.items():
-        if not PARTNER_CODE.fullmatch(code):
-            found.append(f"[{code}]: not a valid partner code")
-        if not isinstance(partner, dict):
-            found.append(f"{code}: not a table ([{code}] keys = [...])")
-            continue
-        unknown = set(partner) - {"keys"}
-        if unknown:
-            found.append(f"[{code}]: unknown keys {sorted(unknown)} (only `keys`)")
-        keys = partner.get("keys")
-        if not isinstance(keys, list) or not keys:
-            found.append(f"[{code}] keys: must be a non-empty list of strings")
-            continue
+    for code, keys in lists:
         for index, key in enumerate(keys):
             where = f"[{code}] keys[{index}]"
             if not isinstance(key, str):
