@@ -114,10 +114,6 @@ impl Api {
         self.listener.local_addr().map_err(ApiError::Listener)
     }
 
-    pub fn tables(&self) -> &Arc<Tables> {
-        &self.state.tables
-    }
-
     /// Serves until `shutdown`: the feed fills the tables, the keys file is watched,
     /// requests are answered. On shutdown it stops accepting, finishes the requests in
     /// flight (their events acknowledged or answered unavailable), then returns.

@@ -320,11 +320,4 @@ impl ApiMetrics {
             }
         }
     }
-
-    /// Events accepted so far (tests, the bench).
-    pub fn accepted_count(&self) -> u64 {
-        self.events
-            .with_label_values(&[EventResult::Accepted.as_str()])
-            .get()
-    }
 }
