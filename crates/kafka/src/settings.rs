@@ -191,6 +191,11 @@ impl KafkaSettings {
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
             ("session.timeout.ms", "10000"),
+            // Once its local queue holds `queued.min.messages`, librdkafka waits this
+            // long before the next fetch: 1000 ms by default, which left a router with
+            // a backlog idle most of each second (`fanout bench router`: ~118k events/s
+            // with the CPU 95 % idle); 20 ms keeps it fed.
+            ("fetch.queue.backoff.ms", "20"),
         ]);
         config.set("group.id", group_id);
         config
