@@ -1,16 +1,19 @@
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use fanout_kafka::{
-    AckPipeline, InvalidSetting, KafkaSettings, StageContext, StageHealth, Topics,
-    drain_and_commit, enqueue, require_positive, store_offset,
+    AckGroup, InputLog, InvalidSetting, KafkaSettings, OutputProducer, StageContext, StageHealth,
+    Topics, commit_stored, require_positive, store_input_offset,
 };
 use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
+use futures::FutureExt as _;
 use prost::Message as _;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::BaseRecord;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -93,33 +96,50 @@ pub async fn run(
         KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
             .create_with_context(context)
             .map_err(IngestError::Client)?;
-    let producer: FutureProducer<StageContext> = kafka
-        .producer_config()
-        .create_with_context(
-            StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
-        )
-        .map_err(IngestError::Client)?;
+    let producer = OutputProducer::new(
+        &kafka.producer_config(),
+        StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
+    )
+    .map_err(IngestError::Client)?;
     consumer
         .subscribe(&[&topics.message_events])
         .map_err(IngestError::Client)?;
     tracing::info!(topic = %topics.message_events, group = %config.group_id, "ingest started");
 
-    let mut pipeline = AckPipeline::new();
+    let mut stage = Ingest {
+        producer,
+        topics,
+        config,
+        metrics: &metrics,
+        log: InputLog::new(),
+        scratch: Vec::new(),
+    };
+    let max_batch = MAX_POLL_BATCH.min(config.max_in_flight);
     loop {
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            Some(acked) = pipeline.next(), if !pipeline.is_empty() => {
-                let acked = acked.map_err(IngestError::Delivery)?;
-                health.set_brokers_down(false);
-                store_offset(&consumer, &acked);
+            () = stage.producer.acked() => {
+                if stage.store_done(&consumer)? {
+                    health.set_brokers_down(false);
+                }
             }
-            received = consumer.recv(), if pipeline.len() < config.max_in_flight => {
+            received = consumer.recv(), if stage.log.len() < config.max_in_flight => {
                 match received {
-                    Ok(message) => {
+                    Ok(first) => {
                         health.set_brokers_down(false);
-                        let deliveries = handle(&message, &producer, topics, config, &metrics).await?;
-                        pipeline.push(message.topic(), message.partition(), message.offset(), deliveries);
+                        let mut messages = vec![first];
+                        while messages.len() < max_batch {
+                            match consumer.recv().now_or_never() {
+                                Some(Ok(message)) => messages.push(message),
+                                Some(Err(error)) => {
+                                    metrics.kafka().consumer_error(&error);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        stage.handle_batch(&messages).await?;
                     }
                     Err(error) => {
                         metrics.kafka().consumer_error(&error);
@@ -131,46 +151,107 @@ pub async fn run(
     }
 
     // Drain: everything consumed so far is delivered, its offsets stored and committed.
-    drain_and_commit(&mut pipeline, &consumer)
-        .await
-        .map_err(IngestError::Delivery)?;
+    while !stage.log.is_empty() {
+        stage.producer.acked().await;
+        stage.store_done(&consumer)?;
+    }
+    commit_stored(&consumer);
     tracing::info!("ingest stopped");
     Ok(())
 }
 
-async fn handle(
-    message: &BorrowedMessage<'_>,
-    producer: &FutureProducer<StageContext>,
-    topics: &Topics,
-    config: &IngestConfig,
-    metrics: &IngestMetrics,
-) -> Result<Vec<DeliveryFuture>, IngestError> {
-    let value = message.payload().unwrap_or_default();
-    let content_type = header(message, CONTENT_TYPE_HEADER);
-    let checked = decode_event(value, content_type, &config.limits)
-        .and_then(|event| validate(event, &config.limits));
-    match checked {
-        Ok(valid) => {
-            let mut deliveries = Vec::new();
-            for user_event in fan_out(&valid) {
-                let key = user_key(&user_event.partner, &user_event.user);
-                let payload = user_event.encode_to_vec();
-                let record = FutureRecord::to(&topics.user_events)
-                    .key(key.as_str())
-                    .payload(payload.as_slice());
-                deliveries.push(
-                    enqueue(producer, record)
-                        .await
-                        .map_err(IngestError::Client)?,
-                );
-            }
-            metrics.accepted(deliveries.len());
-            Ok(deliveries)
+/// Most records taken from the consumer's queue to process as one batch: what is
+/// already fetched, without waiting for more.
+const MAX_POLL_BATCH: usize = 4096;
+
+struct Ingest<'a> {
+    producer: OutputProducer,
+    topics: &'a Topics,
+    config: &'a IngestConfig,
+    metrics: &'a IngestMetrics,
+    /// Input records whose outputs are in flight.
+    log: InputLog,
+    /// Reused for every user event's encoding (the producer copies it).
+    scratch: Vec<u8>,
+}
+
+impl Ingest<'_> {
+    /// Stores the offsets of inputs whose outputs are all acknowledged; whether any were.
+    fn store_done(&mut self, consumer: &StreamConsumer<StageContext>) -> Result<bool, IngestError> {
+        let done = self.log.advance().map_err(IngestError::Delivery)?;
+        for (partition, offset) in &done {
+            store_input_offset(consumer, &self.topics.message_events, *partition, *offset);
         }
-        Err(rejection) => {
-            metrics.dead_lettered(&rejection, message.partition(), message.offset());
-            let delivery = dead_letter(message, &rejection, producer, &topics.dead_letter).await?;
-            Ok(vec![delivery])
+        Ok(!done.is_empty())
+    }
+
+    /// Handles the records of one poll: per partition, their outputs share one
+    /// acknowledgement group (a message to 10k recipients is 10k records and one group).
+    async fn handle_batch(&mut self, messages: &[BorrowedMessage<'_>]) -> Result<(), IngestError> {
+        let mut open: Vec<(i32, Arc<AckGroup>, i64, usize)> = Vec::new();
+        for message in messages {
+            let partition = message.partition();
+            let slot = match open.iter().position(|(id, ..)| *id == partition) {
+                Some(slot) => slot,
+                None => {
+                    open.push((partition, self.producer.group(), -1, 0));
+                    open.len() - 1
+                }
+            };
+            let group = open[slot].1.clone();
+            open[slot].2 = message.offset();
+            open[slot].3 += 1;
+            self.handle(message, &group).await?;
+        }
+        for (partition, group, last_offset, records) in open {
+            group.seal();
+            self.log.push(partition, last_offset, records, group);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        group: &Arc<AckGroup>,
+    ) -> Result<(), IngestError> {
+        let limits = &self.config.limits;
+        let value = message.payload().unwrap_or_default();
+        let content_type = header(message, CONTENT_TYPE_HEADER);
+        let checked =
+            decode_event(value, content_type, limits).and_then(|event| validate(event, limits));
+        match checked {
+            Ok(valid) => {
+                let mut produced = 0;
+                for user_event in fan_out(&valid) {
+                    let key = user_key(&user_event.partner, &user_event.user);
+                    self.scratch.clear();
+                    user_event.encode(&mut self.scratch).ok();
+                    let record =
+                        BaseRecord::with_opaque_to(&self.topics.user_events, group.clone())
+                            .key(key.as_str())
+                            .payload(self.scratch.as_slice());
+                    self.producer
+                        .send(record)
+                        .await
+                        .map_err(IngestError::Client)?;
+                    produced += 1;
+                }
+                self.metrics.accepted(produced);
+                Ok(())
+            }
+            Err(rejection) => {
+                self.metrics
+                    .dead_lettered(&rejection, message.partition(), message.offset());
+                dead_letter(
+                    message,
+                    &rejection,
+                    &self.producer,
+                    group,
+                    &self.topics.dead_letter,
+                )
+                .await
+            }
         }
     }
 }
@@ -179,9 +260,10 @@ async fn handle(
 async fn dead_letter(
     message: &BorrowedMessage<'_>,
     rejection: &Rejection,
-    producer: &FutureProducer<StageContext>,
+    producer: &OutputProducer,
+    group: &Arc<AckGroup>,
     dead_letter_topic: &str,
-) -> Result<DeliveryFuture, IngestError> {
+) -> Result<(), IngestError> {
     let detail = rejection.to_string();
     let source = format!(
         "{}/{}/{}",
@@ -207,13 +289,14 @@ async fn dead_letter(
             headers = headers.insert(header);
         }
     }
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(dead_letter_topic)
-        .payload(message.payload().unwrap_or_default())
-        .headers(headers);
+    let mut record: BaseRecord<'_, [u8], [u8], Arc<AckGroup>> =
+        BaseRecord::with_opaque_to(dead_letter_topic, group.clone())
+            .payload(message.payload().unwrap_or_default())
+            .headers(headers);
     if let Some(key) = message.key() {
         record = record.key(key);
     }
-    enqueue(producer, record).await.map_err(IngestError::Client)
+    producer.send(record).await.map_err(IngestError::Client)
 }
 
 fn header<'a>(message: &'a BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {

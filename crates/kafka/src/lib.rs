@@ -1,15 +1,19 @@
 //! Kafka plumbing shared by fanout's stages: client settings, topic names, the embedded
-//! cluster of `fanout dev` and the tests, and the in-order acknowledgement pipeline that
-//! lets a stage commit an input offset only once everything derived from it is in Kafka.
+//! cluster of `fanout dev` and the tests, and the acknowledgement groups and input log that
+//! let a stage commit an input offset only once everything derived from it is in Kafka.
 
+mod acks;
 mod embedded;
 mod health;
 mod pipeline;
 mod settings;
 
+pub use acks::{
+    AckGroup, AckingContext, InputLog, OutputProducer, OutputRecord, store_input_offset,
+};
 pub use embedded::{EMBEDDED_CLIENT_SETTINGS, EmbeddedKafka, EmbeddedKafkaError};
 pub use health::{KafkaClientMetrics, StageContext, StageHealth};
-pub use pipeline::{AckPipeline, Acked, drain_and_commit, enqueue, flush, store_offset};
+pub use pipeline::{commit_stored, enqueue};
 pub use settings::{InvalidSetting, KafkaSettings, Topics, require_positive};
 
 /// Errors of this crate's helpers.

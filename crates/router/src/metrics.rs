@@ -35,6 +35,8 @@ impl EventResult {
 #[derive(Clone)]
 pub struct RouterMetrics {
     events: IntCounterVec,
+    /// `events` by [`EventResult`], resolved once rather than per event.
+    by_result: [IntCounter; 4],
     restore_seconds: Histogram,
     restored_users: IntCounter,
     restored_records: IntCounter,
@@ -105,11 +107,10 @@ impl RouterMetrics {
         registry.register(Box::new(users.clone()))?;
         registry.register(Box::new(restored_records.clone()))?;
         registry.register(Box::new(evicted_ranges.clone()))?;
-        for result in EventResult::ALL {
-            events.with_label_values(&[result.as_str()]);
-        }
+        let by_result = EventResult::ALL.map(|result| events.with_label_values(&[result.as_str()]));
         Ok(Self {
             events,
+            by_result,
             restore_seconds,
             restored_users,
             restored_records,
@@ -125,7 +126,7 @@ impl RouterMetrics {
     }
 
     pub(crate) fn event(&self, result: EventResult) {
-        self.events.with_label_values(&[result.as_str()]).inc();
+        self.by_result[result as usize].inc();
     }
 
     pub(crate) fn invalid_event(&self, partition: i32, offset: i64, why: &str) {
@@ -193,6 +194,11 @@ impl RouterMetrics {
         self.kafka.error_count()
     }
 
+    /// User states written to router-state so far.
+    pub fn state_write_count(&self) -> u64 {
+        self.state_writes.get()
+    }
+
     /// Records written to read-receipts so far.
     pub fn read_receipt_count(&self) -> u64 {
         self.read_receipts.get()
@@ -201,5 +207,17 @@ impl RouterMetrics {
     /// Events consumed with `result` so far (one of [`Self::RESULTS`]).
     pub fn event_count(&self, result: &str) -> u64 {
         self.events.with_label_values(&[result]).get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_result_indexes_its_own_counter() {
+        for (index, result) in EventResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, index);
+        }
     }
 }
