@@ -23,8 +23,9 @@ pub struct RouterBenchOptions {
     /// A running broker (default: the embedded one).
     #[arg(long)]
     pub brokers: Option<String>,
-    /// User events in the backlog.
-    #[arg(long, default_value_t = 500_000)]
+    /// User events in the backlog (on the embedded broker at most 90000 per partition:
+    /// librdkafka's mock cluster keeps 100000 records a partition and deletes older ones).
+    #[arg(long, default_value_t = 300_000)]
     pub events: u64,
     /// Distinct users.
     // Spread over two partners.
@@ -57,7 +58,17 @@ pub struct RouterBenchResult {
     /// State and count records the router wrote.
     pub applied: u64,
     pub unchanged: u64,
+    /// User states the router wrote to router-state (a user changed several times
+    /// within a batch is written once).
+    pub state_writes: u64,
 }
+
+/// Records per partition the embedded broker keeps with room to spare (librdkafka's mock
+/// cluster deletes the oldest past 100000).
+const MOCK_RECORDS_PER_PARTITION: u64 = 90_000;
+
+/// How long the router may process nothing before the run is called failed.
+const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the `router` scenario.
 pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchResult> {
@@ -67,6 +78,15 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
     let topics = Topics::with_prefix(&format!("bench-{}-", fanout_app::tools::random_hex(4)));
     let layout = topics.with_partitions(options.partitions, options.partitions);
     let (kafka, _embedded, broker) = match &options.brokers {
+        None if options.events > MOCK_RECORDS_PER_PARTITION * options.partitions as u64 => {
+            anyhow::bail!(
+                "--events {} is more than the embedded broker keeps in {} partitions ({} each); \
+                 raise --partitions or use --brokers",
+                options.events,
+                options.partitions,
+                MOCK_RECORDS_PER_PARTITION
+            );
+        }
         Some(brokers) => {
             let kafka = KafkaSettings::new(brokers.clone());
             crate::system::create_topics(&kafka, &layout).await?;
@@ -110,9 +130,20 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
     };
     let started = Instant::now();
     let mut first = None;
+    let mut progress = (0, Instant::now());
     while processed() < options.events {
         if router.is_finished() {
             break;
+        }
+        if processed() != progress.0 {
+            progress = (processed(), Instant::now());
+        } else if progress.1.elapsed() > STALL_TIMEOUT {
+            shutdown.cancel();
+            anyhow::bail!(
+                "the router processed nothing for {STALL_TIMEOUT:?}, at {} of {} events",
+                progress.0,
+                options.events
+            );
         }
         if first.is_none() && processed() > 0 {
             first = Some(Instant::now());
@@ -146,6 +177,7 @@ pub async fn router(options: &RouterBenchOptions) -> anyhow::Result<RouterBenchR
         },
         applied: metrics.event_count("applied"),
         unchanged: metrics.event_count("unchanged"),
+        state_writes: metrics.state_write_count(),
     })
 }
 
