@@ -545,7 +545,7 @@ impl Partition {
         let mut last_offset = None;
         'front: while let Some(front) = self.batches.front() {
             let mut horizon = front.covered_by;
-            let mut through = 0;
+            let mut through: usize = 0;
             for batch in &self.batches {
                 if batch.id > horizon {
                     break;
@@ -557,6 +557,14 @@ impl Partition {
                 }
                 horizon = horizon.max(batch.covered_by);
                 through += 1;
+            }
+            // The covering batch may be the open one, not sealed yet.
+            let reached = self
+                .batches
+                .get(through.saturating_sub(1))
+                .map(|batch| batch.id);
+            if reached < Some(horizon) {
+                break;
             }
             for batch in self.batches.drain(..through) {
                 records += batch.records;
@@ -878,6 +886,16 @@ mod tests {
         assert_eq!(partition.finished().unwrap(), (0, None));
         third.seal();
         assert_eq!(partition.finished().unwrap(), (6, Some(29)));
+    }
+
+    #[test]
+    fn a_batch_covered_by_the_open_batch_waits_for_it() {
+        let first = AckGroup::unsealed();
+        first.seal();
+        // Batch 1, which covers the first's user, is still open (not in `batches`).
+        let mut partition = partition(vec![batch(0, 9, &first, 1)]);
+        assert_eq!(partition.finished().unwrap(), (0, None));
+        assert_eq!(partition.batches.len(), 1);
     }
 
     #[test]
