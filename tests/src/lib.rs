@@ -62,6 +62,38 @@ impl TestPartner {
     }
 }
 
+/// Debian's `package`, installed with apt-get (as root) if `command --version_flag`
+/// does not run: what a test needs, the test command provides.
+pub fn ensure_debian_package(package: &str, command: &str, version_flag: &str) {
+    let present = std::process::Command::new(command)
+        .arg(version_flag)
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if present {
+        return;
+    }
+    let lock_path = std::env::temp_dir().join(format!("fanout-{package}-install.lock"));
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock().unwrap();
+    let install = || {
+        std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q", package])
+            .status()
+    };
+    if !install().is_ok_and(|status| status.success()) {
+        let updated = std::process::Command::new("apt-get")
+            .args(["update", "-q"])
+            .status()
+            .unwrap();
+        assert!(updated.success(), "apt-get update failed");
+        assert!(
+            install().unwrap().success(),
+            "apt-get install {package} failed"
+        );
+    }
+    lock.unlock().unwrap();
+}
+
 pub mod anycable;
 pub mod api;
 pub mod metrics_doc;

@@ -3,8 +3,10 @@
 
 use anyhow::Context as _;
 
+use crate::ceiling::CeilingOptions;
 use crate::publish::PublishBenchOptions;
 use crate::router::{RouterBenchOptions, router};
+use crate::scaling::ScalingOptions;
 use crate::scenario::{Scenario, WsBenchOptions};
 use crate::table::TableBenchOptions;
 
@@ -42,6 +44,22 @@ pub enum BenchCommand {
     /// default 1M) in unread-counts, then a new edge reading them back: its RSS growth
     /// per user over an edge on empty topics, and its time from start to ready.
     Table(TableBenchOptions),
+    /// What a minimal server (no Kafka, no auth, frames encoded once, in a process of
+    /// its own) does with the same clients and pattern of writes as push-rate or
+    /// group-message: pushes/s, server and clients CPU per push, frames per write
+    /// syscall; the ceiling the scenarios' figures are stated against.
+    Ceiling(CeilingOptions),
+    /// group-message and steady over a range of sizes (connections, changes/s): p50 and
+    /// p99 latency, delivered of expected and CPU per user event of each process at
+    /// each size; `scaling.json` and `scaling.svg`.
+    Scaling(ScalingOptions),
+    /// The ceiling's server (started by `ceiling`).
+    #[command(hide = true)]
+    CeilingServer {
+        /// The server's spec, JSON.
+        #[arg(long)]
+        spec: String,
+    },
     /// One process of bench clients (started by the scenarios).
     #[command(hide = true)]
     Worker {
@@ -52,9 +70,10 @@ pub enum BenchCommand {
 }
 
 impl BenchCommand {
-    /// Runs the command. A WebSocket scenario, `publish` and `table` print a human summary on
-    /// stderr and the result as JSON on stdout; `router` prints its result as JSON;
-    /// `worker` is one process of clients, talking to the scenario that started it.
+    /// Runs the command. A WebSocket scenario, `ceiling`, `scaling`, `publish` and `table`
+    /// print a human summary on stderr and the result as JSON on stdout; `router` prints
+    /// its result as JSON; `worker` is one process of clients and `ceiling-server` the
+    /// ceiling's server, each talking to the run that started it.
     pub async fn execute(self) -> anyhow::Result<()> {
         let (scenario, options) = match self {
             Self::Router(options) => {
@@ -73,6 +92,22 @@ impl BenchCommand {
                 eprintln!("{}", crate::table::result::summary(&result));
                 println!("{}", serde_json::to_string_pretty(&result)?);
                 return Ok(());
+            }
+            Self::Ceiling(options) => {
+                let result = crate::ceiling::run(&options).await?;
+                eprintln!("{}", result.summary());
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::Scaling(options) => {
+                let result = crate::scaling::run(&options).await?;
+                eprintln!("{}", crate::scaling::summary(&result));
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::CeilingServer { spec } => {
+                let spec = serde_json::from_str(&spec).context("parsing the server spec")?;
+                return crate::ceiling::server::run(spec).await;
             }
             Self::Worker { spec } => {
                 let spec = serde_json::from_str(&spec).context("parsing the worker spec")?;

@@ -195,7 +195,7 @@ async fn warm_event_producer(
 }
 
 /// Waits until pushes stop arriving (or `expected` arrived), at most `limit`.
-async fn wait_quiet(
+pub(crate) async fn wait_quiet(
     pool: &mut WorkerPool,
     expected: Option<u64>,
     quiet: Duration,

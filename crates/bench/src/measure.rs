@@ -9,8 +9,8 @@ use hdrhistogram::Histogram;
 use super::load::Sends;
 use super::pool::WorkerPool;
 use super::result::{ConnectionResult, CpuResult, EdgeResult, PushResult};
-use super::system::{cpu_seconds, http_get, metric_value};
-use super::target::{LocalDeployment, Target};
+use super::system::{cpu_seconds, http_get, machine_busy_seconds, metric_value};
+use super::target::Target;
 use super::worker::{WorkerReport, new_histogram, tally_error};
 
 /// Each edge's RSS in KiB (`None`: no pid, or unreadable) at three points of a run.
@@ -26,32 +26,40 @@ pub(crate) struct EdgeRss {
 pub(crate) struct CpuMeter {
     edge_pids: Vec<Option<u32>>,
     /// Ingest and router, when the bench started them.
-    pipeline_pids: Vec<u32>,
+    ingest_pids: Vec<u32>,
+    router_pids: Vec<u32>,
 }
 
 /// CPU seconds each process had used at an instant.
 pub(crate) struct CpuSnapshot {
     at: Instant,
     edges: Vec<f64>,
-    pipeline: f64,
+    ingest: f64,
+    router: f64,
     bench: f64,
     clients: f64,
+    machine_busy: Option<f64>,
 }
 
 impl CpuMeter {
     pub(crate) fn of(target: &Target) -> Self {
-        Self {
-            edge_pids: target.edges.iter().map(|edge| edge.pid).collect(),
-            pipeline_pids: target
+        let pids_of = |role: &str| {
+            target
                 .local
                 .as_ref()
-                .map(LocalDeployment::pipeline_pids)
-                .unwrap_or_default(),
+                .map(|local| local.pids_of(role))
+                .unwrap_or_default()
+        };
+        Self {
+            edge_pids: target.edges.iter().map(|edge| edge.pid).collect(),
+            ingest_pids: pids_of("ingest"),
+            router_pids: pids_of("router"),
         }
     }
 
     /// CPU seconds each process has used so far.
     pub(crate) fn read(&self, pool: &WorkerPool) -> CpuSnapshot {
+        let sum = |pids: &[u32]| pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum();
         CpuSnapshot {
             at: Instant::now(),
             edges: self
@@ -59,32 +67,56 @@ impl CpuMeter {
                 .iter()
                 .map(|pid| pid.and_then(cpu_seconds).unwrap_or(0.0))
                 .collect(),
-            pipeline: self
-                .pipeline_pids
-                .iter()
-                .filter_map(|pid| cpu_seconds(*pid))
-                .sum(),
+            ingest: sum(&self.ingest_pids),
+            router: sum(&self.router_pids),
             bench: cpu_seconds(std::process::id()).unwrap_or(0.0),
-            clients: pool.pids.iter().filter_map(|pid| cpu_seconds(*pid)).sum(),
+            clients: sum(&pool.pids),
+            machine_busy: machine_busy_seconds(),
         }
+    }
+
+    /// Whether the run has ingest and router processes of its own.
+    fn has_pipeline(&self) -> bool {
+        !self.ingest_pids.is_empty() || !self.router_pids.is_empty()
     }
 }
 
 impl CpuSnapshot {
-    /// The CPU seconds each process used from `before` to this snapshot.
-    pub(crate) fn used_since(&self, before: &Self) -> CpuResult {
+    /// The CPU seconds each process of `meter` used from `before` to this snapshot.
+    pub(crate) fn used_since(&self, before: &Self, meter: &CpuMeter) -> CpuResult {
+        let ingest = self.ingest - before.ingest;
+        let router = self.router - before.router;
+        let pipeline = meter.has_pipeline();
+        let wall_seconds = self.at.duration_since(before.at).as_secs_f64();
         CpuResult {
-            wall_seconds: self.at.duration_since(before.at).as_secs_f64(),
+            wall_seconds,
+            machine_busy_cores: busy_cores(before.machine_busy, self.machine_busy, wall_seconds),
             edges: self
                 .edges
                 .iter()
                 .zip(&before.edges)
                 .map(|(after, before)| after - before)
                 .collect(),
-            ingest_and_router: self.pipeline - before.pipeline,
+            ingest_and_router: ingest + router,
+            ingest: pipeline.then_some(ingest),
+            router: pipeline.then_some(router),
             bench_and_kafka: self.bench - before.bench,
             clients: self.clients - before.clients,
+            per_event: None,
         }
+    }
+}
+
+/// The machine's cores busy on average between two readings of
+/// [`machine_busy_seconds`] `wall_seconds` apart.
+pub(crate) fn busy_cores(
+    before: Option<f64>,
+    after: Option<f64>,
+    wall_seconds: f64,
+) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if wall_seconds > 0.0 => Some((after - before) / wall_seconds),
+        _ => None,
     }
 }
 

@@ -3,6 +3,7 @@
 use serde::Serialize;
 
 use crate::report::{LatencySummary, Machine};
+use crate::syscalls::WriteSyscalls;
 use crate::worker::Protocol;
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -52,17 +53,159 @@ pub struct EdgeResult {
     pub edge_pushes_total: Option<f64>,
 }
 
+/// CPU seconds each process used during the load.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CpuResult {
     pub wall_seconds: f64,
+    /// The machine's cores busy on average over the load, every process's (others'
+    /// too): 2.0 is all of this machine.
+    pub machine_busy_cores: Option<f64>,
     /// Each edge process (local edges, or `--edge-pid`).
     pub edges: Vec<f64>,
     /// Ingest and router processes together (local, group-message and steady).
     pub ingest_and_router: f64,
+    /// The ingest process, and the router process (`None`: the run has none).
+    pub ingest: Option<f64>,
+    pub router: Option<f64>,
     /// The bench process: the embedded Kafka and the producer.
     pub bench_and_kafka: f64,
     /// The client worker processes together.
     pub clients: f64,
+    /// The same per event of the scenario, in microseconds (`None`: a scenario with no
+    /// events, idle and scale-out).
+    pub per_event: Option<CpuPerEvent>,
+}
+
+/// CPU microseconds each process used per event of the scenario: the seconds of
+/// [`CpuResult`] divided by [`CpuPerEvent::events`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuPerEvent {
+    /// What an event is here: `"user event"` (one recipient of a message produced:
+    /// group-message, steady, stream), `"push delivered"` (push-rate), `"stream event
+    /// produced"` (reconnect-storm), `"connection subscribed"` (connect-storm).
+    pub unit: &'static str,
+    pub events: u64,
+    pub edges_us: Vec<f64>,
+    pub ingest_us: Option<f64>,
+    pub router_us: Option<f64>,
+    pub bench_and_kafka_us: f64,
+    pub clients_us: f64,
+    /// Every process above together.
+    pub total_us: f64,
+}
+
+impl CpuPerEvent {
+    /// `cpu` per one of `events` (`None` for none).
+    pub fn of(cpu: &CpuResult, unit: &'static str, events: u64) -> Option<Self> {
+        if events == 0 {
+            return None;
+        }
+        let per_event = |seconds: f64| seconds * 1e6 / events as f64;
+        let total = cpu.edges.iter().sum::<f64>()
+            + cpu.ingest.unwrap_or(0.0)
+            + cpu.router.unwrap_or(0.0)
+            + cpu.bench_and_kafka
+            + cpu.clients;
+        Some(Self {
+            unit,
+            events,
+            edges_us: cpu.edges.iter().copied().map(per_event).collect(),
+            ingest_us: cpu.ingest.map(per_event),
+            router_us: cpu.router.map(per_event),
+            bench_and_kafka_us: per_event(cpu.bench_and_kafka),
+            clients_us: per_event(cpu.clients),
+            total_us: per_event(total),
+        })
+    }
+
+    /// `edges [..], ingest .., router .., bench+Kafka .., clients .., total ..`.
+    pub fn line(&self) -> String {
+        let optional = |name: &str, value: Option<f64>| {
+            value.map_or_else(String::new, |us| format!(", {name} {us:.1}"))
+        };
+        format!(
+            "edges {:?}{}{}, bench+Kafka {:.1}, clients {:.1}, total {:.1}",
+            self.edges_us
+                .iter()
+                .map(|us| (us * 10.0).round() / 10.0)
+                .collect::<Vec<_>>(),
+            optional("ingest", self.ingest_us),
+            optional("router", self.router_us),
+            self.bench_and_kafka_us,
+            self.clients_us,
+            self.total_us
+        )
+    }
+}
+
+/// A figure of the edge, the same of the ceiling measured in the same run, and the
+/// edge's over the ceiling's.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Compared {
+    pub edge: Option<f64>,
+    pub ceiling: Option<f64>,
+    pub edge_over_ceiling: Option<f64>,
+}
+
+impl Compared {
+    pub fn of(edge: Option<f64>, ceiling: Option<f64>) -> Self {
+        let edge_over_ceiling = match (edge, ceiling) {
+            (Some(edge), Some(ceiling)) if ceiling > 0.0 => Some(edge / ceiling),
+            _ => None,
+        };
+        Self {
+            edge,
+            ceiling,
+            edge_over_ceiling,
+        }
+    }
+
+    fn line(&self, name: &str, precision: usize) -> String {
+        let value = |value: Option<f64>| {
+            value.map_or_else(|| "?".to_owned(), |value| format!("{value:.precision$}"))
+        };
+        format!(
+            "{name}: edge {}, ceiling {}, edge/ceiling {}",
+            value(self.edge),
+            value(self.ceiling),
+            self.edge_over_ceiling
+                .map_or_else(|| "?".to_owned(), |ratio| format!("{ratio:.2}"))
+        )
+    }
+}
+
+/// The edge's figures against the ceiling's of the same run ([`crate::ceiling`]).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VsCeiling {
+    /// Pushes delivered per second.
+    pub pushes_per_second: Compared,
+    /// CPU microseconds per push delivered: the edge processes (added up), and the
+    /// ceiling's server process.
+    pub server_cpu_us_per_push: Compared,
+    /// The client workers' CPU microseconds per push delivered.
+    pub clients_cpu_us_per_push: Compared,
+    /// Frames per socket write syscall (perf's `sendto` + `writev`).
+    pub frames_per_write_syscall: Compared,
+    /// Frames per `/proc/<pid>/io` `syscw` (which does not count `sendto`).
+    pub frames_per_syscw: Compared,
+    /// Latency: the edge's from produce, the ceiling's from the frame's stamp.
+    pub latency_p50_ms: Compared,
+    pub latency_p99_ms: Compared,
+}
+
+impl VsCeiling {
+    pub fn lines(&self) -> Vec<String> {
+        vec![
+            self.pushes_per_second.line("pushes/s", 0),
+            self.server_cpu_us_per_push.line("server CPU µs/push", 2),
+            self.clients_cpu_us_per_push.line("clients CPU µs/push", 2),
+            self.frames_per_write_syscall
+                .line("frames per write syscall (sendto+writev)", 3),
+            self.frames_per_syscw.line("frames per syscw", 3),
+            self.latency_p50_ms.line("latency p50 ms", 2),
+            self.latency_p99_ms.line("latency p99 ms", 2),
+        ]
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -96,12 +239,148 @@ pub struct WsBenchResult {
     /// CPU seconds each process used during the load (after every connection was
     /// subscribed), and the load's wall-clock seconds: where the 2 cores went.
     pub cpu: CpuResult,
+    /// The edges' write syscalls over the load, and frames per write (push-rate, and a
+    /// scenario run with `--ceiling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub edge_writes: Option<WriteSyscalls>,
+    /// The ceiling measured in the same run, with the same connections and pattern
+    /// (push-rate; group-message with `--ceiling`), and the edge against it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ceiling: Option<CeilingResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vs_ceiling: Option<VsCeiling>,
     pub check: Option<TargetCheck>,
     /// reconnect-storm's own figures.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reconnect_storm: Option<StormResult>,
     pub result_file: String,
     pub plot_file: String,
+}
+
+/// `fanout bench ceiling`: what a minimal server in a process of its own (no Kafka, no
+/// auth, frames encoded once) does with the same clients and the same pattern of
+/// writes as a scenario; on its own, or inside push-rate's (and group-message's, with
+/// `--ceiling`) result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CeilingResult {
+    pub scenario: &'static str,
+    /// The scenario whose writes it makes: `push-rate` (one frame at a time, round robin
+    /// over the connections, at `rate`) or `group-message` (one frame to every
+    /// connection, `messages` times).
+    pub pattern: &'static str,
+    pub server: &'static str,
+    pub protocol: Protocol,
+    pub workers: usize,
+    /// push-rate: frames per second (`None`: as fast as the server writes).
+    pub rate: Option<u64>,
+    pub duration_seconds: f64,
+    /// group-message: rounds, each one frame to every connection.
+    pub messages: Option<u64>,
+    pub machine: Machine,
+    pub connections: ConnectionResult,
+    /// From the time stamped in the frame (when it was due) to the client's receipt.
+    pub latency: LatencySummary,
+    pub pushes: CeilingPushes,
+    pub cpu: CeilingCpu,
+    /// The server's write syscalls over the load; `frames` are the frames it wrote.
+    pub writes: WriteSyscalls,
+    /// The socket writes the server counted itself (each one `sendto`): perf's count
+    /// less any other `sendto` of the process.
+    pub server_socket_writes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plot_file: Option<String>,
+}
+
+/// What the ceiling's server wrote and its clients received.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CeilingPushes {
+    /// push-rate: frames the rate has due over the duration (`None` for group-message,
+    /// and as fast as it writes); those neither written nor coalesced were due when
+    /// the server, behind, reached the end of the duration.
+    pub due: Option<u64>,
+    /// Frames the server wrote, writes that failed (a connection gone), and frames
+    /// coalesced: not written, a newer one to the same connection being due too (the
+    /// server was behind by more than a round).
+    pub written: u64,
+    pub write_failures: u64,
+    pub coalesced: u64,
+    /// Frames the clients counted (count above 0), from the first to the last.
+    pub received: u64,
+    pub seconds: f64,
+    pub per_second: f64,
+}
+
+/// CPU seconds of each process over the ceiling's load, and microseconds per push
+/// received.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CeilingCpu {
+    pub wall_seconds: f64,
+    /// The machine's cores busy on average over the load, every process's.
+    pub machine_busy_cores: Option<f64>,
+    pub server: f64,
+    pub clients: f64,
+    /// The bench process, which only drives the run here.
+    pub bench: f64,
+    pub server_us_per_push: Option<f64>,
+    pub clients_us_per_push: Option<f64>,
+    pub bench_us_per_push: Option<f64>,
+}
+
+impl CeilingResult {
+    /// Pushes/s, CPU per push and frames per write, on one line.
+    pub fn headline(&self) -> String {
+        let us = |value: Option<f64>| value.map_or_else(|| "?".to_owned(), |us| format!("{us:.2}"));
+        let due = self.pushes.due.map_or_else(String::new, |due| {
+            format!(" ({due} due, {} coalesced)", self.pushes.coalesced)
+        });
+        format!(
+            "{} pushes received of {} written{due} in {:.2} s = {:.0}/s; CPU µs/push: server {}, clients {}; {}",
+            self.pushes.received,
+            self.pushes.written,
+            self.pushes.seconds,
+            self.pushes.per_second,
+            us(self.cpu.server_us_per_push),
+            us(self.cpu.clients_us_per_push),
+            crate::syscalls::line(&self.writes)
+        )
+    }
+
+    /// A human summary.
+    pub fn summary(&self) -> String {
+        let connections = &self.connections;
+        let mut lines = vec![
+            format!(
+                "fanout bench ceiling --pattern {} ({}, {} workers, {:?})",
+                self.pattern, self.server, self.workers, self.protocol
+            ),
+            format!(
+                "connections: {}/{} subscribed, {} failed",
+                connections.subscribed, connections.requested, connections.failed
+            ),
+        ];
+        for (error, count) in &connections.errors {
+            lines.push(format!("  {count} × {error}"));
+        }
+        lines.push(self.headline());
+        lines.push(format!(
+            "latency (stamp → client receive): {}",
+            self.latency.line()
+        ));
+        lines.push(format!(
+            "CPU seconds over {:.1} s of load: server {:.2}, clients {:.2}, bench {:.2}; machine busy {}",
+            self.cpu.wall_seconds,
+            self.cpu.server,
+            self.cpu.clients,
+            self.cpu.bench,
+            busy_line(self.cpu.machine_busy_cores)
+        ));
+        if let (Some(result), Some(plot)) = (&self.result_file, &self.plot_file) {
+            lines.push(format!("wrote {result} and {plot}"));
+        }
+        lines.join("\n")
+    }
 }
 
 /// reconnect-storm: the edge restarted under its stream subscribers, and how they
@@ -213,6 +492,11 @@ pub struct HistoryMemory {
     pub restarted_rss_bytes_per_event: Option<f64>,
 }
 
+/// `1.87 cores`, or `?`.
+fn busy_line(cores: Option<f64>) -> String {
+    cores.map_or_else(|| "?".to_owned(), |cores| format!("{cores:.2} cores"))
+}
+
 /// A human summary of a result.
 pub fn summary(result: &WsBenchResult) -> String {
     let mut lines = vec![format!(
@@ -267,17 +551,46 @@ pub fn summary(result: &WsBenchResult) -> String {
         }
     }
     let cpu = &result.cpu;
+    let pipeline = match (cpu.ingest, cpu.router) {
+        (Some(ingest), Some(router)) => format!(", ingest {ingest:.1}, router {router:.1}"),
+        _ => String::new(),
+    };
     lines.push(format!(
-        "CPU seconds over {:.1} s of load: edges {:?}, ingest+router {:.1}, bench+Kafka {:.1}, clients {:.1}",
+        "CPU seconds over {:.1} s of load: edges {:?}{pipeline}, bench+Kafka {:.1}, clients {:.1}; machine busy {}",
         cpu.wall_seconds,
         cpu.edges
             .iter()
             .map(|seconds| (seconds * 10.0).round() / 10.0)
             .collect::<Vec<_>>(),
-        cpu.ingest_and_router,
         cpu.bench_and_kafka,
-        cpu.clients
+        cpu.clients,
+        busy_line(cpu.machine_busy_cores)
     ));
+    if let Some(per_event) = &cpu.per_event {
+        lines.push(format!(
+            "CPU µs per {} ({}): {}",
+            per_event.unit,
+            per_event.events,
+            per_event.line()
+        ));
+    }
+    if let Some(writes) = &result.edge_writes {
+        lines.push(format!("edge writes: {}", crate::syscalls::line(writes)));
+    }
+    if let Some(ceiling) = &result.ceiling {
+        lines.push(format!(
+            "ceiling (same connections and pattern, minimal server): {}",
+            ceiling.headline()
+        ));
+    }
+    if let Some(vs_ceiling) = &result.vs_ceiling {
+        lines.extend(
+            vs_ceiling
+                .lines()
+                .into_iter()
+                .map(|line| format!("  {line}")),
+        );
+    }
     if let Some(storm) = &result.reconnect_storm {
         lines.extend(storm_summary(storm));
     }

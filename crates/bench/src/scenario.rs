@@ -8,6 +8,11 @@ use serde::Serialize;
 
 use crate::worker::Protocol;
 
+/// `push-rate`'s default count records per second: above what one edge delivers here
+/// (so it is saturated and coalesces), below the producer's own maximum, which would
+/// take the CPU the edge needs (`--rate 0`).
+pub const DEFAULT_PUSH_RATE: u64 = 200_000;
+
 /// The named scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -146,6 +151,12 @@ pub struct WsBenchOptions {
     /// docs/benchmarks.md).
     #[arg(long = "kafka-client", value_name = "PROPERTY=VALUE", value_parser = parse_setting)]
     pub kafka_client: Vec<(String, String)>,
+    /// Also measure the ceiling (`fanout bench ceiling`) with the same connections and
+    /// pattern once the deployment is stopped, and state the edge's figures against
+    /// it: on in push-rate (`--ceiling=false` to skip), off in group-message; not for
+    /// the other scenarios.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub ceiling: Option<bool>,
     /// Where `<scenario>.json`, `<scenario>.svg` and the run's logs go.
     #[arg(long, default_value = "target/bench")]
     pub out_dir: PathBuf,

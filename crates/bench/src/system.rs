@@ -1,8 +1,8 @@
 //! What the bench asks of this machine and process, needing no other part of the
 //! bench: this binary to start as a child, the open-file limit, the source addresses
-//! clients bind, /proc for a process's RSS and CPU time, a child's `/readyz` and
-//! `/metrics` over HTTP, topics on a running broker and their watermarks, and where a
-//! run's files go.
+//! clients bind, /proc for a process's RSS, CPU time and write calls, a child's
+//! `/readyz` and `/metrics` over HTTP, topics on a running broker and their
+//! watermarks, and where a run's files go.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -77,6 +77,34 @@ pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat_name_and_cpu(&stat).map(|(_, seconds)| seconds)
+}
+
+/// CPU seconds this machine's cores have been busy so far (user, nice, system, irq,
+/// softirq of `/proc/stat`; not idle, iowait or steal), every process's, ours or not.
+pub fn machine_busy_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|field| field.parse().unwrap_or(0.0))
+        .collect();
+    // user nice system idle iowait irq softirq steal ...; USER_HZ is 100.
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|index| fields.get(*index).copied().unwrap_or(0.0))
+        .sum::<f64>();
+    Some(busy / 100.0)
+}
+
+/// `syscw` of `pid` from `/proc/<pid>/io`: its `write(2)`-family calls so far (not its
+/// `send(2)`s: see [`crate::syscalls`]).
+pub fn io_syscw(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|line| line.strip_prefix("syscw:"))
+        .and_then(|value| value.trim().parse().ok())
 }
 
 /// CPU time (user + system) of `pid`'s threads so far, in seconds, split by whether a

@@ -594,8 +594,21 @@ fn api_config(
     toml::to_string(&value).context("writing the api's config as TOML")
 }
 
-/// `127.0.0.1:<port>` with a port free right now (the child binds it a moment later).
+/// Ports [`free_port`] picks from: below Linux's ephemeral range (32768-60999), so
+/// that no outgoing connection and no bind to port 0 (the clients, the Kafka clients,
+/// the ceiling's server, the runs of other tests) takes one between the check and the
+/// child's bind, as happened with ports the kernel picked.
+const CHILD_PORTS: std::ops::Range<u16> = 20_000..32_768;
+
+/// `127.0.0.1:<port>` with a port free right now (the child binds it a moment later):
+/// a random one of [`CHILD_PORTS`], or one the kernel picks if none of those tried is.
 fn free_port() -> anyhow::Result<String> {
+    for _ in 0..64 {
+        let port = rand::random_range(CHILD_PORTS);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(listener.local_addr()?.to_string());
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(listener.local_addr()?.to_string())
 }

@@ -10,38 +10,34 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use rand::Rng as _;
 
+use super::ceiling::{Pattern, Phase};
 use super::load::{Sends, group_message, hold, push_rate, steady};
 use super::measure::{
     CpuMeter, EdgeRss, Latencies, connection_result, count_received_pushes, edge_results,
 };
-use super::pool::{WorkerPool, progress_bar};
+use super::pool::{ClientPlan, WorkerPool, connect_all, start_workers, worker_count};
 use super::report::{LatencySummary, Machine, plot_latency};
-use super::result::{ConnectionResult, PushResult, TargetCheck, WsBenchResult};
+use super::result::{
+    CeilingResult, Compared, ConnectionResult, CpuPerEvent, CpuResult, PushResult, StormResult,
+    TargetCheck, VsCeiling, WsBenchResult,
+};
 use super::scenario::{Scenario, WsBenchOptions};
 use super::storm::StormLoad;
+use super::syscalls::{WriteCounter, WriteSyscalls};
 use super::target::Target;
-use super::worker::{Events, LatencySource, WorkerSpec};
-
-/// `push-rate`'s default count records per second: above what one edge delivers here
-/// (so it is saturated and coalesces), below the producer's own maximum, which would
-/// take the CPU the edge needs (`--rate 0`).
-pub const DEFAULT_PUSH_RATE: u64 = 200_000;
-
-/// Most connections one worker holds: the open-file limit is 20000 per process.
-pub const MAX_CONNECTIONS_PER_WORKER: u64 = 18_000;
-/// Connections per source address (an address has about 28k ephemeral ports).
-const CONNECTIONS_PER_SOURCE_ADDRESS: u64 = 8_000;
+use super::worker::{Events, LatencySource};
 
 /// Runs a scenario and writes `<out_dir>/<scenario>.json` and `.svg`: the target set
 /// up, the workers started and their connections subscribed, the load run, the workers'
-/// reports merged, the result written.
+/// reports merged, and (push-rate, or `--ceiling`) the ceiling measured with the same
+/// connections once the deployment is stopped; the result written.
 pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<WsBenchResult> {
     let size = RunSize::of(scenario, options)?;
     if scenario == Scenario::ReconnectStorm {
         super::storm::check_options(options)?;
     }
+    let with_ceiling = with_ceiling(scenario, options)?;
     super::system::raise_open_file_limit();
     let run_dir = create_run_dir(&options.out_dir, scenario)?;
     let mut machine = Machine::read();
@@ -52,17 +48,24 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
         ..EdgeRss::default()
     };
     let user_prefix = format!("b{}-u", fanout_app::tools::random_hex(4));
-    let specs = worker_specs(scenario, options, &size, &target, &user_prefix);
+    let specs = client_plan(scenario, options, &size, &target, &user_prefix).worker_specs();
     let mut pool = start_workers(&specs, &run_dir).await?;
 
     // The CPU each process spends on the connections (connect-storm) or the load.
     let cpu_meter = CpuMeter::of(&target);
     let cpu_before_connecting = cpu_meter.read(&pool);
-    connect_all(&mut pool, scenario, size.connections).await?;
+    connect_all(&mut pool, scenario.name(), size.connections).await?;
     // Let allocations settle (first pings, buffers) before the RSS is read.
     tokio::time::sleep(Duration::from_secs(2)).await;
     rss.subscribed = target.edge_rss_kib();
 
+    // The edges' write syscalls over the load, where frames per write is compared.
+    let edge_write_counter = if with_ceiling {
+        let pids: Vec<u32> = target.edges.iter().filter_map(|edge| edge.pid).collect();
+        Some(WriteCounter::start(&pids, &run_dir.join("edge-perf.csv")).await)
+    } else {
+        None
+    };
     let cpu_before = if scenario == Scenario::ConnectStorm {
         cpu_before_connecting
     } else {
@@ -79,7 +82,11 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     .await?;
     target.check_alive()?;
     rss.end = target.edge_rss_kib();
-    let mut cpu = cpu_meter.read(&pool).used_since(&cpu_before);
+    let mut cpu = cpu_meter.read(&pool).used_since(&cpu_before, &cpu_meter);
+    let edge_write_calls = match edge_write_counter {
+        Some(counter) => Some(counter.stop().await),
+        None => None,
+    };
     let reports = pool.finish().await?;
     machine.load_at_end = super::report::load_average();
 
@@ -89,6 +96,10 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     count_received_pushes(&reports, &mut pushes);
     let (mut edges, mut rss_per_connection_bytes) =
         edge_results(&target, size.connections, &rss).await;
+    let description = target.description.clone();
+    // Stops the deployment the bench started, if it did: the ceiling has the machine
+    // to itself.
+    drop(target);
 
     let result_path = output_file(&options.out_dir, scenario, "json");
     let plot_path = output_file(&options.out_dir, scenario, "svg");
@@ -117,9 +128,49 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
         plotted_label = "edge ready → client recovered";
         reconnect_storm = Some(storm);
     }
+    let (unit, events) = events_of(scenario, &connections, &pushes, reconnect_storm.as_ref());
+    cpu.per_event = CpuPerEvent::of(&cpu, unit, events);
+    let edge_writes = edge_write_calls.map(|calls| calls.with_frames(pushes.received));
+    let ceiling = if with_ceiling {
+        let ceiling_dir = run_dir.join("ceiling");
+        std::fs::create_dir_all(&ceiling_dir)?;
+        let phase = Phase {
+            pattern: match scenario {
+                Scenario::GroupMessage => Pattern::GroupMessage,
+                _ => Pattern::PushRate,
+            },
+            connections: size.connections,
+            workers: Some(size.workers),
+            protocol: options.protocol_of(scenario),
+            rate: push_rate_of(options),
+            duration: size.duration,
+            messages: options.messages,
+            connect_concurrency: options.connect_concurrency,
+            run_dir: &ceiling_dir,
+        };
+        Some(super::ceiling::measure(&phase).await?)
+    } else {
+        None
+    };
+    let vs_ceiling = ceiling.as_ref().map(|ceiling| {
+        vs_ceiling(
+            &cpu,
+            &pushes,
+            &latency,
+            edge_writes.as_ref(),
+            &ceiling.result,
+        )
+    });
+    let mut series = vec![
+        (plotted_label, &plotted),
+        ("connect → authenticated", &latencies.handshake),
+    ];
+    if let Some(ceiling) = &ceiling {
+        series.push(("ceiling: frame stamp → client receive", &ceiling.latency));
+    }
     let result = WsBenchResult {
         scenario: scenario.name(),
-        target: target.description.clone(),
+        target: description,
         protocol: options.protocol_of(scenario),
         workers: specs.len(),
         duration_seconds: size.duration.as_secs_f64(),
@@ -136,22 +187,15 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
         edges,
         rss_per_connection_bytes,
         cpu,
+        edge_writes,
+        ceiling: ceiling.as_ref().map(|ceiling| ceiling.result.clone()),
+        vs_ceiling,
         check,
         reconnect_storm,
         result_file: result_path.display().to_string(),
         plot_file: plot_path.display().to_string(),
     };
-    write_result(
-        &result,
-        &[
-            (plotted_label, &plotted),
-            ("connect → authenticated", &latencies.handshake),
-        ],
-        &result_path,
-        &plot_path,
-    )?;
-    // Stops the deployment the bench started, if it did.
-    drop(target);
+    write_result(&result, &series, &result_path, &plot_path)?;
     if let Some(storm) = &result.reconnect_storm {
         let clients = &storm.clients;
         anyhow::ensure!(
@@ -167,6 +211,94 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     Ok(result)
 }
 
+/// Whether the run measures the ceiling too: push-rate unless `--ceiling=false`,
+/// group-message with `--ceiling`.
+fn with_ceiling(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result<bool> {
+    match (scenario, options.ceiling) {
+        (Scenario::PushRate, ceiling) => Ok(ceiling.unwrap_or(true)),
+        (Scenario::GroupMessage, ceiling) => Ok(ceiling.unwrap_or(false)),
+        (_, Some(true)) => anyhow::bail!(
+            "--ceiling is for push-rate and group-message, not {}",
+            scenario.name()
+        ),
+        (_, _) => Ok(false),
+    }
+}
+
+/// push-rate's count records per second: `--rate`, its default, or `None` for
+/// `--rate 0` (as fast as the producer goes).
+fn push_rate_of(options: &WsBenchOptions) -> Option<u64> {
+    match options.rate {
+        None => Some(super::scenario::DEFAULT_PUSH_RATE),
+        Some(0) => None,
+        Some(rate) => Some(rate),
+    }
+}
+
+/// The scenario's events, which CPU is stated per: what they are, and how many.
+fn events_of(
+    scenario: Scenario,
+    connections: &ConnectionResult,
+    pushes: &PushResult,
+    storm: Option<&StormResult>,
+) -> (&'static str, u64) {
+    match scenario {
+        Scenario::GroupMessage | Scenario::Steady | Scenario::Stream => {
+            ("user event", pushes.expected.unwrap_or(0))
+        }
+        Scenario::PushRate => ("push delivered", pushes.received),
+        Scenario::ReconnectStorm => (
+            "stream event produced",
+            storm.map_or(0, |storm| storm.produced),
+        ),
+        Scenario::ConnectStorm => ("connection subscribed", connections.subscribed),
+        Scenario::Idle | Scenario::ScaleOut => ("none", 0),
+    }
+}
+
+/// The edges' figures against the ceiling's.
+fn vs_ceiling(
+    cpu: &CpuResult,
+    pushes: &PushResult,
+    latency: &LatencySummary,
+    writes: Option<&WriteSyscalls>,
+    ceiling: &CeilingResult,
+) -> VsCeiling {
+    let per_push =
+        |seconds: f64| (pushes.received > 0).then(|| seconds * 1e6 / pushes.received as f64);
+    let positive = |value: f64| (value > 0.0).then_some(value);
+    VsCeiling {
+        pushes_per_second: Compared::of(
+            positive(pushes.per_second),
+            positive(ceiling.pushes.per_second),
+        ),
+        server_cpu_us_per_push: Compared::of(
+            per_push(cpu.edges.iter().sum()),
+            ceiling.cpu.server_us_per_push,
+        ),
+        clients_cpu_us_per_push: Compared::of(
+            per_push(cpu.clients),
+            ceiling.cpu.clients_us_per_push,
+        ),
+        frames_per_write_syscall: Compared::of(
+            writes.and_then(|writes| writes.frames_per_write_syscall),
+            ceiling.writes.frames_per_write_syscall,
+        ),
+        frames_per_syscw: Compared::of(
+            writes.and_then(|writes| writes.frames_per_syscw),
+            ceiling.writes.frames_per_syscw,
+        ),
+        latency_p50_ms: Compared::of(
+            (latency.samples > 0).then_some(latency.p50_ms),
+            (ceiling.latency.samples > 0).then_some(ceiling.latency.p50_ms),
+        ),
+        latency_p99_ms: Compared::of(
+            (latency.samples > 0).then_some(latency.p99_ms),
+            (ceiling.latency.samples > 0).then_some(ceiling.latency.p99_ms),
+        ),
+    }
+}
+
 /// How many connections, over how many worker processes, and how long the load runs.
 struct RunSize {
     connections: u64,
@@ -180,16 +312,7 @@ impl RunSize {
         let connections = options
             .connections
             .unwrap_or_else(|| scenario.default_connections());
-        anyhow::ensure!(connections > 0, "--connections must be at least 1");
-        let workers = options
-            .workers
-            .unwrap_or_else(|| usize::try_from(connections.div_ceil(15_000)).unwrap_or(1));
-        anyhow::ensure!(workers > 0, "--workers must be at least 1");
-        anyhow::ensure!(
-            connections.div_ceil(workers as u64) <= MAX_CONNECTIONS_PER_WORKER,
-            "{connections} connections need at least {} workers (at most {MAX_CONNECTIONS_PER_WORKER} each: the open-file limit)",
-            connections.div_ceil(MAX_CONNECTIONS_PER_WORKER)
-        );
+        let workers = worker_count(connections, options.workers)?;
         let duration = options.duration_seconds.map_or_else(
             || scenario.default_duration(),
             |seconds| Duration::from_secs_f64(seconds.max(0.0)),
@@ -211,98 +334,39 @@ fn create_run_dir(out_dir: &Path, scenario: Scenario) -> anyhow::Result<PathBuf>
     Ok(run_dir)
 }
 
-/// What each worker process does: worker `w` holds users `w * per_worker..`, each
-/// connection on its own source port of a few 127.x.y.z addresses.
-fn worker_specs(
+/// What the clients of a scenario do, and against which edges.
+fn client_plan<'a>(
     scenario: Scenario,
     options: &WsBenchOptions,
     size: &RunSize,
-    target: &Target,
-    user_prefix: &str,
-) -> Vec<WorkerSpec> {
-    let latency_source = if scenario == Scenario::PushRate {
-        LatencySource::CountIsSendTime
-    } else {
-        LatencySource::Receipts
-    };
-    let connect_concurrency = if scenario == Scenario::ConnectStorm {
-        0
-    } else {
-        options.connect_concurrency
-    };
-    let events = match scenario {
-        Scenario::Stream => Events::Measured,
-        Scenario::ReconnectStorm => Events::Resumed,
-        _ if options.events => Events::Subscribed,
-        _ => Events::Off,
-    };
-    let connections = size.connections;
-    let per_worker = connections.div_ceil(size.workers as u64);
-    let run_octet: u8 = rand::rng().random_range(1..=254);
-    (0..size.workers)
-        .map(|worker| {
-            let first_user = worker as u64 * per_worker;
-            let count = per_worker.min(connections.saturating_sub(first_user));
-            WorkerSpec {
-                worker,
-                edge_urls: target.edges.iter().map(|edge| edge.url.clone()).collect(),
-                protocol: options.protocol_of(scenario),
-                partner: target.partner.clone(),
-                secret: target.secret.clone(),
-                user_prefix: user_prefix.to_owned(),
-                first_user,
-                connections: count,
-                source_addresses: super::system::source_addresses(
-                    run_octet,
-                    worker,
-                    usize::try_from(count.div_ceil(CONNECTIONS_PER_SOURCE_ADDRESS)).unwrap_or(1),
-                ),
-                per_source_address: CONNECTIONS_PER_SOURCE_ADDRESS,
-                connect_concurrency,
-                latency: latency_source,
-                events,
-            }
-        })
-        .filter(|spec| spec.connections > 0)
-        .collect()
-}
-
-/// Starts the worker processes and waits until each has minted its tokens.
-async fn start_workers(specs: &[WorkerSpec], run_dir: &Path) -> anyhow::Result<WorkerPool> {
-    let mut pool = WorkerPool::spawn(specs, run_dir).await?;
-    pool.wait(Duration::from_secs(120), None, |pool| {
-        pool.ready == pool.specs
-    })
-    .await
-    .context("waiting for the workers to mint tokens")?;
-    Ok(pool)
-}
-
-/// Tells every worker to connect its clients and waits until each connection is
-/// subscribed or has failed.
-async fn connect_all(
-    pool: &mut WorkerPool,
-    scenario: Scenario,
-    connections: u64,
-) -> anyhow::Result<()> {
-    let bar = progress_bar(connections, "subscribed");
-    pool.broadcast("connect").await?;
-    pool.wait(Duration::from_secs(300), Some(&bar), |pool| {
-        let totals = pool.totals();
-        bar.set_position(totals.subscribed);
-        bar.set_message(format!("failed {}", totals.failed));
-        totals.subscribed + totals.failed >= connections
-    })
-    .await?;
-    bar.finish_and_clear();
-    let connected = pool.totals();
-    eprintln!(
-        "{}: {} of {connections} connections subscribed ({} failed)",
-        scenario.name(),
-        connected.subscribed,
-        connected.failed
-    );
-    Ok(())
+    target: &'a Target,
+    user_prefix: &'a str,
+) -> ClientPlan<'a> {
+    ClientPlan {
+        connections: size.connections,
+        workers: size.workers,
+        edge_urls: target.edges.iter().map(|edge| edge.url.clone()).collect(),
+        protocol: options.protocol_of(scenario),
+        partner: &target.partner,
+        secret: &target.secret,
+        user_prefix,
+        connect_concurrency: if scenario == Scenario::ConnectStorm {
+            0
+        } else {
+            options.connect_concurrency
+        },
+        latency: if scenario == Scenario::PushRate {
+            LatencySource::CountIsSendTime
+        } else {
+            LatencySource::Receipts
+        },
+        events: match scenario {
+            Scenario::Stream => Events::Measured,
+            Scenario::ReconnectStorm => Events::Resumed,
+            _ if options.events => Events::Subscribed,
+            _ => Events::Off,
+        },
+    }
 }
 
 /// What a scenario's load sent (to turn receipts into latencies) and produced.
@@ -392,11 +456,7 @@ async fn run_load(
                 user_prefix,
                 users,
                 size.duration,
-                match options.rate {
-                    None => Some(DEFAULT_PUSH_RATE),
-                    Some(0) => None,
-                    Some(rate) => Some(rate),
-                },
+                push_rate_of(options),
                 &mut pushes,
             )
             .await?;

@@ -79,7 +79,8 @@ fn idle_over_two_workers_reports_rss_per_connection() {
 }
 
 #[test]
-fn push_rate_has_a_latency_sample_per_push() {
+fn push_rate_has_a_latency_sample_per_push_and_its_ceiling() {
+    ensure_perf();
     let result = bench(
         "push-rate",
         &["--connections", "50", "--duration-seconds", "1"],
@@ -90,6 +91,206 @@ fn push_rate_has_a_latency_sample_per_push() {
     assert!(received <= result["pushes"]["produced"].as_u64().unwrap());
     assert_eq!(result["latency"]["samples"], received);
     assert!(result["pushes"]["per_second"].as_f64().unwrap() > 0.0);
+
+    let per_event = &result["cpu"]["per_event"];
+    assert_eq!(per_event["unit"], "push delivered", "{per_event}");
+    assert_eq!(per_event["events"], received);
+    assert_eq!(per_event["edges_us"].as_array().unwrap().len(), 1);
+    assert!(per_event["total_us"].as_f64().unwrap() >= 0.0);
+    assert_eq!(result["edge_writes"]["frames"], received);
+
+    let ceiling = &result["ceiling"];
+    assert_eq!(ceiling["pattern"], "push-rate");
+    assert_eq!(ceiling["connections"]["subscribed"], 50, "{ceiling}");
+    assert_eq!(ceiling["connections"]["failed"], 0, "{ceiling}");
+    assert!(
+        ceiling["pushes"]["received"].as_u64().unwrap() > 0,
+        "{ceiling}"
+    );
+    let vs = &result["vs_ceiling"];
+    for figure in ["pushes_per_second", "server_cpu_us_per_push"] {
+        assert!(vs[figure]["edge"].is_number(), "{figure}: {vs}");
+        assert!(vs[figure]["ceiling"].is_number(), "{figure}: {vs}");
+    }
+    assert!(
+        vs["pushes_per_second"]["edge_over_ceiling"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    // perf counts the socket writes (the test command installs it); /proc's syscw
+    // misses sendto.
+    assert!(
+        result["edge_writes"]["syscw"].is_u64(),
+        "{}",
+        result["edge_writes"]
+    );
+    assert!(
+        !result["edge_writes"]["counted_by"].is_null(),
+        "{}",
+        result["edge_writes"]
+    );
+    assert!(vs["frames_per_write_syscall"]["edge"].as_f64().unwrap() > 0.0);
+    assert!(vs["frames_per_write_syscall"]["ceiling"].as_f64().unwrap() >= 1.0);
+}
+
+/// perf, which counts the socket writes of an edge and of the ceiling's server.
+fn ensure_perf() {
+    fanout_tests::ensure_debian_package("linux-perf", "perf", "--version");
+}
+
+/// Runs `fanout bench ceiling --pattern <pattern> <args>` and returns its result file.
+fn ceiling(pattern: &str, args: &[&str]) -> Value {
+    ensure_perf();
+    let dir = out_dir(&format!("ceiling-{pattern}"));
+    let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["bench", "ceiling", "--pattern", pattern, "--out-dir"])
+        .arg(&dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fanout bench ceiling --pattern {pattern} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let written: Value = serde_json::from_slice(
+        &std::fs::read(dir.join(format!("ceiling-{pattern}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, written);
+    let plot = std::fs::read_to_string(dir.join(format!("ceiling-{pattern}.svg"))).unwrap();
+    assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(80)]);
+    assert_eq!(written["scenario"], "ceiling");
+    assert_eq!(written["pattern"], pattern);
+    let _ = std::fs::remove_dir_all(&dir);
+    written
+}
+
+/// What every ceiling result must hold: its clients subscribed, what the server wrote
+/// received and measured, its CPU per push and frames per write stated.
+fn ceiling_is_sane(result: &Value, connections: u64) {
+    let connected = &result["connections"];
+    assert_eq!(connected["subscribed"], connections, "{connected}");
+    assert_eq!(connected["failed"], 0, "{connected}");
+    let pushes = &result["pushes"];
+    let written = pushes["written"].as_u64().unwrap();
+    let received = pushes["received"].as_u64().unwrap();
+    assert!(received > 0, "{pushes}");
+    assert_eq!(received, written, "{pushes}");
+    assert_eq!(pushes["write_failures"], 0, "{pushes}");
+    assert_eq!(result["latency"]["samples"], received);
+    assert!(pushes["per_second"].as_f64().unwrap() > 0.0, "{pushes}");
+    let cpu = &result["cpu"];
+    for figure in ["server_us_per_push", "clients_us_per_push"] {
+        assert!(cpu[figure].as_f64().unwrap() >= 0.0, "{figure}: {cpu}");
+    }
+    let writes = &result["writes"];
+    assert_eq!(writes["frames"], written, "{writes}");
+    assert!(writes["syscw"].is_u64(), "{writes}");
+    // Each frame is one socket write of the server's own count, and of perf's.
+    assert!(result["server_socket_writes"].as_u64().unwrap() >= written);
+    assert!(!writes["counted_by"].is_null(), "{writes}");
+    assert!(writes["sendto"].as_u64().unwrap() >= written, "{writes}");
+    assert!(
+        writes["frames_per_write_syscall"].as_f64().unwrap() >= 1.0,
+        "{writes}"
+    );
+}
+
+#[test]
+fn ceiling_writes_push_rates_pattern_to_its_clients() {
+    let result = ceiling(
+        "push-rate",
+        &[
+            "--connections",
+            "50",
+            "--rate",
+            "500",
+            "--duration-seconds",
+            "1",
+        ],
+    );
+    ceiling_is_sane(&result, 50);
+    let pushes = &result["pushes"];
+    assert_eq!(pushes["due"], 500, "{pushes}");
+    assert!(
+        pushes["written"].as_u64().unwrap() + pushes["coalesced"].as_u64().unwrap() <= 500,
+        "{pushes}"
+    );
+}
+
+#[test]
+fn ceiling_writes_group_messages_pattern_on_realtime_too() {
+    for protocol in ["cable", "realtime"] {
+        let result = ceiling(
+            "group-message",
+            &[
+                "--connections",
+                "40",
+                "--messages",
+                "2",
+                "--protocol",
+                protocol,
+            ],
+        );
+        ceiling_is_sane(&result, 40);
+        assert_eq!(result["protocol"], protocol);
+        assert_eq!(result["pushes"]["written"], 80, "{protocol}");
+        assert_eq!(result["messages"], 2);
+    }
+}
+
+#[test]
+fn scaling_runs_each_size_and_plots_latency_and_cpu_per_event() {
+    let dir = out_dir("scaling");
+    let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
+        .args(["bench", "scaling", "--out-dir"])
+        .arg(&dir)
+        .args([
+            "--group-connections",
+            "20",
+            "--messages",
+            "1",
+            "--steady-rates",
+            "100",
+            "--steady-connections",
+            "20",
+            "--steady-seconds",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fanout bench scaling failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("scaling.json")).unwrap()).unwrap();
+    let plot = std::fs::read_to_string(dir.join("scaling.svg")).unwrap();
+    assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(80)]);
+    let points = result["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2, "{result}");
+    for (point, scenario, work) in [
+        (&points[0], "group-message", 20),
+        (&points[1], "steady", 100),
+    ] {
+        assert_eq!(point["scenario"], scenario);
+        assert_eq!(point["work"], work);
+        assert!(point["error"].is_null(), "{point}");
+        assert!(point["delivered"].as_u64().unwrap() > 0, "{point}");
+        let per_event = &point["cpu"]["per_event"];
+        assert_eq!(per_event["unit"], "user event", "{point}");
+        assert!(per_event["ingest_us"].is_number(), "{point}");
+        assert!(per_event["router_us"].is_number(), "{point}");
+    }
+    assert_eq!(points[0]["delivered"], 20);
+    assert_eq!(points[0]["delivered_of_expected"], 1.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -118,6 +319,14 @@ fn group_message_reaches_every_socket_through_the_router() {
     assert_eq!(result["pushes"]["received"], 200);
     assert_eq!(result["latency"]["samples"], 200);
     assert_eq!(result["per_message"].as_array().unwrap().len(), 2);
+    let cpu = &result["cpu"];
+    assert!(
+        cpu["ingest"].is_number() && cpu["router"].is_number(),
+        "{cpu}"
+    );
+    assert_eq!(cpu["per_event"]["unit"], "user event", "{cpu}");
+    assert_eq!(cpu["per_event"]["events"], 200, "{cpu}");
+    assert!(result.get("ceiling").is_none(), "off unless --ceiling");
 }
 
 #[test]

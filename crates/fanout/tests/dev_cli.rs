@@ -265,7 +265,7 @@ async fn dev_mode_prints_an_api_curl_that_works_as_printed() {
     let mut demo_user = connect(info["cable_url"].as_str().unwrap()).await;
     assert_eq!(demo_user.welcome_and_subscribe().await, count_frame(0));
 
-    ensure_debian_package("curl", "curl", "--version");
+    fanout_tests::ensure_debian_package("curl", "curl", "--version");
     let output = std::process::Command::new("sh")
         .arg("-c")
         .arg(curl_line.trim())
@@ -296,39 +296,7 @@ async fn dev_mode_prints_an_api_curl_that_works_as_printed() {
 
 /// Debian's kcat, installed with apt-get if it is missing.
 fn ensure_kcat() {
-    ensure_debian_package("kcat", "kcat", "-V");
-}
-
-/// Debian's `package`, installed with apt-get (as root) if `command --version_flag`
-/// does not run.
-fn ensure_debian_package(package: &str, command: &str, version_flag: &str) {
-    let present = std::process::Command::new(command)
-        .arg(version_flag)
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if present {
-        return;
-    }
-    let lock_path = std::env::temp_dir().join(format!("fanout-{package}-install.lock"));
-    let lock = std::fs::File::create(&lock_path).unwrap();
-    lock.lock().unwrap();
-    let install = || {
-        std::process::Command::new("apt-get")
-            .args(["install", "-y", "-q", package])
-            .status()
-    };
-    if !install().is_ok_and(|status| status.success()) {
-        let updated = std::process::Command::new("apt-get")
-            .args(["update", "-q"])
-            .status()
-            .unwrap();
-        assert!(updated.success(), "apt-get update failed");
-        assert!(
-            install().unwrap().success(),
-            "apt-get install {package} failed"
-        );
-    }
-    lock.unlock().unwrap();
+    fanout_tests::ensure_debian_package("kcat", "kcat", "-V");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
