@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::json::push_string;
+use crate::json::{push_string, push_u64};
 use crate::stream::{Epoch, Position};
 
 /// The subprotocol fanout speaks on `/cable`; the official client closes for good if
@@ -97,14 +97,15 @@ pub fn reject_history(identifier: &str, reason: &str) -> String {
 /// `{"identifier":..,"message":BODY,"stream_id":..,"epoch":..,"offset":N}`: a stream
 /// event as the extended protocol broadcasts it, its position beside the message.
 pub fn stream_message_ext(identifier: &str, body: &str, epoch: Epoch, offset: u64) -> String {
-    let mut frame = stream_message(identifier, body);
+    let mut frame = String::with_capacity(escaped_capacity(identifier) + body.len() + 128);
+    push_stream_message(&mut frame, identifier, body);
     frame.pop();
     frame.push_str(r#","stream_id":""#);
     frame.push_str(&crate::stream::stream_id(epoch.tag));
     frame.push_str(r#"","epoch":""#);
     frame.push_str(&epoch.to_string());
     frame.push_str(r#"","offset":"#);
-    frame.push_str(&offset.to_string());
+    push_u64(&mut frame, offset);
     frame.push('}');
     frame
 }
@@ -120,7 +121,7 @@ pub fn reject_subscription(identifier: &str) -> String {
 }
 
 fn subscription_reply(identifier: &str, reply_type: &str) -> String {
-    let mut frame = String::with_capacity(identifier.len() + 48);
+    let mut frame = String::with_capacity(escaped_capacity(identifier) + 48);
     frame.push_str(r#"{"identifier":"#);
     push_string(&mut frame, identifier);
     frame.push_str(r#","type":""#);
@@ -132,22 +133,32 @@ fn subscription_reply(identifier: &str, reply_type: &str) -> String {
 /// `{"identifier":..,"message":BODY}`: a stream event (an [`crate::stream::event_body`])
 /// as a channel message, as Chatwoot's RoomChannel broadcasts.
 pub fn stream_message(identifier: &str, body: &str) -> String {
-    let mut frame = String::with_capacity(identifier.len() + body.len() + 40);
+    let mut frame = String::with_capacity(escaped_capacity(identifier) + body.len() + 32);
+    push_stream_message(&mut frame, identifier, body);
+    frame
+}
+
+fn push_stream_message(frame: &mut String, identifier: &str, body: &str) {
     frame.push_str(r#"{"identifier":"#);
-    push_string(&mut frame, identifier);
+    push_string(frame, identifier);
     frame.push_str(r#","message":"#);
     frame.push_str(body);
     frame.push('}');
-    frame
+}
+
+/// Room for `identifier` as a JSON string: an identifier is JSON itself, so its quotes
+/// are escaped, each taking two bytes.
+fn escaped_capacity(identifier: &str) -> usize {
+    2 * identifier.len() + 2
 }
 
 /// `{"identifier":..,"message":{"type":"unread_count","count":N}}`, a channel message.
 pub fn unread_count(identifier: &str, count: u64) -> String {
-    let mut frame = String::with_capacity(identifier.len() + 64);
+    let mut frame = String::with_capacity(escaped_capacity(identifier) + 80);
     frame.push_str(r#"{"identifier":"#);
     push_string(&mut frame, identifier);
     frame.push_str(r#","message":{"type":"unread_count","count":"#);
-    frame.push_str(&count.to_string());
+    push_u64(&mut frame, count);
     frame.push_str("}}");
     frame
 }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::json::push_u64;
 use crate::stream::{Epoch, Position};
 
 /// A request's `id`: the raw JSON text of a string or a number, echoed verbatim.
@@ -421,7 +422,7 @@ pub fn auth_failure(code: AuthErrorCode, id: Option<&RequestId>) -> String {
 pub fn unread_count(count: u64, id: Option<&RequestId>) -> String {
     let mut frame = start("unread_count", id, 29);
     frame.push_str(r#","count":"#);
-    frame.push_str(&count.to_string());
+    push_u64(&mut frame, count);
     finish(frame, id)
 }
 
@@ -462,7 +463,7 @@ pub fn subscribed(id: Option<&RequestId>, recovery: Option<Recovery>) -> String 
         None => {}
         Some(Recovery::Resumed { missed }) => {
             frame.push_str(r#","recovery":"resumed","missed":"#);
-            frame.push_str(&missed.to_string());
+            push_u64(&mut frame, missed);
         }
         Some(Recovery::Reset(reason)) => {
             frame.push_str(r#","recovery":"reset","reason":""#);

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use crate::json::push_string;
+use crate::json::{push_string, push_u64};
 
 /// The tag of the stream of `key` (`partner/user`): 32-bit FNV-1a of its bytes. Not a
 /// secret and not unique; it lets a position from another user's stream be refused
@@ -100,11 +100,11 @@ pub fn event_body(fields: &EventFields<'_>) -> String {
     }
     body.push_str(&own);
     body.push_str(r#","unread_count":"#);
-    body.push_str(&fields.unread_count.to_string());
+    push_u64(&mut body, fields.unread_count);
     body.push_str(r#","epoch":""#);
     body.push_str(&fields.epoch.to_string());
     body.push_str(r#"","offset":"#);
-    body.push_str(&fields.offset.to_string());
+    push_u64(&mut body, fields.offset);
     body.push('}');
     body
 }
@@ -114,7 +114,7 @@ fn push_fields(out: &mut String, fields: &EventFields<'_>) {
     push_named(out, "conversation_id", fields.conversation_id);
     if fields.seq > 0 {
         out.push_str(r#","seq":"#);
-        out.push_str(&fields.seq.to_string());
+        push_u64(out, fields.seq);
     }
     push_named(out, "message_id", fields.message_id);
     push_named(out, "sender", fields.sender);
