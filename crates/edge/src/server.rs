@@ -9,6 +9,7 @@ use fanout_protocol::cable as cable_codec;
 use futures::future::Either;
 use http::{HeaderValue, StatusCode, header};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -102,10 +103,77 @@ pub fn redact_query(query: &str) -> String {
         .join("&")
 }
 
-async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
-    let shutdown = drain.token().clone();
+/// One connection, from accept to close. Not an `async fn`: its future is the
+/// connection's task, as large as its largest state for the connection's whole life, and
+/// an `async fn` keeps a copy of each argument it moved on (the stream, into the
+/// handshake). The handshake, which a connection passes once, is boxed at its own size.
+fn connection(
+    stream: TcpStream,
+    node: Arc<Node>,
+    drain: DrainGuard,
+) -> impl Future<Output = ()> + Send + 'static {
     // Held from accept to close: the node's limit counts handshakes in progress too.
     let node_place = node.limits.node_place();
+    let handshake = Box::pin(handshake(
+        stream,
+        node.clone(),
+        node_place.as_ref().err().copied(),
+    ));
+    async move {
+        let shutdown = drain.token();
+        let mut socket;
+        // Each protocol's session is boxed at its own size; unboxed, every connection's
+        // task would be as large as the largest of them for its whole life. In a block,
+        // so that what the upgrade learned is not kept beside the session.
+        let session = {
+            let Some((handshaken, upgrade)) = handshake.await else {
+                return;
+            };
+            socket = handshaken;
+            let Upgrade {
+                route,
+                credentials,
+                origin,
+                extended,
+            } = upgrade;
+            match route {
+                Some(Route::Cable) => {
+                    let cable = Cable::new(&node.config, extended.then(crate::restore::new_sid));
+                    Either::Left(Box::pin(session::run(
+                        &mut socket,
+                        &node,
+                        cable,
+                        origin,
+                        Some(credentials),
+                        shutdown,
+                    )))
+                }
+                Some(Route::Realtime) => {
+                    let realtime = Realtime::new(&node.config);
+                    Either::Right(Box::pin(session::run(
+                        &mut socket,
+                        &node,
+                        realtime,
+                        origin,
+                        None,
+                        shutdown,
+                    )))
+                }
+                None => return,
+            }
+        };
+        session.await;
+        drop(node_place);
+    }
+}
+
+/// The WebSocket handshake, and what it learned about the request; `None` when it
+/// failed, timed out, or was refused (`refused`: the node's connection limit).
+async fn handshake(
+    stream: TcpStream,
+    node: Arc<Node>,
+    refused: Option<Limit>,
+) -> Option<(WebSocketStream<TcpStream>, Upgrade)> {
     let _ = stream.set_nodelay(true);
     let mut upgrade = Upgrade::default();
     // The error type is tungstenite's, so its size is not ours to choose.
@@ -124,8 +192,8 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
             origin = upgrade.origin.as_deref().unwrap_or(""),
             "websocket upgrade"
         );
-        if let Err(limit) = &node_place {
-            node.metrics.limited(*limit);
+        if let Some(limit) = refused {
+            node.metrics.limited(limit);
             return Err(refusal(StatusCode::SERVICE_UNAVAILABLE, "connection limit"));
         }
         match path {
@@ -186,61 +254,21 @@ async fn connection(stream: TcpStream, node: Arc<Node>, drain: DrainGuard) {
         // larger frame when one comes.
         .read_buffer_size(256)
         .write_buffer_size(0);
-    // Boxed, so that a state the connection passes through once does not size its
-    // task, which is as large as its largest state for the connection's whole life.
-    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
-        stream,
-        callback,
-        Some(websocket_config),
-    ));
+    let handshake =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config));
     let timeout = Duration::from_millis(node.config.handshake_timeout_ms);
-    let mut socket = match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(socket)) => socket,
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(socket)) => Some((socket, upgrade)),
         Ok(Err(_error)) => {
             node.metrics.handshake(Handshake::Failed);
-            return;
+            None
         }
         Err(_elapsed) => {
             node.metrics.handshake(Handshake::Timeout);
             node.metrics.limited(Limit::HandshakeTimeout);
-            return;
+            None
         }
-    };
-    let Upgrade {
-        route,
-        credentials,
-        origin,
-        extended,
-    } = upgrade;
-    // Each protocol's session is boxed at its own size; unboxed, every connection's
-    // task would be as large as the largest of them for its whole life.
-    let session = match route {
-        Some(Route::Cable) => {
-            let cable = Cable::new(&node.config, extended.then(crate::restore::new_sid));
-            Either::Left(Box::pin(session::run(
-                &mut socket,
-                &node,
-                cable,
-                origin,
-                Some(credentials),
-                &shutdown,
-            )))
-        }
-        Some(Route::Realtime) => {
-            let realtime = Realtime::new(&node.config);
-            Either::Right(Box::pin(session::run(
-                &mut socket,
-                &node,
-                realtime,
-                origin,
-                None,
-                &shutdown,
-            )))
-        }
-        None => return,
-    };
-    session.await;
-    drop(node_place);
+    }
 }
 
 #[cfg(test)]

@@ -174,6 +174,10 @@ impl Outbox {
         std::mem::take(&mut self.0)
     }
 
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn has_request(&self) -> bool {
         self.1.is_some()
     }
@@ -268,22 +272,26 @@ pub trait Session {
 /// records why it ended. `origin` is the upgrade request's `Origin` header;
 /// `credentials` what the request carried (ActionCable's query; without a token, a
 /// session that [`Session::admits_anonymous`] opens unauthenticated), `None` for a
-/// client that authenticates in band; `shutdown` is this session's turn to leave in the drain. A session told to leave that cannot
-/// (its client stopped reading, so the goodbye cannot be written) is dropped after
-/// [`GOODBYE_GRACE`].
-pub async fn run<S, P>(
-    socket: &mut S,
-    node: &Node,
+/// client that authenticates in band; `shutdown` is this session's turn to leave in the
+/// drain. A session told to leave that cannot (its client stopped reading, so the
+/// goodbye cannot be written) is dropped after [`GOODBYE_GRACE`].
+///
+/// Not an `async fn`: the future is as large as its largest state for the connection's
+/// whole life, and an `async fn` keeps a copy of every argument it moved elsewhere
+/// (`protocol` into the driver, `origin` and `credentials` into the opening). Here the
+/// driver is built before the future and the opening's arguments are boxed.
+pub fn run<'a, S, P>(
+    socket: &'a mut S,
+    node: &'a Node,
     protocol: P,
     origin: Option<String>,
     credentials: Option<Credentials>,
-    shutdown: &CancellationToken,
-) -> CloseReason
+    shutdown: &'a CancellationToken,
+) -> impl Future<Output = CloseReason> + 'a
 where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
-    P: Session,
+    P: Session + 'a,
 {
-    let _open = node.metrics.open_connection(P::PROTOCOL);
     let mut driver = Driver {
         socket,
         node,
@@ -294,22 +302,47 @@ where
         events: None,
         restoring: None,
     };
-    let ended = {
-        let session = driver.session(origin, credentials, shutdown);
-        tokio::pin!(session);
-        tokio::select! {
-            ended = &mut session => ended,
-            () = shutdown.cancelled() => {
-                // Boxed: the timer exists only for sessions being told to leave.
-                let rest = Box::pin(tokio::time::timeout(GOODBYE_GRACE, &mut session));
-                rest.await.unwrap_or(Ok(CloseReason::ServerRestart))
+    let opening = Box::new(Opening {
+        origin,
+        credentials,
+    });
+    async move {
+        let _open = node.metrics.open_connection(P::PROTOCOL);
+        let ended = {
+            let session = driver.session(opening);
+            tokio::pin!(session);
+            tokio::select! {
+                ended = &mut session => Some(ended),
+                () = shutdown.cancelled() => None,
             }
-        }
-    };
-    driver.save();
-    let reason = ended.unwrap_or(CloseReason::Error);
-    node.metrics.closed(P::PROTOCOL, reason);
-    reason
+        };
+        // Told to leave: whatever the session was doing (waiting for its client's
+        // token, for the table, for its next frame, writing) it stops there, and says
+        // goodbye. Handled here rather than by every wait of the session, whose
+        // futures would otherwise each hold a cancellation future.
+        let ended = match ended {
+            Some(ended) => ended,
+            None => {
+                // Boxed: only sessions being told to leave need the goodbye's state.
+                let goodbye = Box::pin(tokio::time::timeout(
+                    GOODBYE_GRACE,
+                    driver.close(CloseReason::ServerRestart),
+                ));
+                goodbye.await.unwrap_or(Ok(CloseReason::ServerRestart))
+            }
+        };
+        driver.save();
+        let reason = ended.unwrap_or(CloseReason::Error);
+        node.metrics.closed(P::PROTOCOL, reason);
+        reason
+    }
+}
+
+/// What a session opens with: the upgrade's origin and credentials. Boxed, as the
+/// session reads them once.
+struct Opening {
+    origin: Option<String>,
+    credentials: Option<Credentials>,
 }
 
 /// A session's stream subscription, its user, and what its own token admitted (held as
@@ -384,61 +417,16 @@ where
     S: Sink<Message, Error = WsError> + Stream<Item = Result<Message, WsError>> + Unpin,
     P: Session,
 {
-    async fn session(
-        &mut self,
-        origin: Option<String>,
-        credentials: Option<Credentials>,
-        shutdown: &CancellationToken,
-    ) -> Result<CloseReason, WsError> {
-        let mut credentials = credentials;
-        let restore = credentials
-            .as_mut()
-            .and_then(|credentials| credentials.restore.take());
-        if self.protocol.restore_id().is_some() {
-            self.restoring = Some(Box::new(Restoring {
-                stream: None,
-                origin: origin.clone(),
-                opened: false,
-            }));
-        }
-        let anonymous = self.protocol.admits_anonymous()
-            && credentials
-                .as_ref()
-                .is_some_and(|credentials| credentials.token.is_none());
-        if let Some(sid) = restore
-            && self.restoring.is_some()
-            && self.restore(&sid, origin.as_deref())
-        {
-            self.node.metrics.session_restore(SessionRestore::Restored);
-        } else if anonymous {
-            self.connection = Connection::Anonymous(Box::new(Anonymous {
-                partner: credentials.and_then(|credentials| credentials.partner),
-                origin,
-            }));
-        } else {
-            // Boxed, as the readiness wait below: a session passes through them once,
-            // and their state would otherwise size every session for its whole life.
-            match Box::pin(self.admit(origin, credentials, shutdown)).await? {
-                Ok(admitted) => self.connection = Connection::Admitted(admitted),
-                Err(reason) => return Ok(reason),
-            }
-        }
-        self.node.metrics.handshake(Handshake::Accepted);
-        // No first frame, and so no count, before the table has caught up: a count read
-        // from a table still loading could be older than one the client already shows.
-        let caught_up = Box::pin(table_caught_up(&self.node.ready, shutdown)).await;
-        if !caught_up {
-            return self.close(CloseReason::ServerRestart).await;
-        }
-        let mut counts = self
-            .connection
-            .identity()
-            .map(|identity| self.node.table.subscription(&identity.key()));
-        self.protocol.open(counts.as_mut(), &mut self.out);
-        if let Some(restoring) = self.restoring.as_mut() {
-            restoring.opened = true;
-        }
-        self.write().await?;
+    /// The session: its opening, then its frames, count changes, events and pings until
+    /// it ends. What it holds here, it holds for the connection's whole life.
+    async fn session(&mut self, opening: Box<Opening>) -> Result<CloseReason, WsError> {
+        // Boxed: a session passes through its opening once, and the opening's state
+        // (the admission, the readiness wait, the restore) would otherwise size every
+        // session for its whole life.
+        let mut counts = match Box::pin(self.open(*opening)).await? {
+            Ok(counts) => counts,
+            Err(reason) => return Ok(reason),
+        };
         let mut ping = self.protocol.ping_interval().map(|period| {
             let mut ping = tokio::time::interval_at(Instant::now() + period, period);
             ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -447,19 +435,16 @@ where
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return self.close(CloseReason::ServerRestart).await,
-                incoming = self.socket.next() => match self.read(incoming)? {
-                    Read::Text(frame) => {
-                        self.protocol.on_text(frame.as_bytes(), counts.as_mut(), &mut self.out);
-                        if self.out.has_request() {
-                            // Boxed: few frames ask for anything, and what serving them
-                            // holds would otherwise size every session for its life.
-                            Box::pin(self.serve_requests()).await;
-                        }
+                incoming = self.socket.next() => {
+                    let read = self.read(incoming)?;
+                    if let Some(reason) = self.on_read(read, counts.as_mut()) {
+                        return self.close(reason).await;
                     }
-                    Read::Binary => self.protocol.on_binary(&mut self.out),
-                    Read::Nothing => {}
-                    Read::End(reason) => return self.close(reason).await,
+                    if self.out.has_request() {
+                        // Boxed: few frames ask for anything, and what serving them
+                        // holds would otherwise size every session for its life.
+                        Box::pin(self.serve_requests()).await;
+                    }
                 },
                 changed = count_changed(counts.as_mut()), if self.protocol.wants_counts() => {
                     let Some(counts) = counts.as_mut().filter(|_| changed.is_ok()) else {
@@ -487,13 +472,90 @@ where
         }
     }
 
+    /// Hands one socket read to the state machine; `Some` when the session ends.
+    fn on_read(
+        &mut self,
+        read: Read,
+        counts: Option<&mut CountSubscription>,
+    ) -> Option<CloseReason> {
+        match read {
+            Read::Text(frame) => {
+                self.protocol
+                    .on_text(frame.as_bytes(), counts, &mut self.out);
+            }
+            Read::Binary => self.protocol.on_binary(&mut self.out),
+            Read::Nothing => {}
+            Read::End(reason) => return Some(reason),
+        }
+        None
+    }
+
+    /// From the upgrade to the session's first frames: the restore, the admission or
+    /// an anonymous opening, the wait for the table, [`Session::open`]. `Ok(Err)`: the
+    /// session ended, its client told why. `Ok(Ok)`: the user's count, if the session
+    /// has a user.
+    async fn open(
+        &mut self,
+        opening: Opening,
+    ) -> Result<Result<Option<CountSubscription>, CloseReason>, WsError> {
+        let Opening {
+            origin,
+            mut credentials,
+        } = opening;
+        let restore = credentials
+            .as_mut()
+            .and_then(|credentials| credentials.restore.take());
+        if self.protocol.restore_id().is_some() {
+            self.restoring = Some(Box::new(Restoring {
+                stream: None,
+                origin: origin.clone(),
+                opened: false,
+            }));
+        }
+        let anonymous = self.protocol.admits_anonymous()
+            && credentials
+                .as_ref()
+                .is_some_and(|credentials| credentials.token.is_none());
+        if let Some(sid) = restore
+            && self.restoring.is_some()
+            && self.restore(&sid, origin.as_deref())
+        {
+            self.node.metrics.session_restore(SessionRestore::Restored);
+        } else if anonymous {
+            self.connection = Connection::Anonymous(Box::new(Anonymous {
+                partner: credentials.and_then(|credentials| credentials.partner),
+                origin,
+            }));
+        } else {
+            match self.admit(origin, credentials).await? {
+                Ok(admitted) => self.connection = Connection::Admitted(admitted),
+                Err(reason) => return Ok(Err(reason)),
+            }
+        }
+        self.node.metrics.handshake(Handshake::Accepted);
+        // No first frame, and so no count, before the table has caught up: a count read
+        // from a table still loading could be older than one the client already shows.
+        if !table_caught_up(&self.node.ready).await {
+            return self.close(CloseReason::ServerRestart).await.map(Err);
+        }
+        let mut counts = self
+            .connection
+            .identity()
+            .map(|identity| self.node.table.subscription(&identity.key()));
+        self.protocol.open(counts.as_mut(), &mut self.out);
+        if let Some(restoring) = self.restoring.as_mut() {
+            restoring.opened = true;
+        }
+        self.write().await?;
+        Ok(Ok(counts))
+    }
+
     /// Credentials, from the upgrade or in band, through [`Node::admit`]. `Err`: the
     /// session ended, its client told why.
     async fn admit(
         &mut self,
         origin: Option<String>,
         mut from_upgrade: Option<Credentials>,
-        shutdown: &CancellationToken,
     ) -> Result<Result<Admitted, CloseReason>, WsError> {
         // Boxed: the deadline exists only until the client has authenticated.
         let mut deadline = self
@@ -506,9 +568,6 @@ where
                 None => loop {
                     tokio::select! {
                         biased;
-                        () = shutdown.cancelled() => {
-                            return self.close(CloseReason::ServerRestart).await.map(Err);
-                        }
                         () = until(deadline.as_mut()) => {
                             self.node.metrics.handshake(Handshake::AuthTimeout);
                             self.node.metrics.limited(Limit::AuthTimeout);
@@ -779,29 +838,36 @@ where
     }
 
     /// Writes what the state machine produced, in one flush, and records it.
+    ///
+    /// Every session holds this future whenever it writes: it waits only for the
+    /// socket's readiness, holding no frame across a wait, to stay small.
     async fn write(&mut self) -> Result<(), WsError> {
-        let outputs = self.out.take();
-        if outputs.is_empty() {
+        if self.out.is_empty() {
             return Ok(());
         }
-        let metrics = &self.node.metrics;
-        for output in outputs {
+        let mut outputs = self.out.take().into_iter();
+        loop {
+            std::future::poll_fn(|cx| self.socket.poll_ready_unpin(cx)).await?;
+            let Some(output) = outputs.next() else {
+                break;
+            };
+            let metrics = &self.node.metrics;
             match output {
-                Output::Reply(frame) => self.socket.feed(text(frame)).await?,
+                Output::Reply(frame) => self.socket.start_send_unpin(text(frame))?,
                 Output::Push { frame, source_time } => {
-                    self.socket.feed(text(frame)).await?;
+                    self.socket.start_send_unpin(text(frame))?;
                     metrics.pushed(source_time);
+                }
+                Output::Event { frame, source_time } => {
+                    self.socket.start_send_unpin(text(frame))?;
+                    metrics.stream_pushed(source_time);
                 }
                 Output::Ignored(reason) => metrics.ignored_frame(P::PROTOCOL, reason),
                 Output::Limited(limit) => metrics.limited(limit),
                 Output::Coalesced(skipped) => metrics.coalesced(skipped),
-                Output::Event { frame, source_time } => {
-                    self.socket.feed(text(frame)).await?;
-                    metrics.stream_pushed(source_time);
-                }
             }
         }
-        self.socket.flush().await
+        std::future::poll_fn(|cx| self.socket.poll_flush_unpin(cx)).await
     }
 
     /// Ends the session for `reason`: what is pending, then the protocol's goodbye, then
@@ -838,18 +904,10 @@ where
     }
 }
 
-/// Whether the table has caught up; false when `shutdown` comes first, or the feed is
-/// gone (the edge is stopping).
-async fn table_caught_up(
-    ready: &tokio::sync::watch::Receiver<bool>,
-    shutdown: &CancellationToken,
-) -> bool {
+/// Whether the table has caught up; false when the feed is gone (the edge is stopping).
+async fn table_caught_up(ready: &tokio::sync::watch::Receiver<bool>) -> bool {
     let mut ready = ready.clone();
-    tokio::select! {
-        biased;
-        () = shutdown.cancelled() => false,
-        caught_up = ready.wait_for(|ready| *ready) => caught_up.is_ok(),
-    }
+    ready.wait_for(|ready| *ready).await.is_ok()
 }
 
 fn text(frame: String) -> Message {
@@ -876,14 +934,13 @@ fn next_event(
     })
 }
 
-/// The next tick of `interval`, or never.
-async fn tick(interval: Option<&mut Interval>) {
-    match interval {
-        Some(interval) => {
-            interval.tick().await;
-        }
-        None => std::future::pending().await,
-    }
+/// The next tick of `interval`, or never. A poll of the interval rather than its
+/// `tick()` future, which every session would hold.
+fn tick(mut interval: Option<&mut Interval>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match interval.as_deref_mut() {
+        Some(interval) => interval.poll_tick(cx).map(|_| ()),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// Completes when `deadline` passes, or never.
