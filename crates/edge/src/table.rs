@@ -3,19 +3,20 @@
 //! Every user ever counted has an entry, connected or not, so an entry is lean: the key
 //! inline when it fits in 24 bytes (`CompactString`), the count and the version; about
 //! 60 bytes with the map's own overhead (`examples/table_memory.rs` measures it). Only a
-//! user with a session subscribed also has a `watch` channel, created by the first
+//! user with a session subscribed is also watched: a small cell, created by the first
 //! subscription and dropped once no session holds it, which carries the count to the
-//! sessions with the source time of its change and the changes they skipped.
+//! sessions with the source time of its change and the changes they skipped, and wakes
+//! each of them at a change.
 //!
 //! The table is split in shards, each behind its own lock, so that the feed's writes
 //! and the sessions' subscriptions rarely wait for each other.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::task::{Context, Poll, Waker};
 
 use compact_str::CompactString;
-use tokio::sync::watch;
 
 /// Shards of the table: a power of two, well above the cores that write and read.
 const SHARDS: usize = 64;
@@ -29,7 +30,7 @@ pub struct CountValue {
     /// Source time of the event that produced this count, Unix milliseconds; 0 when not
     /// known (a value a session got on subscribing, not from a change it watched).
     pub occurred_at_ms: i64,
-    /// How many values the user's channel has carried, this one included (set by the
+    /// How many values the user's cell has carried, this one included (set by the
     /// table): a session that skips from change 3 to change 7 coalesced three.
     pub changes: u64,
 }
@@ -48,11 +49,37 @@ struct Stored {
     version: u64,
 }
 
+/// A watched user's count as its sessions see it. Not a `tokio::sync::watch` channel:
+/// that is ~400 bytes per user (eight notifiers for its many-receiver case), and a
+/// session waiting on it holds a 120-byte future for its whole life; here a session
+/// waits with its waker in the cell, and a change wakes each session once.
+struct Watched {
+    state: Mutex<WatchedState>,
+}
+
+struct WatchedState {
+    value: CountValue,
+    /// The sessions subscribed, each with its waker while it waits for a change.
+    listeners: Vec<Listener>,
+    next_id: u64,
+}
+
+struct Listener {
+    id: u64,
+    waker: Option<Waker>,
+}
+
+impl Watched {
+    fn lock(&self) -> MutexGuard<'_, WatchedState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     counts: HashMap<CompactString, Stored>,
     /// Users with a session subscribed (or one that ended since their last change).
-    watched: HashMap<CompactString, watch::Sender<CountValue>>,
+    watched: HashMap<CompactString, Arc<Watched>>,
 }
 
 /// Counts by key. Subscribers see only the newest value, so memory per subscriber is
@@ -83,7 +110,7 @@ impl CountTable {
     }
 
     /// Stores `value` for `key` if it is newer than the one held; returns whether it was.
-    /// A session watching `key` gets it.
+    /// The sessions watching `key` get it.
     pub fn apply(&self, key: &str, value: CountValue) -> bool {
         let mut shard = self
             .shard(key)
@@ -100,51 +127,74 @@ impl CountTable {
                 shard.counts.insert(CompactString::from(key), stored);
             }
         }
-        if let Some(sender) = shard.watched.get(key) {
-            if sender.receiver_count() == 0 {
-                shard.watched.remove(key);
-            } else {
-                sender.send_modify(|held| {
-                    *held = CountValue {
-                        changes: held.changes + 1,
-                        ..value
-                    };
-                });
+        let unwatched = shard.watched.get(key).is_some_and(|watched| {
+            let mut state = watched.lock();
+            if state.listeners.is_empty() {
+                return true;
             }
+            state.value = CountValue {
+                changes: state.value.changes + 1,
+                ..value
+            };
+            for listener in &mut state.listeners {
+                if let Some(waker) = listener.waker.take() {
+                    waker.wake();
+                }
+            }
+            false
+        });
+        if unwatched {
+            shard.watched.remove(key);
         }
         true
-    }
-
-    /// A receiver of `key`'s count: its current value now, and every later change.
-    pub fn subscribe(&self, key: &str) -> watch::Receiver<CountValue> {
-        let mut shard = self
-            .shard(key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(sender) = shard.watched.get(key) {
-            return sender.subscribe();
-        }
-        let current = shard
-            .counts
-            .get(key)
-            .map(|held| CountValue {
-                count: held.count,
-                version: held.version,
-                ..CountValue::default()
-            })
-            .unwrap_or_default();
-        let (sender, receiver) = watch::channel(current);
-        shard.watched.insert(CompactString::from(key), sender);
-        receiver
     }
 
     /// A session's subscription to `key`: the current value, every later change, and
     /// how many changes were replaced before the session took them.
     pub fn subscription(&self, key: &str) -> CountSubscription {
-        let receiver = self.subscribe(key);
-        // Changes before the session started were never its to write.
-        let taken = receiver.borrow().changes;
-        CountSubscription { receiver, taken }
+        let mut shard = self
+            .shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let watched = match shard.watched.get(key) {
+            Some(watched) => Arc::clone(watched),
+            None => {
+                let value = shard
+                    .counts
+                    .get(key)
+                    .map(|held| CountValue {
+                        count: held.count,
+                        version: held.version,
+                        ..CountValue::default()
+                    })
+                    .unwrap_or_default();
+                let watched = Arc::new(Watched {
+                    state: Mutex::new(WatchedState {
+                        value,
+                        listeners: Vec::new(),
+                        next_id: 0,
+                    }),
+                });
+                shard
+                    .watched
+                    .insert(CompactString::from(key), Arc::clone(&watched));
+                watched
+            }
+        };
+        // Listed before the shard is let go: a change meanwhile must not find the cell
+        // without listeners and drop it.
+        let (id, taken) = {
+            let mut state = watched.lock();
+            let id = state.next_id;
+            state.next_id += 1;
+            // Most users have one session: room for exactly one, not Vec's four.
+            state.listeners.reserve_exact(1);
+            state.listeners.push(Listener { id, waker: None });
+            // Changes before the session started were never its to write.
+            (id, state.value.changes)
+        };
+        drop(shard);
+        CountSubscription { watched, id, taken }
     }
 
     /// The count held for `key`, if any record was seen for it (without its source
@@ -161,14 +211,14 @@ impl CountTable {
         })
     }
 
-    /// Drops the channels no session holds any more (a user whose count changes drops
-    /// its own at the change; this catches those whose count stays as it is).
+    /// Drops the cells no session holds any more (a user whose count changes drops its
+    /// own at the change; this catches those whose count stays as it is).
     pub fn sweep(&self) {
         for shard in &self.shards {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
             shard
                 .watched
-                .retain(|_, sender| sender.receiver_count() > 0);
+                .retain(|_, watched| !watched.lock().listeners.is_empty());
         }
     }
 
@@ -190,8 +240,8 @@ impl CountTable {
         self.len() == 0
     }
 
-    /// Users with a channel: those with a session subscribed, and those whose last
-    /// session ended since their last change, until [`CountTable::sweep`].
+    /// Users with a cell: those with a session subscribed, and those whose last session
+    /// ended since their last change, until [`CountTable::sweep`].
     pub fn watched_len(&self) -> usize {
         self.shards
             .iter()
@@ -208,19 +258,59 @@ impl CountTable {
 
 /// One session's view of its user's count.
 pub struct CountSubscription {
-    pub receiver: watch::Receiver<CountValue>,
+    watched: Arc<Watched>,
+    /// Its place among the cell's listeners.
+    id: u64,
     /// The `changes` of the last value taken.
     taken: u64,
 }
 
 impl CountSubscription {
+    /// Whether a change came that was not taken yet.
+    pub fn has_changed(&self) -> bool {
+        self.watched.lock().value.changes > self.taken
+    }
+
+    /// Ready once a change came that was not taken yet; until then the task is woken
+    /// at the next change.
+    pub fn poll_changed(&mut self, context: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.watched.lock();
+        if state.value.changes > self.taken {
+            return Poll::Ready(());
+        }
+        if let Some(listener) = state
+            .listeners
+            .iter_mut()
+            .find(|listener| listener.id == self.id)
+        {
+            match &mut listener.waker {
+                Some(waker) => waker.clone_from(context.waker()),
+                None => listener.waker = Some(context.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+
     /// The newest value, marked seen, and how many changes it replaced that were
     /// never taken (coalesced while the session was busy writing to a slow client).
     pub fn take(&mut self) -> (CountValue, u64) {
-        let value = *self.receiver.borrow_and_update();
+        let value = self.watched.lock().value;
         let skipped = value.changes.saturating_sub(self.taken + 1);
         self.taken = self.taken.max(value.changes);
         (value, skipped)
+    }
+}
+
+impl Drop for CountSubscription {
+    fn drop(&mut self) {
+        let mut state = self.watched.lock();
+        if let Some(index) = state
+            .listeners
+            .iter()
+            .position(|listener| listener.id == self.id)
+        {
+            state.listeners.swap_remove(index);
+        }
     }
 }
 
@@ -251,16 +341,47 @@ mod tests {
     #[test]
     fn subscribers_see_the_current_value_then_only_the_newest() {
         let table = CountTable::new();
-        let mut receiver = table.subscribe("acme/bob");
-        assert_eq!(receiver.borrow_and_update().count, 0);
+        let mut subscription = table.subscription("acme/bob");
+        assert_eq!(subscription.take().0.count, 0);
         assert_eq!(table.get("acme/bob"), None);
         for version in 1..=1000 {
             table.apply("acme/bob", value(version, version));
         }
-        assert!(receiver.has_changed().unwrap_or(false));
-        let newest = *receiver.borrow_and_update();
+        assert!(subscription.has_changed());
+        let newest = subscription.take().0;
         assert_eq!((newest.count, newest.changes), (1000, 1000));
-        assert!(!receiver.has_changed().unwrap_or(true));
+        assert!(!subscription.has_changed());
+    }
+
+    #[test]
+    fn a_change_wakes_each_waiting_session_once() {
+        struct Wakes(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Wakes {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let wakes = Arc::new(Wakes(0.into()));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut context = Context::from_waker(&waker);
+        let woken = || wakes.0.load(std::sync::atomic::Ordering::Relaxed);
+        let table = CountTable::new();
+        let mut first = table.subscription("acme/bob");
+        let mut second = table.subscription("acme/bob");
+        assert!(first.poll_changed(&mut context).is_pending());
+        assert!(second.poll_changed(&mut context).is_pending());
+        table.apply("acme/bob", value(1, 1));
+        assert_eq!(woken(), 2);
+        // Woken once: the next change finds nobody waiting.
+        table.apply("acme/bob", value(2, 2));
+        assert_eq!(woken(), 2);
+        assert!(first.poll_changed(&mut context).is_ready());
+        let (taken, skipped) = first.take();
+        assert_eq!((taken.count, taken.changes, skipped), (2, 2, 1));
+        assert!(first.poll_changed(&mut context).is_pending());
+        drop(second);
+        table.apply("acme/bob", value(3, 3));
+        assert_eq!(woken(), 3);
     }
 
     #[test]

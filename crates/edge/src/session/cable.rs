@@ -232,7 +232,7 @@ impl Cable {
                 };
                 // A change not yet pushed to the existing subscriptions goes to them
                 // too, since reading the value below marks it seen.
-                let others_missed_a_change = counts.receiver.has_changed().unwrap_or(false);
+                let others_missed_a_change = counts.has_changed();
                 let value = out.take_count(counts);
                 out.reply(cable::confirm_subscription(&identifier));
                 out.push(cable::unread_count(&identifier, value.count), None);

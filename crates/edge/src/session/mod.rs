@@ -446,13 +446,11 @@ where
                         Box::pin(self.serve_requests()).await;
                     }
                 },
-                changed = count_changed(counts.as_mut()), if self.protocol.wants_counts() => {
-                    let Some(counts) = counts.as_mut().filter(|_| changed.is_ok()) else {
-                        // The table is gone: the edge is stopping.
-                        return self.close(CloseReason::ServerRestart).await;
-                    };
-                    let value = self.out.take_count(counts);
-                    self.protocol.on_count(value, &mut self.out);
+                () = count_changed(counts.as_mut()), if self.protocol.wants_counts() => {
+                    if let Some(counts) = counts.as_mut() {
+                        let value = self.out.take_count(counts);
+                        self.protocol.on_count(value, &mut self.out);
+                    }
                 }
                 event = next_event(self.events.as_deref()) => match event {
                     Some(frame) => self.protocol.on_event(&frame, &mut self.out),
@@ -619,7 +617,7 @@ where
     fn take_ready(&mut self, counts: Option<&mut CountSubscription>) {
         if self.protocol.wants_counts()
             && let Some(counts) = counts
-            && counts.receiver.has_changed().unwrap_or(false)
+            && counts.has_changed()
         {
             let value = self.out.take_count(counts);
             self.protocol.on_count(value, &mut self.out);
@@ -914,14 +912,14 @@ fn text(frame: String) -> Message {
     Message::Text(frame.into())
 }
 
-/// The next change of the count, or never for a session without one.
-async fn count_changed(
-    counts: Option<&mut CountSubscription>,
-) -> Result<(), tokio::sync::watch::error::RecvError> {
-    match counts {
-        Some(counts) => counts.receiver.changed().await,
-        None => std::future::pending().await,
-    }
+/// The next change of the count, or never for a session without one: a poll of the
+/// subscription, which holds the waker, so that the future every session holds for its
+/// whole life is a reference.
+fn count_changed(mut counts: Option<&mut CountSubscription>) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| match counts.as_deref_mut() {
+        Some(counts) => counts.poll_changed(cx),
+        None => std::task::Poll::Pending,
+    })
 }
 
 /// The next stream event (`None`: the hub ended the subscription), or never without one.

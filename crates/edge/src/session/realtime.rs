@@ -133,7 +133,7 @@ impl Session for Realtime {
                 };
                 // A change not yet pushed is delivered by this reply (it carries the
                 // same count), so it is not pushed again.
-                let unseen_change = counts.receiver.has_changed().unwrap_or(false);
+                let unseen_change = counts.has_changed();
                 let value = out.take_count(counts);
                 let source_time = if unseen_change {
                     value.source_time()
