@@ -27,6 +27,7 @@ pub mod close;
 mod config;
 pub mod drain;
 pub mod feed;
+pub mod frames;
 pub mod limits;
 pub mod node;
 pub mod replay;

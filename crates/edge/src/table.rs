@@ -10,6 +10,11 @@
 //!
 //! The table is split in shards, each behind its own lock, so that the feed's writes
 //! and the sessions' subscriptions rarely wait for each other.
+//!
+//! A cell also holds the frame of its latest change once a session encoded it
+//! ([`crate::frames`]), if the user has more than one session: the others write the
+//! same bytes. The feed's sweep drops it again, so that a user whose count stays put
+//! holds no frame.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -17,6 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::task::{Context, Poll, Waker};
 
 use compact_str::CompactString;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::frames::{Shape, SharedFrame};
 
 /// Shards of the table: a power of two, well above the cores that write and read.
 const SHARDS: usize = 64;
@@ -59,6 +67,7 @@ struct Watched {
 
 struct WatchedState {
     value: CountValue,
+    frame: SharedFrame,
     /// The sessions subscribed, each with its waker while it waits for a change.
     listeners: Vec<Listener>,
     next_id: u64,
@@ -136,6 +145,7 @@ impl CountTable {
                 changes: state.value.changes + 1,
                 ..value
             };
+            state.frame.clear();
             for listener in &mut state.listeners {
                 if let Some(waker) = listener.waker.take() {
                     waker.wake();
@@ -171,6 +181,7 @@ impl CountTable {
                 let watched = Arc::new(Watched {
                     state: Mutex::new(WatchedState {
                         value,
+                        frame: SharedFrame::default(),
                         listeners: Vec::new(),
                         next_id: 0,
                     }),
@@ -212,13 +223,16 @@ impl CountTable {
     }
 
     /// Drops the cells no session holds any more (a user whose count changes drops its
-    /// own at the change; this catches those whose count stays as it is).
+    /// own at the change; this catches those whose count stays as it is), and the
+    /// frames of changes the sessions have had time to take.
     pub fn sweep(&self) {
         for shard in &self.shards {
             let mut shard = shard.write().unwrap_or_else(PoisonError::into_inner);
-            shard
-                .watched
-                .retain(|_, watched| !watched.lock().listeners.is_empty());
+            shard.watched.retain(|_, watched| {
+                let mut state = watched.lock();
+                state.frame.clear();
+                !state.listeners.is_empty()
+            });
         }
     }
 
@@ -298,6 +312,24 @@ impl CountSubscription {
         let skipped = value.changes.saturating_sub(self.taken + 1);
         self.taken = self.taken.max(value.changes);
         (value, skipped)
+    }
+
+    /// The frame of `value` (a value this subscription took) in `shape`: the one
+    /// another session of the user encoded, or `encode`d here and left for them. A
+    /// value no longer the newest, or the only session's, is encoded here alone.
+    pub fn frame(
+        &self,
+        value: &CountValue,
+        shape: Shape<'_>,
+        encode: impl FnOnce() -> String,
+    ) -> Utf8Bytes {
+        let mut state = self.watched.lock();
+        if state.value.changes == value.changes && state.listeners.len() > 1 {
+            state.frame.get_or_encode(shape, encode)
+        } else {
+            drop(state);
+            Utf8Bytes::from(encode())
+        }
     }
 }
 
@@ -442,6 +474,58 @@ mod tests {
         // And a new session starts from the count held.
         let mut again = table.subscription("acme/user-7");
         assert_eq!(again.take(), (value(2, 2), 0));
+    }
+
+    #[test]
+    fn a_change_is_encoded_once_for_every_session_of_its_user() {
+        let table = CountTable::new();
+        table.apply("acme/bob", value(1, 1));
+        let mut first = table.subscription("acme/bob");
+        let mut second = table.subscription("acme/bob");
+        assert!(table.apply("acme/bob", value(2, 2)));
+        let mut encodings = 0;
+        let (taken, _) = first.take();
+        let one = first.frame(&taken, Shape::Realtime, || {
+            encodings += 1;
+            format!("count {}", taken.count)
+        });
+        let (taken_too, _) = second.take();
+        let two = second.frame(&taken_too, Shape::Realtime, || {
+            encodings += 1;
+            String::new()
+        });
+        assert_eq!(
+            (one.as_str(), two.as_str(), encodings),
+            ("count 2", "count 2", 1)
+        );
+        // A value taken before the newest change is not the newest's frame.
+        assert!(table.apply("acme/bob", value(3, 3)));
+        let stale = first.frame(&taken, Shape::Realtime, || "count 2 again".into());
+        assert_eq!(stale, "count 2 again");
+        // The sweep drops the frame, not the change: it is encoded again.
+        let (newest, _) = second.take();
+        second.frame(&newest, Shape::Realtime, || "count 3".into());
+        table.sweep();
+        assert!(!second.has_changed(), "dropping a frame is not a change");
+        assert_eq!(
+            second.frame(&newest, Shape::Realtime, || "count 3, anew".into()),
+            "count 3, anew"
+        );
+    }
+
+    #[test]
+    fn the_only_session_of_a_user_caches_no_frame() {
+        let table = CountTable::new();
+        let first = table.subscription("acme/bob");
+        let mut only = table.subscription("acme/bob");
+        drop(first);
+        assert!(table.apply("acme/bob", value(1, 1)));
+        let (taken, _) = only.take();
+        only.frame(&taken, Shape::Realtime, || "count 1".into());
+        assert_eq!(
+            only.frame(&taken, Shape::Realtime, || "count 1, anew".into()),
+            "count 1, anew"
+        );
     }
 
     #[test]

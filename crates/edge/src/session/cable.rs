@@ -13,6 +13,7 @@
 //! when the window no longer holds them all. A plain `actioncable-v1-json` client sees
 //! none of it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fanout_protocol::cable::{self, Command, HistoryRequest};
@@ -23,6 +24,7 @@ use super::{
 };
 use crate::auth::AuthError;
 use crate::config::EdgeConfig;
+use crate::frames::Shape;
 use crate::limits::Limit;
 use crate::streams::{NotResumable, Resume, Since, StreamFrame};
 use crate::table::{CountSubscription, CountValue};
@@ -59,15 +61,16 @@ impl Channel {
     }
 }
 
-/// One subscription: its identifier, echoed byte for byte in its frames.
+/// One subscription: its identifier, echoed byte for byte in its frames (shared, as the
+/// key of the frames it shares with the user's other sessions).
 struct Subscription {
-    identifier: String,
+    identifier: Arc<str>,
     channel: Channel,
 }
 
 /// A RoomChannel request waiting for the driver's answer.
 struct PendingRoom {
-    identifier: Box<str>,
+    identifier: Arc<str>,
     /// A subscribe (answered with `confirm_subscription`), not a `history` for a
     /// subscription held.
     subscribing: bool,
@@ -90,7 +93,7 @@ struct Extended {
     restored: Option<Vec<Box<str>>>,
     /// `confirm_history` for this identifier is due once the event at this offset
     /// (the last missed one) was written.
-    confirm_after: Option<(Box<str>, u64)>,
+    confirm_after: Option<(Arc<str>, u64)>,
 }
 
 pub struct Cable {
@@ -152,7 +155,7 @@ impl Cable {
     fn channel_of(&self, identifier: &str) -> Option<Channel> {
         self.subscriptions
             .iter()
-            .find(|subscription| subscription.identifier == identifier)
+            .find(|subscription| *subscription.identifier == *identifier)
             .map(|subscription| subscription.channel)
     }
 
@@ -173,7 +176,7 @@ impl Cable {
             Some(Channel::Partner) => {
                 if let Some(counts) = counts {
                     let value = out.take_count(counts);
-                    self.on_count(value, out);
+                    self.on_count(counts, value, out);
                 }
                 out.reply(cable::confirm_history(&identifier));
             }
@@ -186,7 +189,7 @@ impl Cable {
                     reopen: true,
                 });
                 self.pending_room = Some(Box::new(PendingRoom {
-                    identifier: identifier.into_boxed_str(),
+                    identifier: identifier.into(),
                     subscribing: false,
                     history: asked,
                 }));
@@ -212,7 +215,7 @@ impl Cable {
         if self
             .subscriptions
             .iter()
-            .any(|subscription| subscription.identifier == identifier)
+            .any(|subscription| *subscription.identifier == *identifier)
         {
             // Rails ignores a subscribe to an identifier already subscribed.
             out.ignored(Ignored::DuplicateSubscribe);
@@ -235,10 +238,17 @@ impl Cable {
                 let others_missed_a_change = counts.has_changed();
                 let value = out.take_count(counts);
                 out.reply(cable::confirm_subscription(&identifier));
-                out.push(cable::unread_count(&identifier, value.count), None);
+                let identifier = Arc::from(identifier);
+                out.push(
+                    counts.frame(&value, Shape::Cable(&identifier), || {
+                        cable::unread_count(&identifier, value.count)
+                    }),
+                    None,
+                );
                 if others_missed_a_change {
-                    self.on_count(value, out);
+                    self.on_count(counts, value, out);
                 }
+                self.add(identifier, channel);
             }
             Channel::Room => {
                 // Confirmed or rejected once the driver has checked the token.
@@ -250,13 +260,15 @@ impl Cable {
                     reopen: false,
                 });
                 self.pending_room = Some(Box::new(PendingRoom {
-                    identifier: identifier.into_boxed_str(),
+                    identifier: identifier.into(),
                     subscribing: true,
                     history: asked,
                 }));
-                return;
             }
         }
+    }
+
+    fn add(&mut self, identifier: Arc<str>, channel: Channel) {
         // Most clients subscribe once: room for exactly one more, not Vec's four, which
         // every idle connection would carry.
         self.subscriptions.reserve_exact(1);
@@ -306,7 +318,7 @@ impl Session for Cable {
             && let Some(counts) = counts
         {
             let value = out.take_count(counts);
-            self.on_count(value, out);
+            self.on_count(counts, value, out);
         }
     }
 
@@ -339,13 +351,13 @@ impl Session for Cable {
             Command::Pong => {}
             Command::Unsubscribe { identifier } => {
                 let room = self.subscriptions.iter().any(|subscription| {
-                    subscription.identifier == identifier && subscription.channel == Channel::Room
+                    *subscription.identifier == *identifier && subscription.channel == Channel::Room
                 });
                 if room {
                     out.close_stream();
                 }
                 self.subscriptions
-                    .retain(|subscription| subscription.identifier != identifier);
+                    .retain(|subscription| *subscription.identifier != *identifier);
             }
             // PartnerChannel has no actions: like Rails for an unknown action, no reply.
             Command::Message { .. } => out.ignored(Ignored::UnknownAction),
@@ -362,11 +374,13 @@ impl Session for Cable {
             .any(|subscription| subscription.channel == Channel::Partner)
     }
 
-    fn on_count(&mut self, value: CountValue, out: &mut Outbox) {
+    fn on_count(&mut self, counts: &CountSubscription, value: CountValue, out: &mut Outbox) {
         for subscription in &self.subscriptions {
             match subscription.channel {
                 Channel::Partner => out.push(
-                    cable::unread_count(&subscription.identifier, value.count),
+                    counts.frame(&value, Shape::Cable(&subscription.identifier), || {
+                        cable::unread_count(&subscription.identifier, value.count)
+                    }),
                     value.source_time(),
                 ),
                 Channel::Room => {}
@@ -396,11 +410,7 @@ impl Session for Cable {
         };
         if subscribing {
             out.reply(cable::confirm_subscription(&identifier));
-            self.subscriptions.reserve_exact(1);
-            self.subscriptions.push(Subscription {
-                identifier: identifier.to_string(),
-                channel: Channel::Room,
-            });
+            self.add(Arc::clone(&identifier), Channel::Room);
         }
         let Some(asked) = history else {
             return;
@@ -486,7 +496,7 @@ impl Session for Cable {
     fn saved(&self) -> Vec<Box<str>> {
         self.subscriptions
             .iter()
-            .map(|subscription| subscription.identifier.as_str().into())
+            .map(|subscription| Box::from(&*subscription.identifier))
             .collect()
     }
 
@@ -499,7 +509,7 @@ impl Session for Cable {
                 .and_then(|parsed| Channel::named(&parsed.channel));
             if let Some(channel) = channel {
                 self.subscriptions.push(Subscription {
-                    identifier: identifier.to_string(),
+                    identifier: Arc::from(&**identifier),
                     channel,
                 });
             }
@@ -543,17 +553,19 @@ mod tests {
             vec![
                 Output::Reply(cable::confirm_subscription(IDENTIFIER)),
                 Output::Push {
-                    frame: cable::unread_count(IDENTIFIER, 4),
+                    frame: cable::unread_count(IDENTIFIER, 4).into(),
                     source_time: None
                 },
             ]
         );
         assert!(cable.wants_counts());
-        cable.on_count(value(5, 2, 1_700_000_000_000), &mut out);
+        table.apply("acme/bob", value(5, 2, 1_700_000_000_000));
+        let taken = out.take_count(&mut counts);
+        cable.on_count(&counts, taken, &mut out);
         assert_eq!(
             out.take(),
             vec![Output::Push {
-                frame: cable::unread_count(IDENTIFIER, 5),
+                frame: cable::unread_count(IDENTIFIER, 5).into(),
                 source_time: Some(1_700_000_000_000)
             }]
         );

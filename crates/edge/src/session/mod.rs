@@ -68,9 +68,9 @@ pub enum Output {
     Reply(String),
     /// A frame that delivers a count: a push. `source_time` is the source event time of
     /// the change it delivers (for the delivery latency); `None` when it only answers
-    /// with the current state.
+    /// with the current state. Bytes, as the user's sessions share a change's frame.
     Push {
-        frame: String,
+        frame: Utf8Bytes,
         source_time: Option<i64>,
     },
     /// A client frame not acted on.
@@ -147,8 +147,11 @@ impl Outbox {
         self.0.push(Output::Reply(frame));
     }
 
-    pub fn push(&mut self, frame: String, source_time: Option<i64>) {
-        self.0.push(Output::Push { frame, source_time });
+    pub fn push(&mut self, frame: impl Into<Utf8Bytes>, source_time: Option<i64>) {
+        self.0.push(Output::Push {
+            frame: frame.into(),
+            source_time,
+        });
     }
 
     pub fn ignored(&mut self, reason: Ignored) {
@@ -244,8 +247,10 @@ pub trait Session {
     /// Whether count changes are wanted now.
     fn wants_counts(&self) -> bool;
 
-    /// The user's count changed (only while [`Session::wants_counts`]).
-    fn on_count(&mut self, value: CountValue, out: &mut Outbox);
+    /// The user's count changed (only while [`Session::wants_counts`]): `value`, just
+    /// taken from `counts`, whose [`CountSubscription::frame`] shares a change's frame
+    /// among the user's sessions.
+    fn on_count(&mut self, counts: &CountSubscription, value: CountValue, out: &mut Outbox);
 
     /// The period of the server's pings after [`Session::open`]; `None` for none.
     fn ping_interval(&self) -> Option<Duration>;
@@ -449,7 +454,7 @@ where
                 () = count_changed(counts.as_mut()), if self.protocol.wants_counts() => {
                     if let Some(counts) = counts.as_mut() {
                         let value = self.out.take_count(counts);
-                        self.protocol.on_count(value, &mut self.out);
+                        self.protocol.on_count(counts, value, &mut self.out);
                     }
                 }
                 event = next_event(self.events.as_deref()) => match event {
@@ -620,7 +625,7 @@ where
             && counts.has_changed()
         {
             let value = self.out.take_count(counts);
-            self.protocol.on_count(value, &mut self.out);
+            self.protocol.on_count(counts, value, &mut self.out);
         }
         for _ in 0..EVENTS_PER_WRITE {
             let Some(frame) = self
@@ -853,7 +858,7 @@ where
             match output {
                 Output::Reply(frame) => self.socket.start_send_unpin(text(frame))?,
                 Output::Push { frame, source_time } => {
-                    self.socket.start_send_unpin(text(frame))?;
+                    self.socket.start_send_unpin(Message::Text(frame))?;
                     metrics.pushed(source_time);
                 }
                 Output::Event { frame, source_time } => {

@@ -20,6 +20,7 @@ use super::{
 };
 use crate::auth::AuthError;
 use crate::config::EdgeConfig;
+use crate::frames::Shape;
 use crate::streams::{NotResumable, Resume, Since, StreamFrame};
 use crate::table::{CountSubscription, CountValue};
 use crate::telemetry::{Ignored, StreamSubscribe};
@@ -112,7 +113,10 @@ impl Session for Realtime {
         // Always admitted with credentials, so always with a count.
         if let Some(counts) = counts {
             let (value, _) = counts.take();
-            out.push(realtime::unread_count(value.count, None), None);
+            let frame = counts.frame(&value, Shape::Realtime, || {
+                realtime::unread_count(value.count, None)
+            });
+            out.push(frame, None);
         }
     }
 
@@ -161,11 +165,11 @@ impl Session for Realtime {
         true
     }
 
-    fn on_count(&mut self, value: CountValue, out: &mut Outbox) {
-        out.push(
-            realtime::unread_count(value.count, None),
-            value.source_time(),
-        );
+    fn on_count(&mut self, counts: &CountSubscription, value: CountValue, out: &mut Outbox) {
+        let frame = counts.frame(&value, Shape::Realtime, || {
+            realtime::unread_count(value.count, None)
+        });
+        out.push(frame, value.source_time());
     }
 
     fn ping_interval(&self) -> Option<Duration> {
