@@ -57,6 +57,14 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: Cancellatio
     sessions.wait().await;
 }
 
+/// Frames a session writes together (a count with the event it came with, the events
+/// queued behind them) go to the socket in one write once more than this is buffered,
+/// or at the flush that ends the session's turn: one syscall, not one per frame. Small,
+/// because tungstenite keeps its write buffer's capacity for the connection's life: a
+/// batch past this is written at the frame that passes it, so the buffer stays about
+/// this plus the largest frame.
+const WRITE_BATCH_BYTES: usize = 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Route {
     /// ActionCable: token in the query, subprotocol echoed.
@@ -253,7 +261,7 @@ async fn handshake(
         // zero-fills this much per connection for its whole life, and grows it for a
         // larger frame when one comes.
         .read_buffer_size(256)
-        .write_buffer_size(0);
+        .write_buffer_size(WRITE_BATCH_BYTES);
     let handshake =
         tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(websocket_config));
     let timeout = Duration::from_millis(node.config.handshake_timeout_ms);

@@ -840,7 +840,9 @@ where
         })
     }
 
-    /// Writes what the state machine produced, in one flush, and records it.
+    /// Writes what the state machine produced, in one flush, and records it. The
+    /// WebSocket layer buffers the frames until the flush (up to the edge's write batch,
+    /// `server::WRITE_BATCH_BYTES`), so that they go out in one syscall.
     ///
     /// Every session holds this future whenever it writes: it waits only for the
     /// socket's readiness, holding no frame across a wait, to stay small.
