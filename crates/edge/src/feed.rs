@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use fanout_kafka::{KafkaSettings, StageContext, StageHealth};
 use fanout_schema::v1;
+use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -37,6 +38,9 @@ const CATCH_UP_AGAIN_AFTER: Duration = Duration::from_secs(1);
 
 /// Catch-ups at most before the node is ready anyway.
 const MAX_CATCH_UPS: u32 = 5;
+
+/// Records the feed handles in one turn when the consumer holds them already.
+const RECORDS_PER_TURN: usize = 64;
 
 /// A partition of either topic the feed reads: (is a user-streams partition, partition).
 type At = (bool, i32);
@@ -141,8 +145,10 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     let mut history_tick = tokio::time::interval(HISTORY_TICK);
     history_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut history = streams.history();
-    loop {
-        let received = tokio::select! {
+    // One stream for the feed's life: `recv` makes (and registers) a stream per record.
+    let mut records = consumer.stream();
+    'feed: loop {
+        let mut received = tokio::select! {
             () = shutdown.cancelled() => break,
             _ = history_tick.tick() => {
                 streams.expire(fanout_schema::unix_millis());
@@ -152,66 +158,81 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
                 history = now;
                 continue;
             }
-            received = consumer.recv() => received,
+            received = records.next() => received,
         };
-        let message = match received {
-            Ok(message) => {
-                health.set_brokers_down(false);
-                message
+        // What the consumer holds already is handled in this turn, without a select
+        // (and its cancellation and timer checks) per record; bounded, so that the tick
+        // and the shutdown are looked at between turns.
+        for handled in 1..=RECORDS_PER_TURN {
+            let message = match received {
+                Some(Ok(message)) => {
+                    health.set_brokers_down(false);
+                    message
+                }
+                Some(Err(error)) => {
+                    metrics.kafka().consumer_error(&error);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'feed;
+                }
+                // The consumer's stream never ends.
+                None => break 'feed,
+            };
+            let is_stream = message.topic() == streams_topic;
+            if is_stream {
+                publish(&streams, &message, &metrics);
+            } else {
+                apply(&table, &message, &metrics);
             }
-            Err(error) => {
-                metrics.kafka().consumer_error(&error);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let is_stream = message.topic() == streams_topic;
-        if is_stream {
-            publish(&streams, &message, &metrics);
-        } else {
-            apply(&table, &message, &metrics);
-        }
-        if !behind.is_empty() {
-            let at = (is_stream, message.partition());
-            position.insert(at, message.offset() + 1);
-            if behind
-                .get(&at)
-                .is_some_and(|high| message.offset() + 1 >= *high)
-            {
-                behind.remove(&at);
-                let (round, started) = catch_up;
-                if behind.is_empty()
-                    && round < MAX_CATCH_UPS
-                    && started.elapsed() > CATCH_UP_AGAIN_AFTER
+            if !behind.is_empty() {
+                let at = (is_stream, message.partition());
+                position.insert(at, message.offset() + 1);
+                if behind
+                    .get(&at)
+                    .is_some_and(|high| message.offset() + 1 >= *high)
                 {
-                    let ends = tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        ends = ends_now(kafka, topic, &streams_topic, partitions) => ends?,
-                    };
-                    behind = ends
-                        .into_iter()
-                        .filter(|(at, high)| position.get(at).is_some_and(|next| high > next))
-                        .collect();
-                    tracing::info!(
-                        round,
-                        partitions = behind.len(),
-                        "edge feed catching up again"
-                    );
-                    catch_up = (round + 1, tokio::time::Instant::now());
-                }
-                if behind.is_empty() {
-                    position = HashMap::new();
-                    metrics.set_table_keys(table.len());
-                    let window = streams.history();
-                    tracing::info!(
-                        users = table.len(),
-                        history_events = window.events,
-                        "edge count table and history window caught up"
-                    );
-                    ready.send_replace(true);
-                    health.set_ready(true);
+                    behind.remove(&at);
+                    let (round, started) = catch_up;
+                    if behind.is_empty()
+                        && round < MAX_CATCH_UPS
+                        && started.elapsed() > CATCH_UP_AGAIN_AFTER
+                    {
+                        let ends = tokio::select! {
+                            () = shutdown.cancelled() => break 'feed,
+                            ends = ends_now(kafka, topic, &streams_topic, partitions) => ends?,
+                        };
+                        behind = ends
+                            .into_iter()
+                            .filter(|(at, high)| position.get(at).is_some_and(|next| high > next))
+                            .collect();
+                        tracing::info!(
+                            round,
+                            partitions = behind.len(),
+                            "edge feed catching up again"
+                        );
+                        catch_up = (round + 1, tokio::time::Instant::now());
+                    }
+                    if behind.is_empty() {
+                        position = HashMap::new();
+                        metrics.set_table_keys(table.len());
+                        let window = streams.history();
+                        tracing::info!(
+                            users = table.len(),
+                            history_events = window.events,
+                            "edge count table and history window caught up"
+                        );
+                        ready.send_replace(true);
+                        health.set_ready(true);
+                    }
                 }
             }
+            // Not one more: a record taken from the stream must be handled.
+            if handled == RECORDS_PER_TURN {
+                break;
+            }
+            received = match records.next().now_or_never() {
+                Some(next) => next,
+                None => break,
+            };
         }
     }
     Ok(())
