@@ -26,7 +26,8 @@ pub enum BenchCommand {
     PushRate(WsBenchOptions),
     /// N clients connecting at once; authenticated handshakes per second.
     ConnectStorm(WsBenchOptions),
-    /// Several edge processes (`--edges`, default 4), N connections over them.
+    /// Several edge processes (`--edges`, default one per 18000 connections), N
+    /// connections over them, then one group message to every connected user.
     ScaleOut(WsBenchOptions),
     /// One message with 1 KiB of data to every connected user, each subscribed to its
     /// event stream; produce → every socket latency of `message.created`.

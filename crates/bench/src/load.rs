@@ -286,6 +286,113 @@ pub(super) async fn group_message(
     Ok(())
 }
 
+/// Most recipients ingest takes in one event, and the largest record it takes
+/// (`ingest.max_recipients`, `ingest.max_record_bytes` by default).
+const INGEST_MAX_RECIPIENTS: u64 = 100_000;
+const INGEST_MAX_RECORD_BYTES: usize = 1024 * 1024;
+
+/// How long scale-out's group message may take to reach everyone: a minute, and a
+/// millisecond more per user (every user's count and stream event goes through ingest,
+/// the router and every edge, all on this machine: 500k users over ActionCable, whose
+/// pings take most of the 2 cores, were reached at about 1400 a second).
+fn round_limit(users: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(users)
+}
+
+/// No push for this long and the round is over, whether it reached everyone or not.
+const ROUND_QUIET: Duration = Duration::from_secs(30);
+
+/// scale-out's group message: one message to every one of `users`, as one round of
+/// `MessageCreated` events of at most `recipients_per_event` recipients each (ingest
+/// takes at most 100000 and 1 MiB a record), each a conversation of its own, produced
+/// one after the other and all stamped with the round's start. Every user is a
+/// recipient once, so its count rises from 0 to 1 and count 1 of any user is the
+/// round's: the latency is from the round's start. Waits until every user has it, or
+/// until pushes stop for [`ROUND_QUIET`].
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn group_round(
+    pool: &mut WorkerPool,
+    kafka: &KafkaSettings,
+    target: &Target,
+    user_prefix: &str,
+    users: u64,
+    recipients_per_event: u64,
+    sends: &mut Sends,
+    pushes: &mut PushResult,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=INGEST_MAX_RECIPIENTS).contains(&recipients_per_event),
+        "--recipients-per-event must be 1 to {INGEST_MAX_RECIPIENTS} (ingest's limit)"
+    );
+    let (producer, deliveries) = warm_event_producer(kafka, target, user_prefix).await?;
+    // Built before the round, so that the round is only encoding and producing.
+    let mut events: Vec<v1::MessageEvent> = (0..users.div_ceil(recipients_per_event))
+        .map(|index| {
+            let first = index * recipients_per_event;
+            let end = (first + recipients_per_event).min(users);
+            let conversation = format!("{user_prefix}round-{index}");
+            message_created(
+                &target.partner,
+                conversation.clone(),
+                conversation,
+                1,
+                (first..end)
+                    .map(|user| format!("{user_prefix}{user}"))
+                    .collect(),
+                0,
+                None,
+            )
+        })
+        .collect();
+    let largest = events
+        .iter()
+        .map(prost::Message::encoded_len)
+        .max()
+        .unwrap_or(0);
+    anyhow::ensure!(
+        largest <= INGEST_MAX_RECORD_BYTES,
+        "an event of {recipients_per_event} recipients is {largest} bytes, more than ingest \
+         takes ({INGEST_MAX_RECORD_BYTES}): lower --recipients-per-event"
+    );
+    let mut payload = Vec::with_capacity(largest);
+    let started = Instant::now();
+    let sent_us = unix_micros();
+    for event in &mut events {
+        event.occurred_at_ms = i64::try_from(sent_us / 1000).unwrap_or(0);
+        payload.clear();
+        event.encode(&mut payload)?;
+        send(
+            &producer,
+            &target.topics.message_events,
+            &event_key(event),
+            &payload,
+        )
+        .await?;
+    }
+    pushes.produce_seconds = started.elapsed().as_secs_f64();
+    pushes.produced = events.len() as u64;
+    drop(events);
+    sends.rounds.push(sent_us);
+
+    let bar = progress_bar(users, "pushes");
+    let deadline = Instant::now() + round_limit(users);
+    let mut last = pool.totals().pushes;
+    let mut last_change = Instant::now();
+    while last < users && Instant::now() < deadline && last_change.elapsed() < ROUND_QUIET {
+        pool.pump(Duration::from_millis(100)).await?;
+        let received = pool.totals().pushes;
+        if received != last {
+            last = received;
+            last_change = Instant::now();
+        }
+        bar.set_position(received);
+    }
+    bar.finish_and_clear();
+    pushes.expected = Some(users);
+    pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn steady(
     pool: &mut WorkerPool,

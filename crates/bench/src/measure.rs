@@ -2,14 +2,18 @@
 //! read from /proc, and the workers' reports merged into connection counts, push
 //! rates and latency histograms.
 
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
 use super::load::Sends;
 use super::pool::WorkerPool;
-use super::result::{ConnectionResult, CpuResult, EdgeResult, PushResult};
-use super::system::{cpu_seconds, http_get, machine_busy_seconds, metric_value};
+use super::result::{ConnectionResult, CpuResult, EdgeResult, MemoryResult, PushResult};
+use super::system::{
+    cpu_seconds, http_get, machine_busy_seconds, memory_used_kib, metric_value, rss_kib,
+};
 use super::target::Target;
 use super::worker::{WorkerReport, new_histogram, tally_error};
 
@@ -20,6 +24,74 @@ pub(crate) struct EdgeRss {
     /// Right after every connection was subscribed.
     pub(crate) subscribed: Vec<Option<u64>>,
     pub(crate) end: Vec<Option<u64>>,
+    /// scale-out: after its group message, which `end` is read before.
+    pub(crate) after_message: Option<Vec<Option<u64>>>,
+}
+
+/// How often [`MemorySampler`] reads /proc/meminfo.
+const MEMORY_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The machine's memory in use ([`memory_used_kib`]) at the start and at its highest
+/// over a run, read every [`MEMORY_SAMPLE_INTERVAL`] until stopped.
+pub(crate) struct MemorySampler {
+    total_kib: u64,
+    at_start_kib: u64,
+    peak_kib: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MemorySampler {
+    pub(crate) fn start() -> Self {
+        let (total_kib, at_start_kib) = memory_used_kib().unwrap_or((0, 0));
+        let peak_kib = Arc::new(AtomicU64::new(at_start_kib));
+        let task = {
+            let peak_kib = peak_kib.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(MEMORY_SAMPLE_INTERVAL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    tick.tick().await;
+                    if let Some((_, used)) = memory_used_kib() {
+                        peak_kib.fetch_max(used, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Self {
+            total_kib,
+            at_start_kib,
+            peak_kib,
+            task,
+        }
+    }
+
+    /// Stops sampling; with the client workers' RSS (read once every connection was
+    /// subscribed) over `connections`.
+    pub(crate) fn stop(self, clients_rss_kib: Option<u64>, connections: u64) -> MemoryResult {
+        self.task.abort();
+        if let Some((_, used)) = memory_used_kib() {
+            self.peak_kib.fetch_max(used, Ordering::Relaxed);
+        }
+        MemoryResult {
+            total_kib: self.total_kib,
+            used_at_start_kib: self.at_start_kib,
+            used_peak_kib: self.peak_kib.load(Ordering::Relaxed),
+            clients_rss_kib,
+            clients_rss_per_connection_bytes: clients_rss_kib
+                .filter(|_| connections > 0)
+                .map(|kib| (kib * 1024) as f64 / connections as f64),
+        }
+    }
+}
+
+/// The worker processes' RSS added up, in KiB (`None` if none could be read).
+pub(crate) fn clients_rss_kib(pool: &WorkerPool) -> Option<u64> {
+    let readings: Vec<u64> = pool
+        .pids
+        .iter()
+        .filter_map(|pid| rss_kib(*pid).ok())
+        .collect();
+    (!readings.is_empty()).then(|| readings.iter().sum())
 }
 
 /// The processes whose CPU time a result splits out.
@@ -193,6 +265,23 @@ pub(crate) fn count_received_pushes(reports: &[WorkerReport], pushes: &mut PushR
     }
 }
 
+/// Of users `0..users`, how many received a push of `count` (each counted once).
+pub(crate) fn users_reached(reports: &[WorkerReport], users: u64, count: u64) -> u64 {
+    let mut reached = vec![false; usize::try_from(users).unwrap_or(0)];
+    for report in reports {
+        for (user, received, _) in &report.receipts {
+            if *received == count
+                && let Some(slot) = usize::try_from(*user)
+                    .ok()
+                    .and_then(|user| reached.get_mut(user))
+            {
+                *slot = true;
+            }
+        }
+    }
+    reached.iter().filter(|reached| **reached).count() as u64
+}
+
 /// The latencies over every worker, in microseconds.
 pub(crate) struct Latencies {
     /// Produce → client receive, per push.
@@ -285,6 +374,10 @@ pub(crate) async fn edge_results(
             rss_subscribed_kib: rss.subscribed[index],
             rss_end_kib: end,
             rss_per_connection_bytes: per_connection,
+            rss_after_message_kib: rss
+                .after_message
+                .as_ref()
+                .and_then(|after| after.get(index).copied().flatten()),
             edge_pushes_total,
         });
     }
@@ -357,6 +450,16 @@ mod tests {
         assert_eq!(result.authenticate_seconds, 1.5);
         assert_eq!(result.subscribe_seconds, 2.0);
         assert_eq!(result.subscribed_per_second, 2.0);
+    }
+
+    #[test]
+    fn a_user_is_reached_once_however_often_its_count_arrives() {
+        let mut first = report(2, 0, &[]);
+        first.receipts = vec![(0, 1, 10), (0, 1, 20), (1, 2, 30), (7, 1, 40)];
+        let mut second = report(1, 0, &[]);
+        second.receipts = vec![(2, 1, 10)];
+        // User 7 is not one of the run's 3; user 1's count is not the one asked for.
+        assert_eq!(users_reached(&[first, second], 3, 1), 2);
     }
 
     #[test]

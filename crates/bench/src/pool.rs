@@ -108,6 +108,13 @@ pub(super) async fn start_workers(
     Ok(pool)
 }
 
+/// How long `connections` may take to be subscribed: 5 minutes, or 1000 a second when
+/// that is longer (500k connections on this machine's 2 cores go at a few thousand a
+/// second).
+fn connect_limit(connections: u64) -> Duration {
+    Duration::from_secs(300).max(Duration::from_millis(connections))
+}
+
 /// Tells every worker to connect its clients and waits until each connection is
 /// subscribed or has failed; `what` names the run in the line it prints.
 pub(super) async fn connect_all(
@@ -117,7 +124,7 @@ pub(super) async fn connect_all(
 ) -> anyhow::Result<()> {
     let bar = progress_bar(connections, "subscribed");
     pool.broadcast("connect").await?;
-    pool.wait(Duration::from_secs(300), Some(&bar), |pool| {
+    pool.wait(connect_limit(connections), Some(&bar), |pool| {
         let totals = pool.totals();
         bar.set_position(totals.subscribed);
         bar.set_message(format!("failed {}", totals.failed));

@@ -27,6 +27,10 @@ pub struct PushResult {
     /// Pushes the run should cause if none were coalesced (`None`: not known).
     pub expected: Option<u64>,
     pub received: u64,
+    /// scale-out: the users whose count of the group message arrived, each once however
+    /// often it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<u64>,
     /// From the first push received to the last.
     pub seconds: f64,
     pub per_second: f64,
@@ -45,12 +49,32 @@ pub struct EdgeResult {
     pub rss_baseline_kib: Option<u64>,
     /// Right after every connection was subscribed.
     pub rss_subscribed_kib: Option<u64>,
-    /// At the end of the run.
+    /// At the end of the run (scale-out: of the hold, before its group message).
     pub rss_end_kib: Option<u64>,
     /// (end RSS - baseline) / connections.
     pub rss_per_connection_bytes: Option<f64>,
+    /// scale-out: after its group message, which puts every user's count and stream
+    /// event in every edge's count table and history window, connected there or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_after_message_kib: Option<u64>,
     /// `fanout_edge_pushes_total` at the end (subscribe counts included).
     pub edge_pushes_total: Option<f64>,
+}
+
+/// The machine's memory over a run, and the client processes'.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryResult {
+    /// MemTotal of /proc/meminfo.
+    pub total_kib: u64,
+    /// MemTotal − MemAvailable (every process's and the kernel's, ours or not, socket
+    /// buffers included) when the run started, and at its highest, read every 250 ms
+    /// until the workers reported.
+    pub used_at_start_kib: u64,
+    pub used_peak_kib: u64,
+    /// The client worker processes' RSS added up, once every connection was subscribed,
+    /// and that over the connections.
+    pub clients_rss_kib: Option<u64>,
+    pub clients_rss_per_connection_bytes: Option<f64>,
 }
 
 /// CPU seconds each process used during the load.
@@ -236,6 +260,8 @@ pub struct WsBenchResult {
     pub edges: Vec<EdgeResult>,
     /// Over all edges: sum of RSS growth / sum of connections.
     pub rss_per_connection_bytes: Option<f64>,
+    /// The machine's memory at the start and at its highest, and the clients' RSS.
+    pub memory: MemoryResult,
     /// CPU seconds each process used during the load (after every connection was
     /// subscribed), and the load's wall-clock seconds: where the 2 cores went.
     pub cpu: CpuResult,
@@ -534,6 +560,16 @@ pub fn summary(result: &WsBenchResult) -> String {
         ));
         lines.push(format!("push latency: {}", result.latency.line()));
     }
+    if let Some(reached) = result.pushes.reached {
+        lines.push(format!(
+            "group message: {} events, {reached} of {} users reached",
+            result.pushes.produced,
+            result
+                .pushes
+                .expected
+                .map_or_else(|| "?".to_owned(), |expected| expected.to_string()),
+        ));
+    }
     for (index, message) in result.per_message.iter().enumerate() {
         lines.push(format!("  message {}: {}", index + 1, message.line()));
     }
@@ -544,12 +580,43 @@ pub fn summary(result: &WsBenchResult) -> String {
                 .map_or_else(String::new, |bytes| {
                     format!(" = {bytes:.0} bytes/connection")
                 });
+            let after_message = edge.rss_after_message_kib.map_or_else(String::new, |kib| {
+                format!(" ({kib} KiB after the group message)")
+            });
             lines.push(format!(
-                "edge {}: {} connections, RSS {} KiB → {} KiB{per_connection}",
+                "edge {}: {} connections, RSS {} KiB → {} KiB{per_connection}{after_message}",
                 edge.url, edge.connections, baseline, end,
             ));
         }
     }
+    let per_connection: Vec<f64> = result
+        .edges
+        .iter()
+        .filter_map(|edge| edge.rss_per_connection_bytes)
+        .collect();
+    if per_connection.len() > 1 {
+        lines.push(format!(
+            "RSS per connection over {} edges: min {:.0}, max {:.0}, all {} bytes",
+            per_connection.len(),
+            per_connection.iter().copied().fold(f64::INFINITY, f64::min),
+            per_connection.iter().copied().fold(0.0, f64::max),
+            result
+                .rss_per_connection_bytes
+                .map_or_else(|| "?".to_owned(), |bytes| format!("{bytes:.0}"))
+        ));
+    }
+    let memory = &result.memory;
+    let gib = |kib: u64| kib as f64 / (1024.0 * 1024.0);
+    lines.push(format!(
+        "machine memory in use: {:.1} GiB at the start, {:.1} GiB at the most, of {:.1} GiB; clients RSS {}",
+        gib(memory.used_at_start_kib),
+        gib(memory.used_peak_kib),
+        gib(memory.total_kib),
+        match (memory.clients_rss_kib, memory.clients_rss_per_connection_bytes) {
+            (Some(kib), Some(bytes)) => format!("{:.2} GiB = {bytes:.0} bytes/connection", gib(kib)),
+            _ => "?".to_owned(),
+        }
+    ));
     let cpu = &result.cpu;
     let pipeline = match (cpu.ingest, cpu.router) {
         (Some(ingest), Some(router)) => format!(", ingest {ingest:.1}, router {router:.1}"),

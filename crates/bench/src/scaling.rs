@@ -236,6 +236,7 @@ fn run_options(
         messages: options.messages,
         events: false,
         data_bytes: None,
+        recipients_per_event: None,
         edges: None,
         partitions: options.partitions,
         connect_concurrency: 256,

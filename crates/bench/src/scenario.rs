@@ -13,6 +13,19 @@ use crate::worker::Protocol;
 /// take the CPU the edge needs (`--rate 0`).
 pub const DEFAULT_PUSH_RATE: u64 = 200_000;
 
+/// Connections an edge of scale-out holds when `--edges` is not given: an edge may
+/// have 20000 open files here, and needs a few hundred besides its connections.
+pub const CONNECTIONS_PER_EDGE: u64 = 18_000;
+
+/// scale-out's default recipients of each `MessageCreated` of its group message: well
+/// inside what ingest takes in one event (100000 recipients, 1 MiB a record).
+pub const DEFAULT_RECIPIENTS_PER_EVENT: u64 = 20_000;
+
+/// Records of a round a partition of the topics keyed by user holds in scale-out:
+/// librdkafka's mock cluster keeps the last 100000 records and 5 MiB of a partition,
+/// and a user's stream event is a few hundred bytes.
+pub const USERS_PER_PARTITION: u64 = 20_000;
+
 /// The named scenarios.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -28,7 +41,8 @@ pub enum Scenario {
     PushRate,
     /// N clients connecting at once: authenticated handshakes per second.
     ConnectStorm,
-    /// Several edge processes, N connections over all of them.
+    /// Several edge processes, N connections over all of them, then one group message
+    /// to every connected user: produce → every socket.
     ScaleOut,
     /// One message with `--data-bytes` of data to every connected user, each subscribed
     /// to its event stream too: produce → every socket latency of `message.created`.
@@ -78,7 +92,11 @@ impl Scenario {
     pub(crate) fn needs_pipeline(self) -> bool {
         matches!(
             self,
-            Self::GroupMessage | Self::Steady | Self::Stream | Self::ReconnectStorm
+            Self::GroupMessage
+                | Self::Steady
+                | Self::Stream
+                | Self::ReconnectStorm
+                | Self::ScaleOut
         )
     }
 
@@ -127,10 +145,16 @@ pub struct WsBenchOptions {
     /// (default: 0, and 1024 in stream and reconnect-storm).
     #[arg(long)]
     pub data_bytes: Option<usize>,
-    /// Edge processes to start (scale-out: 4, others: 1).
+    /// scale-out: recipients of each `MessageCreated` its group message is split into
+    /// (default 20000; ingest takes at most 100000 and 1 MiB a record).
+    #[arg(long)]
+    pub recipients_per_event: Option<u64>,
+    /// Edge processes to start (scale-out: one per 18000 connections, others: 1).
     #[arg(long)]
     pub edges: Option<usize>,
-    /// Partitions of the topics the bench creates.
+    /// Partitions of the topics the bench creates (scale-out: the topics keyed by user
+    /// get at least one per 20000 connections, so that its group message fits in what
+    /// the embedded broker keeps).
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
     /// Connections being set up at once per worker (connect-storm: all at once).
@@ -205,6 +229,38 @@ impl WsBenchOptions {
     pub(crate) fn protocol_of(&self, scenario: Scenario) -> Protocol {
         self.protocol.unwrap_or_else(|| scenario.default_protocol())
     }
+
+    /// Connections: `--connections`, or the scenario's default.
+    pub(crate) fn connections_of(&self, scenario: Scenario) -> u64 {
+        self.connections
+            .unwrap_or_else(|| scenario.default_connections())
+    }
+
+    /// Edge processes of a deployment the bench starts: `--edges`, or one (scale-out:
+    /// one per [`CONNECTIONS_PER_EDGE`]).
+    pub(crate) fn edges_of(&self, scenario: Scenario) -> usize {
+        self.edges.unwrap_or_else(|| match scenario {
+            Scenario::ScaleOut => usize::try_from(
+                self.connections_of(scenario)
+                    .div_ceil(CONNECTIONS_PER_EDGE)
+                    .max(1),
+            )
+            .unwrap_or(usize::MAX),
+            _ => 1,
+        })
+    }
+
+    /// Partitions of the topics keyed by user, if not `--partitions`: scale-out's
+    /// group message writes a record per user to each, all at once, and a partition
+    /// must hold its share until every edge has read it.
+    pub(crate) fn user_partitions_of(&self, scenario: Scenario) -> Option<i32> {
+        (scenario == Scenario::ScaleOut).then(|| {
+            let needed = self.connections_of(scenario).div_ceil(USERS_PER_PARTITION);
+            i32::try_from(needed)
+                .unwrap_or(i32::MAX)
+                .max(self.partitions)
+        })
+    }
 }
 
 impl ExternalTarget {
@@ -216,7 +272,34 @@ impl ExternalTarget {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        options: WsBenchOptions,
+    }
+
+    fn options(args: &[&str]) -> WsBenchOptions {
+        Command::parse_from(std::iter::once("bench").chain(args.iter().copied())).options
+    }
+
+    #[test]
+    fn scale_out_has_an_edge_per_18000_connections_and_a_user_partition_per_20000() {
+        let default = options(&[]);
+        assert_eq!(default.edges_of(Scenario::ScaleOut), 4);
+        assert_eq!(default.user_partitions_of(Scenario::ScaleOut), Some(4));
+        let large = options(&["--connections", "500000"]);
+        assert_eq!(large.edges_of(Scenario::ScaleOut), 28);
+        assert_eq!(large.user_partitions_of(Scenario::ScaleOut), Some(25));
+        assert_eq!(large.edges_of(Scenario::Idle), 1);
+        assert_eq!(large.user_partitions_of(Scenario::GroupMessage), None);
+        let named = options(&["--connections", "300", "--edges", "2", "--partitions", "8"]);
+        assert_eq!(named.edges_of(Scenario::ScaleOut), 2);
+        assert_eq!(named.user_partitions_of(Scenario::ScaleOut), Some(8));
+    }
 
     #[test]
     fn kafka_client_settings_are_property_equals_value() {

@@ -66,6 +66,15 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     kib_field(&status, "VmRSS:").with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// This machine's memory from /proc/meminfo, in KiB: (MemTotal, MemTotal − MemAvailable),
+/// what every process and the kernel hold that cannot be given back at once.
+pub fn memory_used_kib() -> Option<(u64, u64)> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total = kib_field(&meminfo, "MemTotal:")?;
+    let available = kib_field(&meminfo, "MemAvailable:")?;
+    Some((total, total.saturating_sub(available)))
+}
+
 /// The value of a `Name:   1234 kB` line of a /proc file, in KiB.
 pub(crate) fn kib_field(text: &str, name: &str) -> Option<u64> {
     text.lines()

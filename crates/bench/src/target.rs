@@ -90,16 +90,14 @@ impl Target {
         options: &WsBenchOptions,
         run_dir: &Path,
     ) -> anyhow::Result<Self> {
-        let edges = match scenario {
-            Scenario::ScaleOut => options.edges.unwrap_or(4),
-            _ => options.edges.unwrap_or(1),
-        };
+        let edges = options.edges_of(scenario);
         anyhow::ensure!(edges >= 1, "--edges must be at least 1");
+        let user_partitions = options.user_partitions_of(scenario);
         let local = LocalDeployment::start(&LocalOptions {
             edges,
             pipeline: scenario.needs_pipeline(),
             partitions: options.partitions,
-            user_partitions: None,
+            user_partitions,
             brokers: options.local_brokers.as_deref(),
             kafka_client: &options.kafka_client,
             api: None,
@@ -111,6 +109,9 @@ impl Target {
             None => "embedded Kafka (librdkafka mock) in the bench process".to_owned(),
         };
         kafka.push_str(&format!(", {} partitions", options.partitions));
+        if let Some(user_partitions) = user_partitions {
+            kafka.push_str(&format!(" ({user_partitions} keyed by user)"));
+        }
         for (property, value) in &options.kafka_client {
             kafka.push_str(&format!(", {property}={value}"));
         }

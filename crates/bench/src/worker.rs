@@ -608,12 +608,13 @@ impl Client<'_> {
     ) -> Result<Socket, String> {
         let permit = setup.acquire().await.map_err(|error| error.to_string())?;
         let started_us = unix_micros();
-        let (socket, _) = tokio::time::timeout(
-            SETUP_TIMEOUT,
-            self.setup(token, Attempt::First { started_us }),
-        )
-        .await
-        .map_err(|_| "setup timed out".to_owned())??;
+        // Boxed, and gone once set up: a task is as large as its future's largest
+        // state for its whole life, and the setup's (the upgrade's request and
+        // response) is several times what a connection keeps to read its frames.
+        let setup_future = Box::pin(self.setup(token, Attempt::First { started_us }));
+        let (socket, _) = tokio::time::timeout(SETUP_TIMEOUT, setup_future)
+            .await
+            .map_err(|_| "setup timed out".to_owned())??;
         drop(permit);
         self.shared.subscribed.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -624,6 +625,9 @@ impl Client<'_> {
 
     async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
         let mut socket = self.subscribe_first(&token, setup).await?;
+        // Not needed again: held for the connection's life, it would be a few hundred
+        // bytes a connection.
+        drop(token);
         while let Some(frame) = socket.next().await {
             match frame.map_err(|error| format!("read: {error}"))? {
                 Message::Text(text) => {
@@ -774,7 +778,8 @@ impl Client<'_> {
                 None,
             )
             .map_err(|error| format!("minting a token: {error}"))?;
-            let setup = self.setup(&token, Attempt::Again { since });
+            // Boxed as the first setup is (see `subscribe_first`).
+            let setup = Box::pin(self.setup(&token, Attempt::Again { since }));
             match tokio::time::timeout_at(deadline, setup).await {
                 Ok(Ok(subscribed)) => return Ok(subscribed),
                 // Refused, reset or cut off while the edge restarts: try again.

@@ -12,9 +12,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use super::ceiling::{Pattern, Phase};
-use super::load::{Sends, group_message, hold, push_rate, steady};
+use super::load::{Sends, group_message, group_round, hold, push_rate, steady};
 use super::measure::{
-    CpuMeter, EdgeRss, Latencies, connection_result, count_received_pushes, edge_results,
+    CpuMeter, EdgeRss, Latencies, MemorySampler, clients_rss_kib, connection_result,
+    count_received_pushes, edge_results, users_reached,
 };
 use super::pool::{ClientPlan, WorkerPool, connect_all, start_workers, worker_count};
 use super::report::{LatencySummary, Machine, plot_latency};
@@ -22,7 +23,7 @@ use super::result::{
     CeilingResult, Compared, ConnectionResult, CpuPerEvent, CpuResult, PushResult, StormResult,
     TargetCheck, VsCeiling, WsBenchResult,
 };
-use super::scenario::{Scenario, WsBenchOptions};
+use super::scenario::{DEFAULT_RECIPIENTS_PER_EVENT, Scenario, WsBenchOptions};
 use super::storm::StormLoad;
 use super::syscalls::{WriteCounter, WriteSyscalls};
 use super::target::Target;
@@ -41,6 +42,7 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     super::system::raise_open_file_limit();
     let run_dir = create_run_dir(&options.out_dir, scenario)?;
     let mut machine = Machine::read();
+    let memory = MemorySampler::start();
 
     let mut target = Target::set_up(scenario, options, &run_dir).await?;
     let mut rss = EdgeRss {
@@ -58,6 +60,7 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     // Let allocations settle (first pings, buffers) before the RSS is read.
     tokio::time::sleep(Duration::from_secs(2)).await;
     rss.subscribed = target.edge_rss_kib();
+    let clients_rss = clients_rss_kib(&pool);
 
     // The edges' write syscalls over the load, where frames per write is compared.
     let edge_write_counter = if with_ceiling {
@@ -71,7 +74,7 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     } else {
         cpu_meter.read(&pool)
     };
-    let load = run_load(
+    let mut load = run_load(
         scenario,
         options,
         &size,
@@ -81,7 +84,13 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     )
     .await?;
     target.check_alive()?;
-    rss.end = target.edge_rss_kib();
+    match load.rss_held.take() {
+        Some(held) => {
+            rss.end = held;
+            rss.after_message = Some(target.edge_rss_kib());
+        }
+        None => rss.end = target.edge_rss_kib(),
+    }
     let mut cpu = cpu_meter.read(&pool).used_since(&cpu_before, &cpu_meter);
     let edge_write_calls = match edge_write_counter {
         Some(counter) => Some(counter.stop().await),
@@ -94,8 +103,13 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
     let latencies = Latencies::merge(&reports, &load.sends)?;
     let mut pushes = load.pushes;
     count_received_pushes(&reports, &mut pushes);
+    if scenario == Scenario::ScaleOut {
+        // Count 1 of every user is the group message's.
+        pushes.reached = Some(users_reached(&reports, size.connections, 1));
+    }
     let (mut edges, mut rss_per_connection_bytes) =
         edge_results(&target, size.connections, &rss).await;
+    let memory = memory.stop(clients_rss, size.connections);
     let description = target.description.clone();
     // Stops the deployment the bench started, if it did: the ceiling has the machine
     // to itself.
@@ -186,6 +200,7 @@ pub async fn run(scenario: Scenario, options: &WsBenchOptions) -> anyhow::Result
             .collect(),
         edges,
         rss_per_connection_bytes,
+        memory,
         cpu,
         edge_writes,
         ceiling: ceiling.as_ref().map(|ceiling| ceiling.result.clone()),
@@ -243,7 +258,7 @@ fn events_of(
     storm: Option<&StormResult>,
 ) -> (&'static str, u64) {
     match scenario {
-        Scenario::GroupMessage | Scenario::Steady | Scenario::Stream => {
+        Scenario::GroupMessage | Scenario::Steady | Scenario::Stream | Scenario::ScaleOut => {
             ("user event", pushes.expected.unwrap_or(0))
         }
         Scenario::PushRate => ("push delivered", pushes.received),
@@ -252,7 +267,7 @@ fn events_of(
             storm.map_or(0, |storm| storm.produced),
         ),
         Scenario::ConnectStorm => ("connection subscribed", connections.subscribed),
-        Scenario::Idle | Scenario::ScaleOut => ("none", 0),
+        Scenario::Idle => ("none", 0),
     }
 }
 
@@ -375,10 +390,14 @@ struct Load {
     pushes: PushResult,
     /// reconnect-storm's load and restart.
     storm: Option<StormLoad>,
+    /// scale-out: each edge's RSS once the connections were held, before the group
+    /// message.
+    rss_held: Option<Vec<Option<u64>>>,
 }
 
-/// Runs the scenario's load on the subscribed connections: hold them (idle,
-/// scale-out), nothing (connect-storm: the connecting was the load), or produce.
+/// Runs the scenario's load on the subscribed connections: hold them (idle; scale-out,
+/// then one group message to everyone), nothing (connect-storm: the connecting was the
+/// load), or produce.
 async fn run_load(
     scenario: Scenario,
     options: &WsBenchOptions,
@@ -390,6 +409,7 @@ async fn run_load(
     let mut sends = Sends::default();
     let mut pushes = PushResult::default();
     let mut storm = None;
+    let mut rss_held = None;
     let users = size.connections;
     let kafka = || {
         target
@@ -398,7 +418,26 @@ async fn run_load(
             .with_context(|| format!("{} needs Kafka", scenario.name()))
     };
     match scenario {
-        Scenario::Idle | Scenario::ScaleOut => hold(pool, size.duration).await?,
+        Scenario::Idle => hold(pool, size.duration).await?,
+        Scenario::ScaleOut => {
+            hold(pool, size.duration).await?;
+            // The connections' RSS: the group message then puts every user's count and
+            // stream event in every edge, connected there or not.
+            rss_held = Some(target.edge_rss_kib());
+            group_round(
+                pool,
+                &kafka()?,
+                target,
+                user_prefix,
+                users,
+                options
+                    .recipients_per_event
+                    .unwrap_or(DEFAULT_RECIPIENTS_PER_EVENT),
+                &mut sends,
+                &mut pushes,
+            )
+            .await?;
+        }
         Scenario::ReconnectStorm => {
             let kafka = kafka()?;
             let load = super::storm::run_load(
@@ -466,6 +505,7 @@ async fn run_load(
         sends,
         pushes,
         storm,
+        rss_held,
     })
 }
 
@@ -487,10 +527,10 @@ fn target_check(
             met: all_subscribed && bytes <= 4096.0,
         }),
         Scenario::ScaleOut => rss_per_connection_bytes.map(|bytes| TargetCheck {
-            metric: "all subscribed; RSS per connection (bytes)",
-            target: "all subscribed, <= 4096".to_owned(),
+            metric: "all subscribed, the group message to all; RSS per connection (bytes)",
+            target: "all subscribed, all reached, <= 4096".to_owned(),
             measured: bytes,
-            met: all_subscribed && bytes <= 4096.0,
+            met: all_subscribed && pushes.reached == Some(connections.requested) && bytes <= 4096.0,
         }),
         Scenario::GroupMessage | Scenario::Stream => Some(TargetCheck {
             metric: "produce → every socket p99 (ms)",

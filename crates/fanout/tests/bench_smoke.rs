@@ -309,6 +309,57 @@ fn connect_storm_counts_handshakes() {
 }
 
 #[test]
+fn scale_out_holds_every_connection_then_reaches_every_user_with_one_group_message() {
+    let result = bench(
+        "scale-out",
+        &[
+            "--connections",
+            "300",
+            "--edges",
+            "2",
+            "--workers",
+            "2",
+            "--duration-seconds",
+            "1",
+            // Several events make the one message, as 500k users take.
+            "--recipients-per-event",
+            "70",
+        ],
+    );
+    all_subscribed(&result, 300);
+    assert_eq!(result["workers"], 2);
+    let edges = result["edges"].as_array().unwrap();
+    assert_eq!(edges.len(), 2);
+    for edge in edges {
+        assert_eq!(edge["connections"], 150, "{edge}");
+        assert!(edge["rss_per_connection_bytes"].is_f64(), "{edge}");
+        assert!(
+            edge["rss_after_message_kib"].as_u64().unwrap() > 0,
+            "{edge}"
+        );
+    }
+    let pushes = &result["pushes"];
+    assert_eq!(pushes["produced"], 5, "{pushes}");
+    assert_eq!(pushes["expected"], 300, "{pushes}");
+    assert_eq!(pushes["received"], 300, "{pushes}");
+    assert_eq!(pushes["reached"], 300, "{pushes}");
+    assert_eq!(result["latency"]["samples"], 300);
+    assert_eq!(result["per_message"].as_array().unwrap().len(), 1);
+    let cpu = &result["cpu"];
+    assert!(
+        cpu["ingest"].is_number() && cpu["router"].is_number(),
+        "{cpu}"
+    );
+    assert_eq!(cpu["per_event"]["events"], 300, "{cpu}");
+    let memory = &result["memory"];
+    assert!(
+        memory["used_peak_kib"].as_u64().unwrap() >= memory["used_at_start_kib"].as_u64().unwrap(),
+        "{memory}"
+    );
+    assert!(memory["clients_rss_kib"].as_u64().unwrap() > 0, "{memory}");
+}
+
+#[test]
 fn group_message_reaches_every_socket_through_the_router() {
     let result = bench(
         "group-message",
