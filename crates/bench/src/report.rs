@@ -177,6 +177,19 @@ pub fn plot_latency(
             .label(label.to_owned())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
+    draw_legend(&mut chart)?;
+    root.present().context("writing the plot")?;
+    Ok(())
+}
+
+/// A chart's series labels, in its upper left corner.
+pub(crate) fn draw_legend<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> anyhow::Result<()>
+where
+    X: Ranged,
+    Y: Ranged,
+{
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -184,6 +197,5 @@ pub fn plot_latency(
         .position(SeriesLabelPosition::UpperLeft)
         .draw()
         .context("drawing the plot")?;
-    root.present().context("writing the plot")?;
     Ok(())
 }

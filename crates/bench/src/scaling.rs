@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Serialize;
 
@@ -417,24 +418,31 @@ fn plot_latency_panel(
             .iter()
             .map(|point| (point.work as f64, latencies(point)[pick].max(low)))
             .collect();
-        chart
-            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
-            .context("drawing the plot")?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(
-                line.into_iter()
-                    .map(|point| Circle::new(point, 3, color.filled())),
-            )
-            .context("drawing the plot")?;
+        draw_line(&mut chart, line, label, color)?;
     }
+    crate::report::draw_legend(&mut chart)
+}
+
+/// One labelled series: a line through `line`'s points and a dot on each.
+fn draw_line<Y>(
+    chart: &mut ChartContext<'_, SVGBackend<'_>, Cartesian2d<RangedCoordf64, Y>>,
+    line: Vec<(f64, f64)>,
+    label: &str,
+    color: RGBColor,
+) -> anyhow::Result<()>
+where
+    Y: Ranged<ValueType = f64>,
+{
     chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
+        .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
+        .context("drawing the plot")?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    chart
+        .draw_series(
+            line.into_iter()
+                .map(|point| Circle::new(point, 3, color.filled())),
+        )
         .context("drawing the plot")?;
     Ok(())
 }
@@ -487,26 +495,9 @@ fn plot_cpu_panel(
                     .map(|(_, us)| (point.work as f64, us))
             })
             .collect();
-        chart
-            .draw_series(LineSeries::new(line.clone(), color.stroke_width(2)))
-            .context("drawing the plot")?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-        chart
-            .draw_series(
-                line.into_iter()
-                    .map(|point| Circle::new(point, 3, color.filled())),
-            )
-            .context("drawing the plot")?;
+        draw_line(&mut chart, line, name, color)?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .context("drawing the plot")?;
-    Ok(())
+    crate::report::draw_legend(&mut chart)
 }
 
 #[cfg(test)]

@@ -23,9 +23,22 @@ fn bench(scenario: &str, args: &[&str]) -> Value {
 /// As [`bench`], with an output directory of its own (`name`): tests run at once, and
 /// two runs of one scenario must not share one.
 fn bench_in(name: &str, scenario: &str, args: &[&str]) -> Value {
+    let written = run_bench(name, &[scenario], args, scenario);
+    assert_eq!(written["scenario"], scenario);
+    assert!(written["machine"]["cpus"].as_u64().unwrap() >= 1);
+    assert!(written["check"]["met"].is_boolean(), "{written}");
+    written
+}
+
+/// Runs `fanout bench <command> --out-dir <a directory of its own> <args>`, checks that
+/// it printed the JSON it wrote to `<stem>.json` and plotted `<stem>.svg`, and returns
+/// the result.
+fn run_bench(name: &str, command: &[&str], args: &[&str], stem: &str) -> Value {
     let dir = out_dir(name);
     let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["bench", scenario, "--out-dir"])
+        .arg("bench")
+        .args(command)
+        .arg("--out-dir")
         .arg(&dir)
         .args(args)
         .env("RUST_LOG", "warn")
@@ -33,19 +46,16 @@ fn bench_in(name: &str, scenario: &str, args: &[&str]) -> Value {
         .unwrap();
     assert!(
         output.status.success(),
-        "fanout bench {scenario} failed:\n{}",
+        "fanout bench {} failed:\n{}",
+        command.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
     let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
     let written: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{scenario}.json"))).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join(format!("{stem}.json"))).unwrap()).unwrap();
     assert_eq!(printed, written);
-    let plot = std::fs::read_to_string(dir.join(format!("{scenario}.svg"))).unwrap();
+    let plot = std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
     assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(80)]);
-    assert_eq!(written["scenario"], scenario);
-    assert!(written["machine"]["cpus"].as_u64().unwrap() >= 1);
-    assert!(written["check"]["met"].is_boolean(), "{written}");
     let _ = std::fs::remove_dir_all(&dir);
     written
 }
@@ -142,30 +152,10 @@ fn ensure_perf() {
 /// Runs `fanout bench ceiling --pattern <pattern> <args>` and returns its result file.
 fn ceiling(pattern: &str, args: &[&str]) -> Value {
     ensure_perf();
-    let dir = out_dir(&format!("ceiling-{pattern}"));
-    let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["bench", "ceiling", "--pattern", pattern, "--out-dir"])
-        .arg(&dir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "fanout bench ceiling --pattern {pattern} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let written: Value = serde_json::from_slice(
-        &std::fs::read(dir.join(format!("ceiling-{pattern}.json"))).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(printed, written);
-    let plot = std::fs::read_to_string(dir.join(format!("ceiling-{pattern}.svg"))).unwrap();
-    assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(80)]);
+    let stem = format!("ceiling-{pattern}");
+    let written = run_bench(&stem, &["ceiling", "--pattern", pattern], args, &stem);
     assert_eq!(written["scenario"], "ceiling");
     assert_eq!(written["pattern"], pattern);
-    let _ = std::fs::remove_dir_all(&dir);
     written
 }
 
