@@ -266,17 +266,7 @@ pub(super) async fn group_message(
         )
         .await?;
         sends.rounds.push(sent_us);
-        let expected = (message + 1) * users;
-        wait_quiet(
-            pool,
-            Some(expected),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-        )
-        .await?;
-        bar.set_position(pool.totals().pushes);
-        // A pause between messages, so each is measured on its own.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        end_round(pool, (message + 1) * users, &bar).await?;
     }
     bar.finish_and_clear();
     pushes.expected = Some(messages * users);
@@ -390,6 +380,26 @@ pub(super) async fn group_round(
     bar.finish_and_clear();
     pushes.expected = Some(users);
     pushes.produce_failures = deliveries.failed.load(Ordering::Relaxed);
+    Ok(())
+}
+
+/// The end of one round of a group message: every push up to `expected` arrived (or
+/// none for 10 s), shown on `bar`, then a pause so that each round is measured on its
+/// own.
+pub(crate) async fn end_round(
+    pool: &mut WorkerPool,
+    expected: u64,
+    bar: &indicatif::ProgressBar,
+) -> anyhow::Result<()> {
+    wait_quiet(
+        pool,
+        Some(expected),
+        Duration::from_secs(10),
+        Duration::from_secs(60),
+    )
+    .await?;
+    bar.set_position(pool.totals().pushes);
+    tokio::time::sleep(Duration::from_millis(500)).await;
     Ok(())
 }
 

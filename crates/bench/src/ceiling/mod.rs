@@ -230,16 +230,8 @@ pub(crate) async fn measure(phase: &Phase<'_>) -> anyhow::Result<Measured> {
                 written += server
                     .pushed(&mut pool, Duration::from_secs(120), |_| {})
                     .await?;
-                wait_quiet(
-                    &mut pool,
-                    Some(written),
-                    Duration::from_secs(10),
-                    Duration::from_secs(60),
-                )
-                .await?;
-                bar.set_position(pool.totals().pushes);
-                // A pause between messages, as group-message makes.
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                // As group-message ends each message's round.
+                crate::load::end_round(&mut pool, written, &bar).await?;
             }
             bar.finish_and_clear();
         }

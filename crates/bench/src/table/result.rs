@@ -284,13 +284,7 @@ pub fn plot(path: &Path, result: &TableBenchResult) -> anyhow::Result<()> {
         .context("drawing the plot")?
         .label(format!("loaded edge ready: {ready:.2} s"))
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .context("drawing the plot")?;
+    crate::report::draw_legend(&mut chart)?;
     root.present().context("writing the plot")?;
     Ok(())
 }
