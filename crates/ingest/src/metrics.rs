@@ -9,6 +9,7 @@ pub struct IngestMetrics {
     dead_letters: IntCounterVec,
     user_events: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
+    group: fanout_kafka::GroupMetrics,
 }
 
 impl IngestMetrics {
@@ -43,6 +44,7 @@ impl IngestMetrics {
             dead_letters,
             user_events,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "ingest", "message-events")?,
+            group: fanout_kafka::GroupMetrics::new("ingest", registry)?,
         })
     }
 
@@ -62,6 +64,11 @@ impl IngestMetrics {
     /// The stage's Kafka client metrics (lag, errors).
     pub fn kafka(&self) -> &fanout_kafka::KafkaClientMetrics {
         &self.kafka
+    }
+
+    /// The stage's consumer group metrics (stalled, unconsumed partitions, rejoins).
+    pub fn group(&self) -> &fanout_kafka::GroupMetrics {
+        &self.group
     }
 
     /// Errors reported by the Kafka clients so far.

@@ -3,8 +3,9 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fanout_kafka::{
-    AckGroup, InputLog, InvalidSetting, KafkaSettings, OutputProducer, StageContext, StageHealth,
-    Topics, commit_stored, require_positive, store_input_offset,
+    AckGroup, GroupBounds, GroupMonitor, GroupWatch, InputLog, InvalidSetting, KafkaSettings,
+    OutputProducer, StageContext, StageHealth, Topics, commit_stored, leave_group,
+    require_positive, store_input_offset,
 };
 use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
 use futures::FutureExt as _;
@@ -87,23 +88,44 @@ pub async fn run(
     health: StageHealth,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    // Stateless: ready once the group has given it its partitions (nothing to restore).
-    // Readiness then follows the brokers.
-    let context = StageContext::new(health.clone())
-        .with_metrics(metrics.kafka().clone())
-        .ready_on_assignment();
-    let consumer: StreamConsumer<StageContext> =
-        KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
-            .create_with_context(context)
+    let group = GroupWatch::new(
+        &config.group_id,
+        GroupBounds::from_settings(kafka),
+        health.clone(),
+        metrics.group().clone(),
+    );
+    let monitor = GroupMonitor::spawn(
+        kafka,
+        &config.group_id,
+        &topics.message_events,
+        group.clone(),
+        shutdown.child_token(),
+    )
+    .map_err(IngestError::Client)?;
+    // A consumer subscribed to the input topic: at start, and again whenever the group
+    // stalls (leaving it and joining with a new member id). Stateless: ready once the
+    // group has given it its partitions (nothing to restore); readiness then follows
+    // the brokers and the group.
+    let subscribe = || -> Result<StreamConsumer<StageContext>, IngestError> {
+        let context = StageContext::new(health.clone())
+            .with_metrics(metrics.kafka().clone())
+            .with_group(group.clone())
+            .ready_on_assignment();
+        let consumer: StreamConsumer<StageContext> =
+            KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
+                .create_with_context(context)
+                .map_err(IngestError::Client)?;
+        consumer
+            .subscribe(&[&topics.message_events])
             .map_err(IngestError::Client)?;
+        Ok(consumer)
+    };
+    let mut consumer = subscribe()?;
     let producer = OutputProducer::new(
         &kafka.producer_config(),
         StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
     )
     .map_err(IngestError::Client)?;
-    consumer
-        .subscribe(&[&topics.message_events])
-        .map_err(IngestError::Client)?;
     tracing::info!(topic = %topics.message_events, group = %config.group_id, "ingest started");
 
     let mut stage = Ingest {
@@ -115,10 +137,14 @@ pub async fn run(
         scratch: Vec::new(),
     };
     let max_batch = MAX_POLL_BATCH.min(config.max_in_flight);
+    let mut group_tick = tokio::time::interval(GROUP_CHECK_INTERVAL);
+    group_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut rejoin = false;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
+            _ = group_tick.tick() => rejoin = group.check().is_some(),
             () = stage.producer.acked() => {
                 if stage.store_done(&consumer)? {
                     health.set_brokers_down(false);
@@ -148,7 +174,15 @@ pub async fn run(
                 }
             }
         }
+        if rejoin {
+            // What is in flight is replayed by the next owner (the router skips the
+            // repeats); what is done is stored and committed as the consumer leaves.
+            stage.store_done(&consumer)?;
+            leave_group(consumer).await;
+            consumer = subscribe()?;
+        }
     }
+    monitor.stop();
 
     // Drain: everything consumed so far is delivered, its offsets stored and committed.
     while !stage.log.is_empty() {
@@ -159,6 +193,9 @@ pub async fn run(
     tracing::info!("ingest stopped");
     Ok(())
 }
+
+/// How often ingest asks its [`GroupWatch`] whether its group is stalled.
+const GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most records taken from the consumer's queue to process as one batch: what is
 /// already fetched, without waiting for more.

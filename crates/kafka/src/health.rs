@@ -21,6 +21,7 @@ pub struct StageHealth {
 struct HealthInner {
     ready: AtomicBool,
     brokers_down: AtomicBool,
+    group_stalled: AtomicBool,
 }
 
 impl StageHealth {
@@ -49,15 +50,25 @@ impl StageHealth {
         self.inner.brokers_down.load(Ordering::Relaxed)
     }
 
-    /// Ready to serve: the stage's own condition holds and Kafka is reachable.
+    /// Set while the stage's consumer group is stalled (see [`GroupWatch`](crate::GroupWatch)).
+    pub fn set_group_stalled(&self, stalled: bool) {
+        self.inner.group_stalled.store(stalled, Ordering::Relaxed);
+    }
+
+    /// Ready to serve: the stage's own condition holds, Kafka is reachable and its
+    /// consumer group is not stalled.
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Relaxed) && !self.brokers_down()
+        self.not_ready_reason().is_none()
     }
 
     /// Why the stage is not ready, if it is not.
     pub fn not_ready_reason(&self) -> Option<&'static str> {
         if self.brokers_down() {
             Some("Kafka brokers are down")
+        } else if self.inner.group_stalled.load(Ordering::Relaxed) {
+            Some(
+                "consumer group stalled: a rebalance is overdue, or partitions wait unconsumed while this member holds none",
+            )
         } else if !self.inner.ready.load(Ordering::Relaxed) {
             Some("not assigned, restored or caught up yet")
         } else {
@@ -114,6 +125,7 @@ pub struct StageContext {
     health: StageHealth,
     metrics: Option<KafkaClientMetrics>,
     ready_on_assignment: bool,
+    group: Option<crate::GroupWatch>,
 }
 
 impl StageContext {
@@ -122,6 +134,7 @@ impl StageContext {
             health,
             metrics: None,
             ready_on_assignment: false,
+            group: None,
         }
     }
 
@@ -136,6 +149,29 @@ impl StageContext {
     pub fn with_metrics(mut self, metrics: KafkaClientMetrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+
+    /// Records this member's rebalances in `group`.
+    pub fn with_group(mut self, group: crate::GroupWatch) -> Self {
+        self.group = Some(group);
+        self
+    }
+
+    /// A revocation's handling, shared with contexts that wrap this one.
+    pub fn on_revoked(&self, partitions: &[i32]) {
+        if let Some(group) = &self.group {
+            group.revoked(partitions);
+        }
+    }
+
+    /// An assignment's handling, shared with contexts that wrap this one.
+    pub fn on_assigned(&self, partitions: &[i32]) {
+        if let Some(group) = &self.group {
+            group.assigned(partitions);
+        }
+        if self.ready_on_assignment {
+            self.health.set_ready(true);
+        }
     }
 
     /// The error callback's handling, shared with contexts that wrap this one.
@@ -190,16 +226,34 @@ impl ClientContext for StageContext {
 }
 
 impl ConsumerContext for StageContext {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        if let rdkafka::consumer::Rebalance::Revoke(partitions) = rebalance {
+            self.on_revoked(&partition_ids(partitions));
+        }
+    }
+
     fn post_rebalance(
         &self,
         _consumer: &rdkafka::consumer::BaseConsumer<Self>,
         rebalance: &rdkafka::consumer::Rebalance<'_>,
     ) {
-        if self.ready_on_assignment && matches!(rebalance, rdkafka::consumer::Rebalance::Assign(_))
-        {
-            self.health.set_ready(true);
+        if let rdkafka::consumer::Rebalance::Assign(partitions) = rebalance {
+            self.on_assigned(&partition_ids(partitions));
         }
     }
+}
+
+/// The partition numbers in a rebalance's list (a stage's consumer reads one topic).
+pub fn partition_ids(partitions: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    partitions
+        .elements()
+        .iter()
+        .map(|element| element.partition())
+        .collect()
 }
 
 #[cfg(test)]

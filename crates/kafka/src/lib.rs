@@ -4,6 +4,7 @@
 
 mod acks;
 mod embedded;
+mod group;
 mod health;
 mod pipeline;
 mod settings;
@@ -12,7 +13,11 @@ pub use acks::{
     AckGroup, AckingContext, InputLog, OutputProducer, OutputRecord, store_input_offset,
 };
 pub use embedded::{EMBEDDED_CLIENT_SETTINGS, EmbeddedKafka, EmbeddedKafkaError};
-pub use health::{KafkaClientMetrics, StageContext, StageHealth};
+pub use group::{
+    GroupBounds, GroupMetrics, GroupMonitor, GroupState, GroupWatch, PartitionSample, Rejoin,
+    leave_group,
+};
+pub use health::{KafkaClientMetrics, StageContext, StageHealth, partition_ids};
 pub use pipeline::{commit_stored, enqueue};
 pub use settings::{InvalidSetting, KafkaSettings, Topics, require_positive};
 

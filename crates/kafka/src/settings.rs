@@ -19,6 +19,12 @@ pub struct KafkaSettings {
     pub consumer: BTreeMap<String, String>,
     /// librdkafka properties applied to producers only, after `client`.
     pub producer: BTreeMap<String, String>,
+    /// How long a group member's rebalance may last (from a revocation, or from joining,
+    /// to its next assignment) before the member says it is stalled and rejoins.
+    pub rebalance_timeout_ms: u64,
+    /// How long a partition's records may wait with the group's committed offset
+    /// unchanged before members say so and one not holding it rejoins.
+    pub unconsumed_timeout_ms: u64,
 }
 
 impl Default for KafkaSettings {
@@ -79,6 +85,8 @@ impl KafkaSettings {
             client: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+            rebalance_timeout_ms: 60_000,
+            unconsumed_timeout_ms: 120_000,
         }
     }
 
@@ -86,6 +94,10 @@ impl KafkaSettings {
     /// librdkafka accepts every pass-through property (a name it does not know, a bad
     /// value, or a feature this build lacks is refused here, naming the key).
     pub fn validate(&self) -> Result<(), InvalidSetting> {
+        require_positive(&[
+            ("rebalance_timeout_ms", self.rebalance_timeout_ms),
+            ("unconsumed_timeout_ms", self.unconsumed_timeout_ms),
+        ])?;
         if self
             .brokers
             .split(',')

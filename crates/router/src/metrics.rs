@@ -48,6 +48,7 @@ pub struct RouterMetrics {
     state_writes: IntCounter,
     covered_states: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
+    group: fanout_kafka::GroupMetrics,
 }
 
 impl RouterMetrics {
@@ -122,6 +123,7 @@ impl RouterMetrics {
             state_writes,
             covered_states,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
+            group: fanout_kafka::GroupMetrics::new("router", registry)?,
         })
     }
 
@@ -187,6 +189,11 @@ impl RouterMetrics {
     /// The stage's Kafka client metrics (lag, errors).
     pub fn kafka(&self) -> &fanout_kafka::KafkaClientMetrics {
         &self.kafka
+    }
+
+    /// The stage's consumer group metrics (stalled, unconsumed partitions, rejoins).
+    pub fn group(&self) -> &fanout_kafka::GroupMetrics {
+        &self.group
     }
 
     /// Errors reported by the Kafka clients so far.

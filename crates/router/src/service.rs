@@ -3,8 +3,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fanout_kafka::{
-    AckGroup, InvalidSetting, KafkaSettings, OutputProducer, StageContext, StageHealth, Topics,
-    commit_stored, require_positive, store_input_offset,
+    AckGroup, GroupBounds, GroupMonitor, GroupWatch, InvalidSetting, KafkaSettings, OutputProducer,
+    StageContext, StageHealth, Topics, commit_stored, leave_group, require_positive,
+    store_input_offset,
 };
 use fanout_schema::{split_user_key, user_key, v1};
 use fanout_unread::{Limits, StreamLimits};
@@ -124,6 +125,7 @@ impl ConsumerContext for RouterContext {
                 tracing::warn!(%error, "flush on revoke did not finish; the next owner may see a replay");
             }
             tracing::info!(partitions = ?revoked, "partitions revoked");
+            self.stage.on_revoked(&revoked);
             self.push(AssignmentChange::Revoked(revoked));
         }
     }
@@ -132,6 +134,7 @@ impl ConsumerContext for RouterContext {
         if let Rebalance::Assign(partitions) = rebalance {
             let assigned = partitions_of(partitions, &self.input_topic);
             tracing::info!(partitions = ?assigned, "partitions assigned");
+            self.stage.on_assigned(&assigned);
             self.push(AssignmentChange::Assigned(assigned));
         }
     }
@@ -149,6 +152,9 @@ impl RouterContext {
         std::mem::take(&mut *self.changes.lock().unwrap_or_else(PoisonError::into_inner))
     }
 }
+
+/// How often a router asks its [`GroupWatch`] whether its group is stalled.
+const GROUP_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 fn partitions_of(list: &rdkafka::TopicPartitionList, topic: &str) -> Vec<i32> {
     list.elements()
@@ -236,20 +242,45 @@ pub async fn run(
         )
         .map_err(RouterError::Client)?,
     );
-    let context = RouterContext {
-        stage: StageContext::new(health.clone()).with_metrics(metrics.kafka().clone()),
-        changes: Arc::new(Mutex::new(Vec::new())),
-        producer: producer.clone(),
-        input_topic: topics.user_events.clone(),
-        revoke_flush_timeout: Duration::from_millis(config.revoke_flush_timeout_ms),
-    };
-    let consumer: StreamConsumer<RouterContext> =
-        KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
-            .create_with_context(context)
+    let group = GroupWatch::new(
+        &config.group_id,
+        GroupBounds::from_settings(kafka),
+        health.clone(),
+        metrics.group().clone(),
+    );
+    let monitor = GroupMonitor::spawn(
+        kafka,
+        &config.group_id,
+        &topics.user_events,
+        group.clone(),
+        shutdown.child_token(),
+    )
+    .map_err(RouterError::Client)?;
+    let changes = Arc::new(Mutex::new(Vec::new()));
+    let kafka_metrics = metrics.kafka().clone();
+    let output = producer.clone();
+    // A consumer subscribed to the input topic: at start, and again whenever the group
+    // stalls (leaving it and joining with a new member id).
+    let subscribe = || -> Result<StreamConsumer<RouterContext>, RouterError> {
+        let context = RouterContext {
+            stage: StageContext::new(health.clone())
+                .with_metrics(kafka_metrics.clone())
+                .with_group(group.clone()),
+            changes: changes.clone(),
+            producer: output.clone(),
+            input_topic: topics.user_events.clone(),
+            revoke_flush_timeout: Duration::from_millis(config.revoke_flush_timeout_ms),
+        };
+        let consumer: StreamConsumer<RouterContext> =
+            KafkaSettings::with_statistics(kafka.group_consumer_config(&config.group_id))
+                .create_with_context(context)
+                .map_err(RouterError::Client)?;
+        consumer
+            .subscribe(&[&topics.user_events])
             .map_err(RouterError::Client)?;
-    consumer
-        .subscribe(&[&topics.user_events])
-        .map_err(RouterError::Client)?;
+        Ok(consumer)
+    };
+    let mut consumer = subscribe()?;
     tracing::info!(topic = %topics.user_events, group = %config.group_id, "router started");
 
     let mut router = Router {
@@ -281,13 +312,17 @@ pub async fn run(
     let mut assignment_tick = tokio::time::interval(Duration::from_millis(tick));
     assignment_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let max_batch = MAX_POLL_BATCH.min(config.max_in_flight);
+    let mut group_tick = tokio::time::interval(GROUP_CHECK_INTERVAL);
+    group_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let mut rejoin = false;
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
             () = router.producer.acked() => {
                 router.advance(&consumer).await?;
             }
+            _ = group_tick.tick() => rejoin = group.check().is_some(),
             _ = assignment_tick.tick() => {
                 router.apply_assignment_changes(consumer.context().take()).await?;
                 router.seal_batches(false);
@@ -321,7 +356,16 @@ pub async fn run(
                 }
             }
         }
+        if rejoin {
+            // Leaving revokes what this member holds (flushing its outputs) before the
+            // new member joins; what was in flight is replayed by the next owner.
+            leave_group(consumer).await;
+            let left = std::mem::take(&mut *changes.lock().unwrap_or_else(PoisonError::into_inner));
+            router.apply_assignment_changes(left).await?;
+            consumer = subscribe()?;
+        }
     }
+    monitor.stop();
 
     router.seal_batches(true);
     router.advance(&consumer).await?;
