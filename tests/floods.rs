@@ -119,13 +119,21 @@ async fn assert_flood_logged(
                 .is_some_and(|tally| tally.written + tally.summarized >= *count)
         })
     };
-    wait_until(&format!("every {message:?} written or summarized"), accounted).await;
+    wait_until(
+        &format!("every {message:?} written or summarized"),
+        accounted,
+    )
+    .await;
     let windows = started.elapsed().as_secs() / LIMITS.window_seconds + 1;
     let tallies = tally(message);
     let mut summarized = 0;
     for (reason, count) in expected {
         let tally = &tallies[*reason];
-        assert_eq!(tally.written + tally.summarized, *count, "{reason}: {tally:?}");
+        assert_eq!(
+            tally.written + tally.summarized,
+            *count,
+            "{reason}: {tally:?}"
+        );
         assert!(
             tally.written <= u64::from(LIMITS.lines_per_window) * windows,
             "{reason}: {tally:?} in at most {windows} windows"
@@ -146,7 +154,7 @@ async fn assert_flood_logged(
 /// `/realtime` with an `authrequest`.
 async fn refused_attempt(address: SocketAddr, attempt: u64, forged: &str) {
     let token = if attempt % 4 < 2 { forged } else { "not-a-jwt" };
-    if attempt % 2 == 0 {
+    if attempt.is_multiple_of(2) {
         let mut client = CableClient::connect(address, "alpha", token).await;
         let first = client.next_frame().await.unwrap();
         assert!(first.contains("unauthorized"), "{first}");
@@ -194,9 +202,12 @@ async fn a_flood_of_bad_tokens_writes_a_bounded_number_of_lines_and_exact_counte
         "{expected:?}"
     );
     assert_eq!(metrics.handshake_count("accepted"), 0);
-    assert_flood_logged("connection refused: unauthorized", &expected, started, || {
-        metrics.suppressed_log_line_count()
-    })
+    assert_flood_logged(
+        "connection refused: unauthorized",
+        &expected,
+        started,
+        || metrics.suppressed_log_line_count(),
+    )
     .await;
     edge.running.stop().await;
 }
@@ -216,7 +227,7 @@ async fn a_flood_of_poison_records_writes_a_bounded_number_of_lines_and_exact_co
     for chunk in (0..FLOOD).collect::<Vec<_>>().chunks(500) {
         join_all(chunk.iter().map(|index| {
             let key = format!("k{index}");
-            let headers = if index % 2 == 0 {
+            let headers = if index.is_multiple_of(2) {
                 OwnedHeaders::new()
             } else {
                 OwnedHeaders::new().insert(Header {
@@ -243,7 +254,10 @@ async fn a_flood_of_poison_records_writes_a_bounded_number_of_lines_and_exact_co
         .await;
     }
 
-    let expected = BTreeMap::from([("undecodable", FLOOD / 2), ("unsupported_content_type", FLOOD / 2)]);
+    let expected = BTreeMap::from([
+        ("undecodable", FLOOD / 2),
+        ("unsupported_content_type", FLOOD / 2),
+    ]);
     wait_until("every poison record dead-lettered", || {
         expected
             .iter()
@@ -263,7 +277,7 @@ async fn a_flood_of_poison_records_writes_a_bounded_number_of_lines_and_exact_co
 
 /// One bad request: an unknown API key, or a body that is not JSON with a good one.
 async fn bad_request(address: SocketAddr, attempt: u64) {
-    if attempt % 2 == 0 {
+    if attempt.is_multiple_of(2) {
         let answer = request(
             address,
             "GET",
@@ -325,7 +339,8 @@ async fn a_flood_of_bad_api_requests_writes_a_bounded_number_of_lines_and_exact_
     assert_eq!(expected["unauthorized"], FLOOD / 2);
     assert_eq!(expected["invalid_json"], FLOOD / 2);
     assert_eq!(api.metric("fanout_api_events_total", &[]), 0.0);
-    let suppressed = |api: &RunningApi| api.metric("fanout_api_suppressed_log_lines_total", &[]) as u64;
+    let suppressed =
+        |api: &RunningApi| api.metric("fanout_api_suppressed_log_lines_total", &[]) as u64;
     assert_flood_logged("request refused", &expected, started, || suppressed(&api)).await;
     api.running.stop().await;
 }

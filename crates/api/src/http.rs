@@ -137,7 +137,12 @@ fn answered(state: &ApiState, route: Route, response: Response) -> Response {
     let status = response.status();
     let refusal = status
         .is_client_error()
-        .then(|| response.extensions().get::<Refusal>().map(|refusal| refusal.0))
+        .then(|| {
+            response
+                .extensions()
+                .get::<Refusal>()
+                .map(|refusal| refusal.0)
+        })
         .flatten();
     state.metrics.request(route, status.as_u16(), refusal);
     response
@@ -338,9 +343,7 @@ async fn publish_events(
     };
     let mut response = json(status, &PublishResponse { results });
     if rejected && !unavailable {
-        response
-            .extensions_mut()
-            .insert(Refusal("events_rejected"));
+        response.extensions_mut().insert(Refusal("events_rejected"));
     }
     if unavailable {
         response.headers_mut().insert(

@@ -95,9 +95,7 @@ impl IngestMetrics {
             tracing::warn!(reason, detail = %rejection, partition, offset, "record sent to dead-letter");
         }
         self.events.with_label_values(&["dead_lettered"]).inc();
-        self.dead_letters
-            .with_label_values(&[reason])
-            .inc();
+        self.dead_letters.with_label_values(&[reason]).inc();
     }
 
     /// The stage's Kafka client metrics (lag, errors).

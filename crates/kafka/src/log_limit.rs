@@ -213,9 +213,8 @@ impl<K: LogLine> LogLimit<K> {
             let mut state = self.lock();
             let admission = state.limiter.admit(line, Instant::now());
             // Without a runtime (a unit test), the summary comes with the next event.
-            let start_flusher = !admission.write
-                && !state.flusher
-                && tokio::runtime::Handle::try_current().is_ok();
+            let start_flusher =
+                !admission.write && !state.flusher && tokio::runtime::Handle::try_current().is_ok();
             if start_flusher {
                 state.flusher = true;
             }
@@ -295,6 +294,8 @@ fn write_summary<K: LogLine>(summary: &Summary<K>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -399,10 +400,18 @@ mod tests {
         let (mut written, mut summarized) = (0u64, 0u64);
         // Events of two kinds every 7 ms for a minute: many windows.
         for i in 0..10_000u64 {
-            let line = if i % 3 == 0 { Line::Poison } else { Line::Refused };
+            let line = if i % 3 == 0 {
+                Line::Poison
+            } else {
+                Line::Refused
+            };
             let admission = limiter.admit(line, at(start, i * 7));
             written += u64::from(admission.write);
-            summarized += admission.summaries.iter().map(|s| s.suppressed).sum::<u64>();
+            summarized += admission
+                .summaries
+                .iter()
+                .map(|s| s.suppressed)
+                .sum::<u64>();
         }
         summarized += limiter
             .flush(at(start, 10_000 * 7 + 10_000))
