@@ -1,6 +1,8 @@
 //! Kafka plumbing shared by fanout's stages: client settings, topic names, the embedded
 //! cluster of `fanout dev` and the tests, and the acknowledgement groups and input log that
 //! let a stage commit an input offset only once everything derived from it is in Kafka.
+//! Also the flood limit every stage puts on the log lines its input can drive
+//! ([`LogLimit`]).
 
 mod acks;
 mod embedded;
