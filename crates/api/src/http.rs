@@ -97,6 +97,7 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = json(self.status, &body);
+        response.extensions_mut().insert(Refusal(self.code));
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
@@ -127,9 +128,23 @@ fn json(status: StatusCode, body: &impl Serialize) -> Response {
     }
 }
 
-/// Counts the answer under its route and status.
+/// The error code of a refused request's answer, for its log line.
+#[derive(Debug, Clone, Copy)]
+struct Refusal(&'static str);
+
+/// Counts the answer under its route and status, and logs a refusal.
 fn answered(state: &ApiState, route: Route, response: Response) -> Response {
-    state.metrics.request(route, response.status().as_u16());
+    let status = response.status();
+    let refusal = status
+        .is_client_error()
+        .then(|| {
+            response
+                .extensions()
+                .get::<Refusal>()
+                .map(|refusal| refusal.0)
+        })
+        .flatten();
+    state.metrics.request(route, status.as_u16(), refusal);
     response
 }
 
@@ -327,6 +342,9 @@ async fn publish_events(
         StatusCode::OK
     };
     let mut response = json(status, &PublishResponse { results });
+    if rejected && !unavailable {
+        response.extensions_mut().insert(Refusal("events_rejected"));
+    }
     if unavailable {
         response.headers_mut().insert(
             header::RETRY_AFTER,

@@ -110,6 +110,11 @@ impl Api {
         })
     }
 
+    /// The stage's metrics (shared with its tasks).
+    pub fn metrics(&self) -> &ApiMetrics {
+        &self.state.metrics
+    }
+
     pub fn address(&self) -> Result<SocketAddr, ApiError> {
         self.listener.local_addr().map_err(ApiError::Listener)
     }

@@ -9,7 +9,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Regist
 use crate::receipts::ReceiptStats;
 
 /// The route a request matched: the `route` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {
     Publish,
     UnreadCount,
@@ -36,6 +36,32 @@ impl Route {
             Self::OpenApi => "openapi",
             Self::Unmatched => "unmatched",
         }
+    }
+}
+
+/// The api's log lines that clients can drive at any rate, limited per kind by
+/// [`fanout_kafka::LogLimit`] (the counters stay exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FloodLine {
+    /// A request answered with a 4xx, by route and the answer's error code.
+    Refused(Route, &'static str),
+}
+
+impl fanout_kafka::LogLine for FloodLine {
+    fn message(self) -> &'static str {
+        match self {
+            Self::Refused(..) => "request refused",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Refused(_, code) => code,
+        }
+    }
+
+    fn level(self) -> tracing::Level {
+        tracing::Level::INFO
     }
 }
 
@@ -130,6 +156,7 @@ pub struct ApiMetrics {
     keys: IntGauge,
     key_reloads: IntCounterVec,
     kafka: fanout_kafka::KafkaClientMetrics,
+    log_limit: fanout_kafka::LogLimit<FloodLine>,
 }
 
 /// Every rejection reason an event can get: ingest's, and the api's own.
@@ -240,6 +267,7 @@ impl ApiMetrics {
         registry.register(Box::new(keys.clone()))?;
         registry.register(Box::new(key_reloads.clone()))?;
         let kafka = fanout_kafka::KafkaClientMetrics::new(registry, "api", "tables")?;
+        let log_limit = fanout_kafka::LogLimit::new(registry, "api")?;
         Ok(Self {
             requests,
             events,
@@ -254,14 +282,37 @@ impl ApiMetrics {
             keys,
             key_reloads,
             kafka,
+            log_limit,
         })
+    }
+
+    /// How many lines of one kind a flood may write (`[log]`).
+    pub fn set_log_limits(&self, limits: fanout_kafka::LogLimits) {
+        self.log_limit.set_limits(limits);
+    }
+
+    /// Log lines left out by the flood limit so far.
+    pub fn suppressed_log_line_count(&self) -> u64 {
+        self.log_limit.suppressed_count()
     }
 
     pub fn kafka(&self) -> &fanout_kafka::KafkaClientMetrics {
         &self.kafka
     }
 
-    pub(crate) fn request(&self, route: Route, status: u16) {
+    /// A request answered; `refusal`: the error code of a 4xx answer, logged (neither
+    /// the key nor the body appears, only the route, status and code).
+    pub(crate) fn request(&self, route: Route, status: u16, refusal: Option<&'static str>) {
+        if let Some(code) = refusal
+            && self.log_limit.admit(FloodLine::Refused(route, code))
+        {
+            tracing::info!(
+                route = route.as_str(),
+                status,
+                reason = code,
+                "request refused"
+            );
+        }
         self.requests
             .with_label_values(&[route.as_str(), &status.to_string()])
             .inc();

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use fanout_api::ApiConfig;
 use fanout_edge::EdgeConfig;
 use fanout_ingest::IngestConfig;
-use fanout_kafka::{InvalidSetting, KafkaSettings, Topics};
+use fanout_kafka::{InvalidSetting, KafkaSettings, LogLimits, Topics};
 use fanout_router::RouterConfig;
 use figment::Figment;
 use figment::error::Kind;
@@ -35,6 +35,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub listen: Listen,
     pub shutdown: Shutdown,
+    /// How much of a flood of refusals and bad records is logged.
+    pub log: LogLimits,
 }
 
 /// Addresses the roles bind.
@@ -134,6 +136,7 @@ impl Config {
         self.router.validate().map_err(in_section("router"))?;
         self.edge.validate().map_err(in_section("edge"))?;
         self.api.validate().map_err(in_section("api"))?;
+        self.log.validate().map_err(in_section("log"))?;
         validate_address("listen.edge", &self.listen.edge)?;
         validate_address("listen.api", &self.listen.api)?;
         validate_address("listen.admin", &self.listen.admin)?;

@@ -49,6 +49,7 @@ pub fn spawn_ingest(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Stage, IngestMetrics)> {
     let metrics = IngestMetrics::new(registry).context("registering ingest metrics")?;
+    metrics.set_log_limits(config.log);
     let (config, stage_metrics) = (config.clone(), metrics.clone());
     let stage = spawn_stage("ingest", move |health| async move {
         let Config {
@@ -70,6 +71,7 @@ pub fn spawn_router(
     shutdown: CancellationToken,
 ) -> anyhow::Result<(Stage, RouterMetrics)> {
     let metrics = RouterMetrics::new(registry).context("registering router metrics")?;
+    metrics.set_log_limits(config.log);
     let (config, stage_metrics) = (config.clone(), metrics.clone());
     let stage = spawn_stage("router", move |health| async move {
         let Config {
@@ -109,6 +111,7 @@ pub fn spawn_edge(
         health.clone(),
     )?;
     let node = edge.node().clone();
+    node.metrics.set_log_limits(config.log);
     let address = edge.address();
     let task = tokio::spawn(async move { edge.run(shutdown).await.context("edge") });
     Ok(SpawnedEdge {
@@ -139,6 +142,7 @@ pub fn spawn_api(
         registry,
         health.clone(),
     )?;
+    api.metrics().set_log_limits(config.log);
     let address = api.address()?;
     let task = tokio::spawn(async move { api.run(shutdown).await.context("api") });
     Ok((

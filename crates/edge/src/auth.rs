@@ -35,7 +35,7 @@ impl Identity {
 /// Why a token was refused. [`AuthError::code`] is the machine-readable error of the
 /// JSON protocol and, as [`AuthError::reason`], the metric label; it never contains the
 /// token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum AuthError {
     #[error("no token")]
     MissingToken,

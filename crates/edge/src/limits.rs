@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use crate::config::EdgeConfig;
 
 /// A limit that refused something: the `limit` label of `fanout_edge_limited_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
     FrameSize,
     Subscriptions,

@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: Cancellatio
                 }
                 Err(error) => {
                     // Usually out of file descriptors: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
+                    node.metrics.accept_failed(&error);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

@@ -12,6 +12,41 @@ use crate::auth::AuthError;
 use crate::close::{CloseReason, Protocol};
 use crate::limits::Limit;
 
+/// The edge's log lines that clients can drive at any rate, limited per kind by
+/// [`fanout_kafka::LogLimit`] (the counters stay exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FloodLine {
+    Unauthorized(AuthError),
+    Limited(Limit),
+    /// `accept` failed (usually out of file descriptors).
+    AcceptFailed,
+}
+
+impl fanout_kafka::LogLine for FloodLine {
+    fn message(self) -> &'static str {
+        match self {
+            Self::Unauthorized(_) => "connection refused: unauthorized",
+            Self::Limited(_) => "refused by a limit",
+            Self::AcceptFailed => "accept failed",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Unauthorized(error) => error.reason(),
+            Self::Limited(limit) => limit.as_str(),
+            Self::AcceptFailed => "accept_error",
+        }
+    }
+
+    fn level(self) -> tracing::Level {
+        match self {
+            Self::Unauthorized(_) | Self::Limited(_) => tracing::Level::INFO,
+            Self::AcceptFailed => tracing::Level::WARN,
+        }
+    }
+}
+
 /// How a WebSocket handshake ended: the `result` label of
 /// `fanout_edge_handshakes_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,6 +302,7 @@ pub struct EdgeMetrics {
     history_users: IntGauge,
     history_evictions: IntCounterVec,
     kafka: fanout_kafka::KafkaClientMetrics,
+    log_limit: fanout_kafka::LogLimit<FloodLine>,
 }
 
 impl EdgeMetrics {
@@ -468,6 +504,7 @@ impl EdgeMetrics {
             history_users,
             history_evictions,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "edge", "unread-counts")?,
+            log_limit: fanout_kafka::LogLimit::new(registry, "edge")?,
         })
     }
 
@@ -483,11 +520,31 @@ impl EdgeMetrics {
         self.handshakes.with_label_values(&[result.as_str()]).inc();
     }
 
+    /// How many lines of one kind a flood may write (`[log]`).
+    pub fn set_log_limits(&self, limits: fanout_kafka::LogLimits) {
+        self.log_limit.set_limits(limits);
+    }
+
+    /// Log lines left out by the flood limit so far.
+    pub fn suppressed_log_line_count(&self) -> u64 {
+        self.log_limit.suppressed_count()
+    }
+
     pub(crate) fn auth_failed(&self, partner_known: bool, error: AuthError) {
         // Neither the token nor the user appears here: only the bounded reason.
         let reason = error.reason();
-        tracing::info!(reason, partner_known, "connection refused: unauthorized");
+        if self.log_limit.admit(FloodLine::Unauthorized(error)) {
+            tracing::info!(reason, partner_known, "connection refused: unauthorized");
+        }
         self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// `accept` failed; the server backs off. Not counted: the kernel's counters and
+    /// the open-files limit tell more.
+    pub(crate) fn accept_failed(&self, error: &std::io::Error) {
+        if self.log_limit.admit(FloodLine::AcceptFailed) {
+            tracing::warn!(%error, reason = "accept_error", "accept failed");
+        }
     }
 
     pub(crate) fn ignored_frame(&self, protocol: Protocol, reason: Ignored) {
@@ -517,10 +574,12 @@ impl EdgeMetrics {
             .inc();
     }
 
-    /// A limit refused something. Logged at debug only: under a flood, a line per
-    /// refusal would cost more than the refused work; the counter tells operators.
+    /// A limit refused something. Under a flood the line is rate-limited; the counter
+    /// counts every refusal.
     pub(crate) fn limited(&self, limit: Limit) {
-        tracing::debug!(limit = limit.as_str(), "refused by a limit");
+        if self.log_limit.admit(FloodLine::Limited(limit)) {
+            tracing::info!(reason = limit.as_str(), "refused by a limit");
+        }
         self.limited.with_label_values(&[limit.as_str()]).inc();
     }
 

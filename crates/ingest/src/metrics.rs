@@ -2,6 +2,32 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
 use crate::events::Rejection;
 
+/// Ingest's log lines that an upstream can drive at any rate, limited per kind by
+/// [`fanout_kafka::LogLimit`] (the counters stay exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FloodLine {
+    /// A record sent to dead-letter, by its reason (one of [`Rejection::REASONS`]).
+    DeadLetter(&'static str),
+}
+
+impl fanout_kafka::LogLine for FloodLine {
+    fn message(self) -> &'static str {
+        match self {
+            Self::DeadLetter(_) => "record sent to dead-letter",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::DeadLetter(reason) => reason,
+        }
+    }
+
+    fn level(self) -> tracing::Level {
+        tracing::Level::WARN
+    }
+}
+
 /// Ingest's metrics. Each method is the one place that both logs and counts its event.
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -10,6 +36,7 @@ pub struct IngestMetrics {
     user_events: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
     group: fanout_kafka::GroupMetrics,
+    log_limit: fanout_kafka::LogLimit<FloodLine>,
 }
 
 impl IngestMetrics {
@@ -45,7 +72,18 @@ impl IngestMetrics {
             user_events,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "ingest", "message-events")?,
             group: fanout_kafka::GroupMetrics::new("ingest", registry)?,
+            log_limit: fanout_kafka::LogLimit::new(registry, "ingest")?,
         })
+    }
+
+    /// How many lines of one kind a flood may write (`[log]`).
+    pub fn set_log_limits(&self, limits: fanout_kafka::LogLimits) {
+        self.log_limit.set_limits(limits);
+    }
+
+    /// Log lines left out by the flood limit so far.
+    pub fn suppressed_log_line_count(&self) -> u64 {
+        self.log_limit.suppressed_count()
     }
 
     pub(crate) fn accepted(&self, user_events: usize) {
@@ -54,11 +92,12 @@ impl IngestMetrics {
     }
 
     pub(crate) fn dead_lettered(&self, rejection: &Rejection, partition: i32, offset: i64) {
-        tracing::warn!(reason = rejection.reason(), detail = %rejection, partition, offset, "record sent to dead-letter");
+        let reason = rejection.reason();
+        if self.log_limit.admit(FloodLine::DeadLetter(reason)) {
+            tracing::warn!(reason, detail = %rejection, partition, offset, "record sent to dead-letter");
+        }
         self.events.with_label_values(&["dead_lettered"]).inc();
-        self.dead_letters
-            .with_label_values(&[rejection.reason()])
-            .inc();
+        self.dead_letters.with_label_values(&[reason]).inc();
     }
 
     /// The stage's Kafka client metrics (lag, errors).

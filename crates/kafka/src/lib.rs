@@ -1,11 +1,14 @@
 //! Kafka plumbing shared by fanout's stages: client settings, topic names, the embedded
 //! cluster of `fanout dev` and the tests, and the acknowledgement groups and input log that
 //! let a stage commit an input offset only once everything derived from it is in Kafka.
+//! Also the flood limit every stage puts on the log lines its input can drive
+//! ([`LogLimit`]).
 
 mod acks;
 mod embedded;
 mod group;
 mod health;
+mod log_limit;
 mod pipeline;
 mod settings;
 
@@ -18,6 +21,7 @@ pub use group::{
     leave_group,
 };
 pub use health::{KafkaClientMetrics, StageContext, StageHealth, partition_ids};
+pub use log_limit::{Admission, LogLimit, LogLimiter, LogLimits, LogLine, Summary};
 pub use pipeline::{commit_stored, enqueue};
 pub use settings::{InvalidSetting, KafkaSettings, Topics, require_positive};
 

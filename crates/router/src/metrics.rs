@@ -31,6 +31,56 @@ impl EventResult {
     }
 }
 
+/// The router's log lines that bad input can drive at any rate, limited per kind by
+/// [`fanout_kafka::LogLimit`] (the counters stay exact).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum FloodLine {
+    /// A user event skipped as invalid, by why.
+    InvalidEvent(InvalidEvent),
+}
+
+/// Why a user event could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum InvalidEvent {
+    /// The key is missing or not UTF-8.
+    Key,
+    /// The key is not `partner/user`.
+    NotUserKey,
+    /// The value is not a `UserEvent`.
+    Undecodable,
+    /// The event's kind is unknown.
+    UnknownKind,
+}
+
+impl InvalidEvent {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "invalid_key",
+            Self::NotUserKey => "not_a_user_key",
+            Self::Undecodable => "undecodable",
+            Self::UnknownKind => "unknown_event",
+        }
+    }
+}
+
+impl fanout_kafka::LogLine for FloodLine {
+    fn message(self) -> &'static str {
+        match self {
+            Self::InvalidEvent(_) => "skipping an invalid user event",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::InvalidEvent(why) => why.as_str(),
+        }
+    }
+
+    fn level(self) -> tracing::Level {
+        tracing::Level::WARN
+    }
+}
+
 /// The router's metrics. Each method is the one place that both logs and counts.
 #[derive(Clone)]
 pub struct RouterMetrics {
@@ -49,6 +99,7 @@ pub struct RouterMetrics {
     covered_states: IntCounter,
     kafka: fanout_kafka::KafkaClientMetrics,
     group: fanout_kafka::GroupMetrics,
+    log_limit: fanout_kafka::LogLimit<FloodLine>,
 }
 
 impl RouterMetrics {
@@ -124,15 +175,29 @@ impl RouterMetrics {
             covered_states,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
             group: fanout_kafka::GroupMetrics::new("router", registry)?,
+            log_limit: fanout_kafka::LogLimit::new(registry, "router")?,
         })
+    }
+
+    /// How many lines of one kind a flood may write (`[log]`).
+    pub fn set_log_limits(&self, limits: fanout_kafka::LogLimits) {
+        self.log_limit.set_limits(limits);
+    }
+
+    /// Log lines left out by the flood limit so far.
+    pub fn suppressed_log_line_count(&self) -> u64 {
+        self.log_limit.suppressed_count()
     }
 
     pub(crate) fn event(&self, result: EventResult) {
         self.by_result[result as usize].inc();
     }
 
-    pub(crate) fn invalid_event(&self, partition: i32, offset: i64, why: &str) {
-        tracing::warn!(partition, offset, why, "skipping an invalid user event");
+    pub(crate) fn invalid_event(&self, partition: i32, offset: i64, why: InvalidEvent) {
+        if self.log_limit.admit(FloodLine::InvalidEvent(why)) {
+            let reason = why.as_str();
+            tracing::warn!(partition, offset, reason, "skipping an invalid user event");
+        }
         self.event(EventResult::Invalid);
     }
 

@@ -19,7 +19,7 @@ use rdkafka::{ClientContext, Message};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{EventResult, RouterMetrics};
+use crate::metrics::{EventResult, InvalidEvent, RouterMetrics};
 use crate::restore::{RestoreError, restore_partitions};
 use crate::state::{Step, UserRecord, epoch_of, input_of, read_receipt_of, receipts_of};
 
@@ -728,19 +728,19 @@ async fn apply(
     let partition_id = message.partition();
     let offset = message.offset();
     let Some(key) = message.key().and_then(|key| std::str::from_utf8(key).ok()) else {
-        metrics.invalid_event(partition_id, offset, "key is missing or not UTF-8");
+        metrics.invalid_event(partition_id, offset, InvalidEvent::Key);
         return Ok(());
     };
     let Some((partner, user)) = split_user_key(key) else {
-        metrics.invalid_event(partition_id, offset, "key is not partner/user");
+        metrics.invalid_event(partition_id, offset, InvalidEvent::NotUserKey);
         return Ok(());
     };
     let Ok(event) = v1::UserEvent::decode(message.payload().unwrap_or_default()) else {
-        metrics.invalid_event(partition_id, offset, "value is not a UserEvent");
+        metrics.invalid_event(partition_id, offset, InvalidEvent::Undecodable);
         return Ok(());
     };
     let Ok(input) = input_of(&event) else {
-        metrics.invalid_event(partition_id, offset, "unknown event kind");
+        metrics.invalid_event(partition_id, offset, InvalidEvent::UnknownKind);
         return Ok(());
     };
     let (step, record) = match users.get_mut(key) {
