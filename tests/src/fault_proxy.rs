@@ -163,3 +163,86 @@ async fn one_way(
     // The writer finishes what was read before a close.
     tokio::join!(read, write);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server on loopback, and a proxy in front of it; a client of the proxy.
+    async fn echo_through_proxy() -> (FaultProxy, TcpStream) {
+        let echo = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut read, mut write) = socket.split();
+                    let _ = tokio::io::copy(&mut read, &mut write).await;
+                });
+            }
+        });
+        let proxy = FaultProxy::start("127.0.0.1:0".parse().unwrap(), upstream).await;
+        let client = TcpStream::connect(proxy.address).await.unwrap();
+        (proxy, client)
+    }
+
+    async fn read_exactly(client: &mut TcpStream, length: usize) -> Vec<u8> {
+        let mut buffer = vec![0u8; length];
+        tokio::time::timeout(crate::DEADLINE, client.read_exact(&mut buffer))
+            .await
+            .expect("the bytes came back before the deadline")
+            .unwrap();
+        buffer
+    }
+
+    #[tokio::test]
+    async fn bytes_pass_unchanged_and_in_order() {
+        let (_proxy, mut client) = echo_through_proxy().await;
+        let sent: Vec<u8> = (0..200_000u32).map(|index| (index % 251) as u8).collect();
+        let (mut read, mut write) = client.split();
+        let (_, received) = tokio::join!(write.write_all(&sent), async {
+            let mut buffer = vec![0u8; sent.len()];
+            read.read_exact(&mut buffer).await.unwrap();
+            buffer
+        });
+        assert_eq!(received, sent);
+    }
+
+    #[tokio::test]
+    async fn latency_holds_each_direction_back() {
+        let (proxy, mut client) = echo_through_proxy().await;
+        proxy.set_latency(Duration::from_millis(200));
+        let started = Instant::now();
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 4).await, b"ping");
+        // Through the proxy twice (there and back): a lower bound, whatever the load.
+        assert!(started.elapsed() >= Duration::from_millis(400));
+    }
+
+    #[tokio::test]
+    async fn a_stall_forwards_nothing_until_it_ends_and_loses_nothing() {
+        let (proxy, mut client) = echo_through_proxy().await;
+        proxy.set_stalled(true);
+        client.write_all(b"held").await.unwrap();
+        let mut byte = [0u8; 1];
+        let during = tokio::time::timeout(Duration::from_millis(500), client.read(&mut byte)).await;
+        assert!(during.is_err(), "nothing comes back during a stall");
+        proxy.set_stalled(false);
+        assert_eq!(read_exactly(&mut client, 4).await, b"held");
+    }
+
+    #[tokio::test]
+    async fn dropped_connections_close_and_new_ones_pass() {
+        let (proxy, mut client) = echo_through_proxy().await;
+        client.write_all(b"a").await.unwrap();
+        assert_eq!(read_exactly(&mut client, 1).await, b"a");
+        assert_eq!(proxy.drop_connections(), 1);
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(crate::DEADLINE, client.read(&mut byte))
+            .await
+            .expect("the close came before the deadline");
+        assert!(matches!(read, Ok(0) | Err(_)), "closed: {read:?}");
+        let mut again = TcpStream::connect(proxy.address).await.unwrap();
+        again.write_all(b"b").await.unwrap();
+        assert_eq!(read_exactly(&mut again, 1).await, b"b");
+    }
+}

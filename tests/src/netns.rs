@@ -91,7 +91,16 @@ impl Veth {
         let outer_address = Ipv4Addr::new(a, b, c, 1);
         let inner_address = Ipv4Addr::new(a, b, c, 2);
         ip(&[
-            "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", &netns.name,
+            "link",
+            "add",
+            outer,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            inner,
+            "netns",
+            &netns.name,
         ]);
         let veth = Self {
             outer: outer.to_owned(),
@@ -159,7 +168,10 @@ impl TestHost {
     /// with a relay in the host from `broker` (the address the broker advertises, on
     /// loopback) to `data.outer_address:<broker's port>`.
     pub fn create(run: &str, octet: u8, index: u8, broker: SocketAddr) -> Self {
-        assert!((1..100).contains(&index), "host index {index} out of 1..=99");
+        assert!(
+            (1..100).contains(&index),
+            "host index {index} out of 1..=99"
+        );
         assert!(
             broker.ip().is_loopback(),
             "the relay listens on the host's loopback: {broker}"
@@ -185,7 +197,11 @@ impl TestHost {
         let mut command = netns.command("socat");
         command
             .args([
-                &format!("TCP-LISTEN:{},bind={},fork,reuseaddr", broker.port(), broker.ip()),
+                &format!(
+                    "TCP-LISTEN:{},bind={},fork,reuseaddr",
+                    broker.port(),
+                    broker.ip()
+                ),
                 &format!("TCP:{broker_side},connect-timeout=2,nodelay"),
             ])
             .stdin(Stdio::null())
@@ -247,5 +263,36 @@ impl TestNet {
 impl Default for TestNet {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(command: &[&str], name: &str) -> bool {
+        let output = Command::new("ip").args(command).output().unwrap();
+        String::from_utf8_lossy(&output.stdout).contains(name)
+    }
+
+    /// A host's namespace and links exist while it does, and are gone after it.
+    #[test]
+    fn a_host_is_made_and_removed_with_its_links() {
+        let mut net = TestNet::new();
+        let host = net.host("127.0.0.1:9".parse().unwrap());
+        let netns = host.netns.name().to_owned();
+        let link = format!("fo{}d1", net.run);
+        assert!(listed(&["netns", "list"], &netns));
+        assert!(listed(&["link", "show"], &link));
+        assert!(listed(
+            &["-n", &netns, "addr", "show", "dev", "mgmt"],
+            &host.mgmt.inner_address.to_string()
+        ));
+        host.data.cut();
+        assert!(listed(&["link", "show", &link], "state DOWN"));
+        host.data.mend();
+        drop(host);
+        assert!(!listed(&["netns", "list"], &netns));
+        assert!(!listed(&["link", "show"], &link));
     }
 }

@@ -383,7 +383,12 @@ impl World {
 
     /// The end of every test: counts and streams equal the oracles; every stage still
     /// runs and is ready; every watcher kept its one connection.
-    async fn assert_exact(&self, edge: SocketAddr, watchers: &[Watcher], stages: &mut [&mut Stage]) {
+    async fn assert_exact(
+        &self,
+        edge: SocketAddr,
+        watchers: &[Watcher],
+        stages: &mut [&mut Stage],
+    ) {
         let context = self.context();
         wait_for_cable_counts(edge, &self.partners, &self.events.counts_after(3), &context).await;
         let expected = stream_oracle(&produced_events(&self.cluster.config));
@@ -397,7 +402,9 @@ impl World {
         }
         for stage in stages {
             stage.process.assert_running();
-            stage.wait_readyz("ready at the end", |status| status == Some(200)).await;
+            stage
+                .wait_readyz("ready at the end", |status| status == Some(200))
+                .await;
         }
     }
 }
@@ -453,7 +460,11 @@ async fn a_routers_link_cut_for_30_s_stalls_it_and_it_resumes_by_itself() {
         .await;
     produce(&world.cluster, world.events.phase(2)).await;
     world
-        .assert_exact(edge_at, &watchers, &mut [&mut ingest, &mut router, &mut edge])
+        .assert_exact(
+            edge_at,
+            &watchers,
+            &mut [&mut ingest, &mut router, &mut edge],
+        )
         .await;
     // Caught up: the router's lag, as its metrics tell it, comes back to nothing.
     router
@@ -487,7 +498,10 @@ async fn latency_stalls_and_dropped_connections_on_the_edges_link_lose_nothing()
 
     // Stalls: nothing forwarded for 5 s, twice, while events flow.
     let half = PHASE_EVENTS / 2;
-    for part in [&world.events.phase(1)[..half], &world.events.phase(1)[half..]] {
+    for part in [
+        &world.events.phase(1)[..half],
+        &world.events.phase(1)[half..],
+    ] {
         edge.proxy.set_stalled(true);
         produce(&world.cluster, part).await;
         tokio::time::sleep(Duration::from_secs(5)).await;
@@ -507,7 +521,11 @@ async fn latency_stalls_and_dropped_connections_on_the_edges_link_lose_nothing()
     .await;
     produce(&world.cluster, world.events.phase(2)).await;
     world
-        .assert_exact(edge_at, &watchers, &mut [&mut ingest, &mut router, &mut edge])
+        .assert_exact(
+            edge_at,
+            &watchers,
+            &mut [&mut ingest, &mut router, &mut edge],
+        )
         .await;
     assert!(
         edge.proxy.open_connections() > 0,
@@ -534,9 +552,12 @@ async fn a_router_partitioned_from_the_broker_hands_over_and_rejoins() {
     )
     .await;
     wait_until("both routers to hold partitions", || {
-        [&router_a, &router_b]
-            .iter()
-            .all(|router| router.assignments_since(0).last().is_some_and(|last| !last.is_empty()))
+        [&router_a, &router_b].iter().all(|router| {
+            router
+                .assignments_since(0)
+                .last()
+                .is_some_and(|last| !last.is_empty())
+        })
     })
     .await;
 
