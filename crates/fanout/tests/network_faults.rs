@@ -562,6 +562,7 @@ async fn a_router_partitioned_from_the_broker_hands_over_and_rejoins() {
     .await;
 
     // A is partitioned from the broker; B goes on.
+    let a_errors_before = router_a.metric("fanout_router_kafka_errors_total").await;
     router_a.host.data.cut();
     let b_lines = router_b.log_lines();
     produce(&world.cluster, world.events.phase(1)).await;
@@ -588,6 +589,13 @@ async fn a_router_partitioned_from_the_broker_hands_over_and_rejoins() {
         .wait_readyz("went not-ready while partitioned", |status| {
             status.is_some_and(|status| status != 200)
         })
+        .await;
+    router_a
+        .wait_metric(
+            "fanout_router_kafka_errors_total",
+            "counted the partition",
+            |errors| errors > a_errors_before,
+        )
         .await;
     router_a.process.assert_running();
 
