@@ -96,7 +96,9 @@ pub fn ensure_debian_package(package: &str, command: &str, version_flag: &str) {
 
 pub mod anycable;
 pub mod api;
+pub mod fault_proxy;
 pub mod metrics_doc;
+pub mod netns;
 pub mod node;
 pub mod process;
 pub mod proxy;

@@ -110,6 +110,34 @@ impl Fanout {
             .unwrap();
         FanoutProcess::spawn(self.command(args, env), args, Some(file))
     }
+
+    /// [`Self::start_logging_to`], inside the network namespace `netns` (`ip netns exec`
+    /// execs the binary, so the process is fanout itself, to signal and kill).
+    pub fn start_in_netns(
+        self,
+        netns: &crate::netns::Netns,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: &Path,
+    ) -> FanoutProcess {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        // The same arguments and environment as `self.command`, behind `ip netns exec`.
+        let direct = self.command(args, env);
+        let mut command = netns.command(self.0);
+        command.args(direct.get_args());
+        for (key, value) in direct.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let name = format!("{} (in {})", args.join(" "), netns.name());
+        FanoutProcess::spawn(command, &[&name], Some(file))
+    }
 }
 
 /// Lines of a child's output, as they come.
