@@ -5,6 +5,7 @@
 mod acks;
 mod embedded;
 mod health;
+mod partitioner;
 mod pipeline;
 mod settings;
 
@@ -13,6 +14,7 @@ pub use acks::{
 };
 pub use embedded::{EMBEDDED_CLIENT_SETTINGS, EmbeddedKafka, EmbeddedKafkaError};
 pub use health::{KafkaClientMetrics, StageContext, StageHealth};
+pub use partitioner::{PartitionCount, murmur2, partition_for_key};
 pub use pipeline::{commit_stored, enqueue};
 pub use settings::{InvalidSetting, KafkaSettings, Topics, require_positive};
 
