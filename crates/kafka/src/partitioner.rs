@@ -161,9 +161,10 @@ mod tests {
             BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext,
         };
 
-        /// The partition each delivered record landed on, by its key.
+        /// A delivered record's key and the partition it landed on.
+        type Delivered = (Vec<u8>, i32);
         #[derive(Clone, Default)]
-        struct Landed(Arc<Mutex<Vec<(Vec<u8>, i32)>>>);
+        struct Landed(Arc<Mutex<Vec<Delivered>>>);
         impl ClientContext for Landed {}
         impl ProducerContext for Landed {
             type DeliveryOpaque = ();
