@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use fanout_kafka::{InvalidSetting, require_positive};
 use serde::{Deserialize, Serialize};
 
+use crate::shards::{ShardConfig, ShardMap};
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
@@ -30,6 +32,10 @@ pub struct ApiConfig {
     pub publish_timeout_ms: u64,
     /// The `Retry-After` of a 503 or a 429, in seconds.
     pub retry_after_seconds: u64,
+    /// Edge shards, when edges run with `edge.partitions`: each shard's URL and the
+    /// partitions its edges read, together every partition exactly once. What
+    /// `GET /v1/users/{user}/shard` answers from; empty when every edge reads all.
+    pub shards: Vec<ShardConfig>,
 }
 
 impl Default for ApiConfig {
@@ -43,6 +49,7 @@ impl Default for ApiConfig {
             requests_per_second: 1000,
             publish_timeout_ms: 5000,
             retry_after_seconds: 2,
+            shards: Vec::new(),
         }
     }
 }
@@ -160,6 +167,7 @@ impl ApiConfig {
         };
         self.merged_keys(&file)
             .map_err(|reason| InvalidSetting::new("partners", reason))?;
+        ShardMap::new(&self.shards)?;
         Ok(())
     }
 }

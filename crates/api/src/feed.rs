@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use fanout_edge::feed::{Watermarks, count_record, starting_positions};
 use fanout_edge::table::CountTable;
-use fanout_kafka::{KafkaSettings, StageContext, StageHealth};
+use fanout_kafka::{KafkaSettings, PartitionCount, StageContext, StageHealth};
 use fanout_schema::v1;
 use prost::Message as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -29,6 +29,9 @@ pub enum FeedError {
     Client(#[source] KafkaError),
     #[error("the feed's setup task failed: {0}")]
     Setup(String),
+    /// `api.shards` covers another partition count than unread-counts has.
+    #[error("{0}")]
+    Layout(String),
 }
 
 impl From<fanout_edge::feed::FeedError> for FeedError {
@@ -36,6 +39,7 @@ impl From<fanout_edge::feed::FeedError> for FeedError {
         match error {
             fanout_edge::feed::FeedError::Client(error) => Self::Client(error),
             fanout_edge::feed::FeedError::Setup(reason) => Self::Setup(reason),
+            fanout_edge::feed::FeedError::Layout(reason) => Self::Layout(reason),
         }
     }
 }
@@ -52,6 +56,8 @@ pub struct Feed {
     pub counts_topic: String,
     pub receipts_topic: String,
     pub tables: Arc<Tables>,
+    /// The partition count `api.shards` covers, checked against unread-counts'.
+    pub shard_partitions: Option<PartitionCount>,
     pub metrics: ApiMetrics,
     pub health: StageHealth,
 }
@@ -63,15 +69,27 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         counts_topic,
         receipts_topic,
         tables,
+        shard_partitions,
         metrics,
         health,
     } = feed;
     let mut starts: HashMap<(bool, i32), (i64, i64)> = HashMap::new();
     for (is_receipts, topic) in [(false, &counts_topic), (true, &receipts_topic)] {
-        let positions: Watermarks = tokio::select! {
+        let start = tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
-            positions = starting_positions(&kafka, topic, &[], None) => positions?,
+            start = starting_positions(&kafka, topic, &[], None) => start?,
         };
+        // A shard map for another partition count would send users to the wrong shard.
+        if !is_receipts
+            && let Some(covered) = shard_partitions
+            && covered != start.partitions
+        {
+            return Err(FeedError::Layout(format!(
+                "api.shards: the shards cover {covered} partitions, {topic} has {}",
+                start.partitions
+            )));
+        }
+        let positions: Watermarks = start.positions;
         starts.extend(
             positions
                 .into_iter()

@@ -26,6 +26,7 @@ use crate::feed::Tables;
 use crate::keys::{Caller, KeyDigest, KeyRing};
 use crate::metrics::{ApiMetrics, Limit, Route};
 use crate::publish::{BodyError, ErrorBody, EventOutcome, check_event, publish, split_body};
+use crate::shards::ShardMap;
 
 /// The OpenAPI document of these routes, served at `/v1/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../../../docs/openapi.json");
@@ -42,12 +43,15 @@ pub struct ApiState {
     pub metrics: ApiMetrics,
     /// Ready once the tables caught up; queries wait for it.
     pub health: StageHealth,
+    /// `api.shards`, validated; `None` when edges are not sharded.
+    pub shards: Option<ShardMap>,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/v1/events", post(post_events))
         .route("/v1/users/{user}/unread_count", get(get_unread_count))
+        .route("/v1/users/{user}/shard", get(get_shard))
         .route(
             "/v1/conversations/{conversation_id}/messages/{seq}/receipts",
             get(get_receipts),
@@ -386,6 +390,44 @@ async fn get_unread_count(
         ))
     })();
     answered(&state, Route::UnreadCount, into_response(result))
+}
+
+#[derive(Serialize)]
+struct ShardResponse<'a> {
+    partner: &'a str,
+    user: &'a str,
+    #[serde(flatten)]
+    shard: crate::shards::UserShard,
+}
+
+/// The shard whose edges serve the user: from `api.shards` and the user's key alone,
+/// so it needs no table and answers before the api is ready.
+async fn get_shard(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    user: Result<Path<String>, PathRejection>,
+) -> Response {
+    let result = (|| {
+        let caller = authorize(&state, &headers)?;
+        let Path(user) = user.map_err(|rejection| path_error(&rejection))?;
+        check_id("user", &user, &state.limits)?;
+        let shards = state.shards.as_ref().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_sharded",
+                "api.shards is not configured: every edge serves every user",
+            )
+        })?;
+        Ok(json(
+            StatusCode::OK,
+            &ShardResponse {
+                partner: &caller.partner,
+                user: &user,
+                shard: shards.user_shard(&user_key(&caller.partner, &user)),
+            },
+        ))
+    })();
+    answered(&state, Route::Shard, into_response(result))
 }
 
 #[derive(Serialize)]

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod metrics;
 pub mod publish;
 pub mod receipts;
+pub mod shards;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,6 +35,7 @@ use crate::config::{KeysFile, parse_keys_file, read_keys_file};
 use crate::feed::{Feed, Tables};
 use crate::http::ApiState;
 use crate::keys::KeyRing;
+use crate::shards::ShardMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -47,6 +49,8 @@ pub enum ApiError {
     Listener(#[source] std::io::Error),
     #[error("the api's table feed: {0}")]
     Feed(#[from] feed::FeedError),
+    #[error("api.{0}")]
+    Shards(#[from] fanout_kafka::InvalidSetting),
 }
 
 /// The api stage.
@@ -90,7 +94,9 @@ impl Api {
         producer_config.set("enable.idempotence", "false");
         producer_config.set("max.in.flight.requests.per.connection", "1");
         let producer: FutureProducer = producer_config.create().map_err(ApiError::Producer)?;
+        let shards = ShardMap::new(&config.shards)?;
         let state = Arc::new(ApiState {
+            shards,
             config,
             limits: ingest_limits,
             keys,
@@ -139,6 +145,7 @@ impl Api {
                 counts_topic,
                 receipts_topic,
                 tables: state.tables.clone(),
+                shard_partitions: state.shards.as_ref().map(ShardMap::partition_count),
                 metrics: state.metrics.clone(),
                 health: state.health.clone(),
             },

@@ -14,16 +14,18 @@ pub enum Route {
     Publish,
     UnreadCount,
     Receipts,
+    Shard,
     OpenApi,
     /// No route: 404 and 405.
     Unmatched,
 }
 
 impl Route {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Publish,
         Self::UnreadCount,
         Self::Receipts,
+        Self::Shard,
         Self::OpenApi,
         Self::Unmatched,
     ];
@@ -33,6 +35,7 @@ impl Route {
             Self::Publish => "publish",
             Self::UnreadCount => "unread_count",
             Self::Receipts => "receipts",
+            Self::Shard => "shard",
             Self::OpenApi => "openapi",
             Self::Unmatched => "unmatched",
         }

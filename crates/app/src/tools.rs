@@ -138,6 +138,79 @@ impl TokenOptions {
     }
 }
 
+/// `fanout shard`: the partition of a user's records and, with `[api] shards` in the
+/// config, the URL of the edge shard that serves the user; what the api's
+/// `GET /v1/users/{user}/shard` answers, for a backend that would rather not call it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShardOptions {
+    #[arg(long)]
+    pub partner: String,
+    #[arg(long)]
+    pub user: String,
+    /// The partition count of user-events, unread-counts and user-streams; by default
+    /// the count `[api] shards` covers.
+    #[arg(long)]
+    pub partitions: Option<i32>,
+    /// The TOML config file whose `[api] shards` name the shards.
+    #[arg(long, short, env = "FANOUT_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Where a user is served: `fanout shard`'s output, the api's answer's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ShardAnswer {
+    pub partner: String,
+    pub user: String,
+    pub partition: i32,
+    pub partitions: i32,
+    /// `None` without `[api] shards`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+/// The library function behind `fanout shard`: `user` of `partner`'s partition among
+/// `partitions` (else the count `shards` covers), and its shard's URL if `shards`.
+pub fn user_shard(
+    partner: &str,
+    user: &str,
+    partitions: Option<i32>,
+    shards: Option<&fanout_api::shards::ShardMap>,
+) -> anyhow::Result<ShardAnswer> {
+    let count = match (partitions, shards) {
+        (Some(given), Some(shards)) if given != shards.partition_count().get() => {
+            anyhow::bail!(
+                "--partitions {given}, but api.shards cover {} partitions",
+                shards.partition_count()
+            )
+        }
+        (Some(given), _) => fanout_kafka::PartitionCount::new(given)
+            .with_context(|| format!("--partitions {given}: must be positive"))?,
+        (None, Some(shards)) => shards.partition_count(),
+        (None, None) => anyhow::bail!("give --partitions, or a config with [api] shards"),
+    };
+    let key = fanout_schema::user_key(partner, user);
+    let partition = fanout_kafka::partition_for_key(key.as_bytes(), count);
+    Ok(ShardAnswer {
+        partner: partner.to_owned(),
+        user: user.to_owned(),
+        partition,
+        partitions: count.get(),
+        url: shards.map(|shards| shards.user_shard(&key).url),
+    })
+}
+
+impl ShardOptions {
+    /// Prints the answer as one JSON object.
+    pub fn execute(&self) -> anyhow::Result<()> {
+        let config = crate::config::Config::load(self.config.as_deref())?;
+        let shards = fanout_api::shards::ShardMap::new(&config.api.shards)
+            .map_err(|error| anyhow::anyhow!("api.{error}"))?;
+        let answer = user_shard(&self.partner, &self.user, self.partitions, shards.as_ref())?;
+        println!("{}", serde_json::to_string(&answer)?);
+        Ok(())
+    }
+}
+
 /// `fanout produce`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProduceOptions {

@@ -3,7 +3,7 @@
 use fanout_protocol::cable::{self, DisconnectReason};
 use fanout_protocol::close::{
     CLOSE_AUTH_FAILED, CLOSE_AUTH_TIMEOUT, CLOSE_MESSAGE_TOO_BIG, CLOSE_ORIGIN_NOT_ALLOWED,
-    CLOSE_RATE_LIMITED, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER,
+    CLOSE_RATE_LIMITED, CLOSE_SERVICE_RESTART, CLOSE_TRY_AGAIN_LATER, CLOSE_WRONG_SHARD,
 };
 
 /// The protocols the edge speaks: the `protocol` label of its metrics.
@@ -43,6 +43,8 @@ pub enum CloseReason {
     OriginNotAllowed,
     /// The edge is stopping (ActionCable `server_restart`, 1012).
     ServerRestart,
+    /// The token's user is served by another shard (ActionCable `wrong_shard`, 4421).
+    WrongShard,
     /// A WebSocket protocol or I/O error.
     Error,
 }
@@ -66,6 +68,7 @@ impl CloseReason {
             Self::ConnectionLimit => "connection_limit",
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::ServerRestart => "server_restart",
+            Self::WrongShard => "wrong_shard",
             Self::Error => "error",
         }
     }
@@ -92,6 +95,13 @@ impl CloseReason {
                 last_frame: Some(cable::disconnect(DisconnectReason::ServerRestart, true)),
                 close: None,
             },
+            // Like `unauthorized`: the official clients stop, and `@anycable/web`
+            // hands the reason to the app.
+            (Protocol::Cable, Self::WrongShard) => Goodbye {
+                last_frame: Some(cable::disconnect(DisconnectReason::WrongShard, false)),
+                close: Some((CLOSE_WRONG_SHARD, "wrong shard")),
+            },
+            (Protocol::Realtime, Self::WrongShard) => close(CLOSE_WRONG_SHARD, "wrong shard"),
             (Protocol::Cable, Self::RateLimited) => Goodbye {
                 last_frame: Some(cable::disconnect(DisconnectReason::InvalidRequest, false)),
                 close: Some((CLOSE_RATE_LIMITED, "too many commands")),
@@ -115,7 +125,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    const ALL: [CloseReason; 9] = [
+    const ALL: [CloseReason; 10] = [
         CloseReason::Client,
         CloseReason::Unauthorized,
         CloseReason::AuthTimeout,
@@ -124,6 +134,7 @@ mod tests {
         CloseReason::ConnectionLimit,
         CloseReason::OriginNotAllowed,
         CloseReason::ServerRestart,
+        CloseReason::WrongShard,
         CloseReason::Error,
     ];
 
@@ -145,6 +156,7 @@ mod tests {
         assert_eq!(code(CloseReason::ServerRestart), 1012);
         assert_eq!(code(CloseReason::Unauthorized), 4401);
         assert_eq!(code(CloseReason::RateLimited), 4429);
+        assert_eq!(code(CloseReason::WrongShard), 4421);
     }
 
     #[test]
@@ -158,6 +170,11 @@ mod tests {
         assert_eq!(
             refused.last_frame.unwrap(),
             r#"{"type":"disconnect","reason":"unauthorized","reconnect":false}"#
+        );
+        let wrong_shard = CloseReason::WrongShard.goodbye(Protocol::Cable).unwrap();
+        assert_eq!(
+            wrong_shard.last_frame.unwrap(),
+            r#"{"type":"disconnect","reason":"wrong_shard","reconnect":false}"#
         );
         let limited = CloseReason::RateLimited.goodbye(Protocol::Cable).unwrap();
         assert_eq!(limited.close, Some((4429, "too many commands")));

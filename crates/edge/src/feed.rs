@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fanout_kafka::{KafkaSettings, StageContext, StageHealth};
+use fanout_kafka::{KafkaSettings, PartitionCount, StageContext, StageHealth};
 use fanout_schema::v1;
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
@@ -21,12 +21,20 @@ use tokio_util::sync::CancellationToken;
 
 use fanout_protocol::stream::{Epoch, stream_tag};
 
+use crate::shard::Shard;
 use crate::streams::{StreamFrame, StreamHub};
 use crate::table::{CountTable, CountValue};
 use crate::telemetry::{CountRecord, EdgeMetrics, StreamRecord};
 
 /// Where reading starts in each partition, and its high-water mark then.
 pub type Watermarks = HashMap<i32, (i64, i64)>;
+
+/// A topic's partition count, and where reading starts in the partitions wanted.
+#[derive(Debug, Clone)]
+pub struct TopicStart {
+    pub partitions: PartitionCount,
+    pub positions: Watermarks,
+}
 
 /// How often the history window is aged and its metrics set while records come or not.
 const HISTORY_TICK: Duration = Duration::from_secs(1);
@@ -51,6 +59,11 @@ pub enum FeedError {
     Client(#[source] KafkaError),
     #[error("the feed's setup task failed: {0}")]
     Setup(String),
+    /// The topics do not fit the edge's shard: `edge.partitions` names a partition the
+    /// topic lacks, or unread-counts and user-streams differ in partition count (so
+    /// partition p of one would not hold the users of partition p of the other).
+    #[error("{0}")]
+    Layout(String),
 }
 
 /// What the feed reads and where it reports.
@@ -61,8 +74,9 @@ pub struct Feed {
     /// The user-streams topic.
     pub streams_topic: String,
     pub streams: Arc<StreamHub>,
-    /// Partitions to read; empty means all.
-    pub partitions: Vec<i32>,
+    /// Partitions to read (all, unless the shard is partial); the feed records the
+    /// topics' partition count in it before the node is ready.
+    pub shard: Arc<Shard>,
     pub table: Arc<CountTable>,
     pub metrics: EdgeMetrics,
     /// Set to true once the table has caught up; sessions wait for it.
@@ -78,7 +92,7 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
         topic,
         streams_topic,
         streams,
-        partitions,
+        shard,
         table,
         metrics,
         ready,
@@ -86,10 +100,14 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     } = feed;
     let kafka = &kafka;
     let topic = topic.as_str();
-    let partitions = partitions.as_slice();
-    let targets = tokio::select! {
+    let wanted: Vec<i32> = shard
+        .partitions()
+        .map(|partitions| partitions.iter().copied().collect())
+        .unwrap_or_default();
+    let partitions = wanted.as_slice();
+    let counts_start = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
-        targets = starting_positions(kafka, topic, partitions, None) => targets?,
+        start = starting_positions(kafka, topic, partitions, None) => start?,
     };
     // Streams: from the first record of the window's age, resolved here rather than
     // left to the consumer, so that the window is whole and every event written once
@@ -97,10 +115,14 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     let window_start = fanout_schema::unix_millis()
         .saturating_sub(i64::try_from(streams.max_age_ms()).unwrap_or(i64::MAX));
     streams.starts_at(window_start);
-    let stream_starts = tokio::select! {
+    let streams_start = tokio::select! {
         () = shutdown.cancelled() => return Ok(()),
         starts = starting_positions(kafka, &streams_topic, partitions, Some(window_start)) => starts?,
     };
+    check_layout(&shard, topic, &counts_start, &streams_topic, &streams_start)?;
+    shard.learned(counts_start.partitions);
+    let targets = counts_start.positions;
+    let stream_starts = streams_start.positions;
     let context = StageContext::new(health.clone()).with_metrics(metrics.kafka().clone());
     let consumer: StreamConsumer<StageContext> =
         KafkaSettings::with_statistics(kafka.assign_consumer_config())
@@ -238,6 +260,38 @@ pub async fn run(feed: Feed, shutdown: CancellationToken) -> Result<(), FeedErro
     Ok(())
 }
 
+/// Refuses a partial shard whose topics do not fit it: a configured partition the
+/// topic lacks would leave its users refused everywhere, and counts and streams of
+/// different partition counts would put a user's count and stream on different
+/// partitions (DESIGN.md: they share one count). A full edge reads whatever is there.
+fn check_layout(
+    shard: &Shard,
+    counts_topic: &str,
+    counts: &TopicStart,
+    streams_topic: &str,
+    streams: &TopicStart,
+) -> Result<(), FeedError> {
+    let Some(partitions) = shard.partitions() else {
+        return Ok(());
+    };
+    if counts.partitions != streams.partitions {
+        return Err(FeedError::Layout(format!(
+            "edge.partitions: {counts_topic} has {} partitions and {streams_topic} {}; a shard needs them equal",
+            counts.partitions, streams.partitions
+        )));
+    }
+    if let Some(missing) = partitions
+        .iter()
+        .find(|partition| !counts.partitions.contains(**partition))
+    {
+        return Err(FeedError::Layout(format!(
+            "edge.partitions: {missing} is not a partition of {counts_topic}, which has {}",
+            counts.partitions
+        )));
+    }
+    Ok(())
+}
+
 fn apply(
     table: &CountTable,
     message: &rdkafka::message::BorrowedMessage<'_>,
@@ -344,13 +398,13 @@ pub async fn starting_positions(
     topic: &str,
     wanted: &[i32],
     since_ms: Option<i64>,
-) -> Result<Watermarks, FeedError> {
+) -> Result<TopicStart, FeedError> {
     loop {
         let kafka = kafka.clone();
         let topic_name = topic.to_owned();
         let wanted = wanted.to_vec();
         let found =
-            tokio::task::spawn_blocking(move || -> Result<Option<Watermarks>, KafkaError> {
+            tokio::task::spawn_blocking(move || -> Result<Option<TopicStart>, KafkaError> {
                 let mut config = kafka.assign_consumer_config();
                 // A probe of `first_written_at` reads one record per partition: no need
                 // for a fetch's usual megabyte each.
@@ -363,9 +417,15 @@ pub async fn starting_positions(
                 else {
                     return Ok(None);
                 };
-                if topic_metadata.error().is_some() || topic_metadata.partitions().is_empty() {
+                if topic_metadata.error().is_some() {
                     return Ok(None);
                 }
+                let Some(partitions) = i32::try_from(topic_metadata.partitions().len())
+                    .ok()
+                    .and_then(PartitionCount::new)
+                else {
+                    return Ok(None);
+                };
                 let mut positions = HashMap::new();
                 for partition in topic_metadata.partitions() {
                     let id = partition.id();
@@ -407,7 +467,10 @@ pub async fn starting_positions(
                         }
                     }
                 }
-                Ok(Some(positions))
+                Ok(Some(TopicStart {
+                    partitions,
+                    positions,
+                }))
             })
             .await
             .map_err(|error| FeedError::Setup(error.to_string()))?;
@@ -543,8 +606,12 @@ async fn ends_now(
     streams_topic: &str,
     partitions: &[i32],
 ) -> Result<HashMap<At, i64>, FeedError> {
-    let counts = starting_positions(kafka, topic, partitions, None).await?;
-    let streams = starting_positions(kafka, streams_topic, partitions, None).await?;
+    let counts = starting_positions(kafka, topic, partitions, None)
+        .await?
+        .positions;
+    let streams = starting_positions(kafka, streams_topic, partitions, None)
+        .await?
+        .positions;
     Ok(counts
         .into_iter()
         .map(|(partition, (_, high))| ((false, partition), high))

@@ -18,6 +18,7 @@
 //! - [`auth`]: HS256 JWT verification against per-partner secrets; [`replay`]: each
 //!   token id accepted once per node until it expires; `secrets`: hot reload of the
 //!   partner secrets file.
+//! - [`shard`]: which users an edge reading only some partitions answers for.
 //! - [`limits`]: connection limits (node, partner), command rate, origin allow-lists.
 //! - [`drain`]: on shutdown, sessions told to leave spread over a window.
 //! - [`telemetry`]: one method per notable event, logging and counting it.
@@ -35,6 +36,7 @@ pub mod restore;
 pub mod secrets;
 pub mod server;
 pub mod session;
+pub mod shard;
 pub mod streams;
 pub mod table;
 pub mod telemetry;
@@ -101,7 +103,6 @@ impl Edge {
         let address = listener.local_addr().map_err(EdgeError::Listener)?;
         let table = Arc::new(CountTable::new());
         let (ready_tx, ready_rx) = watch::channel(false);
-        let partitions = config.partitions.clone();
         let node = Arc::new(Node::new(
             config,
             &file,
@@ -114,7 +115,7 @@ impl Edge {
             topic: topics.unread_counts.clone(),
             streams_topic: topics.user_streams.clone(),
             streams: node.streams.clone(),
-            partitions,
+            shard: node.shard.clone(),
             table,
             metrics,
             ready: ready_tx,

@@ -9,6 +9,7 @@ use crate::auth::{AuthError, Authenticator, Identity};
 use crate::config::{EdgeConfig, SecretsFile};
 use crate::limits::{ConnectionLimits, Limit, PartnerPlace, origin_allowed};
 use crate::restore::SessionStore;
+use crate::shard::{Holds, Shard};
 use crate::streams::StreamHub;
 use crate::table::CountTable;
 use crate::telemetry::EdgeMetrics;
@@ -26,6 +27,8 @@ pub struct Node {
     pub ready: watch::Receiver<bool>,
     /// Closed extended-protocol sessions that can be restored by `sid`.
     pub sessions: SessionStore,
+    /// The partitions this node reads: the users it answers for.
+    pub shard: Arc<Shard>,
 }
 
 /// What a connection that passed [`Node::admit`] holds for its life.
@@ -61,6 +64,8 @@ pub enum SubscriptionRefused {
     PartnerMismatch,
     Origin,
     PartnerFull,
+    /// The token's user is served by another shard.
+    WrongShard,
 }
 
 impl Node {
@@ -84,9 +89,23 @@ impl Node {
                 std::time::Duration::from_millis(config.session_restore_ttl_ms),
                 config.max_connections,
             ),
+            shard: Arc::new(Shard::new(&config.partitions)),
             config,
             metrics,
             ready,
+        }
+    }
+
+    /// Whether this node answers for `identity`'s user; a refusal is counted (and
+    /// logged) here, for `protocol`. Asked only once the node is ready, when the feed
+    /// has learned the topics' partition count.
+    pub fn holds(&self, identity: &Identity, protocol: crate::close::Protocol) -> bool {
+        match self.shard.holds(&identity.key()) {
+            Holds::Yes => true,
+            Holds::No { partition } => {
+                self.metrics.wrong_shard(protocol, partition);
+                false
+            }
         }
     }
 
@@ -103,13 +122,15 @@ impl Node {
     /// for a connection admitted as `connection` (`None`: it authenticated nothing
     /// yet). The token is verified for the connection's partner, else for the one
     /// `partner` or its claim names; it is not spent (it is presented again on every
-    /// reconnect). A connection without a partner place takes one now.
+    /// reconnect). A user this node does not hold is refused. A connection without a
+    /// partner place takes one now.
     pub fn admit_subscription(
         &self,
         connection: Option<&Identity>,
         partner: Option<&str>,
         token: &str,
         origin: Option<&str>,
+        protocol: crate::close::Protocol,
     ) -> Result<Subscribed, SubscriptionRefused> {
         let partner = connection
             .map(|identity| identity.partner.as_str())
@@ -124,6 +145,9 @@ impl Node {
                     _ => SubscriptionRefused::Token,
                 }
             })?;
+        if !self.holds(&identity, protocol) {
+            return Err(SubscriptionRefused::WrongShard);
+        }
         if connection.is_some() {
             return Ok(Subscribed {
                 identity,

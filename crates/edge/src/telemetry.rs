@@ -191,6 +191,8 @@ pub enum StreamSubscribe {
     AlreadySubscribed,
     /// No token, on a connection that authenticated none.
     NoIdentity,
+    /// The token's user is served by another shard.
+    WrongShard,
 }
 
 impl StreamSubscribe {
@@ -203,6 +205,7 @@ impl StreamSubscribe {
             Self::ConnectionLimit => "connection_limit",
             Self::AlreadySubscribed => "already_subscribed",
             Self::NoIdentity => "no_identity",
+            Self::WrongShard => "wrong_shard",
         }
     }
 }
@@ -283,6 +286,7 @@ pub struct EdgeMetrics {
     coalesced_pushes: IntCounter,
     closes: IntCounterVec,
     limited: IntCounterVec,
+    wrong_shard: IntCounterVec,
     secret_reloads: IntCounterVec,
     /// `fanout_edge_count_records_total`'s series, resolved once: the feed counts every record, and a
     /// label lookup per record was a tenth of a catch-up's CPU.
@@ -357,6 +361,16 @@ impl EdgeMetrics {
             ),
             &["limit"],
         )?;
+        let wrong_shard = IntCounterVec::new(
+            Opts::new(
+                "fanout_edge_wrong_shard_total",
+                "Users refused because this edge does not read their partition (edge.partitions), by protocol",
+            ),
+            &["protocol"],
+        )?;
+        for protocol in [Protocol::Cable, Protocol::Realtime] {
+            wrong_shard.with_label_values(&[protocol.as_str()]);
+        }
         let secret_reloads = IntCounterVec::new(
             Opts::new(
                 "fanout_edge_secret_reloads_total",
@@ -472,6 +486,7 @@ impl EdgeMetrics {
         registry.register(Box::new(coalesced_pushes.clone()))?;
         registry.register(Box::new(closes.clone()))?;
         registry.register(Box::new(limited.clone()))?;
+        registry.register(Box::new(wrong_shard.clone()))?;
         registry.register(Box::new(secret_reloads.clone()))?;
         registry.register(Box::new(count_records.clone()))?;
         registry.register(Box::new(table_keys.clone()))?;
@@ -485,6 +500,7 @@ impl EdgeMetrics {
             coalesced_pushes,
             closes,
             limited,
+            wrong_shard,
             secret_reloads,
             count_record_series: CountRecord::ALL
                 .map(|result| count_records.with_label_values(&[result.as_str()])),
@@ -581,6 +597,25 @@ impl EdgeMetrics {
             tracing::info!(reason = limit.as_str(), "refused by a limit");
         }
         self.limited.with_label_values(&[limit.as_str()]).inc();
+    }
+
+    /// A user refused because its partition (`partition`) is not one this edge reads:
+    /// a backend sent the client to the wrong shard. Logged at debug only, like a
+    /// limit: a misconfigured backend would send every client; the counter tells.
+    pub(crate) fn wrong_shard(&self, protocol: Protocol, partition: i32) {
+        tracing::debug!(
+            protocol = protocol.as_str(),
+            partition,
+            "user refused: served by another shard"
+        );
+        self.wrong_shard
+            .with_label_values(&[protocol.as_str()])
+            .inc();
+    }
+
+    /// Users of `protocol` refused as another shard's so far.
+    pub fn wrong_shard_count(&self, protocol: &str) -> u64 {
+        self.wrong_shard.with_label_values(&[protocol]).get()
     }
 
     pub(crate) fn secrets_reloaded(&self, result: Result<usize, &str>) {

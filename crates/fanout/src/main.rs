@@ -10,7 +10,7 @@ use fanout_app::dev::DevOptions;
 use fanout_app::logging::{self, LogFormat};
 use fanout_app::role::{CheckConfigOptions, RoleOptions};
 use fanout_app::stages::Role;
-use fanout_app::tools::{ProduceOptions, TokenOptions};
+use fanout_app::tools::{ProduceOptions, ShardOptions, TokenOptions};
 
 /// Kafka message events in, live per-user unread counts out over WebSockets.
 #[derive(Parser)]
@@ -45,6 +45,9 @@ enum Command {
     Produce(ProduceOptions),
     /// Mint a JWT for a user, signed with a partner secret.
     Token(TokenOptions),
+    /// Print the partition of a user's records and, with `[api] shards`, the URL of the
+    /// edge shard that serves the user.
+    Shard(ShardOptions),
     /// Measure a stage under load; prints the result as JSON.
     #[command(subcommand)]
     Bench(fanout_bench::BenchCommand),
@@ -90,6 +93,7 @@ async fn run(command: Command, format: LogFormat) -> anyhow::Result<ExitCode> {
         Command::DefaultConfig => print!("{}", fanout_app::config::DEFAULT_CONFIG_TOML),
         Command::Produce(options) => options.execute().await?,
         Command::Token(options) => options.execute()?,
+        Command::Shard(options) => options.execute()?,
         Command::Bench(bench) => bench.execute().await?,
     }
     Ok(ExitCode::SUCCESS)

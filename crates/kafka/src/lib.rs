@@ -9,6 +9,7 @@ mod embedded;
 mod group;
 mod health;
 mod log_limit;
+mod partitioner;
 mod pipeline;
 mod settings;
 
@@ -22,6 +23,7 @@ pub use group::{
 };
 pub use health::{KafkaClientMetrics, StageContext, StageHealth, partition_ids};
 pub use log_limit::{Admission, LogLimit, LogLimiter, LogLimits, LogLine, Summary};
+pub use partitioner::{PartitionCount, murmur2, partition_for_key};
 pub use pipeline::{commit_stored, enqueue};
 pub use settings::{InvalidSetting, KafkaSettings, Topics, require_positive};
 

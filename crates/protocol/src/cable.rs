@@ -26,6 +26,8 @@ pub enum DisconnectReason {
     InvalidRequest,
     ServerRestart,
     RemoteDisconnect,
+    /// The user is served by another shard of edges (fanout's own reason).
+    WrongShard,
 }
 
 impl DisconnectReason {
@@ -35,6 +37,7 @@ impl DisconnectReason {
             Self::InvalidRequest => "invalid_request",
             Self::ServerRestart => "server_restart",
             Self::RemoteDisconnect => "remote",
+            Self::WrongShard => "wrong_shard",
         }
     }
 }

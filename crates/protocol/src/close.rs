@@ -16,3 +16,6 @@ pub const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 pub const CLOSE_ORIGIN_NOT_ALLOWED: u16 = 4403;
 /// Close code when a client sends more commands per second than the edge allows.
 pub const CLOSE_RATE_LIMITED: u16 = 4429;
+/// Close code when the token's user is served by another shard of edges (HTTP's 421
+/// "misdirected request"): ask the backend for the user's shard URL.
+pub const CLOSE_WRONG_SHARD: u16 = 4421;

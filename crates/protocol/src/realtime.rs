@@ -207,6 +207,9 @@ pub enum AuthErrorCode {
     /// remember another token id right now; retry later (the connection closes with
     /// 1013).
     TryAgainLater,
+    /// The user is served by another shard of edges: this edge does not read the
+    /// user's partition (the connection closes with 4421).
+    WrongShard,
 }
 
 impl AuthErrorCode {
@@ -229,6 +232,7 @@ impl AuthErrorCode {
             Self::OriginNotAllowed => "origin_not_allowed",
             Self::WrongScope => "wrong_scope",
             Self::TryAgainLater => "try_again_later",
+            Self::WrongShard => "wrong_shard",
         }
     }
 }

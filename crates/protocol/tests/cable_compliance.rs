@@ -53,6 +53,10 @@ fn disconnect_frames() {
         cable::disconnect(DisconnectReason::ServerRestart, true),
         r#"{"type":"disconnect","reason":"server_restart","reconnect":true}"#
     );
+    assert_eq!(
+        cable::disconnect(DisconnectReason::WrongShard, false),
+        r#"{"type":"disconnect","reason":"wrong_shard","reconnect":false}"#
+    );
 }
 
 #[test]

@@ -110,6 +110,7 @@ fn codes_are_the_documented_strings() {
         (AuthErrorCode::OriginNotAllowed, "origin_not_allowed"),
         (AuthErrorCode::TryAgainLater, "try_again_later"),
         (AuthErrorCode::WrongScope, "wrong_scope"),
+        (AuthErrorCode::WrongShard, "wrong_shard"),
     ];
     for (code, text) in auth_codes {
         assert_eq!(code.as_str(), text);

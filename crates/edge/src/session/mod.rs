@@ -541,6 +541,15 @@ where
         if !table_caught_up(&self.node.ready).await {
             return self.close(CloseReason::ServerRestart).await.map(Err);
         }
+        // Asked once ready, when the node knows the topics' partition count: a user
+        // this node does not read is refused, never answered with a count of 0.
+        if let Some(identity) = self.connection.identity()
+            && !self.node.holds(identity, P::PROTOCOL)
+        {
+            self.protocol
+                .admission_refused(CloseReason::WrongShard, &mut self.out);
+            return self.close(CloseReason::WrongShard).await.map(Err);
+        }
         let mut counts = self
             .connection
             .identity()
@@ -760,12 +769,14 @@ where
                         request.partner.as_deref().or(partner),
                         &token,
                         origin,
+                        P::PROTOCOL,
                     )
                     .map_err(|refused| match refused {
                         SubscriptionRefused::Token => StreamSubscribe::Unauthorized,
                         SubscriptionRefused::PartnerMismatch => StreamSubscribe::PartnerMismatch,
                         SubscriptionRefused::Origin => StreamSubscribe::OriginNotAllowed,
                         SubscriptionRefused::PartnerFull => StreamSubscribe::ConnectionLimit,
+                        SubscriptionRefused::WrongShard => StreamSubscribe::WrongShard,
                     })?;
                 (subscribed.identity.clone(), Some(subscribed))
             }

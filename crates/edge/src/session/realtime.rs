@@ -103,6 +103,7 @@ impl Session for Realtime {
     fn admission_refused(&mut self, reason: CloseReason, out: &mut Outbox) {
         let code = match reason {
             CloseReason::OriginNotAllowed => AuthErrorCode::OriginNotAllowed,
+            CloseReason::WrongShard => AuthErrorCode::WrongShard,
             _ => AuthErrorCode::TryAgainLater,
         };
         out.reply(realtime::auth_failure(code, self.answering.as_ref()));
