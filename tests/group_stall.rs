@@ -5,7 +5,7 @@
 //! routers of one group on different `session.timeout.ms` values (30 s, 10 s, 6 s,
 //! joining 4 s apart), every router has its partitions revoked and none is assigned
 //! any, for as long as we watched (three plain rdkafka consumers do the same). Each
-//! router must say so (`/readyz`, `fanout_router_group_stalled`), leave the group and join
+//! router must say so (`/readyz`, `fanout_router_stalled_groups`), leave the group and join
 //! it again once its rebalance is overdue (`kafka.rebalance_timeout_ms`), and the
 //! counts must end exact against an independent recount.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

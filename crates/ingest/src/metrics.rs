@@ -71,7 +71,7 @@ impl IngestMetrics {
             dead_letters,
             user_events,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "ingest", "message-events")?,
-            group: fanout_kafka::GroupMetrics::new("ingest", registry)?,
+            group: fanout_kafka::GroupMetrics::new(fanout_kafka::GroupStage::Ingest, registry)?,
             log_limit: fanout_kafka::LogLimit::new(registry, "ingest")?,
         })
     }

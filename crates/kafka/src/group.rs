@@ -186,7 +186,14 @@ impl GroupState {
     }
 }
 
-/// The metrics of a stage's group: `fanout_<stage>_group_stalled`,
+/// A stage that consumes as a member of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupStage {
+    Ingest,
+    Router,
+}
+
+/// The metrics of a stage's group: `fanout_<stage>_stalled_groups`,
 /// `fanout_<stage>_unconsumed_partitions` and `fanout_<stage>_group_rejoins_total`.
 #[derive(Clone)]
 pub struct GroupMetrics {
@@ -196,21 +203,33 @@ pub struct GroupMetrics {
 }
 
 impl GroupMetrics {
-    pub fn new(stage: &str, registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(stage: GroupStage, registry: &Registry) -> prometheus::Result<Self> {
+        let (stalled, unconsumed, rejoins) = match stage {
+            GroupStage::Ingest => (
+                "fanout_ingest_stalled_groups",
+                "fanout_ingest_unconsumed_partitions",
+                "fanout_ingest_group_rejoins_total",
+            ),
+            GroupStage::Router => (
+                "fanout_router_stalled_groups",
+                "fanout_router_unconsumed_partitions",
+                "fanout_router_group_rejoins_total",
+            ),
+        };
         let stalled = IntGauge::new(
-            format!("fanout_{stage}_group_stalled"),
-            "1 while this member's rebalance is overdue, or it holds no partition while \
-             some partition's records wait unconsumed",
+            stalled,
+            "1 while this member's group is stalled: its rebalance is overdue, or it holds \
+             no partition while some partition's records wait unconsumed",
         )?;
         let unconsumed = IntGauge::new(
-            format!("fanout_{stage}_unconsumed_partitions"),
+            unconsumed,
             "Partitions of the input topic, not this member's, whose records have waited \
              with the group's committed offset unchanged for longer than \
              kafka.unconsumed_timeout_ms",
         )?;
         let rejoins = IntCounterVec::new(
             Opts::new(
-                format!("fanout_{stage}_group_rejoins_total"),
+                rejoins,
                 "Times this member left its group and joined again, by reason",
             ),
             &["reason"],

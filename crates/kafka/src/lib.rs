@@ -18,8 +18,8 @@ pub use acks::{
 };
 pub use embedded::{EMBEDDED_CLIENT_SETTINGS, EmbeddedKafka, EmbeddedKafkaError};
 pub use group::{
-    GroupBounds, GroupMetrics, GroupMonitor, GroupState, GroupWatch, PartitionSample, Rejoin,
-    leave_group,
+    GroupBounds, GroupMetrics, GroupMonitor, GroupStage, GroupState, GroupWatch, PartitionSample,
+    Rejoin, leave_group,
 };
 pub use health::{KafkaClientMetrics, StageContext, StageHealth, partition_ids};
 pub use log_limit::{Admission, LogLimit, LogLimiter, LogLimits, LogLine, Summary};

@@ -174,7 +174,7 @@ impl RouterMetrics {
             state_writes,
             covered_states,
             kafka: fanout_kafka::KafkaClientMetrics::new(registry, "router", "user-events")?,
-            group: fanout_kafka::GroupMetrics::new("router", registry)?,
+            group: fanout_kafka::GroupMetrics::new(fanout_kafka::GroupStage::Router, registry)?,
             log_limit: fanout_kafka::LogLimit::new(registry, "router")?,
         })
     }
