@@ -8,6 +8,7 @@ use crate::publish::PublishBenchOptions;
 use crate::router::{RouterBenchOptions, router};
 use crate::scaling::ScalingOptions;
 use crate::scenario::{Scenario, WsBenchOptions};
+use crate::soak::SoakOptions;
 use crate::table::TableBenchOptions;
 
 /// The subcommands of `fanout bench`.
@@ -54,6 +55,12 @@ pub enum BenchCommand {
     /// p99 latency, delivered of expected and CPU per user event of each process at
     /// each size; `scaling.json` and `scaling.svg`.
     Scaling(ScalingOptions),
+    /// N connections on one edge for a long time (default 19000, 30 minutes), counts
+    /// and stream events changing at a steady rate, 1 % of the clients reconnecting
+    /// each minute: the edge's RSS and open files at the end against a baseline (after
+    /// 5 minutes), and every client's final count and stream against a recount. Exits
+    /// non-zero naming each invariant that did not hold.
+    Soak(SoakOptions),
     /// The ceiling's server (started by `ceiling`).
     #[command(hide = true)]
     CeilingServer {
@@ -104,6 +111,22 @@ impl BenchCommand {
                 let result = crate::scaling::run(&options).await?;
                 eprintln!("{}", crate::scaling::summary(&result));
                 println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::Soak(options) => {
+                let result = crate::soak::run(&options).await?;
+                eprintln!("{}", result.summary());
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                let failed: Vec<&str> = result
+                    .failed()
+                    .iter()
+                    .map(|check| check.invariant)
+                    .collect();
+                anyhow::ensure!(
+                    failed.is_empty(),
+                    "soak: invariants that did not hold: {}",
+                    failed.join("; ")
+                );
                 return Ok(());
             }
             Self::CeilingServer { spec } => {
