@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 
 use crate::ceiling::CeilingOptions;
+use crate::overload::OverloadOptions;
 use crate::publish::PublishBenchOptions;
 use crate::router::{RouterBenchOptions, router};
 use crate::scaling::ScalingOptions;
@@ -61,6 +62,11 @@ pub enum BenchCommand {
     /// 5 minutes), and every client's final count and stream against a recount. Exits
     /// non-zero naming each invariant that did not hold.
     Soak(SoakOptions),
+    /// An edge at its `max_connections` (default 2000) hit by a storm of clients
+    /// connecting again and again: time to the refusal (HTTP 503) on /cable and
+    /// /realtime, and the connected clients' push latency before and during the storm
+    /// and final counts. Exits non-zero naming each invariant that did not hold.
+    Overload(OverloadOptions),
     /// The ceiling's server (started by `ceiling`).
     #[command(hide = true)]
     CeilingServer {
@@ -125,6 +131,22 @@ impl BenchCommand {
                 anyhow::ensure!(
                     failed.is_empty(),
                     "soak: invariants that did not hold: {}",
+                    failed.join("; ")
+                );
+                return Ok(());
+            }
+            Self::Overload(options) => {
+                let result = crate::overload::run(&options).await?;
+                eprintln!("{}", result.summary());
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                let failed: Vec<&str> = result
+                    .failed()
+                    .iter()
+                    .map(|check| check.invariant)
+                    .collect();
+                anyhow::ensure!(
+                    failed.is_empty(),
+                    "overload: invariants that did not hold: {}",
                     failed.join("; ")
                 );
                 return Ok(());

@@ -315,8 +315,16 @@ impl Client<'_> {
             let again = self.connect_again(position.as_ref()).await?;
             if again.reply.contains(r#""recovery":"reset""#) {
                 // The window lost what it missed: the stream is no longer exact, and
-                // the bench reports it; the client goes on from the next event.
+                // the bench reports it, with the edge's reason; the client goes on
+                // from the next event.
                 StreamCounters::add(&self.shared.streams.resets, 1);
+                let last = position.as_ref().map_or(0, |position| position.offset);
+                tally_error(
+                    &mut lock(&self.shared.errors),
+                    &format!("reset after offset {last}: {}", again.reply),
+                    1,
+                    MAX_ERROR_KINDS,
+                );
                 position = None;
             }
             state.count.store(again.count, Ordering::Relaxed);
