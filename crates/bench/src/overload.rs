@@ -431,7 +431,14 @@ fn refusals_of(
             continue;
         }
         refusals.clients += spec.connections;
-        refusals.refused += report.progress.churn.refused;
+        // Counted from the times, not the progress counter: the clients go on while
+        // their worker writes its report, and the two are read at different moments.
+        refusals.refused += report
+            .churn
+            .refused_us
+            .iter()
+            .map(|(_, count)| count)
+            .sum::<u64>();
         refusals.accepted += report.progress.churn.accepted;
         for (kind, count) in &report.churn.other {
             crate::worker::tally_error(&mut refusals.other, kind, *count, 8);
