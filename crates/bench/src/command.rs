@@ -4,10 +4,12 @@
 use anyhow::Context as _;
 
 use crate::ceiling::CeilingOptions;
+use crate::overload::OverloadOptions;
 use crate::publish::PublishBenchOptions;
 use crate::router::{RouterBenchOptions, router};
 use crate::scaling::ScalingOptions;
 use crate::scenario::{Scenario, WsBenchOptions};
+use crate::soak::SoakOptions;
 use crate::table::TableBenchOptions;
 
 /// The subcommands of `fanout bench`.
@@ -54,6 +56,17 @@ pub enum BenchCommand {
     /// p99 latency, delivered of expected and CPU per user event of each process at
     /// each size; `scaling.json` and `scaling.svg`.
     Scaling(ScalingOptions),
+    /// N connections on one edge for a long time (default 19000, 30 minutes), counts
+    /// and stream events changing at a steady rate, 1 % of the clients reconnecting
+    /// each minute: the edge's RSS and open files at the end against a baseline (after
+    /// 5 minutes), and every client's final count and stream against a recount. Exits
+    /// non-zero naming each invariant that did not hold.
+    Soak(SoakOptions),
+    /// An edge at its `max_connections` (default 2000) hit by a storm of clients
+    /// connecting again and again: time to the refusal (HTTP 503) on /cable and
+    /// /realtime, and the connected clients' push latency before and during the storm
+    /// and final counts. Exits non-zero naming each invariant that did not hold.
+    Overload(OverloadOptions),
     /// The ceiling's server (started by `ceiling`).
     #[command(hide = true)]
     CeilingServer {
@@ -104,6 +117,38 @@ impl BenchCommand {
                 let result = crate::scaling::run(&options).await?;
                 eprintln!("{}", crate::scaling::summary(&result));
                 println!("{}", serde_json::to_string_pretty(&result)?);
+                return Ok(());
+            }
+            Self::Soak(options) => {
+                let result = crate::soak::run(&options).await?;
+                eprintln!("{}", result.summary());
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                let failed: Vec<&str> = result
+                    .failed()
+                    .iter()
+                    .map(|check| check.invariant)
+                    .collect();
+                anyhow::ensure!(
+                    failed.is_empty(),
+                    "soak: invariants that did not hold: {}",
+                    failed.join("; ")
+                );
+                return Ok(());
+            }
+            Self::Overload(options) => {
+                let result = crate::overload::run(&options).await?;
+                eprintln!("{}", result.summary());
+                println!("{}", serde_json::to_string_pretty(&result)?);
+                let failed: Vec<&str> = result
+                    .failed()
+                    .iter()
+                    .map(|check| check.invariant)
+                    .collect();
+                anyhow::ensure!(
+                    failed.is_empty(),
+                    "overload: invariants that did not hold: {}",
+                    failed.join("; ")
+                );
                 return Ok(());
             }
             Self::CeilingServer { spec } => {

@@ -22,18 +22,23 @@
 //!   receipts and unread_count queries, a read receipt from the HTTP request to the
 //!   sender's socket), against a deployment [`target`] starts with an api, checked
 //!   against message-events' watermarks.
+//! - [`soak`]: one edge held for a long time under steady change and reconnections: its
+//!   RSS and open files against a baseline, every client against a recount.
+//! - [`overload`]: an edge at its `max_connections` under a storm of clients: how fast
+//!   the refused are answered, and whether the connected keep receiving.
 //! - [`table`]: the count table of users without a connection: 1M counts in
 //!   unread-counts, a new edge's RSS growth per user and time to read them back.
 //!
 //! Modules depend one way, each only on those listed before it: `system`, `syscalls`;
 //! `report`, `worker`; `scenario`, `result`, `pool`; `target`; `load`; `measure`;
-//! `ceiling`; `storm`; `ws`; `scaling`; `publish`, `table`; `command`. `router` stands
+//! `ceiling`; `storm`; `ws`; `scaling`; `publish`, `table`, `soak`, `overload`; `command`. `router` stands
 //! alone, but for `system`.
 
 pub mod ceiling;
 mod command;
 mod load;
 mod measure;
+pub mod overload;
 mod pool;
 pub mod publish;
 pub mod report;
@@ -41,6 +46,7 @@ pub mod result;
 pub mod router;
 pub mod scaling;
 pub mod scenario;
+pub mod soak;
 mod storm;
 pub mod syscalls;
 pub mod system;

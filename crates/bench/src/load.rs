@@ -102,7 +102,7 @@ pub(crate) async fn send(
     }
 }
 
-fn message_created(
+pub(crate) fn message_created(
     partner: &str,
     event_id: String,
     conversation: String,
@@ -129,7 +129,7 @@ fn message_created(
 }
 
 /// `{"text":"xxx..."}` of about `bytes` bytes as JSON; `None` for 0.
-fn message_data(bytes: usize) -> anyhow::Result<Option<fanout_schema::data::Struct>> {
+pub(crate) fn message_data(bytes: usize) -> anyhow::Result<Option<fanout_schema::data::Struct>> {
     if bytes == 0 {
         return Ok(None);
     }

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::system::this_binary;
 use super::worker::{
-    Events, LatencySource, Progress, Protocol, WorkerMessage, WorkerReport, WorkerSpec,
+    Churn, Events, LatencySource, Progress, Protocol, WorkerMessage, WorkerReport, WorkerSpec,
 };
 
 /// Most connections one worker holds: the open-file limit is 20000 per process.
@@ -55,6 +55,7 @@ pub(super) struct ClientPlan<'a> {
     pub(super) connect_concurrency: usize,
     pub(super) latency: LatencySource,
     pub(super) events: Events,
+    pub(super) churn: Churn,
 }
 
 impl ClientPlan<'_> {
@@ -87,6 +88,7 @@ impl ClientPlan<'_> {
                     connect_concurrency: self.connect_concurrency,
                     latency: self.latency,
                     events: self.events,
+                    churn: self.churn,
                 }
             })
             .filter(|spec| spec.connections > 0)

@@ -263,6 +263,15 @@ pub struct ApiEndpoint {
 
 impl LocalDeployment {
     pub async fn start(options: &LocalOptions<'_>) -> anyhow::Result<Self> {
+        Self::start_with(options, |_| {}).await
+    }
+
+    /// As [`Self::start`], with `adjust` applied to the config every child shares
+    /// (soak's history window, overload's `max_connections`).
+    pub async fn start_with(
+        options: &LocalOptions<'_>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
         let run_id = fanout_app::tools::random_hex(4);
         let topics = Topics::with_prefix(&format!("bench-{run_id}-"));
         let layout = topics.with_partitions(
@@ -290,6 +299,7 @@ impl LocalDeployment {
             .kafka
             .client
             .extend(options.kafka_client.iter().cloned());
+        adjust(&mut config);
         let mut deployment = Self {
             kafka,
             brokers,

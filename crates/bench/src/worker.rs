@@ -29,6 +29,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, http};
 
+mod churn;
+pub use churn::{Churn, ChurnProgress, ChurnReport};
+
 /// The WebSocket protocol the clients speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -92,6 +95,9 @@ pub struct WorkerSpec {
     pub latency: LatencySource,
     #[serde(default)]
     pub events: Events,
+    /// Whether connections come and go (soak, overload).
+    #[serde(default)]
+    pub churn: Churn,
 }
 
 /// What a worker writes to stdout, one JSON object per line.
@@ -116,6 +122,9 @@ pub struct Progress {
     /// Resuming clients only.
     #[serde(default)]
     pub streams: StreamProgress,
+    /// Churning clients only.
+    #[serde(default)]
+    pub churn: ChurnProgress,
 }
 
 impl Progress {
@@ -127,6 +136,7 @@ impl Progress {
             failed: self.failed + other.failed,
             pushes: self.pushes + other.pushes,
             streams: self.streams.plus(&other.streams),
+            churn: self.churn.plus(&other.churn),
         }
     }
 }
@@ -215,6 +225,9 @@ pub struct WorkerReport {
     /// Every resuming client's recovery ([`Events::Resumed`]).
     #[serde(default)]
     pub recoveries: Vec<ClientRecovery>,
+    /// Churning clients' final state ([`Churn`]).
+    #[serde(default)]
+    pub churn: ChurnReport,
 }
 
 /// Histograms span 1 µs to 10 minutes at 3 significant digits.
@@ -260,6 +273,7 @@ struct Shared {
     streams: StreamCounters,
     /// Each resuming client's recovery, written by its task.
     recoveries: Mutex<Vec<Arc<Mutex<ClientRecovery>>>>,
+    churn: churn::ChurnState,
 }
 
 /// [`StreamProgress`], counted as it happens.
@@ -303,6 +317,7 @@ impl Shared {
             failed: self.failed.load(Ordering::Relaxed),
             pushes: self.pushes.load(Ordering::Relaxed),
             streams: self.streams.read(),
+            churn: self.churn.progress(),
         }
     }
 
@@ -376,11 +391,16 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
     let mut commands = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut connect_started_us = 0;
     let mut reporter: Option<tokio::task::JoinHandle<()>> = None;
+    let mut schedule: Option<tokio::task::JoinHandle<()>> = None;
     while let Some(command) = commands.next_line().await? {
         match command.trim() {
             "connect" if connect_started_us == 0 => {
                 connect_started_us = unix_micros();
-                start_clients(&spec, &edges, std::mem::take(&mut tokens), &shared);
+                let tokens = std::mem::take(&mut tokens);
+                match spec.churn {
+                    Churn::Off => start_clients(&spec, &edges, tokens, &shared),
+                    churn => schedule = churn::start(&spec, &edges, tokens, &shared, churn),
+                }
                 let shared = shared.clone();
                 reporter = Some(tokio::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_millis(200));
@@ -389,6 +409,12 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                         emit(&WorkerMessage::Progress(shared.progress()));
                     }
                 }));
+            }
+            // Soak: no more reconnections, so that every client is connected at the end.
+            "quiesce" => {
+                if let Some(schedule) = schedule.take() {
+                    schedule.abort();
+                }
             }
             "finish" => break,
             _ => {}
@@ -433,6 +459,7 @@ pub async fn run(spec: WorkerSpec) -> anyhow::Result<()> {
                     .clone()
             })
             .collect(),
+        churn: shared.churn.report(),
     };
     emit(&WorkerMessage::Report(Box::new(report)));
     Ok(())
@@ -527,6 +554,15 @@ const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
+/// A connection set up and subscribed.
+struct SetUp {
+    socket: Socket,
+    /// The events subscription's reply (empty without events).
+    reply: String,
+    /// The last count the edge sent during the setup: the user's count then.
+    count: u64,
+}
+
 /// Which connection of a client a setup makes.
 #[derive(Debug, Clone, Copy)]
 enum Attempt<'a> {
@@ -605,14 +641,14 @@ impl Client<'_> {
         &self,
         token: &str,
         setup: &tokio::sync::Semaphore,
-    ) -> Result<Socket, String> {
+    ) -> Result<SetUp, String> {
         let permit = setup.acquire().await.map_err(|error| error.to_string())?;
         let started_us = unix_micros();
         // Boxed, and gone once set up: a task is as large as its future's largest
         // state for its whole life, and the setup's (the upgrade's request and
         // response) is several times what a connection keeps to read its frames.
         let setup_future = Box::pin(self.setup(token, Attempt::First { started_us }));
-        let (socket, _) = tokio::time::timeout(SETUP_TIMEOUT, setup_future)
+        let set_up = tokio::time::timeout(SETUP_TIMEOUT, setup_future)
             .await
             .map_err(|_| "setup timed out".to_owned())??;
         drop(permit);
@@ -620,11 +656,11 @@ impl Client<'_> {
         self.shared
             .last_subscribed_us
             .fetch_max(unix_micros(), Ordering::Relaxed);
-        Ok(socket)
+        Ok(set_up)
     }
 
     async fn run(&self, token: String, setup: &tokio::sync::Semaphore) -> Result<(), String> {
-        let mut socket = self.subscribe_first(&token, setup).await?;
+        let mut socket = self.subscribe_first(&token, setup).await?.socket;
         // Not needed again: held for the connection's life, it would be a few hundred
         // bytes a connection.
         drop(token);
@@ -665,7 +701,7 @@ impl Client<'_> {
         setup: &tokio::sync::Semaphore,
         recovery: &Mutex<ClientRecovery>,
     ) -> Result<(), String> {
-        let mut socket = self.subscribe_first(&token, setup).await?;
+        let mut socket = self.subscribe_first(&token, setup).await?.socket;
         let mut position = None;
         let mut positioned = false;
         let mut dropped = false;
@@ -683,7 +719,11 @@ impl Client<'_> {
                     .as_ref()
                     .map_or(0, |position: &StreamPosition| position.offset);
             }
-            let (again, reply) = self.reconnect(position.as_ref(), recovery).await?;
+            let SetUp {
+                socket: again,
+                reply,
+                ..
+            } = self.reconnect(position.as_ref(), recovery).await?;
             socket = again;
             let mut recovery = recovery.lock().unwrap_or_else(PoisonError::into_inner);
             if recovery.resubscribed_us == 0 {
@@ -758,7 +798,7 @@ impl Client<'_> {
         &self,
         since: Option<&StreamPosition>,
         recovery: &Mutex<ClientRecovery>,
-    ) -> Result<(Socket, String), String> {
+    ) -> Result<SetUp, String> {
         let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
         let user = format!("{}{}", self.spec.user_prefix, self.user_index);
         let mut attempt = 0;
@@ -794,7 +834,7 @@ impl Client<'_> {
 
     /// Connects, upgrades, authenticates and subscribes; returns once the initial count
     /// arrived (and with events, once they are subscribed, with the reply).
-    async fn setup(&self, token: &str, attempt: Attempt<'_>) -> Result<(Socket, String), String> {
+    async fn setup(&self, token: &str, attempt: Attempt<'_>) -> Result<SetUp, String> {
         let socket = TcpSocket::new_v4().map_err(|error| format!("socket: {error}"))?;
         socket
             .bind(SocketAddr::new(self.source.into(), 0))
@@ -837,6 +877,7 @@ impl Client<'_> {
         }
         let mut authenticated = false;
         let mut counted = false;
+        let mut count = 0;
         while let Some(frame) = socket.next().await {
             let Message::Text(text) = frame.map_err(|error| format!("read: {error}"))? else {
                 continue;
@@ -869,9 +910,17 @@ impl Client<'_> {
                 }
                 continue;
             }
-            if !counted && unread_count(text).is_some() {
+            let pushed = unread_count(text);
+            if let Some(pushed) = pushed {
+                count = pushed;
+            }
+            if !counted && pushed.is_some() {
                 if self.spec.events == Events::Off {
-                    return Ok((socket, String::new()));
+                    return Ok(SetUp {
+                        socket,
+                        reply: String::new(),
+                        count,
+                    });
                 }
                 counted = true;
                 let subscribe = match (self.spec.protocol, attempt) {
@@ -895,7 +944,11 @@ impl Client<'_> {
                 Protocol::Realtime => text.contains(r#""type":"subscribed""#),
             };
             if counted && events_confirmed {
-                return Ok((socket, text.to_owned()));
+                return Ok(SetUp {
+                    socket,
+                    reply: text.to_owned(),
+                    count,
+                });
             }
             if text.contains("reject_subscription") {
                 return Err("subscription rejected".to_owned());

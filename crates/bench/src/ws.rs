@@ -381,6 +381,7 @@ fn client_plan<'a>(
             _ if options.events => Events::Subscribed,
             _ => Events::Off,
         },
+        churn: super::worker::Churn::Off,
     }
 }
 

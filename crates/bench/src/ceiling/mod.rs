@@ -182,6 +182,7 @@ pub(crate) async fn measure(phase: &Phase<'_>) -> anyhow::Result<Measured> {
         connect_concurrency: phase.connect_concurrency,
         latency: LatencySource::CountIsSendTime,
         events: Events::Off,
+        churn: crate::worker::Churn::Off,
     };
     let specs = plan.worker_specs();
     let mut pool = start_workers(&specs, phase.run_dir).await?;
