@@ -11,7 +11,7 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::Value;
 
 use crate::auth::{AuthError, Authenticator};
-use crate::{EdgeConfig, PartnerConfig, SecretConfig};
+use crate::{EdgeConfig, SecretConfig};
 
 /// The secrets the fuzzed tokens are verified with: `acme` has two, by key id, `globex`
 /// one without. Tokens the target signs itself use [`SIGNING_SECRET`] (acme's `k1`).
@@ -40,7 +40,7 @@ fn authenticator() -> Authenticator {
         config
             .partners
             .entry(partner.to_owned())
-            .or_insert_with(PartnerConfig::default)
+            .or_default()
             .secrets
             .push(secret);
     }

@@ -8,8 +8,11 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
+/// A fuzz entry point: any bytes in, a panic when a property fails.
+type Entry = fn(&[u8]);
+
 /// Each target of fuzz/Cargo.toml and the function its fuzz_targets/<target>.rs calls.
-const TARGETS: [(&str, fn(&[u8])); 7] = [
+const TARGETS: [(&str, Entry); 7] = [
     ("realtime_decode", fanout_protocol::fuzzing::realtime_frame),
     ("cable_decode", fanout_protocol::fuzzing::cable_command),
     ("cable_encode", fanout_protocol::fuzzing::cable_encode),
