@@ -230,3 +230,9 @@ write("jwt", "relative-bad-claims", b"\3" + header + b"\n"
       + json.dumps(dict(relative, uniqueId=7, jti="")).encode())
 write("jwt", "relative-too-long", b"\3" + header + b"\n" + json.dumps(dict(relative, exp=90000)).encode())
 write("jwt", "relative-future", b"\3" + header + b"\n" + json.dumps(dict(relative, iat=600)).encode())
+
+# --- ActionCable encoders: 8 bytes of count (little-endian), then the identifier ---
+# Offers of the server's other subprotocols: the target before this one asserted that
+# only actioncable-v1-json could be picked, false since the extended protocol.
+write("cable_encode", "ext-subprotocol", struct.pack("<Q", 3) + b"actioncable-v1-ext-json\nx")
+write("cable_encode", "unsupported-subprotocol", struct.pack("<Q", 0) + b" actioncable-unsupported , a")
