@@ -159,15 +159,26 @@ fn into_response<T: IntoResponse>(result: Result<T, ApiError>) -> Response {
     }
 }
 
+/// The key of an `Authorization: Bearer <key>` header value (scheme in any case).
+pub fn bearer_key(value: &str) -> Option<&str> {
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// A path's message `seq`: decimal digits only, in `1..=max_seq`.
+pub fn parse_seq(text: &str, max_seq: u64) -> Option<u64> {
+    Some(text)
+        .filter(|seq| seq.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|seq| seq.parse::<u64>().ok())
+        .filter(|seq| (1..=max_seq).contains(seq))
+}
+
 /// The caller of an authenticated request, within its key's rate.
 fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            let (scheme, key) = value.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-        })
+        .and_then(bearer_key)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::UNAUTHORIZED,
@@ -454,17 +465,13 @@ async fn get_receipts(
         let caller = authorize(&state, &headers)?;
         let Path((conversation_id, seq)) = path.map_err(|rejection| path_error(&rejection))?;
         check_id("conversation_id", &conversation_id, &state.limits)?;
-        let seq = Some(seq.as_str())
-            .filter(|seq| seq.bytes().all(|byte| byte.is_ascii_digit()))
-            .and_then(|seq| seq.parse::<u64>().ok())
-            .filter(|seq| (1..=state.limits.max_seq).contains(seq))
-            .ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_seq",
-                    format!("seq must be an integer in 1..={}", state.limits.max_seq),
-                )
-            })?;
+        let seq = parse_seq(&seq, state.limits.max_seq).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_seq",
+                format!("seq must be an integer in 1..={}", state.limits.max_seq),
+            )
+        })?;
         require_ready(&state)?;
         let readers = state
             .tables

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod feed;
+pub mod fuzzing;
 pub mod http;
 pub mod keys;
 pub mod metrics;

@@ -29,6 +29,7 @@ mod config;
 pub mod drain;
 pub mod feed;
 pub mod frames;
+pub mod fuzzing;
 pub mod limits;
 pub mod node;
 pub mod replay;

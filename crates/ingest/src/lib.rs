@@ -3,6 +3,7 @@
 //! with a `fanout-error` header. Stateless: scale it by adding group members.
 
 pub mod events;
+pub mod fuzzing;
 mod metrics;
 mod service;
 

@@ -1,0 +1,4 @@
+//! See `fanout_ingest::fuzzing::protobuf_record`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| fanout_ingest::fuzzing::protobuf_record(input));
