@@ -3,9 +3,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fanout_kafka::{
-    AckGroup, GroupBounds, GroupMonitor, GroupWatch, InputLog, InvalidSetting, KafkaSettings,
-    OutputProducer, StageContext, StageHealth, Topics, commit_stored, leave_group,
-    require_positive, store_input_offset,
+    AckGroup, GroupWatch, InputLog, InvalidSetting, KafkaSettings, OutputProducer, StageContext,
+    StageHealth, Topics, commit_stored, leave_group, require_positive, store_input_offset,
 };
 use fanout_schema::{CONTENT_TYPE_HEADER, user_key};
 use futures::FutureExt as _;
@@ -88,18 +87,13 @@ pub async fn run(
     health: StageHealth,
     shutdown: CancellationToken,
 ) -> Result<(), IngestError> {
-    let group = GroupWatch::new(
-        &config.group_id,
-        GroupBounds::from_settings(kafka),
-        health.clone(),
-        metrics.group().clone(),
-    );
-    let monitor = GroupMonitor::spawn(
+    let (group, monitor) = GroupWatch::start(
         kafka,
         &config.group_id,
         &topics.message_events,
-        group.clone(),
-        shutdown.child_token(),
+        health.clone(),
+        metrics.group().clone(),
+        &shutdown,
     )
     .map_err(IngestError::Client)?;
     // A consumer subscribed to the input topic: at start, and again whenever the group

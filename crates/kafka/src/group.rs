@@ -288,6 +288,22 @@ impl GroupWatch {
         }
     }
 
+    /// A member's watch and the sampler feeding it, for `group` consuming `topic`, with
+    /// the bounds of `kafka`'s settings; the sampler stops with `shutdown`.
+    pub fn start(
+        kafka: &KafkaSettings,
+        group: &str,
+        topic: &str,
+        health: StageHealth,
+        metrics: GroupMetrics,
+        shutdown: &CancellationToken,
+    ) -> Result<(Self, GroupMonitor), rdkafka::error::KafkaError> {
+        let watch = Self::new(group, GroupBounds::from_settings(kafka), health, metrics);
+        let monitor =
+            GroupMonitor::spawn(kafka, group, topic, watch.clone(), shutdown.child_token())?;
+        Ok((watch, monitor))
+    }
+
     fn with_state<T>(&self, f: impl FnOnce(&mut GroupState) -> T) -> T {
         f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
     }

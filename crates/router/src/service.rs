@@ -3,9 +3,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use fanout_kafka::{
-    AckGroup, GroupBounds, GroupMonitor, GroupWatch, InvalidSetting, KafkaSettings, OutputProducer,
-    StageContext, StageHealth, Topics, commit_stored, leave_group, require_positive,
-    store_input_offset,
+    AckGroup, GroupWatch, InvalidSetting, KafkaSettings, OutputProducer, StageContext, StageHealth,
+    Topics, commit_stored, leave_group, require_positive, store_input_offset,
 };
 use fanout_schema::{split_user_key, user_key, v1};
 use fanout_unread::{Limits, StreamLimits};
@@ -242,18 +241,13 @@ pub async fn run(
         )
         .map_err(RouterError::Client)?,
     );
-    let group = GroupWatch::new(
-        &config.group_id,
-        GroupBounds::from_settings(kafka),
-        health.clone(),
-        metrics.group().clone(),
-    );
-    let monitor = GroupMonitor::spawn(
+    let (group, monitor) = GroupWatch::start(
         kafka,
         &config.group_id,
         &topics.user_events,
-        group.clone(),
-        shutdown.child_token(),
+        health.clone(),
+        metrics.group().clone(),
+        &shutdown,
     )
     .map_err(RouterError::Client)?;
     let changes = Arc::new(Mutex::new(Vec::new()));
