@@ -135,9 +135,14 @@ pub async fn run(
             keys: vec![fanout_api::ApiKey(api_key.clone())],
         },
     );
+    let listener = stages::bind_client_listener(&options.listen).await?;
+    // One edge reads every partition: it is the shard the api names for every user.
+    config.api.shards = vec![fanout_api::shards::ShardConfig {
+        url: format!("ws://{}", displayed(listener.local_addr()?)),
+        partitions: (0..options.partitions).collect(),
+    }];
     config.validate()?;
 
-    let listener = stages::bind_client_listener(&options.listen).await?;
     let api_listener = TcpListener::bind(&options.api_listen)
         .await
         .with_context(|| format!("binding {}", options.api_listen))?;
@@ -177,17 +182,9 @@ pub async fn run(
         None,
         Some(&options.partner),
     )?;
-    let host = |address: std::net::SocketAddr| match address.ip() {
-        ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-        ip => ip.to_string(),
-    };
-    let websocket_url = format!("ws://{}:{}", host(edge_address), edge_address.port());
-    let admin_url = format!(
-        "http://{}:{}",
-        host(started.admin_address),
-        started.admin_address.port()
-    );
-    let api_url = format!("http://{}:{}", host(api_address), api_address.port());
+    let websocket_url = format!("ws://{}", displayed(edge_address));
+    let admin_url = format!("http://{}", displayed(started.admin_address));
+    let api_url = format!("http://{}", displayed(api_address));
     let api_curl = api_curl(&api_url, &api_key, &options.partner, &options.user);
     let info = DevInfo {
         api_url,
@@ -246,6 +243,16 @@ pub fn room_subscribe(pubsub_token: &str) -> String {
         r#"{{"command":"subscribe","identifier":{}}}"#,
         json_string(&identifier)
     )
+}
+
+/// A listener's address as a client on this machine reaches it: an unspecified IP
+/// (listening on every interface) as 127.0.0.1.
+fn displayed(address: std::net::SocketAddr) -> std::net::SocketAddr {
+    if address.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], address.port()))
+    } else {
+        address
+    }
 }
 
 /// A `curl` that publishes one message from `alice` to `user` through the api.
