@@ -13,7 +13,7 @@
 //! must be. The edge's RSS and open file descriptors are sampled all along.
 //!
 //! Invariants, each checked at the end ([`SoakResult::checks`]):
-//! - the edge's RSS at the end at most [`RSS_TOLERANCE`] above its RSS at the baseline
+//! - the edge's RSS at the end at most `--rss-tolerance-percent` (5) above its RSS at the baseline
 //!   (the first sample after `--baseline-seconds` with every client connected);
 //! - its open file descriptors at the end (every client connected, reconnections
 //!   stopped) no more than at the baseline;
@@ -39,9 +39,6 @@ use crate::pool::{ClientPlan, WorkerPool, connect_all, start_workers, worker_cou
 use crate::report::{Machine, load_average};
 use crate::target::{LocalDeployment, LocalOptions};
 use crate::worker::{Churn, Events, LatencySource, Protocol, WorkerReport, WorkerSpec};
-
-/// How far the edge's RSS at the end may be above its RSS at the baseline.
-pub const RSS_TOLERANCE: f64 = 0.05;
 
 /// Bytes of `data` each notification carries.
 const NOTIFICATION_DATA_BYTES: usize = 64;
@@ -90,6 +87,9 @@ pub struct SoakOptions {
     /// the window's growth is taken for a leak.
     #[arg(long)]
     pub history_max_age_ms: Option<u64>,
+    /// How far the edge's RSS at the end may be above its RSS at the baseline, in percent.
+    #[arg(long, default_value_t = 5.0)]
+    pub rss_tolerance_percent: f64,
     /// Partitions of the topics the bench creates.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
@@ -806,16 +806,21 @@ fn checks(
     verdict: &Verdict,
     produced: &Produced,
 ) -> Vec<Check> {
-    let rss_limit = baseline.rss_kib as f64 * (1.0 + RSS_TOLERANCE);
+    let rss_limit = baseline.rss_kib as f64 * (1.0 + options.rss_tolerance_percent / 100.0);
     let minutes = options.duration_seconds / 60.0;
     let reconnections_due = options.reconnect_per_minute * options.connections as f64 * minutes;
     vec![
         Check {
-            invariant: "edge RSS at the end within 5 % of the baseline's",
+            invariant: "edge RSS at the end within --rss-tolerance-percent of the baseline's",
             met: end.rss_kib as f64 <= rss_limit,
             detail: format!(
-                "{} KiB at {:.0} s, {} KiB at {:.0} s (limit {:.0} KiB)",
-                baseline.rss_kib, baseline.seconds, end.rss_kib, end.seconds, rss_limit
+                "{} KiB at {:.0} s, {} KiB at {:.0} s (limit {:.0} KiB: +{} %)",
+                baseline.rss_kib,
+                baseline.seconds,
+                end.rss_kib,
+                end.seconds,
+                rss_limit,
+                options.rss_tolerance_percent
             ),
         },
         Check {
