@@ -56,6 +56,42 @@ pub const DEV_ON_FREE_PORTS: [&str; 7] = [
 pub struct Fanout(pub &'static str);
 
 impl Fanout {
+    /// Runs `fanout bench <command> --out-dir <dir> <args>` (logging at warn); it must
+    /// exit 0 (a scenario exits non-zero naming an invariant that failed) and print the
+    /// JSON it wrote to `<dir>/<stem>.json`, which is returned.
+    pub fn bench(
+        self,
+        command: &[&str],
+        dir: &Path,
+        args: &[&str],
+        stem: &str,
+    ) -> serde_json::Value {
+        let mut bench = vec!["bench"];
+        bench.extend_from_slice(command);
+        let dir_arg = dir.to_str().expect("a UTF-8 path");
+        bench.extend_from_slice(&["--out-dir", dir_arg]);
+        bench.extend_from_slice(args);
+        let output = self
+            .command(&bench, &[("RUST_LOG", "warn")])
+            .output()
+            .expect("running fanout bench");
+        assert!(
+            output.status.success(),
+            "fanout bench {} failed:\n{}",
+            command.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let printed: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("fanout bench prints JSON");
+        let file = dir.join(format!("{stem}.json"));
+        let written: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&file).unwrap_or_else(|error| panic!("{}: {error}", file.display())),
+        )
+        .expect("the result file is JSON");
+        assert_eq!(printed, written, "what it printed is what it wrote");
+        written
+    }
+
     /// The binary with `args` and `env`, and without this process's `FANOUT_*`
     /// variables and `RUST_LOG`.
     pub fn command(self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
@@ -103,11 +139,7 @@ impl Fanout {
         env: &[(&str, &str)],
         log: &Path,
     ) -> FanoutProcess {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
+        let file = append_to(log);
         FanoutProcess::spawn(self.command(args, env), args, Some(file))
     }
 
@@ -120,11 +152,7 @@ impl Fanout {
         env: &[(&str, &str)],
         log: &Path,
     ) -> FanoutProcess {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
+        let file = append_to(log);
         // The same arguments and environment as `self.command`, behind `ip netns exec`.
         let direct = self.command(args, env);
         let mut command = netns.command(self.0);
@@ -165,6 +193,15 @@ impl Lines {
     fn all(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
+}
+
+/// `log`, opened to append to (created if missing).
+fn append_to(log: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap_or_else(|error| panic!("{}: {error}", log.display()))
 }
 
 /// A running `fanout` process.

@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use fanout_tests::process::Fanout;
 use serde_json::Value;
 
 fn out_dir(name: &str) -> PathBuf {
@@ -35,25 +36,7 @@ fn bench_in(name: &str, scenario: &str, args: &[&str]) -> Value {
 /// the result.
 fn run_bench(name: &str, command: &[&str], args: &[&str], stem: &str) -> Value {
     let dir = out_dir(name);
-    let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .arg("bench")
-        .args(command)
-        .arg("--out-dir")
-        .arg(&dir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "fanout bench {} failed:\n{}",
-        command.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let written: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{stem}.json"))).unwrap()).unwrap();
-    assert_eq!(printed, written);
+    let written = Fanout(env!("CARGO_BIN_EXE_fanout")).bench(command, &dir, args, stem);
     let plot = std::fs::read_to_string(dir.join(format!("{stem}.svg"))).unwrap();
     assert!(plot.starts_with("<svg"), "{}", &plot[..plot.len().min(80)]);
     let _ = std::fs::remove_dir_all(&dir);

@@ -15,8 +15,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::PathBuf;
-use std::process::Command;
 
+use fanout_tests::process::Fanout;
 use serde_json::Value;
 
 fn out_dir(name: &str) -> PathBuf {
@@ -30,23 +30,7 @@ fn out_dir(name: &str) -> PathBuf {
 /// `<scenario>.json`, which is returned.
 fn bench(scenario: &str, args: &[&str]) -> Value {
     let dir = out_dir(scenario);
-    let output = Command::new(env!("CARGO_BIN_EXE_fanout"))
-        .args(["bench", scenario, "--out-dir"])
-        .arg(&dir)
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "fanout bench {scenario} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
-    let written: Value =
-        serde_json::from_slice(&std::fs::read(dir.join(format!("{scenario}.json"))).unwrap())
-            .unwrap();
-    assert_eq!(printed, written);
+    let written = Fanout(env!("CARGO_BIN_EXE_fanout")).bench(&[scenario], &dir, args, scenario);
     let _ = std::fs::remove_dir_all(&dir);
     written
 }
