@@ -7,9 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use fanout_edge::auth::AuthError;
@@ -30,27 +29,12 @@ const LIMITS: LogLimits = LogLimits {
     window_seconds: 1,
 };
 
-/// Every log line, as written.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The process's log capture, installed by the first test that asks (before
 /// `TestCluster::start` would install the usual subscriber).
-fn captured() -> &'static Captured {
-    static CAPTURED: OnceLock<Captured> = OnceLock::new();
+fn captured() -> &'static CapturedLog {
+    static CAPTURED: OnceLock<CapturedLog> = OnceLock::new();
     CAPTURED.get_or_init(|| {
-        let captured = Captured::default();
+        let captured = CapturedLog::default();
         let writer = captured.clone();
         tracing_subscriber::fmt()
             .json()
@@ -72,7 +56,7 @@ struct Tally {
 }
 
 fn tally(message: &str) -> BTreeMap<String, Tally> {
-    let text = String::from_utf8(captured().0.lock().unwrap().clone()).unwrap();
+    let text = captured().text();
     let summary_prefix = format!("{message}: ");
     let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
     for line in text.lines() {
