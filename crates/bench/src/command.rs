@@ -121,35 +121,11 @@ impl BenchCommand {
             }
             Self::Soak(options) => {
                 let result = crate::soak::run(&options).await?;
-                eprintln!("{}", result.summary());
-                println!("{}", serde_json::to_string_pretty(&result)?);
-                let failed: Vec<&str> = result
-                    .failed()
-                    .iter()
-                    .map(|check| check.invariant)
-                    .collect();
-                anyhow::ensure!(
-                    failed.is_empty(),
-                    "soak: invariants that did not hold: {}",
-                    failed.join("; ")
-                );
-                return Ok(());
+                return report_checked("soak", &result.summary(), &result, &result.checks);
             }
             Self::Overload(options) => {
                 let result = crate::overload::run(&options).await?;
-                eprintln!("{}", result.summary());
-                println!("{}", serde_json::to_string_pretty(&result)?);
-                let failed: Vec<&str> = result
-                    .failed()
-                    .iter()
-                    .map(|check| check.invariant)
-                    .collect();
-                anyhow::ensure!(
-                    failed.is_empty(),
-                    "overload: invariants that did not hold: {}",
-                    failed.join("; ")
-                );
-                return Ok(());
+                return report_checked("overload", &result.summary(), &result, &result.checks);
             }
             Self::CeilingServer { spec } => {
                 let spec = serde_json::from_str(&spec).context("parsing the server spec")?;
@@ -173,4 +149,27 @@ impl BenchCommand {
         println!("{}", serde_json::to_string_pretty(&result)?);
         Ok(())
     }
+}
+
+/// Prints a checked scenario's summary (stderr) and result (stdout, JSON); an error
+/// naming every invariant of `checks` that did not hold.
+fn report_checked(
+    scenario: &str,
+    summary: &str,
+    result: &impl serde::Serialize,
+    checks: &[crate::soak::Check],
+) -> anyhow::Result<()> {
+    eprintln!("{summary}");
+    println!("{}", serde_json::to_string_pretty(result)?);
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|check| !check.met)
+        .map(|check| check.invariant)
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "{scenario}: invariants that did not hold: {}",
+        failed.join("; ")
+    );
+    Ok(())
 }

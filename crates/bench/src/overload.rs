@@ -119,11 +119,6 @@ pub struct OverloadResult {
 }
 
 impl OverloadResult {
-    /// The invariants that did not hold.
-    pub fn failed(&self) -> Vec<&Check> {
-        self.checks.iter().filter(|check| !check.met).collect()
-    }
-
     /// A few lines for a human.
     pub fn summary(&self) -> String {
         let mut lines = vec![format!(
