@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus::{IntCounter, IntGaugeVec, Opts, Registry};
 use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::ConsumerContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
@@ -84,11 +85,13 @@ pub struct KafkaClientMetrics {
     /// Labels: topic, partition.
     lag: IntGaugeVec,
     errors: IntCounter,
+    offset_resets: IntCounter,
 }
 
 impl KafkaClientMetrics {
-    /// Registers `fanout_<stage>_consumer_lag_records` and
-    /// `fanout_<stage>_kafka_errors_total`; `input` names what the stage consumes.
+    /// Registers `fanout_<stage>_consumer_lag_records`,
+    /// `fanout_<stage>_kafka_errors_total` and `fanout_<stage>_offset_resets_total`;
+    /// `input` names what the stage consumes.
     pub fn new(registry: &Registry, stage: &str, input: &str) -> prometheus::Result<Self> {
         let lag = IntGaugeVec::new(
             Opts::new(
@@ -101,9 +104,20 @@ impl KafkaClientMetrics {
             format!("fanout_{stage}_kafka_errors_total"),
             "Errors reported by the Kafka clients (the stage retries)",
         )?;
+        let offset_resets = IntCounter::new(
+            format!("fanout_{stage}_offset_resets_total"),
+            format!(
+                "Times a consumer's position in {input} was outside its partition's records and was reset to the earliest one: records deleted before they were consumed are skipped"
+            ),
+        )?;
         registry.register(Box::new(lag.clone()))?;
         registry.register(Box::new(errors.clone()))?;
-        Ok(Self { lag, errors })
+        registry.register(Box::new(offset_resets.clone()))?;
+        Ok(Self {
+            lag,
+            errors,
+            offset_resets,
+        })
     }
 
     /// An error from a consumer poll: logged and counted; the stage retries.
@@ -115,6 +129,24 @@ impl KafkaClientMetrics {
     /// Errors reported so far.
     pub fn error_count(&self) -> u64 {
         self.errors.get()
+    }
+
+    /// Position resets counted so far.
+    pub fn offset_reset_count(&self) -> u64 {
+        self.offset_resets.get()
+    }
+}
+
+/// A consumer's position reset after an error, as librdkafka says it: `detail` is its
+/// words (topic, partition, the offset it was at and the one it resumes from). Logged
+/// and, when the stage has metrics, counted.
+fn offset_reset(metrics: Option<&KafkaClientMetrics>, detail: &str) {
+    tracing::error!(
+        detail,
+        "a consumer's position was outside its partition's records and was reset to the earliest one: records deleted (by retention) before this stage consumed them are skipped, and what they would have changed is lost"
+    );
+    if let Some(metrics) = metrics {
+        metrics.offset_resets.inc();
     }
 }
 
@@ -185,6 +217,39 @@ impl StageContext {
         tracing::warn!(%error, reason, "kafka client error");
     }
 
+    /// librdkafka's log lines, shared with contexts that wrap this one: forwarded to
+    /// tracing at their level, but for a position reset, which librdkafka logs as a
+    /// warning only when an error caused it (the position out of range: its records
+    /// deleted), and which is data loss; that is [`offset_reset`].
+    pub fn on_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error
+            | RDKafkaLogLevel::Warning
+                if facility == "OFFSET" =>
+            {
+                offset_reset(self.metrics.as_ref(), message);
+            }
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+            }
+        }
+    }
+
     /// The statistics callback's handling, shared with contexts that wrap this one.
     pub fn on_stats(&self, statistics: &Statistics) {
         // The outage ends when a broker is up again, traffic or not: a quiet stage must
@@ -216,6 +281,10 @@ impl StageContext {
 }
 
 impl ClientContext for StageContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.on_log(level, facility, message);
+    }
+
     fn stats(&self, statistics: Statistics) {
         self.on_stats(&statistics);
     }
@@ -258,6 +327,8 @@ pub fn partition_ids(partitions: &rdkafka::TopicPartitionList) -> Vec<i32> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -309,5 +380,70 @@ mod tests {
         assert_eq!(metrics.error_count(), 2);
         health.set_brokers_down(false);
         assert!(health.is_ready());
+    }
+
+    /// On the embedded cluster, which keeps the last 5 MiB of a partition: a consumer
+    /// whose position was deleted is counted as reset (and resumes at the earliest
+    /// record kept); one whose position is still there is not.
+    #[test]
+    fn a_position_deleted_before_it_was_consumed_is_counted() {
+        use rdkafka::Message as _;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+        let kafka = crate::EmbeddedKafka::start(1, &[("deleted".to_owned(), 1)])
+            .unwrap_or_else(|error| panic!("{error}"));
+        let settings = crate::KafkaSettings::new(kafka.bootstrap_servers());
+        let producer: ThreadedProducer<DefaultProducerContext> = settings
+            .producer_config()
+            .create()
+            .unwrap_or_else(|error| panic!("{error}"));
+        // 8 MiB in batches of at most 1 MiB: the first ones are deleted.
+        let payload = vec![7u8; 64 * 1024];
+        for _ in 0..128 {
+            producer
+                .send(BaseRecord::<(), _>::to("deleted").payload(&payload))
+                .unwrap_or_else(|(error, _)| panic!("{error}"));
+        }
+        producer
+            .flush(Duration::from_secs(10))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let timeout = Duration::from_secs(10);
+        let reader: BaseConsumer = settings
+            .assign_consumer_config()
+            .create()
+            .unwrap_or_else(|error| panic!("{error}"));
+        let (low, high) = reader
+            .fetch_watermarks("deleted", 0, timeout)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(low > 0 && high == 128, "records deleted: {low}..{high}");
+
+        let first_record_from = |offset: i64| {
+            let metrics = KafkaClientMetrics::new(&Registry::new(), "test", "deleted")
+                .unwrap_or_else(|_| unreachable!());
+            let context = StageContext::new(StageHealth::new()).with_metrics(metrics.clone());
+            let consumer: BaseConsumer<StageContext> = settings
+                .assign_consumer_config()
+                .create_with_context(context)
+                .unwrap_or_else(|error| panic!("{error}"));
+            let mut assignment = rdkafka::TopicPartitionList::new();
+            assignment
+                .add_partition_offset("deleted", 0, rdkafka::Offset::Offset(offset))
+                .unwrap_or_else(|error| panic!("{error}"));
+            consumer
+                .assign(&assignment)
+                .unwrap_or_else(|error| panic!("{error}"));
+            let first = match consumer.poll(timeout) {
+                Some(Ok(message)) => message.offset(),
+                Some(Err(error)) => panic!("{error}"),
+                None => panic!("no record within {timeout:?}"),
+            };
+            (first, metrics.offset_reset_count())
+        };
+        assert_eq!(first_record_from(0), (low, 1), "deleted: reset and counted");
+        assert_eq!(
+            first_record_from(low + 1),
+            (low + 1, 0),
+            "kept: not counted"
+        );
     }
 }

@@ -1,6 +1,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use rdkafka::ClientConfig;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +156,14 @@ impl KafkaSettings {
 
     /// [`Self::client_config`] plus the `consumer` pass-through settings.
     pub fn consumer_client_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        self.config_with(defaults, Some(&self.consumer))
+        let mut config = self.config_with(defaults, Some(&self.consumer));
+        // librdkafka logs a position reset (records deleted before they were consumed)
+        // as a warning, which a context counts (`StageContext::on_log`); it must be
+        // told, whatever level the stage's own log shows.
+        if (config.log_level as i32) < (RDKafkaLogLevel::Warning as i32) {
+            config.set_log_level(RDKafkaLogLevel::Warning);
+        }
+        config
     }
 
     fn config_with(

@@ -105,6 +105,10 @@ struct RouterContext {
 }
 
 impl ClientContext for RouterContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        self.stage.on_log(level, facility, message);
+    }
+
     fn stats(&self, statistics: rdkafka::Statistics) {
         self.stage.on_stats(&statistics);
     }
