@@ -3,12 +3,11 @@
 //!
 //! - soak: 1500 connections for 2 minutes, baseline at 45 s (the history window held to
 //!   40 s, so that it is full by then), 5 % of the clients reconnecting each minute: the
-//!   edge's RSS at the end within 10 % of the baseline's, no more open files, every
-//!   client's count and stream equal to the bench's recount. 10 %, not the full run's
-//!   5 %: at this size the edge's RSS moved +2.3 % in an earlier run and +5.4 % in a
-//!   CI run (which failed on 5 %); it grows slowly with the event flow, as the
-//!   30-minute run shows (docs/benchmarks.md, Soak). This catches growth of more than
-//!   10 % in two minutes; the slower kind is what the 30-minute bench is for.
+//!   edge's RSS at the end within 5 % of the baseline's, no more open files, every
+//!   client's count and stream equal to the bench's recount. (Under glibc's malloc the
+//!   bound was 10 % for a while: a CI run measured +5.4 %, glibc keeping pages the
+//!   history window's turnover freed; with mimalloc three runs passed 5 %, the one
+//!   printed at +1.4 %. docs/benchmarks.md, Soak.)
 //! - overload: an edge at `max_connections` 300 under a storm of 200 clients: every
 //!   attempt refused with HTTP 503 and counted, every connected client kept and right.
 
@@ -62,10 +61,16 @@ fn a_two_minute_soak_holds_memory_files_counts_and_streams() {
             "--sample-seconds",
             "2",
             "--rss-tolerance-percent",
-            "10",
+            "5",
         ],
     );
     all_met(&result, 5);
+    eprintln!(
+        "soak smoke: edge RSS {} KiB at the baseline, {} KiB at the end ({:+.1} %)",
+        result["baseline"]["rss_kib"],
+        result["end"]["rss_kib"],
+        result["rss_change_percent"].as_f64().unwrap()
+    );
     let verdict = &result["verdict"];
     assert_eq!(verdict["count_clients"], 1350, "{verdict}");
     assert_eq!(verdict["stream_clients"], 150, "{verdict}");
