@@ -222,16 +222,11 @@ impl StageContext {
     /// warning only when an error caused it (the position out of range: its records
     /// deleted), and which is data loss; that is [`offset_reset`].
     pub fn on_log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "OFFSET" && (level as i32) <= (RDKafkaLogLevel::Warning as i32) {
+            offset_reset(self.metrics.as_ref(), message);
+            return;
+        }
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error
-            | RDKafkaLogLevel::Warning
-                if facility == "OFFSET" =>
-            {
-                offset_reset(self.metrics.as_ref(), message);
-            }
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
